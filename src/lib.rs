@@ -1,0 +1,5 @@
+//! ratepay-gateway (crate docs written later).
+
+pub mod crypto;
+pub mod routes;
+pub mod sandbox;

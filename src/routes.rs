@@ -1,0 +1,274 @@
+//! The Ratepay route table: which (method, path) pairs exist, their operation names, and which
+//! upstream API serves them.
+//!
+//! This is the allowlist that sits right after the edge in the flow: a request whose path is
+//! malformed is refused with 400 ([`PathError`]), one that names no known operation gets 404,
+//! both before any authentication or upstream work. The sandbox uses the same table to name the
+//! operations it counts, so the gateway and the simulator always agree on names.
+
+use http::Method;
+
+/// The three Ratepay APIs the gateway fronts (the OAuth server is reached by the token source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Api {
+    /// Payment API v2, including the One Time Passcode endpoints.
+    Payment,
+    /// Transaction Status API.
+    Status,
+    /// Hosted Payment Page.
+    Hpp,
+}
+
+impl Api {
+    /// All APIs, in a stable order.
+    pub const ALL: [Api; 3] = [Api::Payment, Api::Status, Api::Hpp];
+
+    /// The name used in configuration (`[upstreams.<name>]`), logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Payment => "payment",
+            Api::Status => "status",
+            Api::Hpp => "hpp",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn from_name(name: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// One segment of a path pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    Lit(&'static str),
+    /// `ratepay_transaction_id`.
+    Transaction,
+    /// A follow-up resource id (authorization, capture, refund, cancellation).
+    Resource,
+    /// An HPP session id.
+    Session,
+}
+
+use Seg::{Lit, Resource, Session, Transaction};
+
+/// A named Ratepay operation the gateway may forward.
+#[derive(Debug)]
+pub struct Operation {
+    /// Stable name, e.g. `payment.cancellations.create`.
+    pub name: &'static str,
+    /// HTTP method.
+    pub method: Method,
+    /// The API that serves it.
+    pub api: Api,
+    /// A POST that creates a resource and therefore carries an `Idempotency-Key`.
+    pub creating: bool,
+    pattern: &'static [Seg],
+}
+
+macro_rules! op {
+    ($name:literal, $method:ident, $api:ident, $creating:literal, [$($seg:expr),* $(,)?]) => {
+        Operation {
+            name: $name,
+            method: Method::$method,
+            api: Api::$api,
+            creating: $creating,
+            pattern: &[$($seg),*],
+        }
+    };
+}
+
+const PM: Seg = Lit("transaction");
+const MG: Seg = Lit("management");
+const V2: Seg = Lit("v2");
+const TX: Seg = Lit("transactions");
+
+/// Every operation the gateway knows, in match order.
+pub static OPERATIONS: &[Operation] = &[
+    op!("payment.transactions.create", POST, Payment, true, [PM, MG, V2, TX]),
+    op!("payment.transactions.get", GET, Payment, false, [PM, MG, V2, TX, Transaction]),
+    op!("payment.transactions.update", PATCH, Payment, false, [PM, MG, V2, TX, Transaction]),
+    op!("payment.authorizations.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("authorizations")]),
+    op!("payment.authorizations.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("authorizations")]),
+    op!("payment.authorizations.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("authorizations"), Resource]),
+    op!("payment.captures.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("captures")]),
+    op!("payment.captures.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("captures")]),
+    op!("payment.captures.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("captures"), Resource]),
+    op!("payment.shipping_information.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("captures"), Resource, Lit("shipping-information")]),
+    op!("payment.refunds.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("refunds")]),
+    op!("payment.refunds.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("refunds")]),
+    op!("payment.refunds.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("refunds"), Resource]),
+    op!("payment.cancellations.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("cancellations")]),
+    op!("payment.cancellations.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("cancellations")]),
+    op!("payment.cancellations.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("cancellations"), Resource]),
+    op!("payment.otp.verify", POST, Payment, false, [PM, MG, Lit("2fa"), Lit("v1"), Lit("verify"), Transaction]),
+    op!("payment.otp.regenerate", POST, Payment, false, [PM, MG, Lit("2fa"), Lit("v1"), Lit("regenerate"), Transaction]),
+    op!("status.transactions.get", GET, Status, false, [PM, Lit("status"), V2, TX, Transaction]),
+    op!("hpp.sessions.create", POST, Hpp, false, [Lit("pps"), Lit("api"), Lit("v1"), Lit("session")]),
+    op!("hpp.session_records.list", GET, Hpp, false, [Lit("pps"), Lit("api"), Lit("v1"), Lit("session-record")]),
+    op!("hpp.session_records.get", GET, Hpp, false, [Lit("pps"), Lit("api"), Lit("v1"), Lit("session-record"), Session]),
+];
+
+/// Looks an operation up by name.
+pub fn operation(name: &str) -> Option<&'static Operation> {
+    OPERATIONS.iter().find(|op| op.name == name)
+}
+
+/// Why a path was refused before routing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Percent-encoding is never needed on Ratepay paths; it only hides dots and slashes.
+    #[error("the path contains percent-encoding; Ratepay paths and ids never need it")]
+    Encoded,
+    /// `.` or `..` segments.
+    #[error("the path contains a '.' or '..' segment")]
+    DotSegment,
+    /// `//` or a trailing `/`.
+    #[error("the path contains an empty segment ('//' or a trailing '/')")]
+    EmptySegment,
+    /// An id with characters outside `[A-Za-z0-9_-]` or of an impossible length.
+    #[error("the {0} in the path must be 1 to 127 characters of A-Z, a-z, 0-9, '_' or '-'")]
+    BadId(&'static str),
+}
+
+/// The ids a matched path carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathParams {
+    /// `ratepay_transaction_id`, when the operation has one.
+    pub transaction_id: Option<String>,
+    /// Follow-up resource id (authorization, capture, refund or cancellation).
+    pub resource_id: Option<String>,
+    /// HPP session id.
+    pub session_id: Option<String>,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// The operation.
+    pub operation: &'static Operation,
+    /// Ids from the path.
+    pub params: PathParams,
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=127).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a path for tricks and matches it against [`OPERATIONS`].
+///
+/// `Ok(None)` means the path is well-formed but names no known operation for this method (404).
+pub fn match_route(method: &Method, path: &str) -> Result<Option<RouteMatch>, PathError> {
+    if path.contains('%') {
+        return Err(PathError::Encoded);
+    }
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let segs: Vec<&str> = rest.split('/').collect();
+    for s in &segs {
+        match *s {
+            "" => return Err(PathError::EmptySegment),
+            "." | ".." => return Err(PathError::DotSegment),
+            _ => {}
+        }
+    }
+    'ops: for op in OPERATIONS {
+        if op.method != *method || op.pattern.len() != segs.len() {
+            continue;
+        }
+        let mut params = PathParams::default();
+        for (pat, seg) in op.pattern.iter().zip(&segs) {
+            match pat {
+                Lit(l) => {
+                    if l != seg {
+                        continue 'ops;
+                    }
+                }
+                Transaction | Resource | Session => {
+                    let (slot, what) = match pat {
+                        Transaction => (&mut params.transaction_id, "ratepay_transaction_id"),
+                        Resource => (&mut params.resource_id, "resource id"),
+                        _ => (&mut params.session_id, "session id"),
+                    };
+                    if !valid_id(seg) {
+                        return Err(PathError::BadId(what));
+                    }
+                    *slot = Some((*seg).to_owned());
+                }
+            }
+        }
+        return Ok(Some(RouteMatch {
+            operation: op,
+            params,
+        }));
+    }
+    Ok(None)
+}
+
+/// Whether any operation, for any method, matches the path (to tell 404 from 405).
+pub fn path_known(path: &str) -> bool {
+    [Method::GET, Method::POST, Method::PATCH]
+        .iter()
+        .any(|m| matches!(match_route(m, path), Ok(Some(_))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_cancellation_create_with_ids() {
+        let m = match_route(
+            &Method::POST,
+            "/transaction/management/v2/transactions/scwBgARW-nE93I7_ywhp/cancellations",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.operation.name, "payment.cancellations.create");
+        assert!(m.operation.creating);
+        assert_eq!(m.params.transaction_id.as_deref(), Some("scwBgARW-nE93I7_ywhp"));
+    }
+
+    #[test]
+    fn unknown_method_or_path_is_none() {
+        assert!(match_route(&Method::DELETE, "/transaction/management/v2/transactions/abc")
+            .unwrap()
+            .is_none());
+        assert!(match_route(&Method::GET, "/admin").unwrap().is_none());
+        assert!(path_known("/transaction/management/v2/transactions/abc"));
+        assert!(!path_known("/admin"));
+    }
+
+    #[test]
+    fn path_tricks_are_refused() {
+        let cases = [
+            ("/transaction/management/v2/transactions/../x", PathError::DotSegment),
+            ("/transaction/management/v2/transactions/%2e%2e/x", PathError::Encoded),
+            ("/transaction/management/v2/transactions/a%2Fb", PathError::Encoded),
+            ("/transaction//management/v2/transactions", PathError::EmptySegment),
+            ("/pps/api/v1/session-record/", PathError::EmptySegment),
+            ("/pps/api/v1/session-record/a.b", PathError::BadId("session id")),
+        ];
+        for (path, want) in cases {
+            assert_eq!(match_route(&Method::GET, path).unwrap_err(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn every_operation_name_is_unique_and_matches_its_own_pattern() {
+        for (i, op) in OPERATIONS.iter().enumerate() {
+            assert!(OPERATIONS[i + 1..].iter().all(|o| o.name != op.name));
+            let path: String = op
+                .pattern
+                .iter()
+                .map(|s| match s {
+                    Lit(l) => format!("/{l}"),
+                    _ => "/abcdefghij0123456789".to_owned(),
+                })
+                .collect();
+            let m = match_route(&op.method, &path).unwrap().unwrap();
+            assert_eq!(m.operation.name, op.name);
+        }
+    }
+}
