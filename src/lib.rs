@@ -1,5 +1,33 @@
-//! ratepay-gateway (crate docs written later).
+//! ratepay-gateway: a merchant-side egress gateway in front of Ratepay's APIs.
+//!
+//! Internal services send Ratepay's own paths to the gateway; it authenticates them, applies
+//! their policy, injects Ratepay's OAuth tokens and forwards to Ratepay. The request's way:
+//!
+//! ```text
+//! listener (server)  → edge: request id, deadline, body limit, route (stack, routes)
+//!   → caller: authenticate, policy, X-Partner (callers)
+//!   → header hygiene + X-Partner (middleware::headers)
+//!   → Ratepay token, 401 → refresh + one replay (middleware::token, token)
+//!   → upstream client over rustls (proxy, client) → Ratepay or the sandbox (sandbox)
+//! ```
+//!
+//! Module map: [`config`] file schema and validated config; [`server`] listeners and drain;
+//! [`stack`] layer order and the edge; [`routes`] the operation table; [`callers`] caller auth,
+//! policy and gateway-issued JWTs; [`token`] Ratepay token source; [`middleware`] one file per
+//! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`sandbox`] the
+//! local Ratepay simulator.
 
+pub mod body;
+pub mod callers;
+pub mod client;
+pub mod config;
+pub mod context;
 pub mod crypto;
+pub mod error;
+pub mod middleware;
+pub mod proxy;
 pub mod routes;
 pub mod sandbox;
+pub mod server;
+pub mod stack;
+pub mod token;

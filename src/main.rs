@@ -1,1 +1,218 @@
-fn main() {}
+//! Thin CLI: parse flags, load config, init tracing, bind, call `server::run`.
+//!
+//! Prints `ratepay-gateway listening <name> <ip:port>` on stdout for every bound listener (port 0
+//! resolved) so scripts and tests can find them; logs go to stderr.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ratepay_gateway::{
+    config::Config,
+    sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig},
+    server,
+    stack::Gateway,
+};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "ratepay-gateway", version, about = "Egress gateway in front of Ratepay's APIs")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override `[listen] proxy`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override `[listen] admin`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Run the local Ratepay sandbox alone.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// Access-token lifetime in seconds.
+        #[arg(long, default_value_t = 1800)]
+        token_lifetime_secs: u64,
+        /// Seed for deterministic ids.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Validate a configuration file and print it resolved, with every secret redacted.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn announce(name: &str, addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ratepay-gateway listening {name} {addr}");
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn sandbox_config_for(config: &Config) -> Option<SandboxConfig> {
+    let settings = config.sandbox.as_ref()?;
+    let defaults = SandboxConfig::default();
+    let audience = |api| {
+        config
+            .upstreams
+            .get(&api)
+            .map(|u| u.audience.clone())
+    };
+    use ratepay_gateway::routes::Api;
+    Some(SandboxConfig {
+        clients: config
+            .credentials
+            .values()
+            .map(|c| SandboxClient {
+                client_id: c.client_id.clone(),
+                client_secret: c.client_secret.clone(),
+            })
+            .collect(),
+        audiences: SandboxAudiences {
+            payment: audience(Api::Payment).unwrap_or(defaults.audiences.payment),
+            status: audience(Api::Status).unwrap_or(defaults.audiences.status),
+            hpp: audience(Api::Hpp).unwrap_or(defaults.audiences.hpp),
+        },
+        token_lifetime: settings.token_lifetime,
+        seed: settings.seed,
+        session_step: settings.session_step,
+    })
+}
+
+async fn serve(config_path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let mut config = Config::from_file(&config_path)?;
+    if let Some(l) = listen {
+        config.listen.proxy = l;
+    }
+    if let Some(a) = admin_listen {
+        config.listen.admin = Some(a);
+    }
+    // The embedded sandbox must be up before the gateway fetches its first token.
+    let _sandbox = match sandbox_config_for(&config) {
+        Some(sc) => {
+            let handle = sandbox::spawn(sc).await?;
+            announce("sandbox", handle.addr);
+            let base: http::Uri = format!("http://{}", handle.addr).parse()?;
+            config.point_at_sandbox(&base);
+            Some(handle)
+        }
+        None => None,
+    };
+    let gateway = Gateway::build(&config)?;
+    let proxy = TcpListener::bind(config.listen.proxy)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the proxy listener {}: {e}", config.listen.proxy))?;
+    announce("proxy", proxy.local_addr()?);
+    let admin = match config.listen.admin {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the admin listener {a}: {e}"))?;
+            announce("admin", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
+    tracing::info!(config = %config_path.display(), "ratepay-gateway started");
+    server::run(proxy, admin, gateway, config.listen.shutdown_grace, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_sandbox(listen: SocketAddr, token_lifetime_secs: u64, seed: Option<u64>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the sandbox listener {listen}: {e}"))?;
+    announce("sandbox", listener.local_addr()?);
+    let config = SandboxConfig {
+        token_lifetime: Duration::from_secs(token_lifetime_secs),
+        seed,
+        ..SandboxConfig::default()
+    };
+    sandbox::serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::CheckConfig { config } => match Config::from_file(&config) {
+            Ok(c) => {
+                print!("{}", c.redacted());
+                eprintln!("configuration OK: {}", config.display());
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
+        command => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
+            Ok(rt) => rt.block_on(async move {
+                match command {
+                    Command::Serve { config, listen, admin_listen } => serve(config, listen, admin_listen).await,
+                    Command::Sandbox { listen, token_lifetime_secs, seed } => run_sandbox(listen, token_lifetime_secs, seed).await,
+                    Command::CheckConfig { .. } => Ok(()),
+                }
+            }),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The response body type used through the whole stack.
+//!
+//! Upstream bodies stream through unchanged; the gateway's own answers are small full bodies.
+//! Both become one boxed type so every layer has the same `Response<Body>`.
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+
+/// Errors a body can fail with while streaming.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body of every layer.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Boxes any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}

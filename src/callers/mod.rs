@@ -1,0 +1,242 @@
+//! Internal callers: who is calling (authentication) and what it may do (policy).
+//!
+//! Sits after routing and before anything costly: a missing or unknown credential is 401, an
+//! operation outside the caller's policy or an X-Partner it does not own is 403, and neither
+//! reaches Ratepay. A caller presents `Authorization: Bearer <credential>`, either a static API
+//! key (kept only as its SHA-256) or a JWT issued by the gateway's own `/oauth/token`
+//! ([`issuer`]).
+
+pub mod issuer;
+pub mod layer;
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use http::HeaderMap;
+
+use crate::{
+    config::{sha256, CallersConfig, PartnerPolicy},
+    error::GatewayError,
+    routes::Operation,
+};
+pub use issuer::Issuer;
+
+/// One internal caller and its policy.
+pub struct Caller {
+    /// Name from the configuration.
+    pub name: String,
+    operations: Vec<String>,
+    partner: PartnerPolicy,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    /// Whether the policy allows `op`.
+    pub fn may_call(&self, op: &Operation) -> bool {
+        self.operations.iter().any(|p| {
+            p == "*"
+                || p == op.name
+                || p.strip_suffix('*').is_some_and(|prefix| op.name.starts_with(prefix))
+        })
+    }
+
+    /// The X-Partner to send, given what the caller asked for with its own header.
+    pub fn partner_for(&self, requested: Option<&str>) -> Result<Option<Arc<str>>, GatewayError> {
+        match (&self.partner, requested) {
+            (PartnerPolicy::None, None) => Ok(None),
+            (PartnerPolicy::None, Some(_)) => Err(GatewayError::PartnerNotAllowed(format!(
+                "caller '{}' acts for no X-Partner; remove the X-Partner header",
+                self.name
+            ))),
+            (PartnerPolicy::Fixed(p), None) => Ok(Some(Arc::from(p.as_str()))),
+            (PartnerPolicy::Fixed(p), Some(r)) if r == p => Ok(Some(Arc::from(p.as_str()))),
+            (PartnerPolicy::Fixed(_), Some(_)) => Err(GatewayError::PartnerNotAllowed(format!(
+                "caller '{}' has a fixed X-Partner set by the gateway; remove the X-Partner header",
+                self.name
+            ))),
+            (PartnerPolicy::OneOf(ps), Some(r)) if ps.iter().any(|p| p == r) => Ok(Some(Arc::from(r))),
+            (PartnerPolicy::OneOf(_), Some(_)) => Err(GatewayError::PartnerNotAllowed(format!(
+                "caller '{}' may not act for this X-Partner; use one of the partners configured for it",
+                self.name
+            ))),
+            (PartnerPolicy::OneOf(ps), None) => Err(GatewayError::PartnerRequired(format!(
+                "caller '{}' must choose its partner with an X-Partner header, one of: {}",
+                self.name,
+                ps.join(", ")
+            ))),
+        }
+    }
+}
+
+/// The caller registry: API-key hashes, internal OAuth clients and the JWT issuer.
+pub struct Callers {
+    by_key_hash: HashMap<[u8; 32], Arc<Caller>>,
+    by_name: HashMap<String, Arc<Caller>>,
+    clients: HashMap<String, ([u8; 32], Arc<Caller>)>,
+    issuer: Option<Issuer>,
+    audiences: Vec<String>,
+}
+
+impl fmt::Debug for Callers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Callers")
+            .field("callers", &self.by_name.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Callers {
+    /// Builds the registry from its configuration section.
+    pub fn new(config: &CallersConfig) -> Result<Callers, GatewayError> {
+        let mut c = Callers {
+            by_key_hash: HashMap::new(),
+            by_name: HashMap::new(),
+            clients: HashMap::new(),
+            issuer: config.issuer.as_ref().map(Issuer::new).transpose()?,
+            audiences: config.audiences.clone(),
+        };
+        for cc in &config.callers {
+            let caller = Arc::new(Caller {
+                name: cc.name.clone(),
+                operations: cc.operations.clone(),
+                partner: cc.partner.clone(),
+            });
+            if let Some(h) = cc.api_key_sha256 {
+                c.by_key_hash.insert(h, caller.clone());
+            }
+            if let Some((id, secret_hash)) = &cc.client {
+                c.clients.insert(id.clone(), (*secret_hash, caller.clone()));
+            }
+            c.by_name.insert(cc.name.clone(), caller);
+        }
+        Ok(c)
+    }
+
+    /// Authenticates the caller from its `Authorization` header, for a route with `audience`.
+    pub fn authenticate(&self, headers: &HeaderMap, audience: &str) -> Result<Arc<Caller>, GatewayError> {
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(GatewayError::Unauthenticated(
+                "missing Authorization header; send 'Authorization: Bearer <your gateway API key or gateway token>'",
+            ))?;
+        let credential = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|c| !c.is_empty())
+            .ok_or(GatewayError::Unauthenticated(
+                "the Authorization header must be 'Bearer <credential>'",
+            ))?;
+        // Gateway JWTs have three dot-separated parts; API keys are opaque strings.
+        if credential.matches('.').count() == 2 {
+            if let Some(issuer) = &self.issuer {
+                let sub = issuer.verify(credential, audience)?;
+                return self
+                    .by_name
+                    .get(&sub)
+                    .cloned()
+                    .ok_or(GatewayError::Unauthenticated("the gateway token names a caller that is no longer configured"));
+            }
+        }
+        self.by_key_hash
+            .get(&sha256(credential.as_bytes()))
+            .cloned()
+            .ok_or(GatewayError::Unauthenticated("unknown credential; check the API key or fetch a new gateway token"))
+    }
+
+    /// Handles the gateway's `POST /oauth/token` body; returns Ratepay's response shape.
+    pub fn issue_token(&self, body: &[u8]) -> Result<serde_json::Value, GatewayError> {
+        let issuer = self
+            .issuer
+            .as_ref()
+            .ok_or(GatewayError::InvalidClient("this gateway issues no tokens; use an API key"))?;
+        let req: TokenRequest = serde_json::from_slice(body).map_err(|_| {
+            GatewayError::BadRequest(
+                "expected a JSON body {\"client_id\", \"client_secret\", \"audience\", \"grant_type\": \"client_credentials\"}".into(),
+            )
+        })?;
+        if req.grant_type != "client_credentials" {
+            return Err(GatewayError::BadRequest("grant_type must be \"client_credentials\"".into()));
+        }
+        if !self.audiences.iter().any(|a| *a == req.audience) {
+            return Err(GatewayError::BadRequest(format!(
+                "unknown audience; expected one of: {}",
+                self.audiences.join(", ")
+            )));
+        }
+        let (hash, caller) = self
+            .clients
+            .get(&req.client_id)
+            .ok_or(GatewayError::InvalidClient("unknown client_id or wrong client_secret"))?;
+        if !constant_time_eq(hash, &sha256(req.client_secret.as_bytes())) {
+            return Err(GatewayError::InvalidClient("unknown client_id or wrong client_secret"));
+        }
+        let (token, expires_in) = issuer.issue(&caller.name, &req.audience)?;
+        Ok(serde_json::json!({
+            "access_token": token,
+            "expires_in": expires_in,
+            "token_type": "Bearer",
+        }))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenRequest {
+    client_id: String,
+    client_secret: String,
+    audience: String,
+    grant_type: String,
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes;
+
+    fn caller(ops: &[&str], partner: PartnerPolicy) -> Caller {
+        Caller {
+            name: "svc".into(),
+            operations: ops.iter().map(|s| s.to_string()).collect(),
+            partner,
+        }
+    }
+
+    #[test]
+    fn operation_patterns() {
+        let c = caller(&["hpp.session_records.*", "payment.cancellations.create"], PartnerPolicy::None);
+        let get = routes::operation("hpp.session_records.get").unwrap();
+        let cancel = routes::operation("payment.cancellations.create").unwrap();
+        let refund = routes::operation("payment.refunds.create").unwrap();
+        assert!(c.may_call(get));
+        assert!(c.may_call(cancel));
+        assert!(!c.may_call(refund));
+    }
+
+    #[test]
+    fn partner_policies() {
+        let fixed = caller(&["*"], PartnerPolicy::Fixed("p1".into()));
+        assert_eq!(fixed.partner_for(None).unwrap().as_deref(), Some("p1"));
+        assert_eq!(fixed.partner_for(Some("p1")).unwrap().as_deref(), Some("p1"));
+        assert!(matches!(fixed.partner_for(Some("p2")), Err(GatewayError::PartnerNotAllowed(_))));
+
+        let list = caller(&["*"], PartnerPolicy::OneOf(vec!["a".into(), "b".into()]));
+        assert_eq!(list.partner_for(Some("b")).unwrap().as_deref(), Some("b"));
+        assert!(matches!(list.partner_for(Some("c")), Err(GatewayError::PartnerNotAllowed(_))));
+        assert!(matches!(list.partner_for(None), Err(GatewayError::PartnerRequired(_))));
+
+        let none = caller(&["*"], PartnerPolicy::None);
+        assert_eq!(none.partner_for(None).unwrap(), None);
+        assert!(none.partner_for(Some("x")).is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! The TOML file schema, exactly as an operator writes it.
+//!
+//! Every struct rejects unknown keys, so a typo is an error naming the key rather than a
+//! silently ignored setting. Nothing here is validated beyond its type: [`super::Config::from_file`]
+//! turns this into the validated configuration. Secrets never sit in the file: each is given as
+//! a `*_env` (environment variable name) or `*_file` (path) key.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[listen]`.
+    #[serde(default)]
+    pub listen: ListenFile,
+    /// `[sandbox]`.
+    #[serde(default)]
+    pub sandbox: Option<SandboxFile>,
+    /// `[credentials.<name>]`: Ratepay OAuth client credentials.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialsFile>,
+    /// `[upstreams.<payment|status|hpp>]`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    /// `[upstream_client]`: the pooled HTTP client toward Ratepay.
+    #[serde(default)]
+    pub upstream_client: UpstreamClientFile,
+    /// `[tokens]`: Ratepay token refresh behaviour.
+    #[serde(default)]
+    pub tokens: TokensFile,
+    /// `[gateway_tokens]`: JWTs the gateway issues to internal callers.
+    #[serde(default)]
+    pub gateway_tokens: Option<GatewayTokensFile>,
+    /// `[callers.<name>]`.
+    #[serde(default)]
+    pub callers: BTreeMap<String, CallerFile>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `[listen]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// Proxy listener address, e.g. `127.0.0.1:8080`.
+    pub proxy: Option<String>,
+    /// Admin listener address (health, metrics); loopback by default.
+    pub admin: Option<String>,
+    /// Graceful shutdown deadline for in-flight requests.
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// `[sandbox]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFile {
+    /// Start the sandbox in-process and point every upstream and token URL at it.
+    pub embedded: bool,
+    /// Lifetime of the sandbox's access tokens.
+    pub token_lifetime_secs: Option<u64>,
+    /// Seed for deterministic ids.
+    pub seed: Option<u64>,
+    /// Seconds an HPP session stays in each non-terminal status (0: sessions never move alone).
+    pub session_step_secs: Option<u64>,
+}
+
+/// `[credentials.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsFile {
+    /// Ratepay's token endpoint.
+    pub token_url: Option<String>,
+    /// OAuth `client_id`.
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<String>,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// Origin of the API, e.g. `https://api-integration.ratepay.com` (no path).
+    pub url: String,
+    /// OAuth audience for tokens sent to this API.
+    pub audience: String,
+    /// Name of the `[credentials.<name>]` set to use.
+    pub credentials: Option<String>,
+}
+
+/// `[upstream_client]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamClientFile {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout_ms: Option<u64>,
+    /// Time to response headers for one upstream attempt.
+    pub request_timeout_ms: Option<u64>,
+    /// Idle pooled connections are closed after this.
+    pub pool_idle_timeout_secs: Option<u64>,
+    /// Extra PEM CA bundle trusted in addition to the webpki roots.
+    pub ca_file: Option<String>,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    /// Refresh when this fraction of the lifetime has passed (0.5 to 0.95).
+    pub refresh_at_fraction: Option<f64>,
+    /// Never refresh later than this many seconds before expiry.
+    pub refresh_margin_secs: Option<u64>,
+    /// Timeout of one token request.
+    pub fetch_timeout_ms: Option<u64>,
+    /// First retry delay after a failed background refresh.
+    pub retry_initial_ms: Option<u64>,
+    /// Cap of the retry delay.
+    pub retry_max_ms: Option<u64>,
+}
+
+/// `[gateway_tokens]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTokensFile {
+    /// `HS256` (shared key) or `EdDSA` / `RS256` (key pair in PEM files).
+    pub algorithm: Option<String>,
+    /// HS256 key: environment variable.
+    pub hs256_key_env: Option<String>,
+    /// HS256 key: file.
+    pub hs256_key_file: Option<String>,
+    /// EdDSA/RS256 private key (PEM) used to sign.
+    pub private_key_file: Option<String>,
+    /// EdDSA/RS256 public key (PEM) used to verify.
+    pub public_key_file: Option<String>,
+    /// `iss` of issued tokens.
+    pub issuer: Option<String>,
+    /// Lifetime of issued tokens.
+    pub lifetime_secs: Option<u64>,
+}
+
+/// `[callers.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerFile {
+    /// SHA-256 (hex) of the caller's API key.
+    pub api_key_sha256: Option<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// File holding the API key.
+    pub api_key_file: Option<String>,
+    /// Internal OAuth client id for `POST /oauth/token` on the gateway.
+    pub client_id: Option<String>,
+    /// SHA-256 (hex) of the internal client secret.
+    pub client_secret_sha256: Option<String>,
+    /// Environment variable holding the internal client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the internal client secret.
+    pub client_secret_file: Option<String>,
+    /// Operations this caller may call: names, `api.*` prefixes, or `*`.
+    pub operations: Vec<String>,
+    /// A fixed X-Partner always sent for this caller.
+    pub partner: Option<String>,
+    /// X-Partner values this caller may choose with its own X-Partner header.
+    pub partners: Option<Vec<String>>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request body accepted (bodies are buffered for replay and idempotency).
+    pub max_request_body_bytes: Option<usize>,
+    /// Deadline for a whole request through the gateway, retries included.
+    pub request_timeout_ms: Option<u64>,
+}

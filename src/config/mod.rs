@@ -1,0 +1,754 @@
+//! Configuration: the TOML schema ([`file`]) turned into one validated [`Config`].
+//!
+//! Loading reads the file, resolves every secret from its `*_env` variable or `*_file` path,
+//! and checks URLs, addresses, names and ranges. Any problem is a [`ConfigError`] naming the
+//! file, the key and what was expected, so `check-config` and start-up fail precisely. Each
+//! layer later receives only its own section of the result. Relative paths resolve against the
+//! working directory.
+
+pub mod file;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use http::Uri;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::routes::{self, Api};
+use file::FileConfig;
+
+/// A configuration problem: where it is and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// The dotted key, e.g. `callers.demo.api_key_sha256`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file was read from (for reload and messages).
+    pub source: PathBuf,
+    /// Listeners.
+    pub listen: ListenConfig,
+    /// The embedded sandbox, when enabled.
+    pub sandbox: Option<SandboxSettings>,
+    /// Ratepay credential sets by name.
+    pub credentials: BTreeMap<String, Credentials>,
+    /// Upstream APIs.
+    pub upstreams: BTreeMap<Api, Upstream>,
+    /// The pooled client toward Ratepay.
+    pub upstream_client: UpstreamClientConfig,
+    /// Ratepay token refresh behaviour.
+    pub tokens: TokenSettings,
+    /// Internal callers and gateway-issued JWTs.
+    pub callers: CallersConfig,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// `[listen]`, validated.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener (`None`: disabled).
+    pub admin: Option<SocketAddr>,
+    /// How long in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// `[sandbox]`, validated.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Token lifetime of the embedded sandbox.
+    pub token_lifetime: Duration,
+    /// Id seed.
+    pub seed: Option<u64>,
+    /// Session status step (`None`: never moves alone).
+    pub session_step: Option<Duration>,
+}
+
+/// One Ratepay OAuth client.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Name of the set.
+    pub name: String,
+    /// Token endpoint.
+    pub token_url: Uri,
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret` (never printed).
+    pub client_secret: SecretString,
+}
+
+/// One upstream API.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Which API.
+    pub api: Api,
+    /// Origin (`scheme://host[:port]`).
+    pub url: Uri,
+    /// OAuth audience.
+    pub audience: String,
+    /// Credential set name.
+    pub credentials: String,
+}
+
+/// `[upstream_client]`, validated.
+#[derive(Debug, Clone)]
+pub struct UpstreamClientConfig {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to response headers for one attempt.
+    pub request_timeout: Duration,
+    /// Pool idle timeout.
+    pub pool_idle_timeout: Duration,
+    /// Extra CA bundle.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[tokens]`, validated.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// Fraction of the lifetime after which to refresh.
+    pub refresh_at_fraction: f64,
+    /// Latest refresh before expiry.
+    pub refresh_margin: Duration,
+    /// Timeout of one token request.
+    pub fetch_timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Retry delay cap.
+    pub retry_max: Duration,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        TokenSettings {
+            refresh_at_fraction: 0.8,
+            refresh_margin: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(5),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a gateway-issued JWT is signed.
+#[derive(Clone)]
+pub enum SigningKey {
+    /// Shared HMAC key.
+    Hs256(SecretString),
+    /// EdDSA key pair, PEM.
+    EdDsa {
+        /// Private key PEM.
+        private_pem: SecretString,
+        /// Public key PEM.
+        public_pem: String,
+    },
+    /// RS256 key pair, PEM.
+    Rs256 {
+        /// Private key PEM.
+        private_pem: SecretString,
+        /// Public key PEM.
+        public_pem: String,
+    },
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SigningKey::Hs256(_) => "Hs256([REDACTED])",
+            SigningKey::EdDsa { .. } => "EdDsa([REDACTED])",
+            SigningKey::Rs256 { .. } => "Rs256([REDACTED])",
+        })
+    }
+}
+
+/// `[gateway_tokens]`, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// Signing key.
+    pub key: SigningKey,
+    /// `iss`.
+    pub issuer: String,
+    /// Lifetime of issued tokens.
+    pub lifetime: Duration,
+}
+
+/// Which X-Partner a caller acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartnerPolicy {
+    /// No X-Partner is sent; a caller-supplied one is refused.
+    None,
+    /// Always this value; a different caller-supplied one is refused.
+    Fixed(String),
+    /// The caller chooses one of these with its own X-Partner header.
+    OneOf(Vec<String>),
+}
+
+/// One internal caller.
+#[derive(Debug, Clone)]
+pub struct CallerConfig {
+    /// Caller name (logs, metrics, audit `caller`).
+    pub name: String,
+    /// SHA-256 of the API key, when the caller has one.
+    pub api_key_sha256: Option<[u8; 32]>,
+    /// Internal OAuth client id and SHA-256 of its secret.
+    pub client: Option<(String, [u8; 32])>,
+    /// Allowed operation patterns (`*`, `payment.*`, exact names).
+    pub operations: Vec<String>,
+    /// X-Partner policy.
+    pub partner: PartnerPolicy,
+}
+
+/// Callers and the gateway's JWT issuer.
+#[derive(Debug, Clone)]
+pub struct CallersConfig {
+    /// All callers.
+    pub callers: Vec<CallerConfig>,
+    /// JWT issuer (`None`: only API keys are accepted and `/oauth/token` answers 404).
+    pub issuer: Option<IssuerConfig>,
+    /// Audiences a caller may request a gateway JWT for (the upstreams' audiences).
+    pub audiences: Vec<String>,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_request_body_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+}
+
+/// Builds errors that name the file.
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Resolves a secret given as `<base>_env` or `<base>_file`; exactly one must be set.
+    fn secret(
+        &self,
+        base: &str,
+        env: &Option<String>,
+        path: &Option<String>,
+    ) -> Result<Option<SecretString>, ConfigError> {
+        match (env, path) {
+            (Some(_), Some(_)) => Err(self.err(
+                base,
+                format!("set only one of {base}_env and {base}_file"),
+            )),
+            (Some(var), None) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(SecretString::from(v))),
+                _ => Err(self.err(
+                    format!("{base}_env"),
+                    format!("environment variable {var} is not set or empty"),
+                )),
+            },
+            (None, Some(p)) => match std::fs::read_to_string(p) {
+                // A trailing newline from `echo secret > file` is not part of the secret.
+                Ok(v) if !v.trim_end_matches(['\n', '\r']).is_empty() => Ok(Some(
+                    SecretString::from(v.trim_end_matches(['\n', '\r']).to_owned()),
+                )),
+                Ok(_) => Err(self.err(format!("{base}_file"), format!("file {p} is empty"))),
+                Err(e) => Err(self.err(
+                    format!("{base}_file"),
+                    format!("cannot read secret file {p}: {e}"),
+                )),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn hash_or_secret(
+        &self,
+        key: &str,
+        hash: &Option<String>,
+        env: &Option<String>,
+        path: &Option<String>,
+    ) -> Result<Option<[u8; 32]>, ConfigError> {
+        let secret = self.secret(key, env, path)?;
+        match (hash, secret) {
+            (Some(_), Some(_)) => Err(self.err(
+                key,
+                format!("set only one of {key}_sha256, {key}_env and {key}_file"),
+            )),
+            (Some(h), None) => parse_sha256(h)
+                .map(Some)
+                .ok_or_else(|| self.err(format!("{key}_sha256"), "expected 64 hex characters (the SHA-256 of the secret)")),
+            (None, Some(s)) => Ok(Some(sha256(s.expose_secret().as_bytes()))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value
+            .parse()
+            .map_err(|_| self.err(key, format!("expected ip:port, got {value:?}")))
+    }
+
+    fn url(&self, key: &str, value: &str, origin_only: bool) -> Result<Uri, ConfigError> {
+        let uri: Uri = value
+            .parse()
+            .map_err(|e| self.err(key, format!("expected an http(s) URL, got {value:?}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err(self.err(key, format!("expected an http:// or https:// URL, got {value:?}"))),
+        }
+        if uri.host().is_none() {
+            return Err(self.err(key, format!("the URL {value:?} has no host")));
+        }
+        if origin_only && !matches!(uri.path(), "" | "/") {
+            return Err(self.err(
+                key,
+                format!("expected an origin without a path (scheme://host[:port]), got {value:?}; the gateway keeps Ratepay's paths"),
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(self.err(key, "the URL must not have a query"));
+        }
+        Ok(uri)
+    }
+
+    fn read_file(&self, key: &str, path: &str) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path)
+            .map_err(|e| self.err(key, format!("cannot read {path}: {e}")))
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn parse_sha256(hex_str: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(hex_str.trim()).ok()?;
+    v.try_into().ok()
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+/// Validates that a value fits an X-Partner header.
+fn valid_partner(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 128 && p.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            key: "(file)".into(),
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let cx = Ctx { file: &name };
+        let parsed: FileConfig = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map(|before| format!("line {}", before.lines().count().max(1)))
+                .unwrap_or_else(|| "(syntax)".into());
+            cx.err(key, e.message().to_owned())
+        })?;
+        Self::validate(parsed, &cx, path)
+    }
+
+    fn validate(f: FileConfig, cx: &Ctx<'_>, path: &Path) -> Result<Config, ConfigError> {
+        let listen = ListenConfig {
+            proxy: cx.addr("listen.proxy", f.listen.proxy.as_deref().unwrap_or("127.0.0.1:8080"))?,
+            admin: match f.listen.admin.as_deref() {
+                None => Some(cx.addr("listen.admin", "127.0.0.1:9091")?),
+                Some("off") | Some("") => None,
+                Some(a) => Some(cx.addr("listen.admin", a)?),
+            },
+            shutdown_grace: ms(f.listen.shutdown_grace_ms, 10_000),
+        };
+
+        let sandbox = match f.sandbox {
+            Some(s) if s.embedded => Some(SandboxSettings {
+                token_lifetime: Duration::from_secs(s.token_lifetime_secs.unwrap_or(1800)),
+                seed: s.seed,
+                session_step: match s.session_step_secs.unwrap_or(10) {
+                    0 => None,
+                    n => Some(Duration::from_secs(n)),
+                },
+            }),
+            _ => None,
+        };
+
+        let mut credentials = BTreeMap::new();
+        for (cname, c) in &f.credentials {
+            let key = format!("credentials.{cname}");
+            let token_url = cx.url(
+                &format!("{key}.token_url"),
+                c.token_url.as_deref().unwrap_or("https://oauth.ratepay.com/oauth/token"),
+                false,
+            )?;
+            if c.client_id.is_empty() {
+                return Err(cx.err(format!("{key}.client_id"), "must not be empty"));
+            }
+            let client_secret = cx
+                .secret(&format!("{key}.client_secret"), &c.client_secret_env, &c.client_secret_file)?
+                .ok_or_else(|| {
+                    cx.err(
+                        format!("{key}.client_secret"),
+                        "missing: set client_secret_env = \"VAR\" or client_secret_file = \"path\"",
+                    )
+                })?;
+            credentials.insert(
+                cname.clone(),
+                Credentials {
+                    name: cname.clone(),
+                    token_url,
+                    client_id: c.client_id.clone(),
+                    client_secret,
+                },
+            );
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (uname, u) in &f.upstreams {
+            let key = format!("upstreams.{uname}");
+            let api = Api::from_name(uname).ok_or_else(|| {
+                cx.err(&key, "unknown upstream; expected one of payment, status, hpp")
+            })?;
+            let cred = u.credentials.clone().unwrap_or_else(|| "default".into());
+            if !credentials.contains_key(&cred) {
+                return Err(cx.err(
+                    format!("{key}.credentials"),
+                    format!("no [credentials.{cred}] section is defined"),
+                ));
+            }
+            if u.audience.is_empty() {
+                return Err(cx.err(format!("{key}.audience"), "must not be empty"));
+            }
+            upstreams.insert(
+                api,
+                Upstream {
+                    api,
+                    url: cx.url(&format!("{key}.url"), &u.url, true)?,
+                    audience: u.audience.clone(),
+                    credentials: cred,
+                },
+            );
+        }
+        if upstreams.is_empty() {
+            return Err(cx.err("upstreams", "at least one of [upstreams.payment], [upstreams.status], [upstreams.hpp] is required"));
+        }
+
+        let uc = &f.upstream_client;
+        let upstream_client = UpstreamClientConfig {
+            connect_timeout: ms(uc.connect_timeout_ms, 2_000),
+            request_timeout: ms(uc.request_timeout_ms, 10_000),
+            pool_idle_timeout: Duration::from_secs(uc.pool_idle_timeout_secs.unwrap_or(90)),
+            ca_file: match &uc.ca_file {
+                Some(p) => {
+                    cx.read_file("upstream_client.ca_file", p)?;
+                    Some(PathBuf::from(p))
+                }
+                None => None,
+            },
+        };
+        if upstream_client.connect_timeout.is_zero() || upstream_client.request_timeout.is_zero() {
+            return Err(cx.err("upstream_client", "timeouts must be greater than zero"));
+        }
+
+        let t = &f.tokens;
+        let d = TokenSettings::default();
+        let tokens = TokenSettings {
+            refresh_at_fraction: t.refresh_at_fraction.unwrap_or(d.refresh_at_fraction),
+            refresh_margin: t.refresh_margin_secs.map(Duration::from_secs).unwrap_or(d.refresh_margin),
+            fetch_timeout: t.fetch_timeout_ms.map(Duration::from_millis).unwrap_or(d.fetch_timeout),
+            retry_initial: t.retry_initial_ms.map(Duration::from_millis).unwrap_or(d.retry_initial),
+            retry_max: t.retry_max_ms.map(Duration::from_millis).unwrap_or(d.retry_max),
+        };
+        if !(0.5..=0.95).contains(&tokens.refresh_at_fraction) {
+            return Err(cx.err("tokens.refresh_at_fraction", "expected a number from 0.5 to 0.95"));
+        }
+        if tokens.retry_initial > tokens.retry_max || tokens.retry_initial.is_zero() {
+            return Err(cx.err("tokens.retry_initial_ms", "must be above zero and at most tokens.retry_max_ms"));
+        }
+
+        let issuer = match &f.gateway_tokens {
+            None => None,
+            Some(g) => Some(Self::issuer(g, cx)?),
+        };
+
+        let mut callers = Vec::new();
+        let mut seen_keys = HashSet::new();
+        let mut seen_clients = HashSet::new();
+        for (name, c) in &f.callers {
+            let key = format!("callers.{name}");
+            let api_key_sha256 =
+                cx.hash_or_secret(&format!("{key}.api_key"), &c.api_key_sha256, &c.api_key_env, &c.api_key_file)?;
+            if let Some(h) = api_key_sha256 {
+                if !seen_keys.insert(h) {
+                    return Err(cx.err(format!("{key}.api_key"), "the same API key is configured for two callers"));
+                }
+            }
+            let secret = cx.hash_or_secret(
+                &format!("{key}.client_secret"),
+                &c.client_secret_sha256,
+                &c.client_secret_env,
+                &c.client_secret_file,
+            )?;
+            let client = match (&c.client_id, secret) {
+                (Some(id), Some(s)) => {
+                    if issuer.is_none() {
+                        return Err(cx.err(format!("{key}.client_id"), "callers with a client_id need a [gateway_tokens] section"));
+                    }
+                    if !seen_clients.insert(id.clone()) {
+                        return Err(cx.err(format!("{key}.client_id"), format!("client_id {id:?} is used by two callers")));
+                    }
+                    Some((id.clone(), s))
+                }
+                (None, None) => None,
+                (Some(_), None) => return Err(cx.err(format!("{key}.client_secret"), "a client_id needs client_secret_sha256, client_secret_env or client_secret_file")),
+                (None, Some(_)) => return Err(cx.err(format!("{key}.client_id"), "a client secret is set but no client_id")),
+            };
+            if api_key_sha256.is_none() && client.is_none() {
+                return Err(cx.err(&key, "the caller has no credential: set api_key_sha256/_env/_file or client_id with a client secret"));
+            }
+            for op in &c.operations {
+                let ok = op == "*"
+                    || routes::operation(op).is_some()
+                    || op.strip_suffix(".*").is_some_and(|p| routes::OPERATIONS.iter().any(|o| o.name.starts_with(&format!("{p}."))));
+                if !ok {
+                    return Err(cx.err(format!("{key}.operations"), format!("unknown operation {op:?}; expected \"*\", an API prefix such as \"payment.*\", or a name such as \"payment.cancellations.create\"")));
+                }
+            }
+            let partner = match (&c.partner, &c.partners) {
+                (Some(_), Some(_)) => return Err(cx.err(format!("{key}.partner"), "set either partner (fixed) or partners (caller chooses), not both")),
+                (Some(p), None) => PartnerPolicy::Fixed(p.clone()),
+                (None, Some(ps)) if ps.is_empty() => return Err(cx.err(format!("{key}.partners"), "must list at least one partner")),
+                (None, Some(ps)) => PartnerPolicy::OneOf(ps.clone()),
+                (None, None) => PartnerPolicy::None,
+            };
+            if let PartnerPolicy::Fixed(p) = &partner {
+                if !valid_partner(p) {
+                    return Err(cx.err(format!("{key}.partner"), "expected 1 to 128 visible ASCII characters"));
+                }
+            }
+            if let PartnerPolicy::OneOf(ps) = &partner {
+                if let Some(bad) = ps.iter().find(|p| !valid_partner(p)) {
+                    return Err(cx.err(format!("{key}.partners"), format!("{bad:?}: expected 1 to 128 visible ASCII characters")));
+                }
+            }
+            callers.push(CallerConfig {
+                name: name.clone(),
+                api_key_sha256,
+                client,
+                operations: c.operations.clone(),
+                partner,
+            });
+        }
+
+        let limits = Limits {
+            max_request_body_bytes: f.limits.max_request_body_bytes.unwrap_or(1 << 20),
+            request_timeout: ms(f.limits.request_timeout_ms, 30_000),
+        };
+        if limits.max_request_body_bytes == 0 || limits.request_timeout.is_zero() {
+            return Err(cx.err("limits", "max_request_body_bytes and request_timeout_ms must be greater than zero"));
+        }
+
+        let audiences = upstreams.values().map(|u| u.audience.clone()).collect();
+        Ok(Config {
+            source: path.to_path_buf(),
+            listen,
+            sandbox,
+            credentials,
+            upstreams,
+            upstream_client,
+            tokens,
+            callers: CallersConfig {
+                callers,
+                issuer,
+                audiences,
+            },
+            limits,
+        })
+    }
+
+    fn issuer(g: &file::GatewayTokensFile, cx: &Ctx<'_>) -> Result<IssuerConfig, ConfigError> {
+        let alg = g.algorithm.as_deref().unwrap_or("HS256");
+        let key = match alg {
+            "HS256" => {
+                let k = cx
+                    .secret("gateway_tokens.hs256_key", &g.hs256_key_env, &g.hs256_key_file)?
+                    .ok_or_else(|| cx.err("gateway_tokens.hs256_key", "missing: set hs256_key_env or hs256_key_file"))?;
+                if k.expose_secret().len() < 32 {
+                    return Err(cx.err("gateway_tokens.hs256_key", "the key must be at least 32 bytes"));
+                }
+                SigningKey::Hs256(k)
+            }
+            "EdDSA" | "RS256" => {
+                let (Some(private), Some(public)) = (&g.private_key_file, &g.public_key_file) else {
+                    return Err(cx.err("gateway_tokens", format!("{alg} needs private_key_file and public_key_file")));
+                };
+                let private_pem = SecretString::from(cx.read_file("gateway_tokens.private_key_file", private)?);
+                let public_pem = cx.read_file("gateway_tokens.public_key_file", public)?;
+                let checked = if alg == "EdDSA" {
+                    jsonwebtoken::EncodingKey::from_ed_pem(private_pem.expose_secret().as_bytes()).is_ok()
+                        && jsonwebtoken::DecodingKey::from_ed_pem(public_pem.as_bytes()).is_ok()
+                } else {
+                    jsonwebtoken::EncodingKey::from_rsa_pem(private_pem.expose_secret().as_bytes()).is_ok()
+                        && jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes()).is_ok()
+                };
+                if !checked {
+                    return Err(cx.err("gateway_tokens.private_key_file", format!("not a valid {alg} PEM key pair")));
+                }
+                if alg == "EdDSA" {
+                    SigningKey::EdDsa { private_pem, public_pem }
+                } else {
+                    SigningKey::Rs256 { private_pem, public_pem }
+                }
+            }
+            other => {
+                return Err(cx.err("gateway_tokens.algorithm", format!("expected HS256, EdDSA or RS256, got {other:?}")))
+            }
+        };
+        let lifetime = Duration::from_secs(g.lifetime_secs.unwrap_or(900));
+        if lifetime.is_zero() || lifetime > Duration::from_secs(86_400) {
+            return Err(cx.err("gateway_tokens.lifetime_secs", "expected 1 to 86400 seconds"));
+        }
+        Ok(IssuerConfig {
+            key,
+            issuer: g.issuer.clone().unwrap_or_else(|| "ratepay-gateway".into()),
+            lifetime,
+        })
+    }
+
+    /// Points every upstream and token endpoint at an embedded sandbox at `base`.
+    pub fn point_at_sandbox(&mut self, base: &Uri) {
+        for u in self.upstreams.values_mut() {
+            u.url = base.clone();
+        }
+        for c in self.credentials.values_mut() {
+            let url = format!("{}/oauth/token", base.to_string().trim_end_matches('/'));
+            if let Ok(uri) = url.parse() {
+                c.token_url = uri;
+            }
+        }
+    }
+
+    /// The resolved configuration as TOML-like text with every secret redacted (`check-config`).
+    pub fn redacted(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "# resolved from {}", self.source.display());
+        let _ = writeln!(s, "[listen]\nproxy = \"{}\"", self.listen.proxy);
+        match self.listen.admin {
+            Some(a) => {
+                let _ = writeln!(s, "admin = \"{a}\"");
+            }
+            None => {
+                let _ = writeln!(s, "admin = \"off\"");
+            }
+        }
+        let _ = writeln!(s, "shutdown_grace_ms = {}", self.listen.shutdown_grace.as_millis());
+        if let Some(sb) = &self.sandbox {
+            let _ = writeln!(
+                s,
+                "\n[sandbox]\nembedded = true\ntoken_lifetime_secs = {}\nseed = {}\nsession_step_secs = {}",
+                sb.token_lifetime.as_secs(),
+                sb.seed.map_or("\"random\"".to_owned(), |s| s.to_string()),
+                sb.session_step.map_or(0, |d| d.as_secs())
+            );
+        }
+        for c in self.credentials.values() {
+            let _ = writeln!(
+                s,
+                "\n[credentials.{}]\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"[REDACTED]\"",
+                c.name, c.token_url, c.client_id
+            );
+        }
+        for u in self.upstreams.values() {
+            let _ = writeln!(
+                s,
+                "\n[upstreams.{}]\nurl = \"{}\"\naudience = \"{}\"\ncredentials = \"{}\"",
+                u.api.name(),
+                u.url,
+                u.audience,
+                u.credentials
+            );
+        }
+        let c = &self.upstream_client;
+        let _ = writeln!(
+            s,
+            "\n[upstream_client]\nconnect_timeout_ms = {}\nrequest_timeout_ms = {}\npool_idle_timeout_secs = {}\nca_file = {:?}",
+            c.connect_timeout.as_millis(),
+            c.request_timeout.as_millis(),
+            c.pool_idle_timeout.as_secs(),
+            c.ca_file
+        );
+        let t = &self.tokens;
+        let _ = writeln!(
+            s,
+            "\n[tokens]\nrefresh_at_fraction = {}\nrefresh_margin_secs = {}\nfetch_timeout_ms = {}\nretry_initial_ms = {}\nretry_max_ms = {}",
+            t.refresh_at_fraction,
+            t.refresh_margin.as_secs(),
+            t.fetch_timeout.as_millis(),
+            t.retry_initial.as_millis(),
+            t.retry_max.as_millis()
+        );
+        if let Some(i) = &self.callers.issuer {
+            let _ = writeln!(
+                s,
+                "\n[gateway_tokens]\nkey = \"{:?}\"\nissuer = \"{}\"\nlifetime_secs = {}",
+                i.key,
+                i.issuer,
+                i.lifetime.as_secs()
+            );
+        }
+        for c in &self.callers.callers {
+            let _ = writeln!(
+                s,
+                "\n[callers.{}]\napi_key = \"{}\"\nclient_id = {:?}\nclient_secret = \"{}\"\noperations = {:?}\npartner = {:?}",
+                c.name,
+                if c.api_key_sha256.is_some() { "[REDACTED]" } else { "none" },
+                c.client.as_ref().map(|(id, _)| id),
+                if c.client.is_some() { "[REDACTED]" } else { "none" },
+                c.operations,
+                c.partner
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n[limits]\nmax_request_body_bytes = {}\nrequest_timeout_ms = {}",
+            self.limits.max_request_body_bytes,
+            self.limits.request_timeout.as_millis()
+        );
+        s
+    }
+}

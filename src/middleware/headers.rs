@@ -1,0 +1,123 @@
+//! Header hygiene toward Ratepay: strip the caller's credentials and hop-by-hop headers, set the
+//! X-Partner the caller's policy decided.
+//!
+//! Sits after the caller layer (which decided the partner) and before the token layer (which
+//! adds Ratepay's Authorization). Nothing the caller authenticated with, and nothing about the
+//! internal network, leaves the gateway.
+
+use std::task::{Context, Poll};
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use crate::{context::Authenticated, error::GatewayError};
+
+/// `X-Partner`.
+pub static X_PARTNER: HeaderName = HeaderName::from_static("x-partner");
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus credentials and
+/// internal addressing.
+const STRIPPED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "x-partner",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+        headers.remove(n);
+    }
+}
+
+/// Layer for [`Headers`].
+#[derive(Clone, Debug, Default)]
+pub struct HeadersLayer;
+
+impl<S> tower::Layer<S> for HeadersLayer {
+    type Service = Headers<S>;
+    fn layer(&self, inner: S) -> Headers<S> {
+        Headers { inner }
+    }
+}
+
+/// Strips caller headers and sets X-Partner.
+#[derive(Clone, Debug)]
+pub struct Headers<S> {
+    inner: S,
+}
+
+impl<S: Inner> tower::Service<GwRequest> for Headers<S> {
+    type Response = GwResponse;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: GwRequest) -> Self::Future {
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        for n in STRIPPED {
+            headers.remove(*n);
+        }
+        let partner = req.extensions().get::<Authenticated>().and_then(|a| a.partner.clone());
+        if let Some(p) = partner {
+            match HeaderValue::from_str(&p) {
+                Ok(v) => {
+                    req.headers_mut().insert(X_PARTNER.clone(), v);
+                }
+                Err(_) => {
+                    return Box::pin(async { Err(GatewayError::Internal("configured partner is not a header value".into())) })
+                }
+            }
+        }
+        take_ready(&mut self.inner).call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-secret-hop, keep-alive"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("prefer", HeaderValue::from_static("return=representation"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("prefer").is_some());
+    }
+}

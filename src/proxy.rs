@@ -1,0 +1,122 @@
+//! The innermost service: rewrite the URI to the upstream's origin and forward with the pooled
+//! client, streaming the response back.
+//!
+//! The path and query are Ratepay's own (the caller changed only the host), so the upstream URL
+//! is the configured origin plus the request's path and query. A connect failure is 502 and a
+//! missed response deadline 504, both naming the upstream; hop-by-hop response headers are
+//! removed and everything else passes through unchanged.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{uri::PathAndQuery, Request, Uri};
+use http_body_util::Full;
+
+use crate::{
+    body,
+    client::HttpClient,
+    context::RequestContext,
+    error::GatewayError,
+    middleware::{headers::strip_hop_by_hop, BoxFuture, GwRequest, GwResponse},
+    routes::Api,
+};
+
+/// Forwards requests to Ratepay.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+struct ProxyInner {
+    client: HttpClient,
+    origins: BTreeMap<Api, Uri>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("origins", &self.inner.origins).finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy over `client` to the given origins.
+    pub fn new(client: HttpClient, origins: BTreeMap<Api, Uri>, request_timeout: Duration) -> Proxy {
+        Proxy {
+            inner: Arc::new(ProxyInner {
+                client,
+                origins,
+                request_timeout,
+            }),
+        }
+    }
+}
+
+/// A client error described without anything secret (hyper errors never carry headers).
+pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = if e.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+impl tower::Service<GwRequest> for Proxy {
+    type Response = GwResponse;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: GwRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let api = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| c.route.operation.api)
+                .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+            let upstream = api.name();
+            let origin = inner.origins.get(&api).ok_or(GatewayError::NoUpstream(upstream))?;
+            let (parts, bytes) = req.into_parts();
+            let mut uri = origin.clone().into_parts();
+            uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+            let uri = Uri::from_parts(uri).map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
+            let mut out = Request::new(Full::new(bytes));
+            *out.method_mut() = parts.method;
+            *out.uri_mut() = uri;
+            *out.headers_mut() = parts.headers;
+            let resp = match tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    return Err(GatewayError::UpstreamUnreachable {
+                        upstream,
+                        reason: describe_client_error(&e),
+                    })
+                }
+                Err(_) => {
+                    return Err(GatewayError::UpstreamTimeout {
+                        upstream,
+                        timeout_ms: inner.request_timeout.as_millis(),
+                    })
+                }
+            };
+            let (mut parts, incoming) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(GwResponse::from_parts(parts, body::boxed(incoming)))
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! Accept loops for the proxy and admin listeners, connection settings, graceful drain.
+//!
+//! [`run`] takes bound listeners (binding and signals stay in main.rs; tests bind port 0) and
+//! serves until `shutdown` resolves: then it stops accepting, lets in-flight requests finish
+//! within the grace period, and returns.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    body::Body,
+    stack::{simple, Gateway, READY_TOKEN_WAIT},
+};
+
+/// Serves the proxy (and admin) listeners until `shutdown`, then drains for up to `grace`.
+pub async fn run(
+    proxy: TcpListener,
+    admin: Option<TcpListener>,
+    gateway: Gateway,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let gw = gateway.clone();
+        tasks.spawn(accept_loop(proxy, stop_rx.clone(), graceful.clone(), move |req, peer| {
+            let gw = gw.clone();
+            async move { gw.handle(req, peer).await }
+        }));
+    }
+    if let Some(admin) = admin {
+        let gw = gateway.clone();
+        tasks.spawn(accept_loop(admin, stop_rx.clone(), graceful.clone(), move |req, _peer| {
+            let gw = gw.clone();
+            async move { admin_handle(&gw, req).await }
+        }));
+    }
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        tracing::warn!("connections still referenced; exiting without drain");
+        return;
+    };
+    match tokio::time::timeout(grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
+    }
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// `/healthz`, `/readyz` on the admin listener.
+async fn admin_handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => simple(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            let mut problems = Vec::new();
+            for (api, source) in gw.token_sources() {
+                match tokio::time::timeout(READY_TOKEN_WAIT, source.bearer()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => problems.push(format!("{}: {e}", api.name())),
+                    Err(_) => problems.push(format!("{}: no token within {} ms", api.name(), READY_TOKEN_WAIT.as_millis())),
+                }
+            }
+            if problems.is_empty() {
+                simple(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                simple(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready\n{}\n", problems.join("\n")))
+            }
+        }
+        _ => simple(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz or /readyz\n"),
+    }
+}

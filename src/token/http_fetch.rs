@@ -1,0 +1,82 @@
+//! The production [`FetchToken`]: Ratepay's JSON client-credentials request over the shared client.
+
+use bytes::Bytes;
+use http::{header, Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+
+use super::{FetchError, FetchFuture, FetchToken, Fetched};
+use crate::client::HttpClient;
+
+/// Token responses are small; anything larger is not a token response.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+
+/// Fetches tokens for one credential set and audience.
+pub struct HttpFetcher {
+    /// Shared upstream client.
+    pub client: HttpClient,
+    /// Token endpoint.
+    pub token_url: Uri,
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret`.
+    pub client_secret: SecretString,
+    /// Requested audience.
+    pub audience: String,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+impl FetchToken for HttpFetcher {
+    fn fetch(&self) -> FetchFuture {
+        let body = serde_json::json!({
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.expose_secret(),
+            "audience": self.audience,
+            "grant_type": "client_credentials",
+        });
+        let req = serde_json::to_vec(&body)
+            .map_err(|e| FetchError::Malformed(e.to_string()))
+            .and_then(|bytes| {
+                Request::builder()
+                    .method(Method::POST)
+                    .uri(self.token_url.clone())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::ACCEPT, "application/json")
+                    .body(Full::new(Bytes::from(bytes)))
+                    .map_err(|e| FetchError::Malformed(e.to_string()))
+            });
+        let client = self.client.clone();
+        Box::pin(async move {
+            let resp = client
+                .request(req?)
+                .await
+                .map_err(|e| FetchError::Transport(crate::proxy::describe_client_error(&e)))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| FetchError::Transport(e.to_string()))?
+                .to_bytes();
+            match status.as_u16() {
+                200 => {}
+                401 | 403 => return Err(FetchError::Refused(status.as_u16())),
+                s => return Err(FetchError::Status(s)),
+            }
+            let parsed: TokenResponse = serde_json::from_slice(&bytes)
+                .map_err(|_| FetchError::Malformed("expected {\"access_token\", \"expires_in\", \"token_type\"}".into()))?;
+            if parsed.expires_in == 0 {
+                return Err(FetchError::Malformed("expires_in is 0".into()));
+            }
+            Ok(Fetched {
+                access_token: SecretString::from(parsed.access_token),
+                expires_in: Duration::from_secs(parsed.expires_in),
+            })
+        })
+    }
+}
