@@ -70,13 +70,54 @@ impl FetchToken for HttpFetcher {
             }
             let parsed: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|_| FetchError::Malformed("expected {\"access_token\", \"expires_in\", \"token_type\"}".into()))?;
-            if parsed.expires_in == 0 {
-                return Err(FetchError::Malformed("expires_in is 0".into()));
+            let expires_in = lifetime(&parsed.access_token, parsed.expires_in);
+            if expires_in.is_zero() {
+                return Err(FetchError::Malformed("the token is already expired (expires_in / exp)".into()));
             }
             Ok(Fetched {
                 access_token: SecretString::from(parsed.access_token),
-                expires_in: Duration::from_secs(parsed.expires_in),
+                expires_in,
             })
         })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ExpClaim {
+    exp: u64,
+}
+
+/// The token's remaining life: `expires_in`, shortened to the JWT's `exp` when that is earlier
+/// (`exp` has whole-second precision and is what Ratepay checks). The signature is not verified:
+/// the gateway only reads when Ratepay will stop accepting the token.
+fn lifetime(token: &str, expires_in: u64) -> Duration {
+    let announced = Duration::from_secs(expires_in);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    match jsonwebtoken::dangerous::insecure_decode_claims::<ExpClaim>(token) {
+        Ok(c) => Duration::from_secs(c.exp).saturating_sub(now).min(announced),
+        Err(_) => announced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_claim_shortens_announced_lifetime() {
+        crate::crypto::install_providers();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"exp": now + 10});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        let l = lifetime(&token, 1800);
+        assert!(l <= Duration::from_secs(10) && l > Duration::from_secs(8), "{l:?}");
+        assert_eq!(lifetime("opaque", 30), Duration::from_secs(30));
     }
 }
