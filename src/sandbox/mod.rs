@@ -70,3 +70,10 @@ impl Default for SandboxConfig {
 pub async fn spawn(_config: SandboxConfig) -> io::Result<SandboxHandle> {
     unimplemented!()
 }
+
+impl SandboxHandle {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

@@ -1,0 +1,314 @@
+//! Shared harness for end-to-end tests: the sandbox and the gateway on 127.0.0.1:0, a real
+//! HTTP client, and the sandbox's counters.
+#![allow(dead_code)]
+
+use std::{path::Path, time::Duration};
+
+use ratepay_gateway::{
+    config::Config,
+    sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig, SandboxHandle},
+    server,
+    stack::Gateway,
+};
+use serde_json::{json, Value};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub const PAYMENT_AUD: &str = "https://api-integration.ratepay.com/transaction/management";
+pub const STATUS_AUD: &str = "https://api-integration.ratepay.com/transaction/status/v2/transactions";
+pub const HPP_AUD: &str = "https://payment-integration.ratepay.com";
+pub const RATEPAY_SECRET: &str = "test-ratepay-client-secret-5f1c";
+pub const SVC_SECRET: &str = "svc-client-secret-9a7e";
+pub const TX_PATH: &str = "/transaction/management/v2/transactions";
+
+/// The API keys of the test callers.
+pub mod keys {
+    /// All operations, fixed partner `p-fixed`.
+    pub const FULL: &str = "full-key-0001";
+    /// All operations, chooses `p-a` or `p-b`.
+    pub const CHOOSER: &str = "chooser-key-0002";
+    /// Only session records, partner `p-fixed`.
+    pub const READER: &str = "reader-key-0003";
+    /// All operations, no partner.
+    pub const NOPARTNER: &str = "nopartner-key-0004";
+}
+
+/// Knobs for one harness.
+pub struct Options {
+    pub token_lifetime: Duration,
+    pub request_timeout_ms: u64,
+    pub tokens_toml: String,
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token_lifetime: Duration::from_secs(1800),
+            request_timeout_ms: 5000,
+            tokens_toml: String::new(),
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// A running sandbox and gateway.
+pub struct Harness {
+    pub sandbox: SandboxHandle,
+    pub gateway: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn sha(s: &str) -> String {
+    hex::encode(ratepay_gateway::config::sha256(s.as_bytes()))
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write test file");
+    p.display().to_string()
+}
+
+/// The gateway configuration used by the tests, pointing at `sandbox_url`.
+pub fn config_text(dir: &Path, sandbox_url: &str, opts: &Options) -> String {
+    let secret = write(dir, "ratepay-secret", RATEPAY_SECRET);
+    let jwt_key = write(dir, "jwt-key", "test-gateway-signing-key-0123456789abcdef");
+    let svc_secret = write(dir, "svc-secret", SVC_SECRET);
+    format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace_ms = 5000
+
+[credentials.default]
+token_url = "{sandbox_url}/oauth/token"
+client_id = "gw-client"
+client_secret_file = "{secret}"
+
+[upstreams.payment]
+url = "{sandbox_url}"
+audience = "{PAYMENT_AUD}"
+
+[upstreams.status]
+url = "{sandbox_url}"
+audience = "{STATUS_AUD}"
+
+[upstreams.hpp]
+url = "{sandbox_url}"
+audience = "{HPP_AUD}"
+
+[upstream_client]
+connect_timeout_ms = 1000
+request_timeout_ms = {timeout}
+
+[tokens]
+{tokens}
+
+[gateway_tokens]
+hs256_key_file = "{jwt_key}"
+lifetime_secs = 300
+
+[callers.full]
+api_key_sha256 = "{full}"
+operations = ["*"]
+partner = "p-fixed"
+
+[callers.chooser]
+api_key_sha256 = "{chooser}"
+operations = ["*"]
+partners = ["p-a", "p-b"]
+
+[callers.reader]
+api_key_sha256 = "{reader}"
+operations = ["hpp.session_records.*"]
+partner = "p-fixed"
+
+[callers.nopartner]
+api_key_sha256 = "{nopartner}"
+operations = ["*"]
+
+[callers.svc]
+client_id = "svc-client"
+client_secret_file = "{svc_secret}"
+operations = ["payment.*", "hpp.*"]
+partner = "p-fixed"
+
+[limits]
+max_request_body_bytes = 65536
+request_timeout_ms = 20000
+
+{extra}
+"#,
+        timeout = opts.request_timeout_ms,
+        tokens = opts.tokens_toml,
+        extra = opts.extra_toml,
+        full = sha(keys::FULL),
+        chooser = sha(keys::CHOOSER),
+        reader = sha(keys::READER),
+        nopartner = sha(keys::NOPARTNER),
+    )
+}
+
+/// The sandbox configuration matching [`config_text`].
+pub fn sandbox_config(token_lifetime: Duration) -> SandboxConfig {
+    SandboxConfig {
+        clients: vec![SandboxClient {
+            client_id: "gw-client".into(),
+            client_secret: RATEPAY_SECRET.to_owned().into(),
+        }],
+        audiences: SandboxAudiences {
+            payment: PAYMENT_AUD.into(),
+            status: STATUS_AUD.into(),
+            hpp: HPP_AUD.into(),
+        },
+        token_lifetime,
+        seed: Some(7),
+        session_step: None,
+    }
+}
+
+impl Harness {
+    /// Sandbox + gateway with default options.
+    pub async fn start() -> Harness {
+        Harness::with(Options::default()).await
+    }
+
+    /// Sandbox + gateway with `opts`.
+    pub async fn with(opts: Options) -> Harness {
+        let sandbox = sandbox::spawn(sandbox_config(opts.token_lifetime))
+            .await
+            .expect("sandbox starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config_text(dir.path(), &sandbox.url(), &opts);
+        let config = Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
+        Harness::serve(sandbox, dir, config).await
+    }
+
+    /// Serves `config` (already pointing at `sandbox`).
+    pub async fn serve(sandbox: SandboxHandle, dir: tempfile::TempDir, config: Config) -> Harness {
+        let gateway = Gateway::build(&config).expect("gateway builds");
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gw_url = format!("http://{}", proxy.local_addr().expect("addr"));
+        let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            server::run(proxy, Some(admin), gateway, Duration::from_secs(5), async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Harness {
+            sandbox,
+            gateway: gw_url,
+            admin: admin_url,
+            http: reqwest::Client::builder().build().expect("client"),
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the gateway gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// A URL on the gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.gateway, path)
+    }
+
+    /// A request builder through the gateway with an API key.
+    pub fn req(&self, method: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(key)
+    }
+
+    /// The sandbox's counters.
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_sandbox/stats", self.sandbox.url()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    /// Requests the sandbox received for one operation.
+    pub async fn op_count(&self, op: &str) -> u64 {
+        self.stats().await["requests"][op].as_u64().unwrap_or(0)
+    }
+
+    /// Requests the sandbox received in total (token requests excluded).
+    pub async fn upstream_total(&self) -> u64 {
+        self.stats().await["requests_total"].as_u64().unwrap_or(0)
+    }
+
+    /// Installs a sandbox fault.
+    pub async fn fault(&self, fault: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_sandbox/faults", self.sandbox.url()))
+            .json(&fault)
+            .send()
+            .await
+            .expect("fault");
+        assert!(r.status().is_success(), "fault accepted: {}", r.status());
+    }
+
+    /// Authorizes a transaction through the gateway; returns its id.
+    pub async fn authorize(&self, key: &str, partner: Option<&str>, amount: f64) -> String {
+        let mut rb = self.req(reqwest::Method::POST, TX_PATH, key).json(&authorize_body(amount));
+        if let Some(p) = partner {
+            rb = rb.header("x-partner", p);
+        }
+        let resp = rb.send().await.expect("authorize");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("authorize json");
+        assert_eq!(status, 201, "authorize: {body}");
+        body["ratepay_transaction_id"].as_str().expect("transaction id").to_owned()
+    }
+}
+
+/// A minimal valid authorization request.
+pub fn authorize_body(amount: f64) -> Value {
+    json!({
+        "currency": "EUR",
+        "buyer": {
+            "first_name": "Test",
+            "last_name": "Buyer",
+            "contact": { "email": "buyer@example.com" }
+        },
+        "shop_baskets": [{ "gross_amount": amount }]
+    })
+}
+
+/// Asserts a problem+json answer with `status` and returns its body.
+pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    assert!(resp.headers().contains_key("x-request-id"));
+    let body: Value = resp.json().await.expect("problem json");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("https://")));
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(body["request_id"].as_str().is_some());
+    body
+}

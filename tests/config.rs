@@ -1,0 +1,113 @@
+//! Every shipped configuration file parses and validates; broken files fail with the key named.
+
+use std::path::Path;
+
+use ratepay_gateway::{config::Config, routes::Api};
+
+#[test]
+fn local_toml_is_valid_and_embeds_the_sandbox() {
+    let c = Config::from_file(Path::new("config/local.toml")).expect("config/local.toml is valid");
+    assert!(c.sandbox.is_some());
+    assert_eq!(c.upstreams.len(), 3);
+    assert!(c.callers.callers.iter().any(|c| c.name == "demo"));
+}
+
+/// integration.toml and production.toml take secrets from the environment and /run/secrets;
+/// give them test values and validate the whole file.
+#[test]
+fn integration_and_production_toml_are_valid_with_their_secrets_present() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("RATEPAY_CLIENT_SECRET", "s"),
+        ("GATEWAY_JWT_KEY", "0123456789abcdef0123456789abcdef"),
+        ("GATEWAY_KEY_CHECKOUT", "k1"),
+        ("GATEWAY_KEY_ORDERS", "k2"),
+        ("GATEWAY_KEY_REPORTING", "k3"),
+    ] {
+        // SAFETY: this test binary's tests do not read these variables concurrently.
+        unsafe { std::env::set_var(var, value) };
+    }
+    std::fs::write(dir.path().join("gateway-jwt-key"), "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(dir.path().join("ratepay-client-secret"), "s").unwrap();
+    for name in ["integration", "production"] {
+        let path = format!("config/{name}.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/run/secrets/", &format!("{}/", dir.path().display()));
+        let c = Config::from_toml(&text, Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.sandbox.is_none(), "{name} must talk to Ratepay");
+        let host = if name == "production" { "https://api.ratepay.com" } else { "https://api-integration.ratepay.com" };
+        assert!(c.upstreams[&Api::Payment].audience.starts_with(host), "{name}");
+    }
+}
+
+#[test]
+fn every_file_in_config_dir_is_checked_above() {
+    let mut names: Vec<String> = std::fs::read_dir("config")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["integration.toml", "local.toml", "production.toml"]);
+}
+
+fn err(text: &str) -> String {
+    Config::from_toml(text, Path::new("broken.toml")).unwrap_err().to_string()
+}
+
+const BASE: &str = r#"
+[credentials.default]
+client_id = "c"
+client_secret_env = "PATH"
+[upstreams.payment]
+url = "https://api-integration.ratepay.com"
+audience = "a"
+"#;
+
+#[test]
+fn broken_files_name_the_file_and_key() {
+    let e = err(&format!("{BASE}\n[listen]\nproxi = \"127.0.0.1:1\"\n"));
+    assert!(e.starts_with("broken.toml: "), "{e}");
+    assert!(e.contains("proxi"), "{e}");
+
+    let e = err(&format!("{BASE}\n[listen]\nproxy = \"nonsense\"\n"));
+    assert!(e.contains("listen.proxy") && e.contains("ip:port"), "{e}");
+
+    let e = err(&BASE.replace("https://api-integration.ratepay.com", "ftp://x"));
+    assert!(e.contains("upstreams.payment.url"), "{e}");
+
+    let e = err(&BASE.replace("https://api-integration.ratepay.com", "https://h/some/path"));
+    assert!(e.contains("upstreams.payment.url") && e.contains("origin"), "{e}");
+
+    let e = err(&BASE.replace("client_secret_env = \"PATH\"", "client_secret_env = \"RPGW_SURELY_UNSET_VAR\""));
+    assert!(e.contains("credentials.default.client_secret_env") && e.contains("RPGW_SURELY_UNSET_VAR"), "{e}");
+
+    let e = err(&BASE.replace("client_secret_env = \"PATH\"", ""));
+    assert!(e.contains("credentials.default.client_secret") && e.contains("missing"), "{e}");
+
+    let e = err(&format!("{BASE}\n[callers.x]\napi_key_sha256 = \"abc\"\noperations = [\"*\"]\n"));
+    assert!(e.contains("callers.x.api_key_sha256"), "{e}");
+
+    let e = err(&format!("{BASE}\n[callers.x]\napi_key_env = \"PATH\"\noperations = [\"payment.nope\"]\n"));
+    assert!(e.contains("callers.x.operations") && e.contains("payment.nope"), "{e}");
+
+    let e = err(&format!("{BASE}\n[upstreams.billing]\nurl = \"https://x\"\naudience = \"a\"\n"));
+    assert!(e.contains("upstreams.billing"), "{e}");
+
+    let e = err(&format!("{BASE}\n[tokens]\nrefresh_at_fraction = 1.5\n"));
+    assert!(e.contains("tokens.refresh_at_fraction"), "{e}");
+}
+
+#[test]
+fn redacted_output_never_contains_secrets() {
+    let c = Config::from_file(Path::new("config/local.toml")).unwrap();
+    let text = c.redacted();
+    for secret_file in ["config/local/ratepay-client-secret", "config/local/gateway-hs256-key", "config/local/demo-client-secret"] {
+        let secret = std::fs::read_to_string(secret_file).unwrap();
+        assert!(!text.contains(secret.trim()), "{secret_file} leaked");
+        assert!(!format!("{c:?}").contains(secret.trim()), "{secret_file} leaked in Debug");
+    }
+    assert!(text.contains("[REDACTED]"));
+}

@@ -1,0 +1,79 @@
+//! Secrets and tokens never reach the logs: the suite's kind of traffic runs with every target at
+//! TRACE into a buffer, which is then scanned for each secret and for any JWT.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{keys, Harness, TX_PATH};
+use reqwest::Method;
+use serde_json::json;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn trace_logs_contain_no_secret_and_no_token() {
+    let buf = Buffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    // Gateway-issued token flow.
+    let r = h
+        .http
+        .post(h.url("/oauth/token"))
+        .json(&json!({"client_id": "svc-client", "client_secret": common::SVC_SECRET, "audience": common::PAYMENT_AUD, "grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
+    let gw_token = r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let r = h.http.get(h.url(&format!("{TX_PATH}/{tx}"))).bearer_auth(&gw_token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A 401 from Ratepay, refresh and replay.
+    h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
+    let r = h.req(Method::POST, &format!("{TX_PATH}/{tx}/cancellations"), keys::FULL).json(&json!({"gross_amount": 5})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    // Refusals.
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), "wrong-key").send().await.unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::READER).send().await.unwrap();
+    h.http.post(h.url("/oauth/token")).json(&json!({"client_id": "svc-client", "client_secret": "bad-secret-value", "audience": common::PAYMENT_AUD, "grant_type": "client_credentials"})).send().await.unwrap();
+    // Token endpoint failing.
+    h.fault(json!({"operation": "oauth.token", "status": 500, "count": 5})).await;
+    h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    h.stop().await;
+
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.lines().count() > 20, "the scan saw real log output");
+    assert!(logs.contains("ratepay_gateway::access"), "access records present");
+    for secret in [
+        common::RATEPAY_SECRET,
+        common::SVC_SECRET,
+        "bad-secret-value",
+        keys::FULL,
+        keys::READER,
+        "wrong-key",
+        "test-gateway-signing-key",
+        &gw_token,
+    ] {
+        assert!(!logs.contains(secret), "secret {secret:.6}… found in logs");
+    }
+    // Every JWT (ours or Ratepay's) starts with a base64url '{"' header.
+    assert!(!logs.contains("eyJ"), "a JWT found in logs");
+}

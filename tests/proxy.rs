@@ -1,0 +1,348 @@
+//! End to end over loopback: routing, caller authentication and policy, X-Partner, Ratepay token
+//! injection and refresh, problem responses.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{keys, problem, Harness, Options, HPP_AUD, PAYMENT_AUD, STATUS_AUD, TX_PATH};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn tokens_are_injected_for_each_routes_audience() {
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+
+    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = h
+        .req(Method::GET, &format!("/transaction/status/v2/transactions/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = h
+        .req(Method::POST, "/pps/api/v1/session", keys::FULL)
+        .json(&json!({"order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR", "buyer": {"contact": {"email": "b@example.com"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "hpp session: {} {}", r.status(), r.text().await.unwrap());
+
+    // One token per audience, and the sandbox accepted each on its own API only.
+    let stats = h.stats().await;
+    for aud in [PAYMENT_AUD, STATUS_AUD, HPP_AUD] {
+        assert_eq!(stats["tokens_issued_by_audience"][aud], 1, "{aud}: {stats}");
+    }
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_first_requests_cause_one_token_fetch() {
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    // The authorize already fetched the payment token; the status API's is still unfetched.
+    let path = format!("/transaction/status/v2/transactions/{tx}");
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let rb = h.req(Method::GET, &path, keys::FULL);
+        tasks.push(tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 200);
+    }
+    let stats = h.stats().await;
+    assert_eq!(stats["tokens_issued_by_audience"][STATUS_AUD], 1, "{stats}");
+    assert_eq!(stats["requests"]["status.transactions.get"], 200);
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_ahead_of_expiry_without_failures() {
+    // 3 s tokens refreshed at half their life: within a few seconds of steady traffic the
+    // gateway fetches several tokens in the background and never sends an expired one.
+    let h = Harness::with(Options {
+        token_lifetime: Duration::from_secs(3),
+        tokens_toml: "refresh_at_fraction = 0.5\nrefresh_margin_secs = 1".into(),
+        ..Options::default()
+    })
+    .await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    let path = format!("{TX_PATH}/{tx}");
+    let give_up = Instant::now() + Duration::from_secs(15);
+    let mut requests = 0;
+    loop {
+        let r = h.req(Method::GET, &path, keys::FULL).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {requests} failed");
+        requests += 1;
+        let stats = h.stats().await;
+        if stats["tokens_issued"].as_u64().unwrap() >= 3 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "no background refresh seen: {stats}");
+    }
+    let stats = h.stats().await;
+    // Every GET reached the sandbox exactly once: no 401 and replay was ever needed.
+    assert_eq!(stats["requests"]["payment.transactions.get"], requests, "{stats}");
+}
+
+#[tokio::test]
+async fn token_endpoint_faults_do_not_fail_requests_while_the_token_is_valid() {
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000})).await;
+    for _ in 0..20 {
+        let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn no_token_obtainable_is_a_503_problem_naming_the_upstream() {
+    let h = Harness::start().await;
+    h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000})).await;
+    let r = h.req(Method::GET, &format!("{TX_PATH}/abcdefghij0123456789"), keys::FULL).send().await.unwrap();
+    let body = problem(r, 503).await;
+    assert!(body["detail"].as_str().unwrap().contains("payment"), "{body}");
+    assert_eq!(h.op_count("payment.transactions.get").await, 0);
+    // Readiness says the same.
+    let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refreshed_and_the_request_replayed_once() {
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    let before = h.stats().await;
+    let r = h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
+    assert!(r.status().is_success());
+
+    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let after = h.stats().await;
+    assert_eq!(
+        after["tokens_issued"].as_u64().unwrap(),
+        before["tokens_issued"].as_u64().unwrap() + 1,
+        "one new token"
+    );
+    // The GET reached the sandbox twice: refused once with the old token, then replayed.
+    assert_eq!(after["requests"]["payment.transactions.get"], 2);
+
+    // A POST body survives the replay: revoke again and cancel.
+    h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
+    let r = h
+        .req(Method::POST, &format!("{TX_PATH}/{tx}/cancellations"), keys::FULL)
+        .json(&json!({"gross_amount": 10.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn fixed_partner_is_always_sent_and_cannot_be_overridden() {
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    // The transaction lives under p-fixed: the chooser sees it under p-a as not found.
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::CHOOSER)
+        .header("x-partner", "p-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Sending its own fixed value is fine; another one is refused before Ratepay.
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .header("x-partner", "p-fixed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let before = h.upstream_total().await;
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .header("x-partner", "p-a")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 403).await;
+    assert_eq!(h.upstream_total().await, before);
+}
+
+#[tokio::test]
+async fn chosen_partner_must_come_from_the_callers_list() {
+    let h = Harness::start().await;
+    let tx = h.authorize(keys::CHOOSER, Some("p-a"), 50.0).await;
+    let get = |p: &'static str| {
+        h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::CHOOSER)
+            .header("x-partner", p)
+            .send()
+    };
+    assert_eq!(get("p-a").await.unwrap().status(), 200);
+    assert_eq!(get("p-b").await.unwrap().status(), 404, "partner isolation upstream");
+    let before = h.upstream_total().await;
+    problem(get("p-other").await.unwrap(), 403).await;
+    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::CHOOSER).send().await.unwrap();
+    let body = problem(r, 400).await;
+    assert!(body["detail"].as_str().unwrap().contains("p-a"), "lists the choices: {body}");
+    // A caller without partners cannot inject one.
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::NOPARTNER)
+        .header("x-partner", "p-a")
+        .send()
+        .await
+        .unwrap();
+    problem(r, 403).await;
+    assert_eq!(h.upstream_total().await, before);
+}
+
+#[tokio::test]
+async fn unknown_caller_and_forbidden_operation_never_reach_ratepay() {
+    let h = Harness::start().await;
+    let path = format!("{TX_PATH}/abcdefghij0123456789/cancellations");
+    let r = h.http.post(h.url(&path)).json(&json!({"gross_amount": 1})).send().await.unwrap();
+    let body = problem(r, 401).await;
+    assert!(body["detail"].as_str().unwrap().contains("Authorization"));
+    let r = h.req(Method::POST, &path, "wrong-key").json(&json!({"gross_amount": 1})).send().await.unwrap();
+    problem(r, 401).await;
+    let r = h.req(Method::POST, &path, keys::READER).json(&json!({"gross_amount": 1})).send().await.unwrap();
+    let body = problem(r, 403).await;
+    assert!(body["detail"].as_str().unwrap().contains("payment.cancellations.create"));
+    let stats = h.stats().await;
+    assert_eq!(stats["requests_total"], 0, "{stats}");
+    assert_eq!(stats["token_requests"], 0, "not even a token was fetched: {stats}");
+}
+
+#[tokio::test]
+async fn path_tricks_and_unknown_paths_are_refused_before_anything_else() {
+    let h = Harness::start().await;
+    for path in [
+        "/transaction/management/v2/transactions/../../admin",
+        "/transaction/management/v2/transactions/%2e%2e/x",
+        "/transaction/management/v2/transactions/a%2Fb/cancellations",
+        "/transaction/management//v2/transactions",
+        "/pps/api/v1/session-record/%C3%A9t%C3%A9",
+    ] {
+        // reqwest would normalise dot segments; send the raw path over a plain TCP socket.
+        let status = raw_get(&h.gateway, path).await;
+        assert_eq!(status, 400, "{path}");
+    }
+    for path in ["/admin", "/transaction/management/v3/transactions", "/_sandbox/stats"] {
+        let r = h.req(Method::GET, path, keys::FULL).send().await.unwrap();
+        problem(r, 404).await;
+    }
+    // Unknown routes answer 404 even without credentials: routing comes first.
+    let r = h.http.get(h.url("/admin")).send().await.unwrap();
+    problem(r, 404).await;
+    let r = h.req(Method::DELETE, &format!("{TX_PATH}/abcdefghij0123456789"), keys::FULL).send().await.unwrap();
+    problem(r, 405).await;
+    assert_eq!(h.upstream_total().await, 0);
+}
+
+async fn raw_get(base: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", keys::FULL);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn gateway_oauth_token_works_for_an_unmodified_client_flow() {
+    let h = Harness::start().await;
+    // Exactly what a Ratepay SDK sends to Ratepay's token endpoint, with internal credentials.
+    let token_req = |secret: &str, aud: &str| {
+        h.http.post(h.url("/oauth/token")).json(&json!({
+            "client_id": "svc-client",
+            "client_secret": secret,
+            "audience": aud,
+            "grant_type": "client_credentials"
+        }))
+    };
+    let r = token_req(common::SVC_SECRET, PAYMENT_AUD).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 300);
+    let token = body["access_token"].as_str().unwrap().to_owned();
+
+    let r = h
+        .http
+        .post(h.url(TX_PATH))
+        .bearer_auth(&token)
+        .json(&common::authorize_body(20.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The token is for the payment audience only.
+    let r = h.http.get(h.url("/pps/api/v1/session-record/abcdef")).bearer_auth(&token).send().await.unwrap();
+    problem(r, 401).await;
+    // Wrong secret: 401 problem, and Ratepay's secret is never involved.
+    let r = token_req("nope", PAYMENT_AUD).send().await.unwrap();
+    problem(r, 401).await;
+    let r = token_req(common::SVC_SECRET, "https://evil.example").send().await.unwrap();
+    problem(r, 400).await;
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_generated() {
+    let h = Harness::start().await;
+    let r = h.req(Method::GET, "/admin", keys::FULL).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["request_id"], "abc-123");
+    let r = h.req(Method::GET, "/admin", keys::FULL).header("x-request-id", "bad id\u{7f}").send().await;
+    // A malformed id is replaced (or the client refuses to send it); never echoed.
+    if let Ok(r) = r {
+        assert_ne!(r.headers()["x-request-id"], "bad id\u{7f}");
+    }
+    let tx = h.authorize(keys::FULL, None, 10.0).await;
+    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"].len(), 36, "generated UUID");
+}
+
+#[tokio::test]
+async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
+    let h = Harness::with(Options { request_timeout_ms: 300, ..Options::default() }).await;
+    let tx = h.authorize(keys::FULL, None, 10.0).await;
+    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 2000, "count": 1})).await;
+    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    let body = problem(r, 504).await;
+    assert!(body["detail"].as_str().unwrap().contains("payment"));
+
+    // Tokens still come from the sandbox, but the payment API's origin is a closed port.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead: http::Uri = format!("http://{}", closed.local_addr().unwrap()).parse().unwrap();
+    drop(closed);
+    let sandbox = ratepay_gateway::sandbox::spawn(common::sandbox_config(Duration::from_secs(60))).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(dir.path(), &sandbox.url(), &Options::default());
+    let mut config = ratepay_gateway::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
+    if let Some(u) = config.upstreams.get_mut(&ratepay_gateway::routes::Api::Payment) {
+        u.url = dead;
+    }
+    let g = Harness::serve(sandbox, dir, config).await;
+    let r = g.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    let body = problem(r, 502).await;
+    assert!(body["detail"].as_str().unwrap().contains("payment"), "{body}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let h = Harness::start().await;
+    let big = "x".repeat(70_000);
+    let r = h
+        .req(Method::POST, &format!("{TX_PATH}/abcdefghij0123456789/cancellations"), keys::FULL)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    problem(r, 413).await;
+    assert_eq!(h.upstream_total().await, 0);
+}
