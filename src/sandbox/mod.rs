@@ -1,12 +1,38 @@
-//! The local Ratepay simulator ("sandbox"): OAuth, Payment API v2, Transaction Status API and
-//! Hosted Payment Page on loopback, plus `/_sandbox/*` test endpoints.
+//! The local Ratepay simulator ("sandbox"): OAuth, Payment API v2 (with One Time Passcode),
+//! Transaction Status API and Hosted Payment Page on loopback, plus `/_sandbox/*` test
+//! endpoints (stats, faults, token revocation, session status, reset).
 //!
-//! Used by the tests, the benchmarks and `serve` with `[sandbox] embedded = true`.
-//! TODO(sandbox helper): implement.
+//! Used by the tests, the benchmarks and `serve` with `[sandbox] embedded = true`, in place of
+//! Ratepay (this project's machines have no network). It serves Ratepay's own paths, names
+//! operations with the gateway's route table ([`crate::routes`]) and follows Ratepay's
+//! documented rules for tokens, idempotency, amounts and statuses. See `docs/sandbox.md`.
+//!
+//! Module map: [`http`] (request flow) · `oauth` (tokens) · `payment` + `ledger` (Payment,
+//! OTP and Status APIs; amount bookkeeping) · `hpp` (sessions) · `idempotency` · `faults` ·
+//! `stats` · `control` (`/_sandbox/*`) · `state` (the shared `Arc` state).
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+mod control;
+mod faults;
+mod hpp;
+pub(crate) mod http;
+mod idempotency;
+mod ledger;
+mod oauth;
+mod payment;
+mod state;
+mod stats;
 
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto::Builder,
+};
 use secrecy::SecretString;
+use tokio::{sync::Notify, task::JoinSet};
+
+pub use payment::OTP_CODE;
 
 /// One OAuth client the sandbox accepts.
 #[derive(Debug, Clone)]
@@ -28,6 +54,18 @@ pub struct SandboxAudiences {
     pub hpp: String,
 }
 
+impl SandboxAudiences {
+    /// Ratepay's integration-environment audiences (ratepay-api.md), which the default
+    /// configuration uses so that a gateway configured for integration works unchanged.
+    pub fn integration() -> SandboxAudiences {
+        SandboxAudiences {
+            payment: "https://api-integration.ratepay.com/transaction/management".to_owned(),
+            status: "https://api-integration.ratepay.com/transaction/status/v2/transactions".to_owned(),
+            hpp: "https://payment-integration.ratepay.com".to_owned(),
+        }
+    }
+}
+
 /// Settings of one sandbox instance.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -40,17 +78,122 @@ pub struct SandboxConfig {
     /// Seed for deterministic ids; random when `None`.
     pub seed: Option<u64>,
     /// How long an HPP session stays in each non-terminal status before it moves on by itself;
-    /// `None` means sessions only change when a test sets their status.
+    /// `None` means sessions only change when a test sets their status. `Some(ZERO)` means
+    /// every read of a session record advances it one step (for tests that must not sleep).
     pub session_step: Option<Duration>,
 }
 
-/// Runs the sandbox on `listener` until `shutdown` resolves.
+/// Client id of the default configuration.
+pub const DEFAULT_CLIENT_ID: &str = "local-client";
+/// Client secret of the default configuration (a well-known test value, not a secret).
+pub const DEFAULT_CLIENT_SECRET: &str = "local-sandbox-secret";
+
+impl Default for SandboxConfig {
+    /// One client `local-client` / `local-sandbox-secret`, Ratepay's integration audiences,
+    /// 1800 s tokens (Ratepay's `expires_in`), random ids, sessions advancing every 10 s.
+    fn default() -> SandboxConfig {
+        SandboxConfig {
+            clients: vec![SandboxClient {
+                client_id: DEFAULT_CLIENT_ID.to_owned(),
+                client_secret: SecretString::from(DEFAULT_CLIENT_SECRET),
+            }],
+            audiences: SandboxAudiences::integration(),
+            token_lifetime: Duration::from_secs(1800),
+            seed: None,
+            session_step: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// How long `serve` lets open connections finish after `shutdown` resolved.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the sandbox on `listener` until `shutdown` resolves, then lets open connections finish
+/// their current requests (up to 5 s) and returns.
 pub async fn serve(
-    _listener: tokio::net::TcpListener,
-    _config: SandboxConfig,
-    _shutdown: impl Future<Output = ()> + Send + 'static,
+    listener: tokio::net::TcpListener,
+    config: SandboxConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    unimplemented!()
+    crate::crypto::install_providers();
+    let sandbox = Arc::new(state::Sandbox::new(config));
+    let builder = Builder::new(TokioExecutor::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            // Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Per-connection accept errors (e.g. the peer reset) must not stop the server;
+                // back off briefly in case it is resource exhaustion (EMFILE).
+                Err(e) => {
+                    tracing::debug!(error = %e, "sandbox accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let sandbox = sandbox.clone();
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let service = {
+                let kill = kill.clone();
+                service_fn(move |req| {
+                    let sandbox = sandbox.clone();
+                    let kill = kill.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await) }
+                })
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            tokio::pin!(conn);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => {
+                        if let Err(e) = res {
+                            tracing::debug!(error = %e, "sandbox connection ended with an error");
+                        }
+                        break;
+                    }
+                    // A close_connection fault: dropping `conn` closes the socket unanswered.
+                    _ = kill.notified() => break,
+                    changed = stop.changed(), if !draining => {
+                        draining = true;
+                        if changed.is_ok() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    connections.abort_all();
+    Ok(())
+}
+
+/// Starts a sandbox on `127.0.0.1:0` in a background task.
+pub async fn spawn(config: SandboxConfig) -> io::Result<SandboxHandle> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, config, async move {
+        let _ = rx.await;
+    }));
+    Ok(SandboxHandle {
+        addr,
+        stop: Some(tx),
+        task,
+    })
 }
 
 /// A sandbox running on a background task; stops when dropped.
@@ -58,6 +201,34 @@ pub async fn serve(
 pub struct SandboxHandle {
     /// Where it listens.
     pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+impl SandboxHandle {
+    /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets open requests finish (up to 5 s) and waits for the server task.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        // Aborting the server task drops its JoinSet, which aborts every connection task, so
+        // nothing of this sandbox outlives the handle.
+        self.task.abort();
+    }
 }
 
 impl Default for SandboxConfig {

@@ -1,0 +1,464 @@
+//! The sandbox's HTTP front: one request's way from hyper to an operation and back.
+//!
+//! Order for an API call: route (`routes::match_route`, the gateway's own table) → count in
+//! stats → injected fault → bearer token for the API's audience → body (≤ 1 MiB) → `X-Partner`
+//! → idempotency (creating POSTs with a key) → operation. Every outcome is a [`Reply`]; the
+//! service never fails, except that a `close_connection` fault deliberately drops the
+//! connection through the kill switch of its connection task.
+
+use std::{sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{json, Map, Value};
+use tokio::sync::Notify;
+
+use super::{
+    control,
+    faults::{FaultAction, OAUTH_TOKEN},
+    hpp,
+    idempotency::{self, Begin},
+    oauth, payment,
+    state::{lock, Sandbox},
+};
+use crate::routes::{self, Api, PathParams};
+
+/// Largest request body accepted; larger ones get 413.
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
+
+/// A complete answer, cheap to clone so that idempotency can store and replay it exactly.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers besides the ones hyper adds.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A body with a content type.
+    pub(crate) fn raw(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
+        Reply {
+            status,
+            headers: vec![(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        }
+    }
+
+    /// `application/json`.
+    pub(crate) fn json(status: StatusCode, v: &Value) -> Reply {
+        Reply::raw(status, "application/json", Bytes::from(v.to_string()))
+    }
+
+    /// `application/hal+json` (Payment API resources).
+    pub(crate) fn hal(status: StatusCode, v: &Value) -> Reply {
+        Reply::raw(status, "application/hal+json", Bytes::from(v.to_string()))
+    }
+
+    /// Adds a header.
+    pub(crate) fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The hyper response.
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+        let mut res = Response::new(Full::new(self.body));
+        *res.status_mut() = self.status;
+        for (k, v) in self.headers {
+            res.headers_mut().append(k, v);
+        }
+        res
+    }
+}
+
+/// A Ratepay decline: `{"category", "reasons", "message"}` (the DeclineDto shape of
+/// Ratepay's HPP docs; the Payment API uses the same category/reason vocabulary).
+pub(crate) fn decline(status: StatusCode, category: &str, reasons: &[&str], message: &str) -> Reply {
+    Reply::json(
+        status,
+        &json!({"category": category, "reasons": reasons, "message": message}),
+    )
+}
+
+/// 400 `SYNTAX` / `INVALID_FIELDS` naming each bad field.
+pub(crate) fn invalid_fields_many(fields: &[(String, String)]) -> Reply {
+    let list: Vec<Value> = fields
+        .iter()
+        .map(|(p, m)| json!({"json_path": p, "message": m}))
+        .collect();
+    let message = fields
+        .iter()
+        .map(|(p, m)| format!("{p}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Reply::json(
+        StatusCode::BAD_REQUEST,
+        &json!({"category": "SYNTAX", "reasons": ["INVALID_FIELDS"], "invalid_fields": list, "message": message}),
+    )
+}
+
+/// 400 `INVALID_FIELDS` for one field.
+pub(crate) fn invalid_fields(path: &str, message: &str) -> Reply {
+    invalid_fields_many(&[(path.to_owned(), message.to_owned())])
+}
+
+/// 400 `SYNTAX` / `INVALID_JSON`.
+pub(crate) fn invalid_json(message: &str) -> Reply {
+    decline(StatusCode::BAD_REQUEST, "SYNTAX", &["INVALID_JSON"], message)
+}
+
+/// Whether the request declares a JSON body (`application/json` or `*/*+json`).
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+/// One authenticated API call, as the operations see it.
+pub(crate) struct Call<'a> {
+    /// Query string.
+    pub query: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Request body.
+    pub body: &'a [u8],
+    /// OAuth client id (`sub` of the token).
+    pub client: &'a str,
+    /// `X-Partner`, if sent.
+    pub partner: Option<&'a str>,
+    /// Ids from the path.
+    pub params: &'a PathParams,
+}
+
+impl Call<'_> {
+    /// The body as a JSON object, or the 400/415 answer explaining why not.
+    pub(crate) fn json_object(&self) -> Result<Map<String, Value>, Reply> {
+        if self.body.is_empty() {
+            return Err(invalid_json("a JSON request body is required"));
+        }
+        if !is_json(self.headers) {
+            return Err(decline(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "SYNTAX",
+                &["INVALID_JSON"],
+                "Content-Type must be application/json",
+            ));
+        }
+        match serde_json::from_slice::<Value>(self.body) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(invalid_json("the request body must be a JSON object")),
+            Err(e) => Err(invalid_json(&format!("malformed JSON: {e}"))),
+        }
+    }
+
+    /// `Prefer: return=representation` (RFC 7240).
+    pub(crate) fn wants_representation(&self) -> bool {
+        self.headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("return=representation"))
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes.
+async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, Reply>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = || {
+        Reply::json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({"error": "payload_too_large", "message": format!("request bodies are limited to {MAX_BODY} bytes")}),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Reply::json(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "bad_request", "message": "the request body could not be read"}),
+        )),
+    }
+}
+
+/// What to do after consulting the faults.
+enum Faulted {
+    /// Go on; sleep this long just before executing (latency-only fault).
+    Proceed(Option<std::time::Duration>),
+    /// Answer this instead of executing.
+    Answer(Reply),
+    /// Drop the connection.
+    Close,
+}
+
+async fn apply_fault(sandbox: &Sandbox, operation: &str) -> Faulted {
+    let action: Option<FaultAction> = {
+        let mut inner = lock(&sandbox.inner);
+        let inner = &mut *inner;
+        inner.faults.select(operation, &mut inner.fault_rng)
+    };
+    let Some(a) = action else {
+        return Faulted::Proceed(None);
+    };
+    if a.is_delay_only() {
+        return Faulted::Proceed(a.latency);
+    }
+    if let Some(d) = a.latency {
+        tokio::time::sleep(d).await;
+    }
+    if a.close_connection {
+        return Faulted::Close;
+    }
+    let status = a
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut reply = Reply::json(
+        status,
+        &json!({"error": "sandbox_fault", "message": format!("injected fault for {operation}"), "status": status.as_u16()}),
+    );
+    if let Some(secs) = a.retry_after {
+        reply = reply.with_header(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    Faulted::Answer(reply)
+}
+
+/// Answers one request. `kill` drops the connection (for `close_connection` faults).
+pub(crate) async fn handle<B>(sandbox: Arc<Sandbox>, req: Request<B>, kill: Arc<Notify>) -> Response<Full<Bytes>>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let reply = match route(&sandbox, req).await {
+        Some(r) => r,
+        None => {
+            // Wake the connection task, which drops the connection; never answer.
+            kill.notify_one();
+            std::future::pending::<()>().await;
+            Reply::json(StatusCode::SERVICE_UNAVAILABLE, &json!({}))
+        }
+    };
+    reply.into_response()
+}
+
+/// `None` means "drop the connection".
+async fn route<B>(sandbox: &Arc<Sandbox>, req: Request<B>) -> Option<Reply>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    if path == "/_sandbox" || path.starts_with("/_sandbox/") {
+        let body = match read_body(&parts.headers, body).await {
+            Ok(b) => b,
+            Err(r) => return Some(r),
+        };
+        return Some(control::handle(sandbox, &parts.method, path, &body));
+    }
+    if path == "/oauth/token" {
+        lock(&sandbox.inner).stats.token_request();
+        if parts.method != Method::POST {
+            return Some(method_not_allowed("POST"));
+        }
+        match apply_fault(sandbox, OAUTH_TOKEN).await {
+            Faulted::Answer(r) => return Some(r),
+            Faulted::Close => return None,
+            Faulted::Proceed(delay) => {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+        let body = match read_body(&parts.headers, body).await {
+            Ok(b) => b,
+            Err(r) => return Some(r),
+        };
+        return Some(oauth::token(sandbox, &parts.headers, &body));
+    }
+    let m = match routes::match_route(&parts.method, path) {
+        Err(e) => return Some(invalid_fields("$.path", &e.to_string())),
+        Ok(None) if routes::path_known(path) => return Some(method_not_allowed("GET, POST, PATCH")),
+        Ok(None) => {
+            return Some(decline(
+                StatusCode::NOT_FOUND,
+                "RESOURCE_NOT_FOUND",
+                &["NOT_FOUND"],
+                "no such endpoint",
+            ))
+        }
+        Ok(Some(m)) => m,
+    };
+    let op = m.operation;
+    lock(&sandbox.inner).stats.request(op.name);
+    let delay = match apply_fault(sandbox, op.name).await {
+        Faulted::Answer(r) => return Some(r),
+        Faulted::Close => return None,
+        Faulted::Proceed(d) => d,
+    };
+    let a = &sandbox.config.audiences;
+    let audience = match op.api {
+        Api::Payment => &a.payment,
+        Api::Status => &a.status,
+        Api::Hpp => &a.hpp,
+    };
+    let client = match oauth::authenticate(sandbox, &parts.headers, audience) {
+        Ok(c) => c,
+        Err(e) => return Some(oauth::unauthorized(&e)),
+    };
+    let body = match read_body(&parts.headers, body).await {
+        Ok(b) => b,
+        Err(r) => return Some(r),
+    };
+    let partner = match parts.headers.get("x-partner").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) => return Some(invalid_fields("$.headers.X-Partner", "X-Partner must be ASCII")),
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
+    let call = Call {
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        body: &body,
+        client: &client,
+        partner,
+        params: &m.params,
+    };
+    let execute = |call: &Call<'_>| match op.api {
+        Api::Payment | Api::Status => payment::execute(sandbox, op.name, call),
+        Api::Hpp => hpp::execute(sandbox, op.name, call),
+    };
+    // Ratepay: idempotency is applied "if requested by the client"; a creating POST without a
+    // key simply executes.
+    let key = match parts.headers.get("idempotency-key") {
+        Some(raw) if op.creating => match idempotency::validate_key(raw.as_bytes()) {
+            Ok(k) => Some(k),
+            Err(e) => return Some(invalid_fields("$.headers.Idempotency-Key", &e.to_string())),
+        },
+        _ => None,
+    };
+    let Some(key) = key else {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        return Some(execute(&call));
+    };
+    let fp = idempotency::fingerprint(parts.method.as_str(), path_and_query, partner, &body);
+    loop {
+        let begin = lock(&sandbox.idempotency).begin(&client, &key, fp, Instant::now());
+        match begin {
+            Begin::Replay(r) => return Some(r),
+            Begin::Conflict => {
+                return Some(decline(
+                    StatusCode::CONFLICT,
+                    "CONFLICT",
+                    &["IDEMPOTENCY_KEY_REUSED"],
+                    "this Idempotency-Key was used for a different request",
+                ))
+            }
+            Begin::Wait(mut rx) => {
+                // Resolves (with Err) once the running call dropped its sender; then ask again.
+                let _ = rx.changed().await;
+            }
+            Begin::Execute { generation, done } => {
+                let mut run = InFlight {
+                    sandbox,
+                    client: &client,
+                    key: &key,
+                    generation,
+                    finished: false,
+                    _done: done,
+                };
+                // The delay sits inside the in-flight window so a test can make a duplicate
+                // arrive while this call is still running.
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                let reply = execute(&call);
+                run.finish(&reply);
+                return Some(reply);
+            }
+        }
+    }
+}
+
+/// A running keyed call; if it is dropped unfinished (the client went away), the key is freed
+/// so a retry executes instead of waiting forever.
+struct InFlight<'a> {
+    sandbox: &'a Sandbox,
+    client: &'a str,
+    key: &'a str,
+    generation: u64,
+    finished: bool,
+    /// Dropped after the store is updated, which wakes waiting duplicates.
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl InFlight<'_> {
+    fn finish(&mut self, reply: &Reply) {
+        lock(&self.sandbox.idempotency).finish(self.client, self.key, self.generation, reply, Instant::now());
+        self.finished = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            lock(&self.sandbox.idempotency).abandon(self.client, self.key, self.generation);
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    Reply::json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"error": "method_not_allowed", "message": format!("allowed: {allow}")}),
+    )
+    .with_header(header::ALLOW, HeaderValue::from_static(allow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/hal+json"));
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused() {
+        let big = Full::new(Bytes::from(vec![b'a'; MAX_BODY + 1]));
+        let err = read_body(&HeaderMap::new(), big).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let ok = Full::new(Bytes::from_static(b"{}"));
+        assert_eq!(&read_body(&HeaderMap::new(), ok).await.unwrap()[..], b"{}");
+    }
+}
