@@ -230,21 +230,3 @@ impl Drop for SandboxHandle {
         self.task.abort();
     }
 }
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        unimplemented!()
-    }
-}
-
-/// Binds 127.0.0.1:0 and serves on a background task.
-pub async fn spawn(_config: SandboxConfig) -> io::Result<SandboxHandle> {
-    unimplemented!()
-}
-
-impl SandboxHandle {
-    /// `http://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
