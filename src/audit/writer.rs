@@ -281,6 +281,9 @@ impl Writer {
             }
             self.process(&mut batch);
         }
+        // Release the file (and its lock) before saying "done": `close` promises that the log
+        // can be reopened right away.
+        drop(self);
         let _ = done.send(true);
     }
 
