@@ -11,8 +11,8 @@ use std::{
 };
 
 use ratepay_gateway::audit::{
-    log_files, verify, AuditConfig, AuditEntry, AuditError, AuditLog, Fault, Intent, LineFault, Outcome,
-    OutcomeKind, VerifyError, GENESIS,
+    log_files, verify, AuditConfig, AuditEntry, AuditError, AuditLog, Fault, Intent, LineFault,
+    Outcome, OutcomeKind, VerifyError, GENESIS,
 };
 use time::OffsetDateTime;
 
@@ -45,21 +45,40 @@ async fn write_log(path: &Path, n: u64) {
 }
 
 fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn write_lines(path: &Path, lines: &[String]) {
-    fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
 }
 
 /// Asserts that verifying `paths` fails at `file:line` and returns the fault.
 fn broken_at(paths: &[PathBuf], file: &Path, line: u64) -> Fault {
     match verify(paths) {
-        Err(VerifyError::Broken { path, line: at, fault }) => {
-            assert_eq!((path.as_path(), at), (file, line), "wrong place for {fault}");
+        Err(VerifyError::Broken {
+            path,
+            line: at,
+            fault,
+        }) => {
+            assert_eq!(
+                (path.as_path(), at),
+                (file, line),
+                "wrong place for {fault}"
+            );
             fault
         }
-        other => panic!("expected a broken chain at {}:{line}, got {other:?}", file.display()),
+        other => panic!(
+            "expected a broken chain at {}:{line}, got {other:?}",
+            file.display()
+        ),
     }
 }
 
@@ -82,10 +101,16 @@ async fn intents_and_outcomes_verify_clean_and_reopen_continues() {
     let second = log.append(AuditEntry::Outcome(o)).await.unwrap();
     assert_eq!(second.seq, 2);
     let stats = log.stats();
-    assert_eq!((stats.records_written, stats.last_seq, stats.poisoned), (2, 2, false));
+    assert_eq!(
+        (stats.records_written, stats.last_seq, stats.poisoned),
+        (2, 2, false)
+    );
     assert!(stats.syncs >= 1);
     log.close().await;
-    assert!(matches!(log.append(AuditEntry::Intent(intent(9))).await, Err(AuditError::Closed)));
+    assert!(matches!(
+        log.append(AuditEntry::Intent(intent(9))).await,
+        Err(AuditError::Closed)
+    ));
 
     let text = lines(&path);
     assert_eq!(text.len(), 2);
@@ -102,16 +127,24 @@ async fn intents_and_outcomes_verify_clean_and_reopen_continues() {
     assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
 
     let summary = verify(&log_files(&path).unwrap()).unwrap();
-    assert_eq!((summary.records, summary.first_seq, summary.last_seq), (2, Some(1), Some(2)));
+    assert_eq!(
+        (summary.records, summary.first_seq, summary.last_seq),
+        (2, Some(1), Some(2))
+    );
     assert_eq!(summary.head, second.hash);
-    assert!(summary.to_string().starts_with("ok: 2 records in 1 file(s), seq 1..2, head "));
+    assert!(summary
+        .to_string()
+        .starts_with("ok: 2 records in 1 file(s), seq 1..2, head "));
 
     let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     assert_eq!((recovery.records, recovery.last_seq), (2, 2));
     assert_eq!(recovery.head, second.hash);
     assert!(recovery.open_intents.is_empty());
     assert!(recovery.truncated.is_none());
-    assert_eq!(log.append(AuditEntry::Intent(intent(3))).await.unwrap().seq, 3);
+    assert_eq!(
+        log.append(AuditEntry::Intent(intent(3))).await.unwrap().seq,
+        3
+    );
     log.close().await;
     assert_eq!(verify(&[&path]).unwrap().records, 3);
 }
@@ -129,39 +162,73 @@ async fn tampering_is_detected_at_the_right_line() {
     changed[2] = changed[2].replace(r#""gross_amount":"3.50""#, r#""gross_amount":"300.50""#);
     assert_ne!(changed, original);
     write_lines(&path, &changed);
-    assert!(matches!(broken_at(&paths, &path, 3), Fault::Line(LineFault::HashMismatch { .. })));
+    assert!(matches!(
+        broken_at(&paths, &path, 3),
+        Fault::Line(LineFault::HashMismatch { .. })
+    ));
 
     // A deleted line.
     let mut deleted = original.clone();
     deleted.remove(2);
     write_lines(&path, &deleted);
-    assert_eq!(broken_at(&paths, &path, 3), Fault::SeqGap { expected: 3, found: 4 });
+    assert_eq!(
+        broken_at(&paths, &path, 3),
+        Fault::SeqGap {
+            expected: 3,
+            found: 4
+        }
+    );
 
     // Two swapped lines.
     let mut swapped = original.clone();
     swapped.swap(1, 2);
     write_lines(&path, &swapped);
-    assert_eq!(broken_at(&paths, &path, 2), Fault::SeqGap { expected: 2, found: 3 });
+    assert_eq!(
+        broken_at(&paths, &path, 2),
+        Fault::SeqGap {
+            expected: 2,
+            found: 3
+        }
+    );
 
     // A truncated tail (partial last line).
     write_lines(&path, &original);
     let len = fs::metadata(&path).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 40).unwrap();
-    assert!(matches!(broken_at(&paths, &path, 5), Fault::TornTail { .. }));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 40)
+        .unwrap();
+    assert!(matches!(
+        broken_at(&paths, &path, 5),
+        Fault::TornTail { .. }
+    ));
 
     // A garbage line.
     let mut garbage = original.clone();
     garbage[3] = "this is not json".into();
     write_lines(&path, &garbage);
     let err = verify(&paths).unwrap_err();
-    assert!(matches!(broken_at(&paths, &path, 4), Fault::Line(LineFault::NotJson(_))));
+    assert!(matches!(
+        broken_at(&paths, &path, 4),
+        Fault::Line(LineFault::NotJson(_))
+    ));
     let message = err.to_string();
-    assert!(message.starts_with(&format!("{}:4: not JSON", path.display())), "{message}");
+    assert!(
+        message.starts_with(&format!("{}:4: not JSON", path.display())),
+        "{message}"
+    );
     assert!(!message.contains('\n'));
 
     // A record whose hash was recomputed after the change still breaks the next link.
     let mut rehashed = original.clone();
-    let body = rehashed[2].split(",\"hash\"").next().unwrap().replace("\"3.50\"", "\"0.01\"") + "}";
+    let body = rehashed[2]
+        .split(",\"hash\"")
+        .next()
+        .unwrap()
+        .replace("\"3.50\"", "\"0.01\"")
+        + "}";
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
     rehashed[2] = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
     write_lines(&path, &rehashed);
@@ -190,7 +257,11 @@ async fn damaged_log_is_not_continued() {
 async fn size_rotation_continues_the_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = active(&dir);
-    let config = AuditConfig { path: path.clone(), rotate_bytes: Some(1200), rotate_daily: false };
+    let config = AuditConfig {
+        path: path.clone(),
+        rotate_bytes: Some(1200),
+        rotate_daily: false,
+    };
     let (log, _) = AuditLog::open(config.clone()).await.unwrap();
     let mut last = None;
     for i in 1..=20 {
@@ -203,16 +274,28 @@ async fn size_rotation_continues_the_chain_across_files() {
     let files = log_files(&path).unwrap();
     assert_eq!(files.len() as u64, rotations + 1);
     assert_eq!(files.last().unwrap(), &path);
-    assert_eq!(files[0], dir.path().join("audit-00000000000000000001.jsonl"));
-    let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(
+        files[0],
+        dir.path().join("audit-00000000000000000001.jsonl")
+    );
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     assert_eq!(names, files, "sorted names are chain order");
     for f in &files {
-        assert!(fs::metadata(f).unwrap().len() <= 1200, "{} too big", f.display());
+        assert!(
+            fs::metadata(f).unwrap().len() <= 1200,
+            "{} too big",
+            f.display()
+        );
     }
     // Each rotated file's name carries its first seq; the next file's first prev is its last hash.
     let second = lines(&files[1]);
-    let first_seq: u64 = files[1].file_name().unwrap().to_str().unwrap()[6..26].parse().unwrap();
+    let first_seq: u64 = files[1].file_name().unwrap().to_str().unwrap()[6..26]
+        .parse()
+        .unwrap();
     assert!(second[0].starts_with(&format!(r#"{{"seq":{first_seq},"#)));
     let prev_last = lines(&files[0]).pop().unwrap();
     let prev_hash = &prev_last[prev_last.len() - 66..prev_last.len() - 2];
@@ -234,7 +317,10 @@ async fn size_rotation_continues_the_chain_across_files() {
     let mut misordered = files.clone();
     misordered.swap(1, 2);
     let fault = broken_at(&misordered, &misordered[1], 1);
-    assert!(matches!(fault, Fault::BrokenLink { ref previous, .. } if previous == &misordered[0]), "{fault}");
+    assert!(
+        matches!(fault, Fault::BrokenLink { ref previous, .. } if previous == &misordered[0]),
+        "{fault}"
+    );
 
     // A missing middle file.
     let mut missing = files.clone();
@@ -254,8 +340,14 @@ async fn daily_rotation_uses_the_utc_day() {
     // 2025-11-21 23:59:59 UTC, then a second later.
     let now = Arc::new(AtomicI64::new(1_763_769_599));
     let clock_now = Arc::clone(&now);
-    let clock = Arc::new(move || OffsetDateTime::from_unix_timestamp(clock_now.load(Ordering::SeqCst)).unwrap());
-    let config = AuditConfig { path: path.clone(), rotate_bytes: None, rotate_daily: true };
+    let clock = Arc::new(move || {
+        OffsetDateTime::from_unix_timestamp(clock_now.load(Ordering::SeqCst)).unwrap()
+    });
+    let config = AuditConfig {
+        path: path.clone(),
+        rotate_bytes: None,
+        rotate_daily: true,
+    };
     let (log, _) = AuditLog::open_with_clock(config, clock).await.unwrap();
     log.append(AuditEntry::Intent(intent(1))).await.unwrap();
     log.append(AuditEntry::Intent(intent(2))).await.unwrap();
@@ -264,7 +356,13 @@ async fn daily_rotation_uses_the_utc_day() {
     log.close().await;
 
     let files = log_files(&path).unwrap();
-    assert_eq!(files, vec![dir.path().join("audit-00000000000000000001.jsonl"), path.clone()]);
+    assert_eq!(
+        files,
+        vec![
+            dir.path().join("audit-00000000000000000001.jsonl"),
+            path.clone()
+        ]
+    );
     assert!(lines(&files[0])[1].contains(r#""ts":"2025-11-21T23:59:59.000Z""#));
     assert!(lines(&files[1])[0].contains(r#""ts":"2025-11-22T00:00:00.000Z""#));
     assert_eq!(verify(&files).unwrap().records, 3);
@@ -284,7 +382,10 @@ async fn concurrent_appends_share_syncs() {
     seqs.sort();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
     let stats = log.stats();
-    eprintln!("200 appends: {} syncs, avg {:?}", stats.syncs, stats.avg_sync);
+    eprintln!(
+        "200 appends: {} syncs, avg {:?}",
+        stats.syncs, stats.avg_sync
+    );
     assert_eq!(stats.records_written, 200);
     assert!(stats.syncs < 50, "200 appends took {} syncs", stats.syncs);
     assert!(stats.avg_sync > std::time::Duration::ZERO);
@@ -308,7 +409,10 @@ async fn concurrent_tasks_share_syncs_and_close_flushes() {
         t.await.unwrap().unwrap();
     }
     let stats = log.stats();
-    eprintln!("200 appends: {} syncs, avg {:?}", stats.syncs, stats.avg_sync);
+    eprintln!(
+        "200 appends: {} syncs, avg {:?}",
+        stats.syncs, stats.avg_sync
+    );
     assert_eq!(stats.records_written, 200);
     assert!(stats.syncs < 200, "200 appends took {} syncs", stats.syncs);
     log.close().await;
@@ -320,7 +424,9 @@ async fn open_fails_when_the_parent_is_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     fs::write(&file, b"x").unwrap();
-    let err = AuditLog::open(AuditConfig::new(file.join("audit.jsonl"))).await.unwrap_err();
+    let err = AuditLog::open(AuditConfig::new(file.join("audit.jsonl")))
+        .await
+        .unwrap_err();
     match &err {
         AuditError::Open { source, .. } => assert_eq!(source.raw_os_error(), Some(20), "ENOTDIR"),
         other => panic!("expected Open, got {other:?}"),
@@ -337,14 +443,22 @@ async fn a_full_disk_fails_the_append_and_poisons_the_log() {
     let (log, recovery) = AuditLog::open(AuditConfig::new("/dev/full")).await.unwrap();
     assert_eq!(recovery.last_seq, 0);
     match log.append(AuditEntry::Intent(intent(1))).await {
-        Err(AuditError::Write { source, .. }) => assert_eq!(source.raw_os_error(), Some(28), "ENOSPC"),
+        Err(AuditError::Write { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(28), "ENOSPC")
+        }
         other => panic!("expected a write error, got {other:?}"),
     }
     // Nothing later pretends to succeed.
-    assert!(matches!(log.append(AuditEntry::Intent(intent(2))).await, Err(AuditError::Poisoned { .. })));
+    assert!(matches!(
+        log.append(AuditEntry::Intent(intent(2))).await,
+        Err(AuditError::Poisoned { .. })
+    ));
     let stats = log.stats();
     assert!(stats.poisoned);
-    assert_eq!((stats.records_written, stats.failed_appends, stats.syncs), (0, 2, 0));
+    assert_eq!(
+        (stats.records_written, stats.failed_appends, stats.syncs),
+        (0, 2, 0)
+    );
     log.close().await;
 }
 
@@ -353,7 +467,10 @@ async fn a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = active(&dir);
     let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
-    assert!(matches!(AuditLog::open(AuditConfig::new(&path)).await, Err(AuditError::Locked { .. })));
+    assert!(matches!(
+        AuditLog::open(AuditConfig::new(&path)).await,
+        Err(AuditError::Locked { .. })
+    ));
     log.close().await;
     let (again, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     again.close().await;
@@ -366,7 +483,11 @@ async fn open_reports_intents_without_outcome() {
     let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     let a = log.append(AuditEntry::Intent(intent(1))).await.unwrap();
     let b = log.append(AuditEntry::Intent(intent(2))).await.unwrap();
-    log.append(AuditEntry::Outcome(intent(1).outcome(a.seq, OutcomeKind::Failure))).await.unwrap();
+    log.append(AuditEntry::Outcome(
+        intent(1).outcome(a.seq, OutcomeKind::Failure),
+    ))
+    .await
+    .unwrap();
     log.close().await;
 
     let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
@@ -393,16 +514,25 @@ async fn a_torn_last_line_is_cut_and_the_chain_continues() {
     let mut torn = fs::read(&path).unwrap();
     torn.extend_from_slice(br#"{"seq":4,"ts":"2025-11-21T08:4"#);
     fs::write(&path, &torn).unwrap();
-    assert!(matches!(verify(&[&path]).unwrap_err().fault(), Some(Fault::TornTail { .. })));
+    assert!(matches!(
+        verify(&[&path]).unwrap_err().fault(),
+        Some(Fault::TornTail { .. })
+    ));
 
     let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     let cut = recovery.truncated.expect("torn tail reported");
-    assert_eq!((cut.path.as_path(), cut.kept_bytes), (path.as_path(), good_len));
+    assert_eq!(
+        (cut.path.as_path(), cut.kept_bytes),
+        (path.as_path(), good_len)
+    );
     assert_eq!(cut.removed_bytes, torn.len() as u64 - good_len);
     assert_eq!(recovery.last_seq, 3);
     // The intents written before the crash have no outcome.
     assert_eq!(recovery.open_intents.len(), 3);
-    assert_eq!(log.append(AuditEntry::Intent(intent(4))).await.unwrap().seq, 4);
+    assert_eq!(
+        log.append(AuditEntry::Intent(intent(4))).await.unwrap().seq,
+        4
+    );
     log.close().await;
     assert_eq!(verify(&[&path]).unwrap().records, 4);
 }
@@ -416,7 +546,10 @@ async fn a_crash_between_rename_and_create_is_recovered() {
     fs::rename(&path, dir.path().join("audit-00000000000000000001.jsonl")).unwrap();
     let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     assert_eq!(recovery.last_seq, 2);
-    assert_eq!(log.append(AuditEntry::Intent(intent(3))).await.unwrap().seq, 3);
+    assert_eq!(
+        log.append(AuditEntry::Intent(intent(3))).await.unwrap().seq,
+        3
+    );
     log.close().await;
     let files = log_files(&path).unwrap();
     assert_eq!(files.len(), 2);
@@ -427,5 +560,9 @@ async fn a_crash_between_rename_and_create_is_recovered() {
 fn verify_needs_files() {
     assert!(matches!(verify::<PathBuf>(&[]), Err(VerifyError::NoFiles)));
     let err = verify(&[PathBuf::from("/nonexistent/audit.jsonl")]).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/audit.jsonl: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/audit.jsonl: cannot read"),
+        "{err}"
+    );
 }

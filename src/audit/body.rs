@@ -42,9 +42,15 @@ impl CancellationFields {
             return CancellationFields::default();
         };
         CancellationFields {
-            gross_amount: fields.gross_amount.and_then(|v| scalar_text(v, MAX_AMOUNT_LEN)),
-            partner_operation_id: fields.partner_operation_id.and_then(|v| scalar_text(v, MAX_ID_LEN)),
-            partner_shop_id: fields.partner_shop_id.and_then(|v| scalar_text(v, MAX_ID_LEN)),
+            gross_amount: fields
+                .gross_amount
+                .and_then(|v| scalar_text(v, MAX_AMOUNT_LEN)),
+            partner_operation_id: fields
+                .partner_operation_id
+                .and_then(|v| scalar_text(v, MAX_ID_LEN)),
+            partner_shop_id: fields
+                .partner_shop_id
+                .and_then(|v| scalar_text(v, MAX_ID_LEN)),
         }
     }
 }
@@ -97,26 +103,53 @@ mod tests {
         assert_eq!(f.gross_amount.as_deref(), Some("12.50"));
         assert_eq!(f.partner_operation_id.as_deref(), Some("op-1"));
         assert_eq!(f.partner_shop_id.as_deref(), Some("shop-9"));
-        assert_eq!(CancellationFields::from_body(br#"{"gross_amount":100}"#).gross_amount.as_deref(), Some("100"));
-        assert_eq!(CancellationFields::from_body(br#"{"gross_amount":"7.10"}"#).gross_amount.as_deref(), Some("7.10"));
         assert_eq!(
-            CancellationFields::from_body(br#"{"gross_amount":0.100000000000000005551}"#).gross_amount.as_deref(),
+            CancellationFields::from_body(br#"{"gross_amount":100}"#)
+                .gross_amount
+                .as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            CancellationFields::from_body(br#"{"gross_amount":"7.10"}"#)
+                .gross_amount
+                .as_deref(),
+            Some("7.10")
+        );
+        assert_eq!(
+            CancellationFields::from_body(br#"{"gross_amount":0.100000000000000005551}"#)
+                .gross_amount
+                .as_deref(),
             Some("0.100000000000000005551")
         );
     }
 
     #[test]
     fn lenient_on_bad_input() {
-        assert_eq!(CancellationFields::from_body(b"not json"), CancellationFields::default());
-        assert_eq!(CancellationFields::from_body(br#"{"gross_amount":{"x":1}}"#).gross_amount, None);
-        assert_eq!(CancellationFields::from_body(br#"{"gross_amount":true}"#).gross_amount, None);
-        assert_eq!(CancellationFields::from_body(b"[1,2]"), CancellationFields::default());
+        assert_eq!(
+            CancellationFields::from_body(b"not json"),
+            CancellationFields::default()
+        );
+        assert_eq!(
+            CancellationFields::from_body(br#"{"gross_amount":{"x":1}}"#).gross_amount,
+            None
+        );
+        assert_eq!(
+            CancellationFields::from_body(br#"{"gross_amount":true}"#).gross_amount,
+            None
+        );
+        assert_eq!(
+            CancellationFields::from_body(b"[1,2]"),
+            CancellationFields::default()
+        );
     }
 
     #[test]
     fn cancellation_id_from_response() {
         let body = br#"{"_links":{"self":{"href":"/x"}},"created":"2025-01-01T00:00:00+01:00","ratepay_cancellation_id":"aa7rth5-__GG44rdsasf"}"#;
-        assert_eq!(ratepay_cancellation_id(body).as_deref(), Some("aa7rth5-__GG44rdsasf"));
+        assert_eq!(
+            ratepay_cancellation_id(body).as_deref(),
+            Some("aa7rth5-__GG44rdsasf")
+        );
         assert_eq!(ratepay_cancellation_id(b"{}"), None);
         assert_eq!(ratepay_cancellation_id(b"<html>"), None);
         assert_eq!(ratepay_cancellation_id(br#"["x"]"#), None);

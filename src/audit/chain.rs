@@ -17,7 +17,9 @@ pub enum Fault {
     #[error("{0}")]
     Line(#[from] LineFault),
     /// `seq` does not follow the previous record's.
-    #[error("seq {found} where {expected} was expected: a record was removed, inserted or reordered")]
+    #[error(
+        "seq {found} where {expected} was expected: a record was removed, inserted or reordered"
+    )]
     SeqGap {
         /// Previous seq + 1.
         expected: u64,
@@ -150,7 +152,9 @@ pub struct Chain {
 impl Chain {
     /// A chain that continues after `seq` with hash `hash`.
     pub fn after(seq: u64, hash: String) -> Chain {
-        Chain { last: Some((seq, hash)) }
+        Chain {
+            last: Some((seq, hash)),
+        }
     }
 
     /// Seq and hash of the last accepted record.
@@ -166,14 +170,20 @@ impl Chain {
         match &self.last {
             None => {
                 if (record.seq == 1) != (record.prev == GENESIS) || record.seq == 0 {
-                    return Err(Fault::BadGenesis { seq: record.seq, prev: record.prev.clone() });
+                    return Err(Fault::BadGenesis {
+                        seq: record.seq,
+                        prev: record.prev.clone(),
+                    });
                 }
                 Ok(())
             }
             Some((seq, hash)) => {
                 let expected = seq.saturating_add(1);
                 if record.seq != expected {
-                    return Err(Fault::SeqGap { expected, found: record.seq });
+                    return Err(Fault::SeqGap {
+                        expected,
+                        found: record.seq,
+                    });
                 }
                 if &record.prev != hash {
                     return Err(Fault::PrevMismatch);
@@ -222,7 +232,10 @@ pub(crate) fn scan_file(
     tail: Tail,
     visit: &mut dyn FnMut(&AuditRecord),
 ) -> Result<FileScan, VerifyError> {
-    let read_err = |source| VerifyError::Read { path: path.to_owned(), source };
+    let read_err = |source| VerifyError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let file = File::open(path).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
     let mut reader = BufReader::new(file.take(len));
@@ -236,7 +249,11 @@ pub(crate) fn scan_file(
             return Ok(scan);
         }
         line_no += 1;
-        let broken = |fault| VerifyError::Broken { path: path.to_owned(), line: line_no, fault };
+        let broken = |fault| VerifyError::Broken {
+            path: path.to_owned(),
+            line: line_no,
+            fault,
+        };
         if buf.last() != Some(&b'\n') {
             if tail == Tail::Tolerant {
                 scan.torn_bytes = n as u64;
@@ -247,9 +264,10 @@ pub(crate) fn scan_file(
         let (record, hash) = decode(&buf[..n - 1]).map_err(|f| broken(f.into()))?;
         if let Err(fault) = chain.check(&record) {
             let fault = match previous {
-                Some(prev) if line_no == 1 && chain.last().is_some() => {
-                    Fault::BrokenLink { previous: prev.to_owned(), fault: Box::new(fault) }
-                }
+                Some(prev) if line_no == 1 && chain.last().is_some() => Fault::BrokenLink {
+                    previous: prev.to_owned(),
+                    fault: Box::new(fault),
+                },
                 _ => fault,
             };
             return Err(broken(fault));
@@ -324,7 +342,12 @@ mod tests {
             partner_shop_id: None,
             idempotency_key: None,
         };
-        let r = build_record(AuditEntry::Intent(intent), seq, prev, OffsetDateTime::now_utc());
+        let r = build_record(
+            AuditEntry::Intent(intent),
+            seq,
+            prev,
+            OffsetDateTime::now_utc(),
+        );
         let hash = encode(&r).unwrap().hash;
         (r, hash)
     }
@@ -337,7 +360,13 @@ mod tests {
         let mut chain = Chain::default();
         chain.check(&r1).unwrap();
         chain.advance(1, h1.clone());
-        assert_eq!(chain.check(&r3), Err(Fault::SeqGap { expected: 2, found: 3 }));
+        assert_eq!(
+            chain.check(&r3),
+            Err(Fault::SeqGap {
+                expected: 2,
+                found: 3
+            })
+        );
         let (bad, _) = record(2, &"f".repeat(64));
         assert_eq!(chain.check(&bad), Err(Fault::PrevMismatch));
         chain.check(&r2).unwrap();
@@ -349,8 +378,14 @@ mod tests {
         // Mid-chain start (archived history) is accepted...
         chain.check(&record(5, &"a".repeat(64)).0).unwrap();
         // ...but a fake genesis is not.
-        assert!(matches!(chain.check(&record(5, GENESIS).0), Err(Fault::BadGenesis { .. })));
-        assert!(matches!(chain.check(&record(1, &"a".repeat(64)).0), Err(Fault::BadGenesis { .. })));
+        assert!(matches!(
+            chain.check(&record(5, GENESIS).0),
+            Err(Fault::BadGenesis { .. })
+        ));
+        assert!(matches!(
+            chain.check(&record(1, &"a".repeat(64)).0),
+            Err(Fault::BadGenesis { .. })
+        ));
     }
 
     #[test]
@@ -360,11 +395,16 @@ mod tests {
             line: 3,
             fault: Fault::BrokenLink {
                 previous: "audit-00000000000000000001.jsonl".into(),
-                fault: Box::new(Fault::SeqGap { expected: 4, found: 9 }),
+                fault: Box::new(Fault::SeqGap {
+                    expected: 4,
+                    found: 9,
+                }),
             },
         };
         let text = e.to_string();
         assert!(!text.contains('\n'));
-        assert!(text.starts_with("audit.jsonl:3: does not continue audit-00000000000000000001.jsonl"));
+        assert!(
+            text.starts_with("audit.jsonl:3: does not continue audit-00000000000000000001.jsonl")
+        );
     }
 }

@@ -64,9 +64,16 @@ fn rotated_seq(name: &str, stem: &str, ext: Option<&str>) -> Option<u64> {
 /// [`DEFAULT_FILE_NAME`]. Fails if the directory cannot be listed.
 pub fn log_files(dir_or_path: impl AsRef<Path>) -> io::Result<Vec<PathBuf>> {
     let given = dir_or_path.as_ref();
-    let active = if given.is_dir() { given.join(DEFAULT_FILE_NAME) } else { given.to_owned() };
+    let active = if given.is_dir() {
+        given.join(DEFAULT_FILE_NAME)
+    } else {
+        given.to_owned()
+    };
     let (stem, ext) = stem_ext(&active).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "audit log path needs a UTF-8 file name")
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "audit log path needs a UTF-8 file name",
+        )
     })?;
     let mut rotated = Vec::new();
     for entry in std::fs::read_dir(parent_dir(&active))? {
@@ -96,9 +103,18 @@ mod tests {
         assert_eq!(a, Path::new("/var/log/gw/audit-00000000000000000009.jsonl"));
         assert!(a < b);
         assert!(b.to_str().unwrap() < active.to_str().unwrap());
-        assert_eq!(rotated_seq("audit-00000000000000000010.jsonl", "audit", Some("jsonl")), Some(10));
+        assert_eq!(
+            rotated_seq("audit-00000000000000000010.jsonl", "audit", Some("jsonl")),
+            Some(10)
+        );
         assert_eq!(rotated_seq("audit-10.jsonl", "audit", Some("jsonl")), None);
-        assert_eq!(rotated_seq("other-00000000000000000010.jsonl", "audit", Some("jsonl")), None);
-        assert_eq!(rotated_path(Path::new("audit"), 1).unwrap(), Path::new("./audit-00000000000000000001"));
+        assert_eq!(
+            rotated_seq("other-00000000000000000010.jsonl", "audit", Some("jsonl")),
+            None
+        );
+        assert_eq!(
+            rotated_path(Path::new("audit"), 1).unwrap(),
+            Path::new("./audit-00000000000000000001")
+        );
     }
 }

@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use body::{ratepay_cancellation_id, CancellationFields};
 pub use chain::{verify, Fault, VerifyError, VerifySummary};
 pub use files::{log_files, rotated_path, DEFAULT_FILE_NAME};
-pub use record::{AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS};
+pub use record::{
+    AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
+};
 pub use writer::{AuditStats, Recovery, TruncatedTail};
 
 use writer::{Job, StatsCells};
@@ -56,7 +58,11 @@ pub struct AuditConfig {
 impl AuditConfig {
     /// A log at `path` that never rotates.
     pub fn new(path: impl Into<PathBuf>) -> AuditConfig {
-        AuditConfig { path: path.into(), rotate_bytes: None, rotate_daily: false }
+        AuditConfig {
+            path: path.into(),
+            rotate_bytes: None,
+            rotate_daily: false,
+        }
     }
 }
 
@@ -158,7 +164,9 @@ struct Inner {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("stats", &self.stats()).finish()
+        f.debug_struct("AuditLog")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -173,24 +181,38 @@ impl AuditLog {
     }
 
     /// [`open`](AuditLog::open) with timestamps (and day changes for rotation) from `clock`.
-    pub async fn open_with_clock(config: AuditConfig, clock: Clock) -> Result<(AuditLog, Recovery), AuditError> {
+    pub async fn open_with_clock(
+        config: AuditConfig,
+        clock: Clock,
+    ) -> Result<(AuditLog, Recovery), AuditError> {
         let stats = Arc::new(StatsCells::default());
         let stats_for_open = Arc::clone(&stats);
         // Scanning reads whole files: keep it off the async workers.
-        let opened = tokio::task::spawn_blocking(move || writer::open_blocking(&config, clock, stats_for_open))
-            .await
-            .map_err(|e| AuditError::Open {
-                path: PathBuf::new(),
-                source: Arc::new(std::io::Error::other(e.to_string())),
-            })?;
+        let opened = tokio::task::spawn_blocking(move || {
+            writer::open_blocking(&config, clock, stats_for_open)
+        })
+        .await
+        .map_err(|e| AuditError::Open {
+            path: PathBuf::new(),
+            source: Arc::new(std::io::Error::other(e.to_string())),
+        })?;
         let (writer, recovery) = opened?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (done_tx, done_rx) = watch::channel(false);
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer.run(rx, done_tx))
-            .map_err(|e| AuditError::Open { path: PathBuf::new(), source: Arc::new(e) })?;
-        let log = AuditLog { inner: Arc::new(Inner { tx: Mutex::new(Some(tx)), done: done_rx, stats }) };
+            .map_err(|e| AuditError::Open {
+                path: PathBuf::new(),
+                source: Arc::new(e),
+            })?;
+        let log = AuditLog {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(Some(tx)),
+                done: done_rx,
+                stats,
+            }),
+        };
         Ok((log, recovery))
     }
 
@@ -204,7 +226,9 @@ impl AuditLog {
             guard.clone().ok_or(AuditError::Closed)?
         };
         let (reply, answer) = oneshot::channel();
-        tx.send(Job { entry, reply }).await.map_err(|_| AuditError::Closed)?;
+        tx.send(Job { entry, reply })
+            .await
+            .map_err(|_| AuditError::Closed)?;
         drop(tx);
         answer.await.map_err(|_| AuditError::Closed)?
     }
@@ -217,7 +241,13 @@ impl AuditLog {
     /// Stops accepting appends, waits until everything queued is written and synced, and
     /// stops the writer. Appends after this fail with [`AuditError::Closed`].
     pub async fn close(&self) {
-        drop(self.inner.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(
+            self.inner
+                .tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let mut done = self.inner.done.clone();
         // An error means the writer is gone already, which is what we wait for.
         let _ = done.wait_for(|finished| *finished).await;

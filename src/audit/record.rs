@@ -233,40 +233,51 @@ pub fn format_ts(at: OffsetDateTime) -> String {
     let utc = at.to_offset(UtcOffset::UTC);
     // Formatting a valid date with a fixed, all-numeric description cannot fail in practice;
     // fall back to the default RFC 3339 rendering rather than panicking if it ever does.
-    utc.format(TS_FORMAT)
-        .unwrap_or_else(|_| format!("{}-{:02}-{:02}T00:00:00.000Z", utc.year(), u8::from(utc.month()), utc.day()))
+    utc.format(TS_FORMAT).unwrap_or_else(|_| {
+        format!(
+            "{}-{:02}-{:02}T00:00:00.000Z",
+            utc.year(),
+            u8::from(utc.month()),
+            utc.day()
+        )
+    })
 }
 
 /// Parses a record's `ts` back to a UTC time (for daily rotation after a restart).
 pub(crate) fn parse_ts(ts: &str) -> Option<OffsetDateTime> {
-    time::PrimitiveDateTime::parse(ts, TS_FORMAT).ok().map(|t| t.assume_utc())
+    time::PrimitiveDateTime::parse(ts, TS_FORMAT)
+        .ok()
+        .map(|t| t.assume_utc())
 }
 
 /// Builds the record for `entry` at chain position `seq` after `prev`, taken at `at`.
 pub fn build_record(entry: AuditEntry, seq: u64, prev: &str, at: OffsetDateTime) -> AuditRecord {
-    let base = |request_id, caller, operation, ratepay_transaction_id, partner, idempotency_key, kind| AuditRecord {
-        seq,
-        ts: format_ts(at),
-        prev: prev.to_owned(),
-        kind,
-        request_id,
-        caller,
-        source: None,
-        operation,
-        ratepay_transaction_id,
-        partner,
-        gross_amount: None,
-        partner_operation_id: None,
-        partner_shop_id: None,
-        idempotency_key,
-        intent_seq: None,
-        outcome: None,
-        status: None,
-        ratepay_cancellation_id: None,
-        attempts: None,
-        latency_ms: None,
-        error: None,
-    };
+    let base =
+        |request_id, caller, operation, ratepay_transaction_id, partner, idempotency_key, kind| {
+            AuditRecord {
+                seq,
+                ts: format_ts(at),
+                prev: prev.to_owned(),
+                kind,
+                request_id,
+                caller,
+                source: None,
+                operation,
+                ratepay_transaction_id,
+                partner,
+                gross_amount: None,
+                partner_operation_id: None,
+                partner_shop_id: None,
+                idempotency_key,
+                intent_seq: None,
+                outcome: None,
+                status: None,
+                ratepay_cancellation_id: None,
+                attempts: None,
+                latency_ms: None,
+                error: None,
+            }
+        };
     match entry {
         AuditEntry::Intent(i) => AuditRecord {
             source: Some(i.source),
@@ -376,7 +387,8 @@ pub enum LineFault {
 /// Decodes and checks one line (without its newline): JSON, hash, record shape, canonical form.
 /// Returns the record and its hash.
 pub fn decode(line: &[u8]) -> Result<(AuditRecord, String), LineFault> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|e| LineFault::NotJson(e.to_string()))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(line)
+        .map_err(|e| LineFault::NotJson(e.to_string()))?;
     if line.len() < HASH_SUFFIX_LEN + 1 {
         return Err(LineFault::MissingHash);
     }
@@ -385,7 +397,9 @@ pub fn decode(line: &[u8]) -> Result<(AuditRecord, String), LineFault> {
     let stored = &suffix[HASH_PREFIX.len()..HASH_PREFIX.len() + 64];
     if !suffix.starts_with(HASH_PREFIX)
         || !suffix.ends_with(b"\"}")
-        || !stored.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        || !stored
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
     {
         return Err(LineFault::MissingHash);
     }
@@ -430,12 +444,20 @@ mod tests {
     fn timestamp_is_utc_millis_z() {
         let t = datetime!(2025-11-21 09:43:12.345678 +01:00);
         assert_eq!(format_ts(t), "2025-11-21T08:43:12.345Z");
-        assert_eq!(parse_ts("2025-11-21T08:43:12.345Z"), Some(datetime!(2025-11-21 08:43:12.345 UTC)));
+        assert_eq!(
+            parse_ts("2025-11-21T08:43:12.345Z"),
+            Some(datetime!(2025-11-21 08:43:12.345 UTC))
+        );
     }
 
     #[test]
     fn canonical_bytes_are_stable() {
-        let r = build_record(AuditEntry::Intent(intent()), 1, GENESIS, datetime!(2025-11-21 08:43:12.345 UTC));
+        let r = build_record(
+            AuditEntry::Intent(intent()),
+            1,
+            GENESIS,
+            datetime!(2025-11-21 08:43:12.345 UTC),
+        );
         let bytes = canonical_bytes(&r).unwrap();
         let expected = concat!(
             r#"{"seq":1,"ts":"2025-11-21T08:43:12.345Z","prev":"0000000000000000000000000000000000000000000000000000000000000000","#,
@@ -450,9 +472,16 @@ mod tests {
 
     #[test]
     fn encode_then_decode_round_trips() {
-        let r = build_record(AuditEntry::Intent(intent()), 7, &"ab".repeat(32), OffsetDateTime::now_utc());
+        let r = build_record(
+            AuditEntry::Intent(intent()),
+            7,
+            &"ab".repeat(32),
+            OffsetDateTime::now_utc(),
+        );
         let enc = encode(&r).unwrap();
-        assert!(enc.line.ends_with(format!(",\"hash\":\"{}\"}}\n", enc.hash).as_bytes()));
+        assert!(enc
+            .line
+            .ends_with(format!(",\"hash\":\"{}\"}}\n", enc.hash).as_bytes()));
         let (back, hash) = decode(&enc.line[..enc.line.len() - 1]).unwrap();
         assert_eq!(back, r);
         assert_eq!(hash, enc.hash);
@@ -467,7 +496,12 @@ mod tests {
         o.attempts = 2;
         o.latency_ms = 340;
         o.error = Some("é".repeat(200));
-        let r = build_record(AuditEntry::Outcome(o), 2, GENESIS, OffsetDateTime::now_utc());
+        let r = build_record(
+            AuditEntry::Outcome(o),
+            2,
+            GENESIS,
+            OffsetDateTime::now_utc(),
+        );
         assert_eq!(r.kind, RecordKind::Outcome);
         assert_eq!(r.intent_seq, Some(1));
         assert_eq!(r.source, None);
@@ -480,24 +514,49 @@ mod tests {
 
     #[test]
     fn decode_detects_each_line_fault() {
-        let r = build_record(AuditEntry::Intent(intent()), 1, GENESIS, OffsetDateTime::now_utc());
+        let r = build_record(
+            AuditEntry::Intent(intent()),
+            1,
+            GENESIS,
+            OffsetDateTime::now_utc(),
+        );
         let line = String::from_utf8(encode(&r).unwrap().line).unwrap();
         let line = line.trim_end();
 
         assert!(matches!(decode(b"{not json"), Err(LineFault::NotJson(_))));
-        assert!(matches!(decode(b"{\"seq\":1}"), Err(LineFault::MissingHash)));
+        assert!(matches!(
+            decode(b"{\"seq\":1}"),
+            Err(LineFault::MissingHash)
+        ));
         let changed = line.replace("\"12.50\"", "\"92.50\"");
-        assert!(matches!(decode(changed.as_bytes()), Err(LineFault::HashMismatch { .. })));
+        assert!(matches!(
+            decode(changed.as_bytes()),
+            Err(LineFault::HashMismatch { .. })
+        ));
 
         // An added field with a recomputed hash is still refused.
         let body = line.split(",\"hash\"").next().unwrap();
         let added = format!("{body},\"card\":\"4111\"}}");
-        let forged = format!("{},\"hash\":\"{}\"}}", &added[..added.len() - 1], sha256_hex(added.as_bytes()));
-        assert!(matches!(decode(forged.as_bytes()), Err(LineFault::NotARecord(_))));
+        let forged = format!(
+            "{},\"hash\":\"{}\"}}",
+            &added[..added.len() - 1],
+            sha256_hex(added.as_bytes())
+        );
+        assert!(matches!(
+            decode(forged.as_bytes()),
+            Err(LineFault::NotARecord(_))
+        ));
 
         // Same fields with a space: parses, but is not what a writer produces.
         let spaced = body.replacen("\"seq\":1", "\"seq\": 1", 1) + "}";
-        let forged = format!("{},\"hash\":\"{}\"}}", &spaced[..spaced.len() - 1], sha256_hex(spaced.as_bytes()));
-        assert_eq!(decode(forged.as_bytes()).unwrap_err(), LineFault::NotCanonical);
+        let forged = format!(
+            "{},\"hash\":\"{}\"}}",
+            &spaced[..spaced.len() - 1],
+            sha256_hex(spaced.as_bytes())
+        );
+        assert_eq!(
+            decode(forged.as_bytes()).unwrap_err(),
+            LineFault::NotCanonical
+        );
     }
 }

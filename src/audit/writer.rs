@@ -136,7 +136,10 @@ pub(crate) struct Writer {
 }
 
 fn open_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
-    move |source| AuditError::Open { path: path.to_owned(), source: Arc::new(source) }
+    move |source| AuditError::Open {
+        path: path.to_owned(),
+        source: Arc::new(source),
+    }
 }
 
 /// Makes directory entries (a created or renamed file) durable.
@@ -152,7 +155,10 @@ pub(crate) fn open_blocking(
 ) -> Result<(Writer, Recovery), AuditError> {
     let path = config.path.clone();
     if path.file_name().is_none() || rotated_path(&path, 1).is_none() {
-        return Err(AuditError::Config(format!("audit log path {} needs a UTF-8 file name", path.display())));
+        return Err(AuditError::Config(format!(
+            "audit log path {} needs a UTF-8 file name",
+            path.display()
+        )));
     }
     if config.rotate_bytes == Some(0) {
         return Err(AuditError::Config("rotate_bytes must be > 0".into()));
@@ -204,7 +210,11 @@ pub(crate) fn open_blocking(
     }
 
     let existed = path.exists();
-    let file = OpenOptions::new().create(true).append(true).open(&path).map_err(open_err(&path))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(open_err(&path))?;
     lock(&file, &path)?;
     if !existed {
         sync_dir(&dir).map_err(open_err(&dir))?;
@@ -219,7 +229,10 @@ pub(crate) fn open_blocking(
     // A first record whose ts cannot be read gets today's date: daily rotation then waits for
     // the next day change rather than rotating a file it cannot date.
     let file_first = active_first.map(|r| {
-        let day = parse_ts(&r.ts).unwrap_or_else(|| (clock)()).to_offset(UtcOffset::UTC).date();
+        let day = parse_ts(&r.ts)
+            .unwrap_or_else(|| (clock)())
+            .to_offset(UtcOffset::UTC)
+            .date();
         (r.seq, day)
     });
     let recovery = Recovery {
@@ -258,8 +271,13 @@ fn cut_tail(path: &Path, len: u64) -> io::Result<()> {
 fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
     match file.try_lock() {
         Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked { path: path.to_owned() }),
-        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::Open { path: path.to_owned(), source: Arc::new(e) }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::Open {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }),
     }
 }
 
@@ -292,7 +310,12 @@ impl Writer {
         let mut waiting: Waiting = Vec::new();
         for job in batch.drain(..) {
             if let Some(cause) = &self.poisoned {
-                self.fail(job.reply, AuditError::Poisoned { cause: cause.clone() });
+                self.fail(
+                    job.reply,
+                    AuditError::Poisoned {
+                        cause: cause.clone(),
+                    },
+                );
                 continue;
             }
             let now = (self.clock)().to_offset(UtcOffset::UTC);
@@ -309,11 +332,19 @@ impl Writer {
                 self.commit(&mut buf, &mut waiting);
                 if self.poisoned.is_none() {
                     if let Err(e) = self.rotate() {
-                        self.poison(AuditError::Rotate { path: self.path.clone(), source: Arc::new(e) });
+                        self.poison(AuditError::Rotate {
+                            path: self.path.clone(),
+                            source: Arc::new(e),
+                        });
                     }
                 }
                 if let Some(cause) = &self.poisoned {
-                    self.fail(job.reply, AuditError::Poisoned { cause: cause.clone() });
+                    self.fail(
+                        job.reply,
+                        AuditError::Poisoned {
+                            cause: cause.clone(),
+                        },
+                    );
                     continue;
                 }
             }
@@ -323,7 +354,13 @@ impl Writer {
             buf.extend_from_slice(&encoded.line);
             self.last_seq = record.seq;
             self.last_hash = encoded.hash.clone();
-            waiting.push((job.reply, Appended { seq: record.seq, hash: encoded.hash }));
+            waiting.push((
+                job.reply,
+                Appended {
+                    seq: record.seq,
+                    hash: encoded.hash,
+                },
+            ));
         }
         self.commit(&mut buf, &mut waiting);
     }
@@ -348,7 +385,9 @@ impl Writer {
         buf.clear();
         match result {
             Ok(()) => {
-                self.stats.records.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .records
+                    .fetch_add(waiting.len() as u64, Ordering::Relaxed);
                 self.stats.last_seq.store(self.last_seq, Ordering::Relaxed);
                 for (reply, appended) in waiting.drain(..) {
                     let _ = reply.send(Ok(appended));
@@ -365,18 +404,22 @@ impl Writer {
 
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), AuditError> {
         let path = &self.path;
-        self.file
-            .write_all(buf)
-            .map_err(|e| AuditError::Write { path: path.clone(), source: Arc::new(e) })?;
+        self.file.write_all(buf).map_err(|e| AuditError::Write {
+            path: path.clone(),
+            source: Arc::new(e),
+        })?;
         self.written += buf.len() as u64;
         let started = Instant::now();
-        self.file
-            .sync_data()
-            .map_err(|e| AuditError::Sync { path: path.clone(), source: Arc::new(e) })?;
+        self.file.sync_data().map_err(|e| AuditError::Sync {
+            path: path.clone(),
+            source: Arc::new(e),
+        })?;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         self.stats.sync_nanos_last.store(nanos, Ordering::Relaxed);
-        self.stats.sync_nanos_total.fetch_add(nanos, Ordering::Relaxed);
+        self.stats
+            .sync_nanos_total
+            .fetch_add(nanos, Ordering::Relaxed);
         self.durable = self.written;
         Ok(())
     }
@@ -389,7 +432,11 @@ impl Writer {
     /// log is reopened, when recovery re-reads what really is in the file.
     fn poison(&mut self, cause: AuditError) {
         tracing::error!(error = %cause, file = %self.path.display(), "audit log poisoned: appends fail until reopened");
-        if let Err(e) = self.file.set_len(self.durable).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .set_len(self.durable)
+            .and_then(|()| self.file.sync_data())
+        {
             tracing::warn!(error = %e, file = %self.path.display(), "audit log: could not cut unsynced bytes");
         }
         self.poisoned = Some(cause.to_string());
@@ -405,7 +452,9 @@ impl Writer {
     /// A crash between the rename and the create leaves no active file; open then continues
     /// the chain from the last rotated file.
     fn rotate(&mut self) -> io::Result<()> {
-        let Some((first_seq, _)) = self.file_first else { return Ok(()) };
+        let Some((first_seq, _)) = self.file_first else {
+            return Ok(());
+        };
         let target = rotated_path(&self.path, first_seq)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
         // rename(2) would silently replace an existing file: refuse instead.
@@ -416,11 +465,17 @@ impl Writer {
             ));
         }
         std::fs::rename(&self.path, &target)?;
-        let file = OpenOptions::new().create_new(true).append(true).open(&self.path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&self.path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(io::Error::new(io::ErrorKind::WouldBlock, "new active file is locked"))
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "new active file is locked",
+                ))
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
