@@ -17,6 +17,7 @@
 //! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`sandbox`] the
 //! local Ratepay simulator.
 
+pub mod audit;
 pub mod body;
 pub mod callers;
 pub mod client;

@@ -1,0 +1,255 @@
+//! The tamper-evident, durable audit log of money-moving operations (cancellations, and
+//! captures or refunds when configured).
+//!
+//! In the flow it sits right before forwarding: the gateway appends an [`Intent`] and forwards
+//! only once [`AuditLog::append`] has returned (the record is on disk), then appends an
+//! [`Outcome`] with the final answer. Any append error means "refuse with 503" (fail closed).
+//!
+//! - [`record`]: the explicit fields, canonical bytes and hash of one record;
+//! - [`chain`]: the link rule between records, [`verify`], and the errors naming file and line;
+//! - [`files`]: active and rotated file names and their chain order ([`log_files`]);
+//! - `writer`: recovery at open and the group-commit writer thread;
+//! - [`body`]: pulling the audited fields out of request and response bodies.
+//!
+//! The format, the hash definition and the durability rules are written up in `docs/audit.md`.
+
+pub mod body;
+pub mod chain;
+pub mod files;
+pub mod record;
+mod writer;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use body::{ratepay_cancellation_id, CancellationFields};
+pub use chain::{verify, Fault, VerifyError, VerifySummary};
+pub use files::{log_files, rotated_path, DEFAULT_FILE_NAME};
+pub use record::{
+    AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
+};
+pub use writer::{AuditStats, Recovery, TruncatedTail};
+
+use writer::{Job, StatsCells};
+
+/// Appends that may wait for the writer before `append` itself waits (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// Where the UTC timestamps of records come from; see [`AuditLog::open_with_clock`].
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// Settings of one audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The active file, e.g. `/var/lib/ratepay-gateway/audit.jsonl`. Its directory must exist;
+    /// rotated files are written next to it.
+    pub path: PathBuf,
+    /// Rotate before a record would make the active file larger than this many bytes.
+    pub rotate_bytes: Option<u64>,
+    /// Rotate before the first record of a new UTC day.
+    pub rotate_daily: bool,
+}
+
+impl AuditConfig {
+    /// A log at `path` that never rotates.
+    pub fn new(path: impl Into<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            path: path.into(),
+            rotate_bytes: None,
+            rotate_daily: false,
+        }
+    }
+}
+
+/// Where an appended record landed in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's seq (an outcome's `intent_seq` for an intent).
+    pub seq: u64,
+    /// The record's hash (the new head of the chain).
+    pub hash: String,
+}
+
+/// Why the log could not be opened or a record could not be made durable. Every variant
+/// means the same to the request path: do not forward, answer 503.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// The configuration cannot work (no file name, zero rotation size).
+    #[error("invalid audit log configuration: {0}")]
+    Config(String),
+    /// The directory or active file cannot be listed, read, created or cut.
+    #[error("cannot open audit log {}: {source}", path.display())]
+    Open {
+        /// The path that failed.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Another process holds the log's lock.
+    #[error("audit log {} is locked by another process", path.display())]
+    Locked {
+        /// The active file.
+        path: PathBuf,
+    },
+    /// The existing chain is broken: open refuses to continue it.
+    #[error("audit log is damaged, refusing to continue its chain: {0}")]
+    Corrupt(Arc<VerifyError>),
+    /// Writing the record failed (e.g. disk full).
+    #[error("cannot write audit log {}: {source}", path.display())]
+    Write {
+        /// The active file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Syncing failed: the records of this batch are not durable.
+    #[error("cannot sync audit log {}: {source}", path.display())]
+    Sync {
+        /// The active file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Rotating to a new file failed.
+    #[error("cannot rotate audit log {}: {source}", path.display())]
+    Rotate {
+        /// The active file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// An earlier write or sync failed; the log refuses appends until reopened.
+    #[error("audit log is out of service after an earlier failure ({cause}); reopen it")]
+    Poisoned {
+        /// The first failure.
+        cause: String,
+    },
+    /// A record could not be serialised.
+    #[error("cannot encode audit record: {0}")]
+    Encode(String),
+    /// The log was closed (or its writer is gone).
+    #[error("audit log is closed")]
+    Closed,
+}
+
+impl From<VerifyError> for AuditError {
+    fn from(e: VerifyError) -> Self {
+        AuditError::Corrupt(Arc::new(e))
+    }
+}
+
+/// A handle to an open audit log; cheap to clone, all clones share one writer.
+///
+/// Dropping the last handle lets the writer finish what is queued and stop; call
+/// [`close`](AuditLog::close) to wait for that.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    done: watch::Receiver<bool>,
+    stats: Arc<StatsCells>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log, recovers its state and starts the writer.
+    ///
+    /// Verifies every file of the log (see [`log_files`]), cuts a torn last line left by a
+    /// crash, and returns the intents that have no outcome. Fails if the directory is missing,
+    /// the chain is broken, or another process has the log open.
+    pub async fn open(config: AuditConfig) -> Result<(AuditLog, Recovery), AuditError> {
+        AuditLog::open_with_clock(config, writer::system_clock()).await
+    }
+
+    /// [`open`](AuditLog::open) with timestamps (and day changes for rotation) from `clock`.
+    pub async fn open_with_clock(
+        config: AuditConfig,
+        clock: Clock,
+    ) -> Result<(AuditLog, Recovery), AuditError> {
+        let stats = Arc::new(StatsCells::default());
+        let stats_for_open = Arc::clone(&stats);
+        // Scanning reads whole files: keep it off the async workers.
+        let opened = tokio::task::spawn_blocking(move || {
+            writer::open_blocking(&config, clock, stats_for_open)
+        })
+        .await
+        .map_err(|e| AuditError::Open {
+            path: PathBuf::new(),
+            source: Arc::new(std::io::Error::other(e.to_string())),
+        })?;
+        let (writer, recovery) = opened?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (done_tx, done_rx) = watch::channel(false);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, done_tx))
+            .map_err(|e| AuditError::Open {
+                path: PathBuf::new(),
+                source: Arc::new(e),
+            })?;
+        let log = AuditLog {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(Some(tx)),
+                done: done_rx,
+                stats,
+            }),
+        };
+        Ok((log, recovery))
+    }
+
+    /// Appends a record and returns once it is on disk (written and `fdatasync`ed, possibly in
+    /// one sync with other appends). An error means the record is not durable.
+    ///
+    /// If this future is dropped after the record was queued, the record is still written.
+    pub async fn append(&self, entry: AuditEntry) -> Result<Appended, AuditError> {
+        let tx = {
+            let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+            guard.clone().ok_or(AuditError::Closed)?
+        };
+        let (reply, answer) = oneshot::channel();
+        tx.send(Job { entry, reply })
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        drop(tx);
+        answer.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// The log's counters; a few atomic loads.
+    pub fn stats(&self) -> AuditStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// Stops accepting appends, waits until everything queued is written and synced, and
+    /// stops the writer. Appends after this fail with [`AuditError::Closed`].
+    pub async fn close(&self) {
+        drop(
+            self.inner
+                .tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let mut done = self.inner.done.clone();
+        // An error means the writer is gone already, which is what we wait for.
+        let _ = done.wait_for(|finished| *finished).await;
+    }
+}

@@ -1,0 +1,568 @@
+//! Integration tests of the audit log: real files in temporary directories, the writer thread,
+//! recovery, rotation, verification and tampering.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+};
+
+use ratepay_gateway::audit::{
+    log_files, verify, AuditConfig, AuditEntry, AuditError, AuditLog, Fault, Intent, LineFault,
+    Outcome, OutcomeKind, VerifyError, GENESIS,
+};
+use time::OffsetDateTime;
+
+fn intent(n: u64) -> Intent {
+    Intent {
+        request_id: format!("req-{n}"),
+        caller: "shop-backend".into(),
+        source: "10.1.2.3".parse().unwrap(),
+        operation: "payment.cancellations.create".into(),
+        ratepay_transaction_id: "scwBgARW-nE93I7_ywhp".into(),
+        partner: Some("partner-a".into()),
+        gross_amount: Some(format!("{n}.50")),
+        partner_operation_id: Some(format!("op-{n}")),
+        partner_shop_id: None,
+        idempotency_key: Some(format!("idem-{n}")),
+    }
+}
+
+fn active(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("audit.jsonl")
+}
+
+/// Writes `n` intent records to a fresh log and closes it.
+async fn write_log(path: &Path, n: u64) {
+    let (log, _) = AuditLog::open(AuditConfig::new(path)).await.unwrap();
+    for i in 1..=n {
+        log.append(AuditEntry::Intent(intent(i))).await.unwrap();
+    }
+    log.close().await;
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+}
+
+/// Asserts that verifying `paths` fails at `file:line` and returns the fault.
+fn broken_at(paths: &[PathBuf], file: &Path, line: u64) -> Fault {
+    match verify(paths) {
+        Err(VerifyError::Broken {
+            path,
+            line: at,
+            fault,
+        }) => {
+            assert_eq!(
+                (path.as_path(), at),
+                (file, line),
+                "wrong place for {fault}"
+            );
+            fault
+        }
+        other => panic!(
+            "expected a broken chain at {}:{line}, got {other:?}",
+            file.display()
+        ),
+    }
+}
+
+#[tokio::test]
+async fn intents_and_outcomes_verify_clean_and_reopen_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    assert_eq!(recovery.last_seq, 0);
+    assert_eq!(recovery.head, GENESIS);
+
+    let i = intent(1);
+    let first = log.append(AuditEntry::Intent(i.clone())).await.unwrap();
+    assert_eq!(first.seq, 1);
+    let mut o = i.outcome(first.seq, OutcomeKind::Success);
+    o.status = Some(201);
+    o.ratepay_cancellation_id = Some("aa7rth5-__GG44rdsasf".into());
+    o.attempts = 1;
+    o.latency_ms = 87;
+    let second = log.append(AuditEntry::Outcome(o)).await.unwrap();
+    assert_eq!(second.seq, 2);
+    let stats = log.stats();
+    assert_eq!(
+        (stats.records_written, stats.last_seq, stats.poisoned),
+        (2, 2, false)
+    );
+    assert!(stats.syncs >= 1);
+    log.close().await;
+    assert!(matches!(
+        log.append(AuditEntry::Intent(intent(9))).await,
+        Err(AuditError::Closed)
+    ));
+
+    let text = lines(&path);
+    assert_eq!(text.len(), 2);
+    assert!(text[0].starts_with(r#"{"seq":1,"ts":""#));
+    assert!(text[0].contains(r#""prev":"0000000000000000000000000000000000000000000000000000000000000000","kind":"intent""#));
+    assert!(text[0].contains(r#""source":"10.1.2.3""#));
+    assert!(text[0].contains(r#""gross_amount":"1.50""#));
+    assert!(text[1].contains(&format!(r#""prev":"{}""#, first.hash)));
+    assert!(text[1].contains(r#""intent_seq":1,"outcome":"success","status":201"#));
+    assert!(text[1].ends_with(&format!(r#""hash":"{}"}}"#, second.hash)));
+    // ts: RFC 3339, UTC, milliseconds.
+    let ts = &text[0][15..39];
+    assert_eq!(ts.len(), 24, "{ts}");
+    assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+
+    let summary = verify(&log_files(&path).unwrap()).unwrap();
+    assert_eq!(
+        (summary.records, summary.first_seq, summary.last_seq),
+        (2, Some(1), Some(2))
+    );
+    assert_eq!(summary.head, second.hash);
+    assert!(summary
+        .to_string()
+        .starts_with("ok: 2 records in 1 file(s), seq 1..2, head "));
+
+    let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    assert_eq!((recovery.records, recovery.last_seq), (2, 2));
+    assert_eq!(recovery.head, second.hash);
+    assert!(recovery.open_intents.is_empty());
+    assert!(recovery.truncated.is_none());
+    assert_eq!(
+        log.append(AuditEntry::Intent(intent(3))).await.unwrap().seq,
+        3
+    );
+    log.close().await;
+    assert_eq!(verify(&[&path]).unwrap().records, 3);
+}
+
+#[tokio::test]
+async fn tampering_is_detected_at_the_right_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    write_log(&path, 5).await;
+    let original = lines(&path);
+    let paths = vec![path.clone()];
+
+    // A changed gross_amount.
+    let mut changed = original.clone();
+    changed[2] = changed[2].replace(r#""gross_amount":"3.50""#, r#""gross_amount":"300.50""#);
+    assert_ne!(changed, original);
+    write_lines(&path, &changed);
+    assert!(matches!(
+        broken_at(&paths, &path, 3),
+        Fault::Line(LineFault::HashMismatch { .. })
+    ));
+
+    // A deleted line.
+    let mut deleted = original.clone();
+    deleted.remove(2);
+    write_lines(&path, &deleted);
+    assert_eq!(
+        broken_at(&paths, &path, 3),
+        Fault::SeqGap {
+            expected: 3,
+            found: 4
+        }
+    );
+
+    // Two swapped lines.
+    let mut swapped = original.clone();
+    swapped.swap(1, 2);
+    write_lines(&path, &swapped);
+    assert_eq!(
+        broken_at(&paths, &path, 2),
+        Fault::SeqGap {
+            expected: 2,
+            found: 3
+        }
+    );
+
+    // A truncated tail (partial last line).
+    write_lines(&path, &original);
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 40)
+        .unwrap();
+    assert!(matches!(
+        broken_at(&paths, &path, 5),
+        Fault::TornTail { .. }
+    ));
+
+    // A garbage line.
+    let mut garbage = original.clone();
+    garbage[3] = "this is not json".into();
+    write_lines(&path, &garbage);
+    let err = verify(&paths).unwrap_err();
+    assert!(matches!(
+        broken_at(&paths, &path, 4),
+        Fault::Line(LineFault::NotJson(_))
+    ));
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("{}:4: not JSON", path.display())),
+        "{message}"
+    );
+    assert!(!message.contains('\n'));
+
+    // A record whose hash was recomputed after the change still breaks the next link.
+    let mut rehashed = original.clone();
+    let body = rehashed[2]
+        .split(",\"hash\"")
+        .next()
+        .unwrap()
+        .replace("\"3.50\"", "\"0.01\"")
+        + "}";
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    rehashed[2] = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+    write_lines(&path, &rehashed);
+    assert_eq!(broken_at(&paths, &path, 4), Fault::PrevMismatch);
+
+    // And the untouched log is fine.
+    write_lines(&path, &original);
+    assert_eq!(verify(&paths).unwrap().records, 5);
+}
+
+#[tokio::test]
+async fn damaged_log_is_not_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    write_log(&path, 3).await;
+    let mut text = lines(&path);
+    text.remove(1);
+    write_lines(&path, &text);
+    match AuditLog::open(AuditConfig::new(&path)).await {
+        Err(AuditError::Corrupt(e)) => assert_eq!(e.line(), Some(2)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn size_rotation_continues_the_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let config = AuditConfig {
+        path: path.clone(),
+        rotate_bytes: Some(1200),
+        rotate_daily: false,
+    };
+    let (log, _) = AuditLog::open(config.clone()).await.unwrap();
+    let mut last = None;
+    for i in 1..=20 {
+        last = Some(log.append(AuditEntry::Intent(intent(i))).await.unwrap());
+    }
+    let rotations = log.stats().rotations;
+    log.close().await;
+    assert!(rotations >= 3, "rotations: {rotations}");
+
+    let files = log_files(&path).unwrap();
+    assert_eq!(files.len() as u64, rotations + 1);
+    assert_eq!(files.last().unwrap(), &path);
+    assert_eq!(
+        files[0],
+        dir.path().join("audit-00000000000000000001.jsonl")
+    );
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert_eq!(names, files, "sorted names are chain order");
+    for f in &files {
+        assert!(
+            fs::metadata(f).unwrap().len() <= 1200,
+            "{} too big",
+            f.display()
+        );
+    }
+    // Each rotated file's name carries its first seq; the next file's first prev is its last hash.
+    let second = lines(&files[1]);
+    let first_seq: u64 = files[1].file_name().unwrap().to_str().unwrap()[6..26]
+        .parse()
+        .unwrap();
+    assert!(second[0].starts_with(&format!(r#"{{"seq":{first_seq},"#)));
+    let prev_last = lines(&files[0]).pop().unwrap();
+    let prev_hash = &prev_last[prev_last.len() - 66..prev_last.len() - 2];
+    assert!(second[0].contains(&format!(r#""prev":"{prev_hash}""#)));
+
+    let summary = verify(&files).unwrap();
+    assert_eq!((summary.records, summary.last_seq), (20, Some(20)));
+    assert_eq!(summary.head, last.unwrap().hash);
+
+    // A reopened log continues the chain in the existing set.
+    let (log, recovery) = AuditLog::open(config).await.unwrap();
+    assert_eq!(recovery.records, 20);
+    log.append(AuditEntry::Intent(intent(21))).await.unwrap();
+    log.close().await;
+    let files = log_files(&path).unwrap();
+    assert_eq!(verify(&files).unwrap().records, 21);
+
+    // Out of order: the second given file does not continue the first.
+    let mut misordered = files.clone();
+    misordered.swap(1, 2);
+    let fault = broken_at(&misordered, &misordered[1], 1);
+    assert!(
+        matches!(fault, Fault::BrokenLink { ref previous, .. } if previous == &misordered[0]),
+        "{fault}"
+    );
+
+    // A missing middle file.
+    let mut missing = files.clone();
+    let gone = missing.remove(1);
+    fs::remove_file(&gone).unwrap();
+    let fault = broken_at(&missing, &missing[1], 1);
+    assert!(matches!(fault, Fault::BrokenLink { .. }));
+    assert!(fault.to_string().contains("file missing or out of order"));
+    // log_files lists what is there; verify over it reports the same break.
+    assert_eq!(log_files(&path).unwrap(), missing);
+}
+
+#[tokio::test]
+async fn daily_rotation_uses_the_utc_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    // 2025-11-21 23:59:59 UTC, then a second later.
+    let now = Arc::new(AtomicI64::new(1_763_769_599));
+    let clock_now = Arc::clone(&now);
+    let clock = Arc::new(move || {
+        OffsetDateTime::from_unix_timestamp(clock_now.load(Ordering::SeqCst)).unwrap()
+    });
+    let config = AuditConfig {
+        path: path.clone(),
+        rotate_bytes: None,
+        rotate_daily: true,
+    };
+    let (log, _) = AuditLog::open_with_clock(config, clock).await.unwrap();
+    log.append(AuditEntry::Intent(intent(1))).await.unwrap();
+    log.append(AuditEntry::Intent(intent(2))).await.unwrap();
+    now.fetch_add(1, Ordering::SeqCst);
+    log.append(AuditEntry::Intent(intent(3))).await.unwrap();
+    log.close().await;
+
+    let files = log_files(&path).unwrap();
+    assert_eq!(
+        files,
+        vec![
+            dir.path().join("audit-00000000000000000001.jsonl"),
+            path.clone()
+        ]
+    );
+    assert!(lines(&files[0])[1].contains(r#""ts":"2025-11-21T23:59:59.000Z""#));
+    assert!(lines(&files[1])[0].contains(r#""ts":"2025-11-22T00:00:00.000Z""#));
+    assert_eq!(verify(&files).unwrap().records, 3);
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    let appends = (1..=200).map(|i| {
+        let log = log.clone();
+        async move { log.append(AuditEntry::Intent(intent(i))).await }
+    });
+    let results = futures_util::future::join_all(appends).await;
+    let mut seqs: Vec<u64> = results.into_iter().map(|r| r.unwrap().seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    let stats = log.stats();
+    eprintln!(
+        "200 appends: {} syncs, avg {:?}",
+        stats.syncs, stats.avg_sync
+    );
+    assert_eq!(stats.records_written, 200);
+    assert!(stats.syncs < 50, "200 appends took {} syncs", stats.syncs);
+    assert!(stats.avg_sync > std::time::Duration::ZERO);
+    log.close().await;
+    let summary = verify(&[&path]).unwrap();
+    assert_eq!((summary.records, summary.last_seq), (200, Some(200)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tasks_share_syncs_and_close_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    let tasks: Vec<_> = (1..=200)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(AuditEntry::Intent(intent(i))).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stats = log.stats();
+    eprintln!(
+        "200 appends: {} syncs, avg {:?}",
+        stats.syncs, stats.avg_sync
+    );
+    assert_eq!(stats.records_written, 200);
+    assert!(stats.syncs < 200, "200 appends took {} syncs", stats.syncs);
+    log.close().await;
+    assert_eq!(verify(&[&path]).unwrap().records, 200);
+}
+
+#[tokio::test]
+async fn open_fails_when_the_parent_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    fs::write(&file, b"x").unwrap();
+    let err = AuditLog::open(AuditConfig::new(file.join("audit.jsonl")))
+        .await
+        .unwrap_err();
+    match &err {
+        AuditError::Open { source, .. } => assert_eq!(source.raw_os_error(), Some(20), "ENOTDIR"),
+        other => panic!("expected Open, got {other:?}"),
+    }
+    assert!(err.to_string().contains("not-a-dir/audit.jsonl"), "{err}");
+
+    let missing = AuditLog::open(AuditConfig::new(dir.path().join("nope/audit.jsonl"))).await;
+    assert!(matches!(missing, Err(AuditError::Open { .. })));
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_append_and_poisons_the_log() {
+    // /dev/full accepts open and fsync but every write fails with ENOSPC.
+    let (log, recovery) = AuditLog::open(AuditConfig::new("/dev/full")).await.unwrap();
+    assert_eq!(recovery.last_seq, 0);
+    match log.append(AuditEntry::Intent(intent(1))).await {
+        Err(AuditError::Write { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(28), "ENOSPC")
+        }
+        other => panic!("expected a write error, got {other:?}"),
+    }
+    // Nothing later pretends to succeed.
+    assert!(matches!(
+        log.append(AuditEntry::Intent(intent(2))).await,
+        Err(AuditError::Poisoned { .. })
+    ));
+    let stats = log.stats();
+    assert!(stats.poisoned);
+    assert_eq!(
+        (stats.records_written, stats.failed_appends, stats.syncs),
+        (0, 2, 0)
+    );
+    log.close().await;
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    assert!(matches!(
+        AuditLog::open(AuditConfig::new(&path)).await,
+        Err(AuditError::Locked { .. })
+    ));
+    log.close().await;
+    let (again, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    again.close().await;
+}
+
+#[tokio::test]
+async fn open_reports_intents_without_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    let a = log.append(AuditEntry::Intent(intent(1))).await.unwrap();
+    let b = log.append(AuditEntry::Intent(intent(2))).await.unwrap();
+    log.append(AuditEntry::Outcome(
+        intent(1).outcome(a.seq, OutcomeKind::Failure),
+    ))
+    .await
+    .unwrap();
+    log.close().await;
+
+    let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    assert_eq!(recovery.open_intents.len(), 1);
+    let open = &recovery.open_intents[0];
+    assert_eq!((open.seq, open.request_id.as_str()), (b.seq, "req-2"));
+    assert_eq!(open.gross_amount.as_deref(), Some("2.50"));
+    // The gateway settles it with a normal append; then nothing is open.
+    let settle = Outcome::for_open_intent(open, OutcomeKind::Unknown).unwrap();
+    log.append(AuditEntry::Outcome(settle)).await.unwrap();
+    log.close().await;
+    let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    assert!(recovery.open_intents.is_empty());
+    log.close().await;
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_cut_and_the_chain_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    write_log(&path, 3).await;
+    let good_len = fs::metadata(&path).unwrap().len();
+    // A crash in the middle of writing record 4.
+    let mut torn = fs::read(&path).unwrap();
+    torn.extend_from_slice(br#"{"seq":4,"ts":"2025-11-21T08:4"#);
+    fs::write(&path, &torn).unwrap();
+    assert!(matches!(
+        verify(&[&path]).unwrap_err().fault(),
+        Some(Fault::TornTail { .. })
+    ));
+
+    let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    let cut = recovery.truncated.expect("torn tail reported");
+    assert_eq!(
+        (cut.path.as_path(), cut.kept_bytes),
+        (path.as_path(), good_len)
+    );
+    assert_eq!(cut.removed_bytes, torn.len() as u64 - good_len);
+    assert_eq!(recovery.last_seq, 3);
+    // The intents written before the crash have no outcome.
+    assert_eq!(recovery.open_intents.len(), 3);
+    assert_eq!(
+        log.append(AuditEntry::Intent(intent(4))).await.unwrap().seq,
+        4
+    );
+    log.close().await;
+    assert_eq!(verify(&[&path]).unwrap().records, 4);
+}
+
+#[tokio::test]
+async fn a_crash_between_rename_and_create_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    write_log(&path, 2).await;
+    // What rotation leaves behind if it dies right after the rename.
+    fs::rename(&path, dir.path().join("audit-00000000000000000001.jsonl")).unwrap();
+    let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    assert_eq!(recovery.last_seq, 2);
+    assert_eq!(
+        log.append(AuditEntry::Intent(intent(3))).await.unwrap().seq,
+        3
+    );
+    log.close().await;
+    let files = log_files(&path).unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(verify(&files).unwrap().records, 3);
+}
+
+#[test]
+fn verify_needs_files() {
+    assert!(matches!(verify::<PathBuf>(&[]), Err(VerifyError::NoFiles)));
+    let err = verify(&[PathBuf::from("/nonexistent/audit.jsonl")]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/audit.jsonl: cannot read"),
+        "{err}"
+    );
+}
