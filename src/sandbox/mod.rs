@@ -60,7 +60,8 @@ impl SandboxAudiences {
     pub fn integration() -> SandboxAudiences {
         SandboxAudiences {
             payment: "https://api-integration.ratepay.com/transaction/management".to_owned(),
-            status: "https://api-integration.ratepay.com/transaction/status/v2/transactions".to_owned(),
+            status: "https://api-integration.ratepay.com/transaction/status/v2/transactions"
+                .to_owned(),
             hpp: "https://payment-integration.ratepay.com".to_owned(),
         }
     }
@@ -148,10 +149,14 @@ pub async fn serve(
                 service_fn(move |req| {
                     let sandbox = sandbox.clone();
                     let kill = kill.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await)
+                    }
                 })
             };
-            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             tokio::pin!(conn);
             let mut draining = false;
             loop {
@@ -176,7 +181,10 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     connections.abort_all();
     Ok(())
 }
