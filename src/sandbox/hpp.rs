@@ -92,11 +92,19 @@ pub(crate) fn step_at(
 ) -> (usize, OffsetDateTime) {
     let elapsed = (now - created).max(time::Duration::ZERO);
     let step_t = time::Duration::try_from(step).unwrap_or(time::Duration::MAX);
+    // Checked arithmetic throughout: a huge configured step must not overflow (and panic).
+    let start_of = |i: usize| -> Option<OffsetDateTime> {
+        created.checked_add(step_t.checked_mul(i32::try_from(i).ok()?)?)
+    };
     let mut idx = 0usize;
-    while idx + 1 < PROGRESSION.len() && elapsed >= step_t * (idx as i32 + 1) {
+    while idx + 1 < PROGRESSION.len()
+        && step_t
+            .checked_mul(idx as i32 + 1)
+            .is_some_and(|t| elapsed >= t)
+    {
         idx += 1;
     }
-    (idx, created + step_t * idx as i32)
+    (idx, start_of(idx).unwrap_or(created))
 }
 
 /// One HPP session.

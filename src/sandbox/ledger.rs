@@ -319,10 +319,12 @@ impl Transaction {
     /// Records a follow-up that [`Transaction::check`] allowed.
     pub(crate) fn apply(&mut self, op: FollowUp) {
         match op.kind {
-            Kind::Authorization => self.authorized += op.gross_amount,
-            Kind::Capture => self.captured += op.gross_amount,
-            Kind::Refund => self.refunded += op.gross_amount,
-            Kind::Cancellation => self.cancelled += op.gross_amount,
+            Kind::Authorization => {
+                self.authorized = self.authorized.saturating_add(op.gross_amount)
+            }
+            Kind::Capture => self.captured = self.captured.saturating_add(op.gross_amount),
+            Kind::Refund => self.refunded = self.refunded.saturating_add(op.gross_amount),
+            Kind::Cancellation => self.cancelled = self.cancelled.saturating_add(op.gross_amount),
         }
         self.operations.push(op);
     }

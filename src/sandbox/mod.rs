@@ -238,3 +238,27 @@ impl Drop for SandboxHandle {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_client_secrets() {
+        let cfg = SandboxConfig::default();
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains(DEFAULT_CLIENT_ID));
+        assert!(!shown.contains(DEFAULT_CLIENT_SECRET), "{shown}");
+    }
+
+    #[test]
+    fn default_config_uses_ratepay_integration_audiences() {
+        let cfg = SandboxConfig::default();
+        assert_eq!(
+            cfg.audiences.payment,
+            "https://api-integration.ratepay.com/transaction/management"
+        );
+        assert_eq!(cfg.token_lifetime, Duration::from_secs(1800));
+        assert_eq!(cfg.clients.len(), 1);
+    }
+}

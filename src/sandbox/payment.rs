@@ -163,7 +163,9 @@ fn items_total(
             } else if let Some(u) = item.get("gross_unit_price") {
                 let qty = item.get("quantity").map_or(Some(1), Value::as_i64);
                 match (parse_signed_cents(u), qty) {
-                    (Ok(c), Some(q)) if (1..=1_000_000).contains(&q) => Ok(c * q),
+                    (Ok(c), Some(q)) if (1..=1_000_000).contains(&q) => c
+                        .checked_mul(q)
+                        .ok_or_else(|| (format!("{p}.gross_unit_price"), "is too large".into())),
                     (Err(e), _) => Err((format!("{p}.gross_unit_price"), e.to_string())),
                     _ => Err((
                         format!("{p}.quantity"),
@@ -174,7 +176,10 @@ fn items_total(
                 Err((format!("{p}.gross_unit_price"), "is required".into()))
             };
             match line {
-                Ok(c) => *total.get_or_insert(0) += c,
+                Ok(c) => {
+                    let t = total.get_or_insert(0);
+                    *t = t.saturating_add(c);
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -262,7 +267,7 @@ fn authorize(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
                 };
                 match b.get("gross_amount").map(parse_amount) {
                     Some(Ok(c)) => {
-                        total += c;
+                        total = total.saturating_add(c);
                         if items_total(b, &p, &mut errors).is_some_and(|sum| sum != c) {
                             mismatch = true;
                         }
