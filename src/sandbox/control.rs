@@ -15,7 +15,10 @@ use super::{
 };
 
 fn bad_request(message: String) -> Reply {
-    Reply::json(StatusCode::BAD_REQUEST, &json!({"error": "bad_request", "message": message}))
+    Reply::json(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "bad_request", "message": message}),
+    )
 }
 
 fn faults_body(faults: &[FaultSpec]) -> Value {
@@ -30,7 +33,10 @@ pub(crate) fn handle(sandbox: &Sandbox, method: &Method, path: &str, body: &[u8]
             let stats = lock(&sandbox.inner).stats.clone();
             Reply::json(StatusCode::OK, &json!(stats))
         }
-        (&Method::GET, "/faults") => Reply::json(StatusCode::OK, &faults_body(lock(&sandbox.inner).faults.list())),
+        (&Method::GET, "/faults") => Reply::json(
+            StatusCode::OK,
+            &faults_body(lock(&sandbox.inner).faults.list()),
+        ),
         (&Method::POST, "/faults") => {
             let spec: FaultSpec = match serde_json::from_slice(body) {
                 Ok(s) => s,

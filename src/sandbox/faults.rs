@@ -181,7 +181,12 @@ mod tests {
         })
         .unwrap();
         assert!(f.select("payment.refunds.create", &mut rng).is_none());
-        assert_eq!(f.select("payment.captures.create", &mut rng).unwrap().status, Some(503));
+        assert_eq!(
+            f.select("payment.captures.create", &mut rng)
+                .unwrap()
+                .status,
+            Some(503)
+        );
         assert!(f.select("payment.captures.create", &mut rng).is_some());
         assert!(f.select("payment.captures.create", &mut rng).is_none());
         assert!(f.list().is_empty());
@@ -219,7 +224,10 @@ mod tests {
     #[test]
     fn invalid_faults_are_refused() {
         let mut f = Faults::default();
-        assert_eq!(f.add(spec("nope")), Err(FaultError::Operation("nope".into())));
+        assert_eq!(
+            f.add(spec("nope")),
+            Err(FaultError::Operation("nope".into()))
+        );
         assert_eq!(
             f.add(FaultSpec {
                 status: Some(600),

@@ -15,7 +15,9 @@ use std::{collections::HashMap, time::Duration};
 
 use http::StatusCode;
 use serde_json::{json, Map, Value};
-use time::{format_description::well_known::Rfc3339, macros::format_description, Date, OffsetDateTime};
+use time::{
+    format_description::well_known::Rfc3339, macros::format_description, Date, OffsetDateTime,
+};
 
 use super::{
     http::{decline, invalid_fields, Call, Reply},
@@ -83,14 +85,26 @@ const PROGRESSION: [SessionStatus; 3] = [
 ];
 
 /// Which step of [`PROGRESSION`] a session is at, and since when, for time-based progression.
-pub(crate) fn step_at(created: OffsetDateTime, now: OffsetDateTime, step: Duration) -> (usize, OffsetDateTime) {
+pub(crate) fn step_at(
+    created: OffsetDateTime,
+    now: OffsetDateTime,
+    step: Duration,
+) -> (usize, OffsetDateTime) {
     let elapsed = (now - created).max(time::Duration::ZERO);
     let step_t = time::Duration::try_from(step).unwrap_or(time::Duration::MAX);
+    // Checked arithmetic throughout: a huge configured step must not overflow (and panic).
+    let start_of = |i: usize| -> Option<OffsetDateTime> {
+        created.checked_add(step_t.checked_mul(i32::try_from(i).ok()?)?)
+    };
     let mut idx = 0usize;
-    while idx + 1 < PROGRESSION.len() && elapsed >= step_t * (idx as i32 + 1) {
+    while idx + 1 < PROGRESSION.len()
+        && step_t
+            .checked_mul(idx as i32 + 1)
+            .is_some_and(|t| elapsed >= t)
+    {
         idx += 1;
     }
-    (idx, created + step_t * idx as i32)
+    (idx, start_of(idx).unwrap_or(created))
 }
 
 /// One HPP session.
@@ -114,7 +128,11 @@ pub(crate) struct Session {
 
 impl Session {
     /// Status and `updated_date` as of `now`, counting this as one read.
-    fn read(&mut self, now: OffsetDateTime, step: Option<Duration>) -> (SessionStatus, OffsetDateTime, Option<Value>) {
+    fn read(
+        &mut self,
+        now: OffsetDateTime,
+        step: Option<Duration>,
+    ) -> (SessionStatus, OffsetDateTime, Option<Value>) {
         if let Some((s, at, reasons)) = &self.set {
             return (*s, *at, reasons.clone());
         }
@@ -123,7 +141,8 @@ impl Session {
             Some(d) if d.is_zero() => {
                 let idx = self.reads.min(PROGRESSION.len() - 1);
                 self.reads += 1;
-                let since = *self.observed[idx].get_or_insert(if idx == 0 { self.created } else { now });
+                let since =
+                    *self.observed[idx].get_or_insert(if idx == 0 { self.created } else { now });
                 (idx, since)
             }
             Some(d) => step_at(self.created, now, d),
@@ -138,7 +157,9 @@ impl Session {
         // Ratepay creates the transaction while processing; expose its id once it exists.
         if matches!(
             status,
-            SessionStatus::Completed | SessionStatus::FraudCancellationRequested | SessionStatus::OtpPending
+            SessionStatus::Completed
+                | SessionStatus::FraudCancellationRequested
+                | SessionStatus::OtpPending
         ) {
             m.insert("transaction_id".into(), json!(self.transaction_id));
         }
@@ -172,7 +193,13 @@ impl Sessions {
     }
 
     /// Sets a sticky status (test endpoint); false when the session is unknown.
-    pub(crate) fn set_status(&mut self, id: &str, status: SessionStatus, reasons: Option<Value>, now: OffsetDateTime) -> bool {
+    pub(crate) fn set_status(
+        &mut self,
+        id: &str,
+        status: SessionStatus,
+        reasons: Option<Value>,
+        now: OffsetDateTime,
+    ) -> bool {
         match self.by_id.get_mut(id) {
             Some(s) => {
                 s.set = Some((status, now, reasons));
@@ -237,7 +264,12 @@ pub(crate) fn execute(sandbox: &Sandbox, op: &str, call: &Call<'_>) -> Reply {
             let records: Vec<Value> = matching.into_iter().map(|s| s.record(now, step)).collect();
             Reply::json(StatusCode::OK, &Value::Array(records))
         }
-        _ => decline(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", &["NOT_FOUND"], "unknown operation"),
+        _ => decline(
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            &["NOT_FOUND"],
+            "unknown operation",
+        ),
     }
 }
 
@@ -247,7 +279,10 @@ fn create(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
         Err(reply) => return reply,
     };
     let Some(order) = body.get("order_data").and_then(Value::as_object) else {
-        return invalid_fields("$.order_data", "order_data is required and must be an object");
+        return invalid_fields(
+            "$.order_data",
+            "order_data is required and must be an object",
+        );
     };
     let partner_transaction_id = order
         .get("partner_transaction_id")
@@ -297,9 +332,8 @@ fn parse_date(s: &str) -> Option<Date> {
 
 /// Handles `POST /_sandbox/sessions/{id}` with `{"session_status": ..., "decline_reasons"?: ...}`.
 pub(crate) fn set_status(sandbox: &Sandbox, id: &str, body: &[u8]) -> Reply {
-    let parsed: Option<(SessionStatus, Option<Value>)> = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
+    let parsed: Option<(SessionStatus, Option<Value>)> =
+        serde_json::from_slice::<Value>(body).ok().and_then(|v| {
             let status = SessionStatus::parse(v.get("session_status")?.as_str()?)?;
             Some((status, v.get("decline_reasons").cloned()))
         });
@@ -310,8 +344,14 @@ pub(crate) fn set_status(sandbox: &Sandbox, id: &str, body: &[u8]) -> Reply {
         );
     };
     let now = OffsetDateTime::now_utc();
-    if lock(&sandbox.inner).sessions.set_status(id, status, reasons, now) {
-        Reply::json(StatusCode::OK, &json!({"session_id": id, "session_status": status.as_str()}))
+    if lock(&sandbox.inner)
+        .sessions
+        .set_status(id, status, reasons, now)
+    {
+        Reply::json(
+            StatusCode::OK,
+            &json!({"session_id": id, "session_status": status.as_str()}),
+        )
     } else {
         Reply::json(StatusCode::NOT_FOUND, &json!({"error": "no such session"}))
     }
@@ -348,7 +388,10 @@ mod tests {
         assert_eq!(step_at(t0, t0 + sec(25), step), (2, t0 + sec(20)));
         assert_eq!(step_at(t0, t0 + sec(1000), step), (2, t0 + sec(20)));
         let mut s = session(t0);
-        assert_eq!(s.read(t0 + sec(15), Some(step)).0, SessionStatus::InProgress);
+        assert_eq!(
+            s.read(t0 + sec(15), Some(step)).0,
+            SessionStatus::InProgress
+        );
     }
 
     #[test]
@@ -366,7 +409,10 @@ mod tests {
             ]
         );
         let mut s = session(t0);
-        assert_eq!(s.read(t0 + time::Duration::days(1), None).0, SessionStatus::Created);
+        assert_eq!(
+            s.read(t0 + time::Duration::days(1), None).0,
+            SessionStatus::Created
+        );
     }
 
     #[test]
@@ -387,11 +433,17 @@ mod tests {
 
     #[test]
     fn query_and_date_parsing() {
-        assert_eq!(query_param(Some("a=1&createdDate=2024-02-29"), "createdDate"), Some("2024-02-29"));
+        assert_eq!(
+            query_param(Some("a=1&createdDate=2024-02-29"), "createdDate"),
+            Some("2024-02-29")
+        );
         assert!(parse_date("2024-02-29").is_some());
         assert!(parse_date("2023-02-29").is_none());
         assert!(parse_date("29.02.2024").is_none());
-        assert_eq!(SessionStatus::parse("CANCELED"), Some(SessionStatus::Canceled));
+        assert_eq!(
+            SessionStatus::parse("CANCELED"),
+            Some(SessionStatus::Canceled)
+        );
         assert_eq!(SessionStatus::parse("nope"), None);
     }
 }

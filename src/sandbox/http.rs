@@ -77,7 +77,12 @@ impl Reply {
 
 /// A Ratepay decline: `{"category", "reasons", "message"}` (the DeclineDto shape of
 /// Ratepay's HPP docs; the Payment API uses the same category/reason vocabulary).
-pub(crate) fn decline(status: StatusCode, category: &str, reasons: &[&str], message: &str) -> Reply {
+pub(crate) fn decline(
+    status: StatusCode,
+    category: &str,
+    reasons: &[&str],
+    message: &str,
+) -> Reply {
     Reply::json(
         status,
         &json!({"category": category, "reasons": reasons, "message": message}),
@@ -108,7 +113,12 @@ pub(crate) fn invalid_fields(path: &str, message: &str) -> Reply {
 
 /// 400 `SYNTAX` / `INVALID_JSON`.
 pub(crate) fn invalid_json(message: &str) -> Reply {
-    decline(StatusCode::BAD_REQUEST, "SYNTAX", &["INVALID_JSON"], message)
+    decline(
+        StatusCode::BAD_REQUEST,
+        "SYNTAX",
+        &["INVALID_JSON"],
+        message,
+    )
 }
 
 /// Whether the request declares a JSON body (`application/json` or `*/*+json`).
@@ -244,7 +254,11 @@ async fn apply_fault(sandbox: &Sandbox, operation: &str) -> Faulted {
 }
 
 /// Answers one request. `kill` drops the connection (for `close_connection` faults).
-pub(crate) async fn handle<B>(sandbox: Arc<Sandbox>, req: Request<B>, kill: Arc<Notify>) -> Response<Full<Bytes>>
+pub(crate) async fn handle<B>(
+    sandbox: Arc<Sandbox>,
+    req: Request<B>,
+    kill: Arc<Notify>,
+) -> Response<Full<Bytes>>
 where
     B: http_body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -298,7 +312,9 @@ where
     }
     let m = match routes::match_route(&parts.method, path) {
         Err(e) => return Some(invalid_fields("$.path", &e.to_string())),
-        Ok(None) if routes::path_known(path) => return Some(method_not_allowed("GET, POST, PATCH")),
+        Ok(None) if routes::path_known(path) => {
+            return Some(method_not_allowed("GET, POST, PATCH"))
+        }
         Ok(None) => {
             return Some(decline(
                 StatusCode::NOT_FOUND,
@@ -333,9 +349,18 @@ where
     let partner = match parts.headers.get("x-partner").map(|v| v.to_str()) {
         None => None,
         Some(Ok(p)) => Some(p),
-        Some(Err(_)) => return Some(invalid_fields("$.headers.X-Partner", "X-Partner must be ASCII")),
+        Some(Err(_)) => {
+            return Some(invalid_fields(
+                "$.headers.X-Partner",
+                "X-Partner must be ASCII",
+            ))
+        }
     };
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(path);
     let call = Call {
         query: parts.uri.query(),
         headers: &parts.headers,
@@ -416,7 +441,13 @@ struct InFlight<'a> {
 
 impl InFlight<'_> {
     fn finish(&mut self, reply: &Reply) {
-        lock(&self.sandbox.idempotency).finish(self.client, self.key, self.generation, reply, Instant::now());
+        lock(&self.sandbox.idempotency).finish(
+            self.client,
+            self.key,
+            self.generation,
+            reply,
+            Instant::now(),
+        );
         self.finished = true;
     }
 }
@@ -445,9 +476,15 @@ mod tests {
     fn json_content_types() {
         let mut h = HeaderMap::new();
         assert!(!is_json(&h));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         assert!(is_json(&h));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/hal+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/hal+json"),
+        );
         assert!(is_json(&h));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert!(!is_json(&h));

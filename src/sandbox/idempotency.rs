@@ -49,9 +49,19 @@ pub(crate) fn validate_key(raw: &[u8]) -> Result<String, KeyError> {
 
 /// A digest of everything that makes two calls "the same request" for Ratepay: method, path
 /// (with query), body and `X-Partner`. Length prefixes keep field boundaries unambiguous.
-pub(crate) fn fingerprint(method: &str, path: &str, partner: Option<&str>, body: &[u8]) -> [u8; 32] {
+pub(crate) fn fingerprint(
+    method: &str,
+    path: &str,
+    partner: Option<&str>,
+    body: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [method.as_bytes(), path.as_bytes(), partner.unwrap_or("").as_bytes(), body] {
+    for part in [
+        method.as_bytes(),
+        path.as_bytes(),
+        partner.unwrap_or("").as_bytes(),
+        body,
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -146,7 +156,14 @@ impl IdempotencyStore {
     }
 
     /// Records the answer of run `generation`: 5xx answers are forgotten (a retry executes again).
-    pub(crate) fn finish(&mut self, scope: &str, key: &str, generation: u64, reply: &Reply, now: Instant) {
+    pub(crate) fn finish(
+        &mut self,
+        scope: &str,
+        key: &str,
+        generation: u64,
+        reply: &Reply,
+        now: Instant,
+    ) {
         let id = (scope.to_owned(), key.to_owned());
         let Some(Entry::InFlight {
             fingerprint,
@@ -236,13 +253,28 @@ mod tests {
     fn different_body_or_partner_is_a_conflict() {
         let mut s = IdempotencyStore::default();
         let now = Instant::now();
-        run(&mut s, "k", fingerprint("POST", "/x", None, b"{}"), now, &reply(201, "{}"));
+        run(
+            &mut s,
+            "k",
+            fingerprint("POST", "/x", None, b"{}"),
+            now,
+            &reply(201, "{}"),
+        );
         let other_body = fingerprint("POST", "/x", None, b"{\"b\":2}");
-        assert!(matches!(s.begin("client", "k", other_body, now), Begin::Conflict));
+        assert!(matches!(
+            s.begin("client", "k", other_body, now),
+            Begin::Conflict
+        ));
         let other_partner = fingerprint("POST", "/x", Some("p"), b"{}");
-        assert!(matches!(s.begin("client", "k", other_partner, now), Begin::Conflict));
+        assert!(matches!(
+            s.begin("client", "k", other_partner, now),
+            Begin::Conflict
+        ));
         let empty_partner = fingerprint("POST", "/x", Some(""), b"{}");
-        assert!(matches!(s.begin("client", "k", empty_partner, now), Begin::Conflict));
+        assert!(matches!(
+            s.begin("client", "k", empty_partner, now),
+            Begin::Conflict
+        ));
     }
 
     #[test]
@@ -252,7 +284,10 @@ mod tests {
         let fp = fingerprint("POST", "/x", None, b"{}");
         run(&mut s, "k", fp, now, &reply(503, "{}"));
         assert_eq!(s.len(), 0);
-        assert!(matches!(s.begin("client", "k", fp, now), Begin::Execute { .. }));
+        assert!(matches!(
+            s.begin("client", "k", fp, now),
+            Begin::Execute { .. }
+        ));
     }
 
     #[test]
@@ -261,11 +296,20 @@ mod tests {
         let now = Instant::now();
         let fp = fingerprint("POST", "/x", None, b"{}");
         run(&mut s, "k", fp, now, &reply(201, "{}"));
-        assert!(matches!(s.begin("other", "k", fp, now), Begin::Execute { .. }));
+        assert!(matches!(
+            s.begin("other", "k", fp, now),
+            Begin::Execute { .. }
+        ));
         let later = now + KEY_LIFETIME - Duration::from_secs(1);
-        assert!(matches!(s.begin("client", "k", fp, later), Begin::Replay(_)));
+        assert!(matches!(
+            s.begin("client", "k", fp, later),
+            Begin::Replay(_)
+        ));
         let expired = now + KEY_LIFETIME;
-        assert!(matches!(s.begin("client", "k", fp, expired), Begin::Execute { .. }));
+        assert!(matches!(
+            s.begin("client", "k", fp, expired),
+            Begin::Execute { .. }
+        ));
     }
 
     #[test]
@@ -279,7 +323,7 @@ mod tests {
         let Begin::Wait(rx) = s.begin("client", "k", fp, now) else {
             panic!("expected Wait");
         };
-        assert!(!rx.has_changed().is_err(), "sender still alive");
+        assert!(rx.has_changed().is_ok(), "sender still alive");
         s.finish("client", "k", generation, &reply(201, "{}"), now);
         drop(done);
         assert!(rx.has_changed().is_err(), "waiter sees the sender gone");

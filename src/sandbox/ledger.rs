@@ -65,7 +65,12 @@ pub(crate) fn parse_signed_cents(v: &Value) -> Result<Cents, AmountError> {
     }
     let whole: Cents = int_part.parse().map_err(|_| AmountError::NotANumber)?;
     let mut frac: Cents = 0;
-    for (i, c) in frac_trimmed.chars().chain(std::iter::repeat('0')).take(2).enumerate() {
+    for (i, c) in frac_trimmed
+        .chars()
+        .chain(std::iter::repeat('0'))
+        .take(2)
+        .enumerate()
+    {
         let d = c.to_digit(10).ok_or(AmountError::NotANumber)? as Cents;
         frac += d * if i == 0 { 10 } else { 1 };
     }
@@ -258,7 +263,12 @@ impl Transaction {
     }
 
     /// Whether a follow-up of `kind` for `amount` is allowed at `now`.
-    pub(crate) fn check(&self, kind: Kind, amount: Cents, now: OffsetDateTime) -> Result<(), Refusal> {
+    pub(crate) fn check(
+        &self,
+        kind: Kind,
+        amount: Cents,
+        now: OffsetDateTime,
+    ) -> Result<(), Refusal> {
         match self.state {
             TxState::Authorized => {}
             TxState::Declined { .. } => {
@@ -285,7 +295,11 @@ impl Transaction {
             Kind::Authorization => return Ok(()),
             Kind::Capture => (self.open(), "CAPTURE_AMOUNT_TOO_HIGH", "open"),
             Kind::Cancellation => (self.open(), "CANCELLATION_AMOUNT_TOO_HIGH", "open"),
-            Kind::Refund => (self.refundable(), "REFUND_AMOUNT_TOO_HIGH", "captured and not refunded"),
+            Kind::Refund => (
+                self.refundable(),
+                "REFUND_AMOUNT_TOO_HIGH",
+                "captured and not refunded",
+            ),
         };
         if amount > limit {
             return Err(Refusal {
@@ -305,10 +319,12 @@ impl Transaction {
     /// Records a follow-up that [`Transaction::check`] allowed.
     pub(crate) fn apply(&mut self, op: FollowUp) {
         match op.kind {
-            Kind::Authorization => self.authorized += op.gross_amount,
-            Kind::Capture => self.captured += op.gross_amount,
-            Kind::Refund => self.refunded += op.gross_amount,
-            Kind::Cancellation => self.cancelled += op.gross_amount,
+            Kind::Authorization => {
+                self.authorized = self.authorized.saturating_add(op.gross_amount)
+            }
+            Kind::Capture => self.captured = self.captured.saturating_add(op.gross_amount),
+            Kind::Refund => self.refunded = self.refunded.saturating_add(op.gross_amount),
+            Kind::Cancellation => self.cancelled = self.cancelled.saturating_add(op.gross_amount),
         }
         self.operations.push(op);
     }
@@ -353,7 +369,12 @@ impl Ledger {
 
     /// The transaction `id` as seen by `client` under `partner`; others' transactions are
     /// invisible (Ratepay: "do not exist or do not belong to the sender" → 404).
-    pub(crate) fn get_mut(&mut self, id: &str, client: &str, partner: Option<&str>) -> Option<&mut Transaction> {
+    pub(crate) fn get_mut(
+        &mut self,
+        id: &str,
+        client: &str,
+        partner: Option<&str>,
+    ) -> Option<&mut Transaction> {
         self.transactions
             .get_mut(id)
             .filter(|t| t.client == client && t.partner.as_deref() == partner)
@@ -399,7 +420,8 @@ mod tests {
     }
 
     fn try_apply(t: &mut Transaction, kind: Kind, c: Cents) -> Result<(), &'static str> {
-        t.check(kind, c, OffsetDateTime::now_utc()).map_err(|r| r.reason)?;
+        t.check(kind, c, OffsetDateTime::now_utc())
+            .map_err(|r| r.reason)?;
         t.apply(op(kind, c));
         Ok(())
     }
@@ -428,7 +450,10 @@ mod tests {
     fn capture_and_cancel_are_limited_by_the_open_amount() {
         let mut t = tx(10_000);
         try_apply(&mut t, Kind::Capture, 6_000).unwrap();
-        assert_eq!(try_apply(&mut t, Kind::Capture, 4_001), Err("CAPTURE_AMOUNT_TOO_HIGH"));
+        assert_eq!(
+            try_apply(&mut t, Kind::Capture, 4_001),
+            Err("CAPTURE_AMOUNT_TOO_HIGH")
+        );
         try_apply(&mut t, Kind::Cancellation, 1_000).unwrap();
         assert_eq!(
             try_apply(&mut t, Kind::Cancellation, 3_001),
@@ -437,16 +462,25 @@ mod tests {
         try_apply(&mut t, Kind::Capture, 3_000).unwrap();
         assert_eq!(t.open(), 0);
         assert_eq!(t.status(), "CAPTURED");
-        assert_eq!(try_apply(&mut t, Kind::Cancellation, 1), Err("CANCELLATION_AMOUNT_TOO_HIGH"));
+        assert_eq!(
+            try_apply(&mut t, Kind::Cancellation, 1),
+            Err("CANCELLATION_AMOUNT_TOO_HIGH")
+        );
     }
 
     #[test]
     fn refunds_are_limited_by_captured_minus_refunded() {
         let mut t = tx(10_000);
-        assert_eq!(try_apply(&mut t, Kind::Refund, 1), Err("REFUND_AMOUNT_TOO_HIGH"));
+        assert_eq!(
+            try_apply(&mut t, Kind::Refund, 1),
+            Err("REFUND_AMOUNT_TOO_HIGH")
+        );
         try_apply(&mut t, Kind::Capture, 5_000).unwrap();
         try_apply(&mut t, Kind::Refund, 2_000).unwrap();
-        assert_eq!(try_apply(&mut t, Kind::Refund, 3_001), Err("REFUND_AMOUNT_TOO_HIGH"));
+        assert_eq!(
+            try_apply(&mut t, Kind::Refund, 3_001),
+            Err("REFUND_AMOUNT_TOO_HIGH")
+        );
         try_apply(&mut t, Kind::Refund, 3_000).unwrap();
         assert_eq!(t.refundable(), 0);
         // Refunds do not reopen authorized money.
@@ -466,7 +500,10 @@ mod tests {
         let mut t = tx(1_000);
         try_apply(&mut t, Kind::Cancellation, 1_000).unwrap();
         assert_eq!(t.status(), "CANCELLED");
-        assert_eq!(try_apply(&mut t, Kind::Capture, 1), Err("CAPTURE_AMOUNT_TOO_HIGH"));
+        assert_eq!(
+            try_apply(&mut t, Kind::Capture, 1),
+            Err("CAPTURE_AMOUNT_TOO_HIGH")
+        );
     }
 
     #[test]

@@ -60,7 +60,8 @@ impl SandboxAudiences {
     pub fn integration() -> SandboxAudiences {
         SandboxAudiences {
             payment: "https://api-integration.ratepay.com/transaction/management".to_owned(),
-            status: "https://api-integration.ratepay.com/transaction/status/v2/transactions".to_owned(),
+            status: "https://api-integration.ratepay.com/transaction/status/v2/transactions"
+                .to_owned(),
             hpp: "https://payment-integration.ratepay.com".to_owned(),
         }
     }
@@ -148,10 +149,14 @@ pub async fn serve(
                 service_fn(move |req| {
                     let sandbox = sandbox.clone();
                     let kill = kill.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await)
+                    }
                 })
             };
-            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             tokio::pin!(conn);
             let mut draining = false;
             loop {
@@ -176,7 +181,10 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
     connections.abort_all();
     Ok(())
 }
@@ -228,5 +236,29 @@ impl Drop for SandboxHandle {
         // Aborting the server task drops its JoinSet, which aborts every connection task, so
         // nothing of this sandbox outlives the handle.
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_client_secrets() {
+        let cfg = SandboxConfig::default();
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains(DEFAULT_CLIENT_ID));
+        assert!(!shown.contains(DEFAULT_CLIENT_SECRET), "{shown}");
+    }
+
+    #[test]
+    fn default_config_uses_ratepay_integration_audiences() {
+        let cfg = SandboxConfig::default();
+        assert_eq!(
+            cfg.audiences.payment,
+            "https://api-integration.ratepay.com/transaction/management"
+        );
+        assert_eq!(cfg.token_lifetime, Duration::from_secs(1800));
+        assert_eq!(cfg.clients.len(), 1);
     }
 }

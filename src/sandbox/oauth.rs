@@ -88,7 +88,14 @@ impl TokenIssuer {
     }
 
     /// Signs a token for `sub` and `aud` valid from `now` for `lifetime`.
-    pub(crate) fn issue(&self, sub: &str, aud: &str, lifetime: Duration, now: u64, jti: String) -> Option<String> {
+    pub(crate) fn issue(
+        &self,
+        sub: &str,
+        aud: &str,
+        lifetime: Duration,
+        now: u64,
+        jti: String,
+    ) -> Option<String> {
         let claims = Claims {
             iss: ISSUER.to_owned(),
             sub: sub.to_owned(),
@@ -111,11 +118,14 @@ impl TokenIssuer {
         // jsonwebtoken reads the clock itself and accepts `exp == now`; check expiry ourselves
         // against the passed clock after the signature is known to be good.
         v.validate_exp = false;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAudience => TokenError::Audience,
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid,
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidAudience => TokenError::Audience,
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    _ => TokenError::Invalid,
+                }
+            })?;
         if now >= data.claims.exp {
             return Err(TokenError::Expired);
         }
@@ -135,7 +145,10 @@ pub(crate) fn unix_now() -> u64 {
 /// first, so even the length does not show in the timing.
 fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Reply {
@@ -171,9 +184,12 @@ pub(crate) fn token(sandbox: &Sandbox, headers: &HeaderMap, body: &[u8]) -> Repl
             "the body must be a JSON object with client_id, client_secret, audience and grant_type",
         );
     };
-    let (Some(client_id), Some(secret), Some(audience), Some(grant_type)) =
-        (req.client_id, req.client_secret, req.audience, req.grant_type)
-    else {
+    let (Some(client_id), Some(secret), Some(audience), Some(grant_type)) = (
+        req.client_id,
+        req.client_secret,
+        req.audience,
+        req.grant_type,
+    ) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -190,7 +206,10 @@ pub(crate) fn token(sandbox: &Sandbox, headers: &HeaderMap, body: &[u8]) -> Repl
     // Look at every client so the time taken does not reveal which ids exist.
     let known = sandbox.config.clients.iter().fold(false, |ok, c| {
         let id_ok = secrets_equal(c.client_id.as_bytes(), client_id.as_bytes());
-        let secret_ok = secrets_equal(c.client_secret.expose_secret().as_bytes(), secret.as_bytes());
+        let secret_ok = secrets_equal(
+            c.client_secret.expose_secret().as_bytes(),
+            secret.as_bytes(),
+        );
         ok | (id_ok & secret_ok)
     });
     if !known {
@@ -210,9 +229,10 @@ pub(crate) fn token(sandbox: &Sandbox, headers: &HeaderMap, body: &[u8]) -> Repl
     }
     let jti = uuid::Uuid::new_v4().simple().to_string();
     let lifetime = sandbox.config.token_lifetime;
-    let Some(access_token) = sandbox
-        .tokens
-        .issue(&client_id, &audience, lifetime, unix_now(), jti.clone())
+    let Some(access_token) =
+        sandbox
+            .tokens
+            .issue(&client_id, &audience, lifetime, unix_now(), jti.clone())
     else {
         return oauth_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -230,11 +250,16 @@ pub(crate) fn token(sandbox: &Sandbox, headers: &HeaderMap, body: &[u8]) -> Repl
         "expires_in": lifetime.as_secs(),
         "token_type": "Bearer",
     });
-    Reply::json(StatusCode::OK, &body).with_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
+    Reply::json(StatusCode::OK, &body)
+        .with_header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 /// Checks the bearer token of an API call against `audience`; the client id on success.
-pub(crate) fn authenticate(sandbox: &Sandbox, headers: &HeaderMap, audience: &str) -> Result<String, TokenError> {
+pub(crate) fn authenticate(
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    audience: &str,
+) -> Result<String, TokenError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -289,18 +314,29 @@ mod tests {
         let c = t.verify(&tok, "aud-a", now).unwrap();
         assert_eq!(c.sub, "client");
         assert_eq!(c.exp, now + 60);
-        assert_eq!(t.verify(&tok, "aud-b", now).unwrap_err(), TokenError::Audience);
+        assert_eq!(
+            t.verify(&tok, "aud-b", now).unwrap_err(),
+            TokenError::Audience
+        );
     }
 
     #[test]
     fn expiry_has_zero_leeway_and_exp_itself_is_expired() {
         let t = issuer();
         let now = unix_now();
-        let tok = t.issue("c", "a", Duration::from_secs(10), now, "j".into()).unwrap();
+        let tok = t
+            .issue("c", "a", Duration::from_secs(10), now, "j".into())
+            .unwrap();
         assert!(t.verify(&tok, "a", now + 9).is_ok());
-        assert_eq!(t.verify(&tok, "a", now + 10).unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            t.verify(&tok, "a", now + 10).unwrap_err(),
+            TokenError::Expired
+        );
         let born_expired = t.issue("c", "a", Duration::ZERO, now, "j".into()).unwrap();
-        assert_eq!(t.verify(&born_expired, "a", now).unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            t.verify(&born_expired, "a", now).unwrap_err(),
+            TokenError::Expired
+        );
     }
 
     #[test]
@@ -310,8 +346,14 @@ mod tests {
         let other = TokenIssuer::new(Some(2))
             .issue("c", "a", Duration::from_secs(60), now, "j".into())
             .unwrap();
-        assert_eq!(issuer().verify(&other, "a", now).unwrap_err(), TokenError::Invalid);
-        assert_eq!(issuer().verify("not.a.jwt", "a", now).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            issuer().verify(&other, "a", now).unwrap_err(),
+            TokenError::Invalid
+        );
+        assert_eq!(
+            issuer().verify("not.a.jwt", "a", now).unwrap_err(),
+            TokenError::Invalid
+        );
     }
 
     #[test]

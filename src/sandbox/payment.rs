@@ -17,7 +17,9 @@ use time::{format_description::well_known::Rfc3339, Duration, OffsetDateTime};
 use super::{
     hpp::rfc3339,
     http::{decline, invalid_fields, invalid_fields_many, Call, Reply},
-    ledger::{amount_json, parse_amount, parse_signed_cents, Cents, FollowUp, Kind, Transaction, TxState},
+    ledger::{
+        amount_json, parse_amount, parse_signed_cents, Cents, FollowUp, Kind, Transaction, TxState,
+    },
     state::{lock, Inner, Sandbox},
 };
 
@@ -66,7 +68,9 @@ pub(crate) fn execute(sandbox: &Sandbox, op: &str, call: &Call<'_>) -> Reply {
             Reply::hal(StatusCode::OK, &tx_representation(tx))
         }),
         (Some("payment"), Some("transactions"), Some("update")) => update(sandbox, call),
-        (Some("payment"), Some("shipping_information"), Some("create")) => shipping_information(sandbox, call, now),
+        (Some("payment"), Some("shipping_information"), Some("create")) => {
+            shipping_information(sandbox, call, now)
+        }
         (Some("payment"), Some("otp"), Some(action)) => otp(sandbox, call, action == "verify", now),
         (Some("status"), Some("transactions"), Some("get")) => with_tx(sandbox, call, |tx, _| {
             Reply::raw(
@@ -78,7 +82,10 @@ pub(crate) fn execute(sandbox: &Sandbox, op: &str, call: &Call<'_>) -> Reply {
         (Some("payment"), Some(res), Some(action)) => match (kind(res), action) {
             (Some(k), "create") => follow_up(sandbox, call, k, now),
             (Some(k), "list") => with_tx(sandbox, call, |tx, _| {
-                let items: Vec<Value> = tx.of_kind(k).map(|o| follow_up_representation(tx, o)).collect();
+                let items: Vec<Value> = tx
+                    .of_kind(k)
+                    .map(|o| follow_up_representation(tx, o))
+                    .collect();
                 Reply::hal(
                     StatusCode::OK,
                     &json!({
@@ -107,11 +114,20 @@ pub(crate) fn execute(sandbox: &Sandbox, op: &str, call: &Call<'_>) -> Reply {
 }
 
 fn unknown() -> Reply {
-    decline(StatusCode::NOT_FOUND, "RESOURCE_NOT_FOUND", &["NOT_FOUND"], "unknown operation")
+    decline(
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        &["NOT_FOUND"],
+        "unknown operation",
+    )
 }
 
 /// Runs `f` on the caller's transaction from the path, or answers 404.
-fn with_tx(sandbox: &Sandbox, call: &Call<'_>, f: impl FnOnce(&mut Transaction, &mut Inner) -> Reply) -> Reply {
+fn with_tx(
+    sandbox: &Sandbox,
+    call: &Call<'_>,
+    f: impl FnOnce(&mut Transaction, &mut Inner) -> Reply,
+) -> Reply {
     let Some(id) = call.params.transaction_id.as_deref() else {
         return tx_not_found();
     };
@@ -128,7 +144,11 @@ fn with_tx(sandbox: &Sandbox, call: &Call<'_>, f: impl FnOnce(&mut Transaction, 
 }
 
 /// Sum of `items` and `special_items` of a basket or operation, if it lists any.
-fn items_total(obj: &Map<String, Value>, path: &str, errors: &mut Vec<(String, String)>) -> Option<Cents> {
+fn items_total(
+    obj: &Map<String, Value>,
+    path: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Option<Cents> {
     let mut total: Option<Cents> = None;
     for list in ["items", "special_items"] {
         let Some(v) = obj.get(list) else { continue };
@@ -143,15 +163,23 @@ fn items_total(obj: &Map<String, Value>, path: &str, errors: &mut Vec<(String, S
             } else if let Some(u) = item.get("gross_unit_price") {
                 let qty = item.get("quantity").map_or(Some(1), Value::as_i64);
                 match (parse_signed_cents(u), qty) {
-                    (Ok(c), Some(q)) if (1..=1_000_000).contains(&q) => Ok(c * q),
+                    (Ok(c), Some(q)) if (1..=1_000_000).contains(&q) => c
+                        .checked_mul(q)
+                        .ok_or_else(|| (format!("{p}.gross_unit_price"), "is too large".into())),
                     (Err(e), _) => Err((format!("{p}.gross_unit_price"), e.to_string())),
-                    _ => Err((format!("{p}.quantity"), "must be an integer from 1 to 1000000".into())),
+                    _ => Err((
+                        format!("{p}.quantity"),
+                        "must be an integer from 1 to 1000000".into(),
+                    )),
                 }
             } else {
                 Err((format!("{p}.gross_unit_price"), "is required".into()))
             };
             match line {
-                Ok(c) => *total.get_or_insert(0) += c,
+                Ok(c) => {
+                    let t = total.get_or_insert(0);
+                    *t = t.saturating_add(c);
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -159,12 +187,20 @@ fn items_total(obj: &Map<String, Value>, path: &str, errors: &mut Vec<(String, S
     total
 }
 
-fn opt_string(obj: &Map<String, Value>, field: &str, max: usize, errors: &mut Vec<(String, String)>) -> Option<String> {
+fn opt_string(
+    obj: &Map<String, Value>,
+    field: &str,
+    max: usize,
+    errors: &mut Vec<(String, String)>,
+) -> Option<String> {
     match obj.get(field) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if (1..=max).contains(&s.chars().count()) => Some(s.clone()),
         Some(_) => {
-            errors.push((format!("$.{field}"), format!("must be a string of 1 to {max} characters")));
+            errors.push((
+                format!("$.{field}"),
+                format!("must be a string of 1 to {max} characters"),
+            ));
             None
         }
     }
@@ -199,7 +235,10 @@ fn authorize(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
     }
     let currency = body.get("currency").and_then(Value::as_str).unwrap_or("");
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        errors.push(("$.currency".into(), "is required and must match [A-Z]{3}".into()));
+        errors.push((
+            "$.currency".into(),
+            "is required and must match [A-Z]{3}".into(),
+        ));
     }
     let partner_transaction_id = opt_string(&body, "partner_transaction_id", 50, &mut errors);
     let _ = opt_string(&body, "partner_operation_id", 255, &mut errors);
@@ -228,7 +267,7 @@ fn authorize(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
                 };
                 match b.get("gross_amount").map(parse_amount) {
                     Some(Ok(c)) => {
-                        total += c;
+                        total = total.saturating_add(c);
                         if items_total(b, &p, &mut errors).is_some_and(|sum| sum != c) {
                             mismatch = true;
                         }
@@ -238,7 +277,10 @@ fn authorize(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
                 }
             }
         }
-        _ => errors.push(("$.shop_baskets".into(), "is required and must be a non-empty array".into())),
+        _ => errors.push((
+            "$.shop_baskets".into(),
+            "is required and must be a non-empty array".into(),
+        )),
     }
     if !errors.is_empty() {
         return invalid_fields_many(&errors);
@@ -257,7 +299,10 @@ fn authorize(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
         .and_then(|c| c.get("email"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let shop_buyer_id = buyer.get("shop_buyer_id").and_then(Value::as_str).map(str::to_owned);
+    let shop_buyer_id = buyer
+        .get("shop_buyer_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut inner = lock(&sandbox.inner);
     let id = inner.new_id();
     let state = match test_email_outcome(email) {
@@ -425,7 +470,9 @@ fn shipping_information(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime)
                 "no such capture on this transaction",
             );
         };
-        capture.shipping_information.push((now, Value::Object(body)));
+        capture
+            .shipping_information
+            .push((now, Value::Object(body)));
         Reply::hal(
             StatusCode::CREATED,
             &json!({
@@ -479,7 +526,14 @@ fn update(sandbox: &Sandbox, call: &Call<'_>) -> Reply {
     })
 }
 
-fn otp_reply(status: StatusCode, tx_id: &str, result: &str, en: &str, de: &str, extra: Value) -> Reply {
+fn otp_reply(
+    status: StatusCode,
+    tx_id: &str,
+    result: &str,
+    en: &str,
+    de: &str,
+    extra: Value,
+) -> Reply {
     let mut body = json!({
         "timestamp": rfc3339(OffsetDateTime::now_utc()),
         "ratepay_transaction_id": tx_id,
@@ -500,7 +554,11 @@ fn otp_reply(status: StatusCode, tx_id: &str, result: &str, en: &str, de: &str, 
 /// `POST /2fa/v1/verify/{id}` (`{"otp_code": ...}`) and `POST /2fa/v1/regenerate/{id}`.
 fn otp(sandbox: &Sandbox, call: &Call<'_>, verify: bool, now: OffsetDateTime) -> Reply {
     let tx_id = call.params.transaction_id.clone().unwrap_or_default();
-    let marker = if verify { json!({}) } else { json!({"regenerate": true}) };
+    let marker = if verify {
+        json!({})
+    } else {
+        json!({"regenerate": true})
+    };
     let code = if verify {
         let body = match call.json_object() {
             Ok(b) => b,
@@ -685,9 +743,20 @@ fn tx_representation(tx: &Transaction) -> Value {
     let mut links = Map::new();
     links.insert("self".into(), json!({"href": format!("{BASE}/{}", tx.id)}));
     let mut embedded = Map::new();
-    for k in [Kind::Authorization, Kind::Capture, Kind::Refund, Kind::Cancellation] {
-        links.insert(k.plural().into(), json!({"href": format!("{BASE}/{}/{}", tx.id, k.plural())}));
-        let items: Vec<Value> = tx.of_kind(k).map(|o| follow_up_representation(tx, o)).collect();
+    for k in [
+        Kind::Authorization,
+        Kind::Capture,
+        Kind::Refund,
+        Kind::Cancellation,
+    ] {
+        links.insert(
+            k.plural().into(),
+            json!({"href": format!("{BASE}/{}/{}", tx.id, k.plural())}),
+        );
+        let items: Vec<Value> = tx
+            .of_kind(k)
+            .map(|o| follow_up_representation(tx, o))
+            .collect();
         embedded.insert(k.plural().into(), Value::Array(items));
     }
     m.insert("_links".into(), Value::Object(links));
@@ -697,7 +766,10 @@ fn tx_representation(tx: &Transaction) -> Value {
         m.insert("partner_transaction_id".into(), json!(p));
     }
     m.insert("created".into(), json!(rfc3339(tx.created)));
-    m.insert("authorization_expires".into(), json!(rfc3339(tx.authorization_expires)));
+    m.insert(
+        "authorization_expires".into(),
+        json!(rfc3339(tx.authorization_expires)),
+    );
     m.insert("currency".into(), json!(tx.currency));
     m.insert("status".into(), json!(tx.status()));
     m.insert("amounts".into(), amounts(tx));
@@ -707,7 +779,10 @@ fn tx_representation(tx: &Transaction) -> Value {
         }
     }
     if let TxState::Declined { category, reason } = &tx.state {
-        m.insert("decline".into(), json!({"category": category, "reasons": [reason]}));
+        m.insert(
+            "decline".into(),
+            json!({"category": category, "reasons": [reason]}),
+        );
     }
     Value::Object(m)
 }
@@ -744,16 +819,25 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(total, Some(2425));
         let none = json!({});
-        assert_eq!(items_total(none.as_object().unwrap(), "$", &mut errors), None);
+        assert_eq!(
+            items_total(none.as_object().unwrap(), "$", &mut errors),
+            None
+        );
         let bad = json!({"items": [{"gross_unit_price": 1.001}]});
-        assert_eq!(items_total(bad.as_object().unwrap(), "$", &mut errors), None);
+        assert_eq!(
+            items_total(bad.as_object().unwrap(), "$", &mut errors),
+            None
+        );
         assert_eq!(errors[0].0, "$.items[0].gross_unit_price");
     }
 
     #[test]
     fn test_emails() {
         assert_eq!(test_email_outcome("OTP_REQUIRED@ratepay.com"), Some(Ok(())));
-        assert_eq!(test_email_outcome("risk_decision@ratepay.com"), Some(Err("RISK_DECISION")));
+        assert_eq!(
+            test_email_outcome("risk_decision@ratepay.com"),
+            Some(Err("RISK_DECISION"))
+        );
         assert_eq!(test_email_outcome("someone@example.org"), None);
     }
 }

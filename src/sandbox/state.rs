@@ -13,8 +13,8 @@ use std::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{
-    faults::Faults, hpp::Sessions, idempotency::IdempotencyStore, ledger::Ledger, oauth::TokenIssuer,
-    stats::Stats, SandboxConfig,
+    faults::Faults, hpp::Sessions, idempotency::IdempotencyStore, ledger::Ledger,
+    oauth::TokenIssuer, stats::Stats, SandboxConfig,
 };
 
 /// Ratepay's id alphabet: `[A-Za-z0-9_-]`, 64 symbols, so one random byte's low 6 bits pick one.
@@ -135,7 +135,9 @@ mod tests {
         assert_eq!(a, b);
         for id in &a {
             assert_eq!(id.len(), ID_LEN);
-            assert!(id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
+            assert!(id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'));
         }
         assert_ne!(a[0], a[1]);
     }
