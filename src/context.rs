@@ -3,7 +3,11 @@
 //! The edge inserts a [`RequestContext`] after routing; the caller layer adds an
 //! [`Authenticated`]. Inner layers only read them, so the order of facts follows the flow.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicU32, Arc},
+    time::Instant,
+};
 
 use crate::{callers::Caller, routes::RouteMatch};
 
@@ -18,6 +22,8 @@ pub struct RequestContext {
     pub source: SocketAddr,
     /// When the gateway received the request.
     pub received: Instant,
+    /// Upstream attempts made so far (the proxy counts; audit and access log read).
+    pub attempts: Arc<AtomicU32>,
 }
 
 /// Set by the caller layer once the caller is known and allowed.

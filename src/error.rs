@@ -86,6 +86,12 @@ pub enum GatewayError {
     /// The whole request took longer than the configured deadline.
     #[error("the request did not complete within {0} ms")]
     Deadline(u128),
+    /// The same Idempotency-Key was used for a different request.
+    #[error("this Idempotency-Key was already used for a different request (method, path, X-Partner or body differ); use a new key for a new call")]
+    IdempotencyConflict,
+    /// The audit log cannot record the call, so it is not forwarded (fail closed).
+    #[error("the audit log cannot record this call, so it was not sent to Ratepay: {0}")]
+    AuditUnavailable(String),
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -112,6 +118,8 @@ impl GatewayError {
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "upstream-unreachable", "Ratepay API unreachable"),
             UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Ratepay API timed out"),
             Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", "Request deadline exceeded"),
+            IdempotencyConflict => (StatusCode::CONFLICT, "idempotency-conflict", "Idempotency-Key reused"),
+            AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit log unavailable"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal gateway error"),
         }
     }

@@ -62,6 +62,35 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain across files (in chain order; a directory means all its log files).
+    Verify {
+        /// Log files or one directory.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn audit_verify(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let files = match files.as_slice() {
+        [one] if one.is_dir() => ratepay_gateway::audit::log_files(one)?,
+        _ => files,
+    };
+    match ratepay_gateway::audit::verify(&files) {
+        Ok(summary) => {
+            println!("{summary}");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("audit log verification failed: {e}")),
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -151,7 +180,7 @@ async fn serve(config_path: PathBuf, listen: Option<SocketAddr>, admin_listen: O
         }
         None => None,
     };
-    let gateway = Gateway::build(&config)?;
+    let gateway = Gateway::build(&config).await?;
     let proxy = TcpListener::bind(config.listen.proxy)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the proxy listener {}: {e}", config.listen.proxy))?;
@@ -167,7 +196,10 @@ async fn serve(config_path: PathBuf, listen: Option<SocketAddr>, admin_listen: O
         None => None,
     };
     tracing::info!(config = %config_path.display(), "ratepay-gateway started");
-    server::run(proxy, admin, gateway, config.listen.shutdown_grace, shutdown_signal()).await;
+    server::run(proxy, admin, gateway.clone(), config.listen.shutdown_grace, shutdown_signal()).await;
+    // In-flight requests are done: write and sync what the audit log still holds.
+    gateway.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -197,13 +229,14 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!(e)),
         },
+        Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(files),
         command => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
             Ok(rt) => rt.block_on(async move {
                 match command {
                     Command::Serve { config, listen, admin_listen } => serve(config, listen, admin_listen).await,
                     Command::Sandbox { listen, token_lifetime_secs, seed } => run_sandbox(listen, token_lifetime_secs, seed).await,
-                    Command::CheckConfig { .. } => Ok(()),
+                    Command::CheckConfig { .. } | Command::Audit { .. } => Ok(()),
                 }
             }),
         },

@@ -84,11 +84,12 @@ impl tower::Service<GwRequest> for Proxy {
     fn call(&mut self, req: GwRequest) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let api = req
+            let ctx = req
                 .extensions()
                 .get::<RequestContext>()
-                .map(|c| c.route.operation.api)
                 .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+            let api = ctx.route.operation.api;
+            ctx.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let upstream = api.name();
             let origin = inner.origins.get(&api).ok_or(GatewayError::NoUpstream(upstream))?;
             let (parts, bytes) = req.into_parts();

@@ -22,7 +22,15 @@ use crate::{
     config::{Config, Limits},
     context::{Authenticated, RequestContext},
     error::GatewayError,
-    middleware::{headers::HeadersLayer, token::InjectTokenLayer, GwRequest, GwResponse},
+    audit::{AuditEntry, AuditLog, Outcome, OutcomeKind},
+    middleware::{
+        audit::AuditLayer,
+        headers::HeadersLayer,
+        idempotency::{IdempotencyLayer, IdempotencyStore},
+        retry::RetryLayer,
+        token::InjectTokenLayer,
+        GwRequest, GwResponse,
+    },
     proxy::Proxy,
     routes::{self, Api},
     token::{http_fetch::HttpFetcher, TokenSource},
@@ -44,6 +52,7 @@ struct GatewayInner {
     callers: Arc<Callers>,
     limits: Limits,
     tokens: Arc<BTreeMap<Api, TokenSource>>,
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -58,21 +67,31 @@ impl std::fmt::Debug for Gateway {
 pub struct BuildError(pub String);
 
 impl Gateway {
-    /// Builds the client, token sources and layer stack. Needs a tokio runtime.
-    pub fn build(config: &Config) -> Result<Gateway, BuildError> {
+    /// Builds the client, token sources, audit log and layer stack. Needs a tokio runtime.
+    ///
+    /// Opening the audit log closes intents a previous run left open (see [`recover`]).
+    pub async fn build(config: &Config) -> Result<Gateway, BuildError> {
         let client = client::build(&config.upstream_client).map_err(BuildError)?;
         let tokens = Arc::new(token_sources(config, &client));
         let callers = Arc::new(Callers::new(&config.callers).map_err(|e| BuildError(e.to_string()))?);
         let audiences = config.upstreams.iter().map(|(api, u)| (*api, u.audience.clone())).collect();
         let origins = config.upstreams.iter().map(|(api, u)| (*api, u.url.clone())).collect();
+        let audit = open_audit(config).await?;
 
         let stack = ServiceBuilder::new()
             // Who is calling and may it: before any work is spent on the request.
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
+            // Keys are scoped per caller, so this follows the caller layer; replays and 409s
+            // answer here, before the audit log and Ratepay.
+            .layer(IdempotencyLayer::new(IdempotencyStore::new(&config.idempotency)))
+            // Intent durable before anything leaves; outcome after every retry is done.
+            .layer(AuditLayer::new(audit.clone(), &config.audit.operations))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
             .layer(HeadersLayer)
             // Ratepay's token last, so no layer above ever sees it; 401 → refresh + one replay.
             .layer(InjectTokenLayer::new(tokens.clone()))
+            // Retries reuse the token and Idempotency-Key decided above.
+            .layer(RetryLayer::new(config.retry.clone()))
             .service(Proxy::new(client, origins, config.upstream_client.request_timeout));
 
         Ok(Gateway {
@@ -81,8 +100,19 @@ impl Gateway {
                 callers,
                 limits: config.limits.clone(),
                 tokens,
+                audit,
             }),
         })
+    }
+
+    /// Flushes and syncs pending audit records; call after the listeners have drained.
+    pub async fn shutdown(&self) {
+        self.inner.audit.close().await;
+    }
+
+    /// The audit log (stats, tests).
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
     }
 
     /// Token sources per API (readiness and metrics).
@@ -173,6 +203,7 @@ impl Gateway {
             route,
             source,
             received,
+            attempts: Arc::default(),
         });
         let svc = self.inner.stack.clone();
         svc.oneshot(req).await.map(|r| (r, op)).map_err(|e| (e, op))
@@ -231,6 +262,40 @@ fn token_sources(config: &Config, client: &HttpClient) -> BTreeMap<Api, TokenSou
         out.insert(*api, source);
     }
     out
+}
+
+/// Opens the audit log (creating its directory) and closes what a previous run left open.
+async fn open_audit(config: &Config) -> Result<AuditLog, BuildError> {
+    let path = &config.audit.log.path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BuildError(format!("audit.path: cannot create {}: {e}", dir.display())))?;
+    }
+    let (log, recovery) = AuditLog::open(config.audit.log.clone())
+        .await
+        .map_err(|e| BuildError(format!("audit.path {}: {e}", path.display())))?;
+    if let Some(t) = &recovery.truncated {
+        tracing::warn!(?t, "audit log had a torn last record (crash during a write); it was cut away");
+    }
+    recover(&log, &recovery.open_intents).await?;
+    Ok(log)
+}
+
+/// Closes intents without an outcome (the gateway died mid-call) with an `unknown` outcome, so
+/// the security team sees every such call; they are settled by asking Ratepay for the
+/// transaction's cancellations (the `error` field says so).
+pub async fn recover(log: &AuditLog, open: &[crate::audit::AuditRecord]) -> Result<(), BuildError> {
+    for rec in open {
+        let Some(mut outcome) = Outcome::for_open_intent(rec, OutcomeKind::Unknown) else { continue };
+        outcome.error = Some("the gateway stopped before the outcome was recorded; check the transaction's cancellations at Ratepay".into());
+        log.append(AuditEntry::Outcome(outcome))
+            .await
+            .map_err(|e| BuildError(format!("closing an open audit intent: {e}")))?;
+    }
+    if !open.is_empty() {
+        tracing::warn!(count = open.len(), "closed audit intents left open by a previous run as outcome=unknown");
+    }
+    Ok(())
 }
 
 /// A plain-text or JSON response for the admin endpoints.

@@ -311,10 +311,12 @@ async fn request_ids_are_kept_or_generated() {
 async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
     let h = Harness::with(Options { request_timeout_ms: 300, ..Options::default() }).await;
     let tx = h.authorize(keys::FULL, None, 10.0).await;
-    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 2000, "count": 1})).await;
+    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 2000, "count": 10})).await;
     let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
     let body = problem(r, 504).await;
     assert!(body["detail"].as_str().unwrap().contains("payment"));
+    // A GET is retried after a timeout: three attempts (the default) reached the sandbox.
+    assert_eq!(h.op_count("payment.transactions.get").await, 3);
 
     // Tokens still come from the sandbox, but the payment API's origin is a closed port.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

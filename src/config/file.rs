@@ -40,6 +40,53 @@ pub struct FileConfig {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// `[idempotency]`.
+    #[serde(default)]
+    pub idempotency: IdempotencyFile,
+    /// `[retry]`.
+    #[serde(default)]
+    pub retry: RetryFile,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: AuditFile,
+}
+
+/// `[idempotency]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyFile {
+    /// How long completed answers are kept for replay (Ratepay: 24 h).
+    pub ttl_secs: Option<u64>,
+    /// Memory bound of the store.
+    pub max_bytes: Option<u64>,
+}
+
+/// `[retry]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts in total, the first included (1 disables retries).
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry.
+    pub initial_backoff_ms: Option<u64>,
+    /// Cap of the delay.
+    pub max_backoff_ms: Option<u64>,
+    /// No retry starts later than this after the first attempt.
+    pub deadline_ms: Option<u64>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// The active log file.
+    pub path: Option<String>,
+    /// Operations audited (default: cancellations).
+    pub operations: Option<Vec<String>>,
+    /// Rotate when the active file reaches this size.
+    pub rotate_bytes: Option<u64>,
+    /// Rotate at UTC midnight.
+    pub rotate_daily: Option<bool>,
 }
 
 /// `[listen]`.

@@ -20,7 +20,10 @@ use http::Uri;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::routes::{self, Api};
+use crate::{
+    middleware::{idempotency::IdempotencySettings, retry::RetrySettings},
+    routes::{self, Api},
+};
 use file::FileConfig;
 
 /// A configuration problem: where it is and what was expected.
@@ -56,6 +59,21 @@ pub struct Config {
     pub callers: CallersConfig,
     /// Request limits.
     pub limits: Limits,
+    /// Idempotency store.
+    pub idempotency: IdempotencySettings,
+    /// Upstream retries.
+    pub retry: RetrySettings,
+    /// Audit log.
+    pub audit: AuditSettings,
+}
+
+/// `[audit]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Log file settings.
+    pub log: crate::audit::AuditConfig,
+    /// Audited operations.
+    pub operations: Vec<&'static str>,
 }
 
 /// `[listen]`, validated.
@@ -352,6 +370,11 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
 
+/// Caller names appear in logs, metrics labels, audit records and idempotency scopes.
+pub fn valid_caller_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Validates that a value fits an X-Partner header.
 fn valid_partner(p: &str) -> bool {
     !p.is_empty() && p.len() <= 128 && p.bytes().all(|b| b.is_ascii_graphic())
@@ -510,6 +533,9 @@ impl Config {
         let mut seen_clients = HashSet::new();
         for (name, c) in &f.callers {
             let key = format!("callers.{name}");
+            if !valid_caller_name(name) {
+                return Err(cx.err(&key, "caller names must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"));
+            }
             let api_key_sha256 =
                 cx.hash_or_secret(&format!("{key}.api_key"), &c.api_key_sha256, &c.api_key_env, &c.api_key_file)?;
             if let Some(h) = api_key_sha256 {
@@ -582,6 +608,51 @@ impl Config {
             return Err(cx.err("limits", "max_request_body_bytes and request_timeout_ms must be greater than zero"));
         }
 
+        let idem_default = IdempotencySettings::default();
+        let idempotency = IdempotencySettings {
+            ttl: f.idempotency.ttl_secs.map(Duration::from_secs).unwrap_or(idem_default.ttl),
+            max_bytes: f.idempotency.max_bytes.unwrap_or(idem_default.max_bytes),
+        };
+        if idempotency.ttl.is_zero() || idempotency.ttl > Duration::from_secs(7 * 86_400) {
+            return Err(cx.err("idempotency.ttl_secs", "expected 1 to 604800 seconds (Ratepay keeps keys 86400 s)"));
+        }
+        if idempotency.max_bytes < 1 << 20 {
+            return Err(cx.err("idempotency.max_bytes", "expected at least 1048576 bytes"));
+        }
+
+        let rd = RetrySettings::default();
+        let retry = RetrySettings {
+            max_attempts: f.retry.max_attempts.unwrap_or(rd.max_attempts),
+            initial_backoff: f.retry.initial_backoff_ms.map(Duration::from_millis).unwrap_or(rd.initial_backoff),
+            max_backoff: f.retry.max_backoff_ms.map(Duration::from_millis).unwrap_or(rd.max_backoff),
+            deadline: f.retry.deadline_ms.map(Duration::from_millis).unwrap_or(rd.deadline),
+        };
+        if !(1..=10).contains(&retry.max_attempts) {
+            return Err(cx.err("retry.max_attempts", "expected 1 to 10 (1 disables retries)"));
+        }
+        if retry.initial_backoff.is_zero() || retry.initial_backoff > retry.max_backoff {
+            return Err(cx.err("retry.initial_backoff_ms", "must be above zero and at most retry.max_backoff_ms"));
+        }
+
+        let mut audit_ops = Vec::new();
+        for name in f.audit.operations.clone().unwrap_or_else(|| vec!["payment.cancellations.create".into()]) {
+            match routes::operation(&name) {
+                Some(op) if op.creating => audit_ops.push(op.name),
+                Some(_) => return Err(cx.err("audit.operations", format!("{name} is not a creating POST; only money-moving creates can be audited"))),
+                None => return Err(cx.err("audit.operations", format!("unknown operation {name:?}"))),
+            }
+        }
+        if !audit_ops.contains(&"payment.cancellations.create") {
+            return Err(cx.err("audit.operations", "payment.cancellations.create is always audited; list it too"));
+        }
+        let mut log = crate::audit::AuditConfig::new(f.audit.path.clone().unwrap_or_else(|| "var/audit/audit.jsonl".into()));
+        log.rotate_bytes = f.audit.rotate_bytes;
+        log.rotate_daily = f.audit.rotate_daily.unwrap_or(true);
+        if log.rotate_bytes.is_some_and(|b| b < 4096) {
+            return Err(cx.err("audit.rotate_bytes", "expected at least 4096 bytes"));
+        }
+        let audit = AuditSettings { log, operations: audit_ops };
+
         let audiences = upstreams.values().map(|u| u.audience.clone()).collect();
         Ok(Config {
             source: path.to_path_buf(),
@@ -597,6 +668,9 @@ impl Config {
                 audiences,
             },
             limits,
+            idempotency,
+            retry,
+            audit,
         })
     }
 
@@ -748,6 +822,29 @@ impl Config {
             "\n[limits]\nmax_request_body_bytes = {}\nrequest_timeout_ms = {}",
             self.limits.max_request_body_bytes,
             self.limits.request_timeout.as_millis()
+        );
+        let _ = writeln!(
+            s,
+            "\n[idempotency]\nttl_secs = {}\nmax_bytes = {}",
+            self.idempotency.ttl.as_secs(),
+            self.idempotency.max_bytes
+        );
+        let r = &self.retry;
+        let _ = writeln!(
+            s,
+            "\n[retry]\nmax_attempts = {}\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\ndeadline_ms = {}",
+            r.max_attempts,
+            r.initial_backoff.as_millis(),
+            r.max_backoff.as_millis(),
+            r.deadline.as_millis()
+        );
+        let _ = writeln!(
+            s,
+            "\n[audit]\npath = {:?}\noperations = {:?}\nrotate_bytes = {:?}\nrotate_daily = {}",
+            self.audit.log.path,
+            self.audit.operations,
+            self.audit.log.rotate_bytes,
+            self.audit.log.rotate_daily
         );
         s
     }

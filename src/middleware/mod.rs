@@ -4,7 +4,10 @@
 //! [`GatewayError`]: request bodies are buffered at the edge (bounded by `limits`), so layers
 //! can hash, audit and replay them; response bodies stream.
 
+pub mod audit;
 pub mod headers;
+pub mod idempotency;
+pub mod retry;
 pub mod token;
 
 use std::{future::Future, pin::Pin};

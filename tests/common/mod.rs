@@ -37,6 +37,10 @@ pub struct Options {
     pub token_lifetime: Duration,
     pub request_timeout_ms: u64,
     pub tokens_toml: String,
+    /// Lines of the `[audit]` section; the log file is always `<tempdir>/audit.jsonl`.
+    pub audit_toml: String,
+    /// Lines of the `[retry]` section.
+    pub retry_toml: String,
     pub extra_toml: String,
 }
 
@@ -46,6 +50,8 @@ impl Default for Options {
             token_lifetime: Duration::from_secs(1800),
             request_timeout_ms: 5000,
             tokens_toml: String::new(),
+            audit_toml: String::new(),
+            retry_toml: "initial_backoff_ms = 10\nmax_backoff_ms = 50".into(),
             extra_toml: String::new(),
         }
     }
@@ -141,11 +147,21 @@ partner = "p-fixed"
 max_request_body_bytes = 65536
 request_timeout_ms = 20000
 
+[audit]
+path = "{audit_path}"
+{audit}
+
+[retry]
+{retry}
+
 {extra}
 "#,
         timeout = opts.request_timeout_ms,
         tokens = opts.tokens_toml,
         extra = opts.extra_toml,
+        audit_path = dir.join("audit.jsonl").display(),
+        audit = opts.audit_toml,
+        retry = opts.retry_toml,
         full = sha(keys::FULL),
         chooser = sha(keys::CHOOSER),
         reader = sha(keys::READER),
@@ -190,17 +206,19 @@ impl Harness {
 
     /// Serves `config` (already pointing at `sandbox`).
     pub async fn serve(sandbox: SandboxHandle, dir: tempfile::TempDir, config: Config) -> Harness {
-        let gateway = Gateway::build(&config).expect("gateway builds");
+        let gateway = Gateway::build(&config).await.expect("gateway builds");
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gw_url = format!("http://{}", proxy.local_addr().expect("addr"));
         let admin_url = format!("http://{}", admin.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel();
+        let gw = gateway.clone();
         let task = tokio::spawn(async move {
-            server::run(proxy, Some(admin), gateway, Duration::from_secs(5), async {
+            server::run(proxy, Some(admin), gw.clone(), Duration::from_secs(5), async {
                 let _ = rx.await;
             })
-            .await
+            .await;
+            gw.shutdown().await;
         });
         Harness {
             sandbox,
@@ -221,6 +239,20 @@ impl Harness {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+    }
+
+    /// The audit log file of this harness.
+    pub fn audit_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// The audit records written so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
     }
 
     /// A URL on the gateway.

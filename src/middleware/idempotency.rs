@@ -1,0 +1,307 @@
+//! Idempotency keys on Ratepay's creating POSTs: validate or generate, scope per caller,
+//! coalesce duplicates, replay completed answers, refuse mismatches.
+//!
+//! Sits after the caller layer (the key's scope is the caller) and before the audit layer (a
+//! replay or a 409 moves no money and is not audited again). The caller's key (1 to 64 visible
+//! ASCII characters, or a generated UUID v4) is echoed in the response's `Idempotency-Key`.
+//! Ratepay receives `hex(SHA-256("<caller>:<key>"))` (64 characters, within Ratepay's limit),
+//! so two callers using the same key never collide upstream.
+//!
+//! In the gateway, per (caller, key), for `ttl` (24 h) within `max_bytes`: the first request
+//! executes, a duplicate arriving meanwhile waits for it and gets the same answer, a completed
+//! 2xx/4xx is replayed without an upstream call (`Idempotent-Replayed: true`), a 5xx or a
+//! transport error is not stored (the next attempt executes again, as at Ratepay), and the same
+//! key with another method, path, partner or body is 409 without reaching Ratepay. The upstream
+//! call runs on its own task so a caller hanging up cannot cut a money call off halfway.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use crate::{
+    body,
+    context::{Authenticated, RequestContext},
+    error::GatewayError,
+};
+
+/// `Idempotency-Key`.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Marks an answer replayed from the gateway's store.
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Ratepay's answers to creating POSTs are small JSON; a larger one is answered 502, unstored.
+const MAX_STORED_BODY: usize = 256 * 1024;
+
+/// Settings of the idempotency layer.
+#[derive(Debug, Clone)]
+pub struct IdempotencySettings {
+    /// How long a completed answer is kept (Ratepay: 24 h).
+    pub ttl: Duration,
+    /// Memory bound of the store (bodies, headers and keys).
+    pub max_bytes: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        IdempotencySettings {
+            ttl: Duration::from_secs(24 * 3600),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a caller's key was refused.
+pub fn validate_key(key: &[u8]) -> Result<&str, GatewayError> {
+    if key.is_empty() || key.len() > 64 || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(GatewayError::BadRequest(
+            "Idempotency-Key must be 1 to 64 visible ASCII characters (a UUID v4 is recommended); omit it to let the gateway generate one".into(),
+        ));
+    }
+    std::str::from_utf8(key).map_err(|_| GatewayError::BadRequest("Idempotency-Key is not ASCII".into()))
+}
+
+/// The key sent to Ratepay for `caller`'s `key`: lowercase hex SHA-256 of `caller:key`
+/// (unambiguous: caller names are `[A-Za-z0-9_-]`).
+pub fn upstream_key(caller: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(caller.as_bytes());
+    h.update(b":");
+    h.update(key.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// What identifies "the same call": method, path and query, partner and body.
+fn fingerprint(req: &GwRequest, partner: Option<&str>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [req.method().as_str().as_bytes(), req.uri().path_and_query().map_or(b"" as &[u8], |p| p.as_str().as_bytes()), partner.unwrap_or("").as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(req.body());
+    h.finalize().into()
+}
+
+/// A completed answer kept for replays.
+#[derive(Clone)]
+struct Stored {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// One (caller, key): its fingerprint and, once completed with a final answer, that answer.
+struct Slot {
+    fingerprint: [u8; 32],
+    /// Held by the executing request; duplicates queue on it.
+    done: Arc<tokio::sync::Mutex<Option<Stored>>>,
+}
+
+/// The store, shared by every clone of the layer.
+#[derive(Clone)]
+pub struct IdempotencyStore {
+    slots: moka::future::Cache<(Arc<str>, Arc<str>), Arc<Slot>>,
+}
+
+impl std::fmt::Debug for IdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyStore").field("entries", &self.slots.entry_count()).finish()
+    }
+}
+
+impl IdempotencyStore {
+    /// An empty store.
+    pub fn new(settings: &IdempotencySettings) -> Self {
+        let slots = moka::future::Cache::builder()
+            .time_to_live(settings.ttl)
+            .max_capacity(settings.max_bytes)
+            // Weighed by what a slot can hold: its key plus a stored answer of at most
+            // MAX_STORED_BODY; the estimate is fixed at insertion (moka weighs once).
+            .weigher(|k: &(Arc<str>, Arc<str>), _v: &Arc<Slot>| {
+                (k.0.len() + k.1.len() + 1024).try_into().unwrap_or(u32::MAX)
+            })
+            .build();
+        IdempotencyStore { slots }
+    }
+
+    /// Number of keys held (eviction is lazy; for metrics and tests).
+    pub fn len(&self) -> u64 {
+        self.slots.entry_count()
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Layer for [`Idempotency`].
+#[derive(Clone, Debug)]
+pub struct IdempotencyLayer {
+    store: IdempotencyStore,
+}
+
+impl IdempotencyLayer {
+    /// A layer over `store`.
+    pub fn new(store: IdempotencyStore) -> Self {
+        IdempotencyLayer { store }
+    }
+}
+
+impl<S> tower::Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+    fn layer(&self, inner: S) -> Idempotency<S> {
+        Idempotency {
+            inner,
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Idempotency<S> {
+    inner: S,
+    store: IdempotencyStore,
+}
+
+fn echo_key(resp: &mut GwResponse, key: &str) {
+    if let Ok(v) = HeaderValue::from_str(key) {
+        resp.headers_mut().insert(IDEMPOTENCY_KEY.clone(), v);
+    }
+}
+
+fn replay(stored: &Stored, key: &str) -> GwResponse {
+    let mut resp = GwResponse::new(body::full(stored.body.clone()));
+    *resp.status_mut() = stored.status;
+    *resp.headers_mut() = stored.headers.clone();
+    resp.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    echo_key(&mut resp, key);
+    resp
+}
+
+impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
+    type Response = GwResponse;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: GwRequest) -> Self::Future {
+        let creating = req
+            .extensions()
+            .get::<RequestContext>()
+            .is_some_and(|c| c.route.operation.creating);
+        let inner = take_ready(&mut self.inner);
+        if !creating {
+            let mut inner = inner;
+            return inner.call(req);
+        }
+        let store = self.store.clone();
+        Box::pin(async move {
+            let auth = req
+                .extensions()
+                .get::<Authenticated>()
+                .cloned()
+                .ok_or_else(|| GatewayError::Internal("caller missing before idempotency".into()))?;
+            let key: Arc<str> = match req.headers().get(&IDEMPOTENCY_KEY) {
+                Some(v) => Arc::from(validate_key(v.as_bytes())?),
+                None => Arc::from(uuid::Uuid::new_v4().to_string()),
+            };
+            let up = upstream_key(&auth.caller.name, &key);
+            let up = HeaderValue::from_str(&up).map_err(|_| GatewayError::Internal("upstream key".into()))?;
+            req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), up);
+            let fp = fingerprint(&req, auth.partner.as_deref());
+
+            let slot_key = (Arc::<str>::from(auth.caller.name.as_str()), key.clone());
+            let slot = store
+                .slots
+                .get_with(slot_key, async move {
+                    Arc::new(Slot {
+                        fingerprint: fp,
+                        done: Arc::new(tokio::sync::Mutex::new(None)),
+                    })
+                })
+                .await;
+            if slot.fingerprint != fp {
+                return Err(GatewayError::IdempotencyConflict);
+            }
+            // Duplicates in flight queue here until the first completes.
+            let mut guard = slot.done.clone().lock_owned().await;
+            if let Some(stored) = guard.as_ref() {
+                tracing::debug!(caller = %auth.caller.name, "idempotent replay");
+                return Ok(replay(stored, &key));
+            }
+            let key2 = key.clone();
+            // The upstream call and the storing run on their own task: if this caller hangs up,
+            // the call still completes and its answer is stored for the retry.
+            let task = tokio::spawn(async move {
+                let mut inner = inner;
+                let resp = inner.call(req).await?;
+                if resp.status().is_server_error() {
+                    drop(guard);
+                    return Ok(resp);
+                }
+                let (parts, body) = resp.into_parts();
+                let bytes = match body::read_limited(body, MAX_STORED_BODY).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Err(GatewayError::UpstreamUnreachable {
+                            upstream: "payment",
+                            reason: format!("reading the answer failed: {e}"),
+                        })
+                    }
+                };
+                let mut headers = parts.headers.clone();
+                // Per-request headers are not part of the stored answer.
+                headers.remove(crate::stack::X_REQUEST_ID.clone());
+                *guard = Some(Stored {
+                    status: parts.status,
+                    headers,
+                    body: bytes.clone(),
+                });
+                drop(guard);
+                Ok(GwResponse::from_parts(parts, body::full(bytes)))
+            });
+            let mut resp = task
+                .await
+                .map_err(|e| GatewayError::Internal(format!("idempotent call task: {e}")))??;
+            echo_key(&mut resp, &key2);
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        assert!(validate_key(b"3f1c2e1a-7a6b-4c1d-9e0f-0123456789ab").is_ok());
+        assert!(validate_key(&[b'a'; 64]).is_ok());
+        assert!(validate_key(&[b'a'; 65]).is_err());
+        assert!(validate_key(b"").is_err());
+        assert!(validate_key(b"has space").is_err());
+        assert!(validate_key("é".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn upstream_keys_are_scoped_per_caller_and_fit_ratepays_limit() {
+        let a = upstream_key("orders", "k1");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, upstream_key("refunds", "k1"));
+        assert_eq!(a, upstream_key("orders", "k1"));
+        // Caller names cannot contain ':' (config validation), so `caller:key` is unambiguous.
+        assert!(crate::config::valid_caller_name("orders-2_b"));
+        assert!(!crate::config::valid_caller_name("a:b"));
+    }
+}

@@ -1,0 +1,255 @@
+//! Safe retries toward Ratepay: only what cannot double-execute, with capped exponential backoff
+//! and jitter, within a total deadline.
+//!
+//! Sits between the token layer and the upstream client, so every attempt carries the same
+//! Ratepay token and the same `Idempotency-Key`. Retried: GETs, and POSTs that carry an
+//! `Idempotency-Key` (Ratepay executes a keyed call once), after a connect error, a timeout or a
+//! 5xx; after a 429 only once its `Retry-After` has passed. Never retried: a POST without a key,
+//! PATCH, and any 2xx/3xx/4xx other than 429. The decision is [`RetryPolicy::decide`], a plain
+//! function of the attempt's outcome and the time spent, unit-tested without sockets.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{header::RETRY_AFTER, Method, StatusCode};
+use tokio::time::Instant;
+
+use super::{clone_request, idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use crate::error::GatewayError;
+
+/// `[retry]` settings.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    /// Attempts in total, the first included (1 disables retries).
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    pub initial_backoff: Duration,
+    /// Cap of the delay.
+    pub max_backoff: Duration,
+    /// No retry starts later than this after the first attempt began.
+    pub deadline: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one attempt produced, as far as retrying cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// An answer with this status and, for 429/503, its `Retry-After`.
+    Status(StatusCode, Option<Duration>),
+    /// Connect failure or no answer in time.
+    Transport,
+}
+
+/// The decision after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep this outcome.
+    Done,
+    /// Try again after this delay.
+    RetryAfter(Duration),
+}
+
+/// The retry rules.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    settings: RetrySettings,
+}
+
+impl RetryPolicy {
+    /// Rules from settings.
+    pub fn new(settings: RetrySettings) -> Self {
+        RetryPolicy { settings }
+    }
+
+    /// Whether a request may be sent more than once at all.
+    pub fn retryable(method: &Method, has_key: bool) -> bool {
+        *method == Method::GET || (*method == Method::POST && has_key)
+    }
+
+    /// Decides after attempt number `attempt` (1-based), `elapsed` since the first began.
+    /// `jitter` in [0.5, 1.0] scales the backoff (full jitter over its upper half).
+    pub fn decide(&self, attempt: u32, outcome: AttemptOutcome, elapsed: Duration, jitter: f64) -> Verdict {
+        let s = &self.settings;
+        if attempt >= s.max_attempts {
+            return Verdict::Done;
+        }
+        let backoff = || {
+            let exp = s.initial_backoff.saturating_mul(1u32 << (attempt - 1).min(16));
+            exp.min(s.max_backoff).mul_f64(jitter.clamp(0.5, 1.0))
+        };
+        let wait = match outcome {
+            AttemptOutcome::Transport => backoff(),
+            // Ratepay asks to slow down: only after its Retry-After, never sooner.
+            AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, Some(after)) => after,
+            AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, None) => return Verdict::Done,
+            AttemptOutcome::Status(st, after) if st.is_server_error() => after.map_or_else(backoff, |a| a.max(backoff())),
+            AttemptOutcome::Status(..) => return Verdict::Done,
+        };
+        if elapsed + wait > s.deadline {
+            return Verdict::Done;
+        }
+        Verdict::RetryAfter(wait)
+    }
+}
+
+/// `Retry-After` in delta-seconds (Ratepay's form); HTTP dates are not honoured.
+fn retry_after(resp: &GwResponse) -> Option<Duration> {
+    resp.headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Layer for [`Retry`].
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    policy: Arc<RetryPolicy>,
+}
+
+impl RetryLayer {
+    /// A layer with these rules.
+    pub fn new(settings: RetrySettings) -> Self {
+        RetryLayer {
+            policy: Arc::new(RetryPolicy::new(settings)),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    policy: Arc<RetryPolicy>,
+}
+
+impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
+    type Response = GwResponse;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GwRequest) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let retryable = RetryPolicy::retryable(req.method(), req.headers().contains_key(&IDEMPOTENCY_KEY));
+        if !retryable {
+            return inner.call(req);
+        }
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut attempt = 0u32;
+            let mut next = Some(req);
+            loop {
+                attempt += 1;
+                let Some(this) = next.take() else {
+                    return Err(GatewayError::Internal("retry without a request".into()));
+                };
+                let spare = clone_request(&this);
+                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                let result = inner.call(this).await;
+                let outcome = match &result {
+                    Ok(resp) => AttemptOutcome::Status(resp.status(), retry_after(resp)),
+                    Err(GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. }) => AttemptOutcome::Transport,
+                    Err(_) => return result,
+                };
+                let jitter: f64 = rand::random_range(0.5..=1.0);
+                match policy.decide(attempt, outcome, started.elapsed(), jitter) {
+                    Verdict::Done => return result,
+                    Verdict::RetryAfter(wait) => {
+                        tracing::info!(attempt, wait_ms = wait.as_millis() as u64, outcome = ?outcome, "retrying upstream call");
+                        // The failed answer's body is dropped: only the last attempt is returned.
+                        drop(result);
+                        tokio::time::sleep(wait).await;
+                        next = Some(spare);
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::new(RetrySettings {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+            deadline: Duration::from_secs(2),
+        })
+    }
+
+    #[test]
+    fn only_gets_and_keyed_posts_are_retryable() {
+        assert!(RetryPolicy::retryable(&Method::GET, false));
+        assert!(RetryPolicy::retryable(&Method::POST, true));
+        assert!(!RetryPolicy::retryable(&Method::POST, false));
+        assert!(!RetryPolicy::retryable(&Method::PATCH, true));
+    }
+
+    #[test]
+    fn server_errors_back_off_exponentially_with_a_cap() {
+        let p = policy();
+        let e503 = AttemptOutcome::Status(StatusCode::SERVICE_UNAVAILABLE, None);
+        let z = Duration::ZERO;
+        assert_eq!(p.decide(1, e503, z, 1.0), Verdict::RetryAfter(Duration::from_millis(100)));
+        assert_eq!(p.decide(2, e503, z, 1.0), Verdict::RetryAfter(Duration::from_millis(200)));
+        assert_eq!(p.decide(3, e503, z, 1.0), Verdict::RetryAfter(Duration::from_millis(250)), "capped");
+        assert_eq!(p.decide(4, e503, z, 1.0), Verdict::Done, "max attempts");
+        assert_eq!(p.decide(1, e503, z, 0.5), Verdict::RetryAfter(Duration::from_millis(50)), "jitter");
+        assert_eq!(p.decide(1, AttemptOutcome::Transport, z, 1.0), Verdict::RetryAfter(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn client_errors_are_final_and_429_waits_for_retry_after() {
+        let p = policy();
+        let z = Duration::ZERO;
+        for st in [StatusCode::OK, StatusCode::CREATED, StatusCode::BAD_REQUEST, StatusCode::CONFLICT, StatusCode::UNPROCESSABLE_ENTITY] {
+            assert_eq!(p.decide(1, AttemptOutcome::Status(st, None), z, 1.0), Verdict::Done, "{st}");
+        }
+        let s429 = |a| AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, a);
+        assert_eq!(p.decide(1, s429(Some(Duration::from_secs(1))), z, 1.0), Verdict::RetryAfter(Duration::from_secs(1)));
+        assert_eq!(p.decide(1, s429(None), z, 1.0), Verdict::Done);
+    }
+
+    #[test]
+    fn nothing_starts_past_the_deadline() {
+        let p = policy();
+        let e = AttemptOutcome::Status(StatusCode::BAD_GATEWAY, None);
+        assert_eq!(p.decide(1, e, Duration::from_millis(1950), 1.0), Verdict::Done);
+        let s429 = AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(5)));
+        assert_eq!(p.decide(1, s429, Duration::ZERO, 1.0), Verdict::Done, "Retry-After beyond the deadline");
+    }
+}
