@@ -1,0 +1,175 @@
+//! Durability under a crash: the gateway process is killed (SIGKILL) during a burst of
+//! cancellations and restarted. The audit chain must verify, every intent must be closed after
+//! the restart, and every cancellation the sandbox accepted must have an intent record.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ratepay-gateway");
+const KEY: &str = "crash-test-key";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns the binary and waits for its `listening <name>` line.
+fn spawn(args: &[&str], name: &str) -> (Running, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("process printed its listeners").unwrap();
+        if let Some(addr) = line.strip_prefix(&format!("ratepay-gateway listening {name} ")) {
+            break addr.to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (running, addr)
+}
+
+fn config(dir: &Path, sandbox: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("secret"), ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET).unwrap();
+    let aud = ratepay_gateway::sandbox::SandboxAudiences::integration();
+    let text = format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:0"
+admin = "off"
+[credentials.default]
+token_url = "http://{sandbox}/oauth/token"
+client_id = "{client}"
+client_secret_file = "{secret}"
+[upstreams.payment]
+url = "http://{sandbox}"
+audience = "{payment}"
+[callers.burst]
+api_key_sha256 = "{hash}"
+operations = ["*"]
+partner = "crash"
+[audit]
+path = "{audit}"
+rotate_bytes = 8192
+"#,
+        client = ratepay_gateway::sandbox::DEFAULT_CLIENT_ID,
+        secret = dir.join("secret").display(),
+        payment = aud.payment,
+        hash = hex::encode(ratepay_gateway::config::sha256(KEY.as_bytes())),
+        audit = dir.join("audit").join("audit.jsonl").display(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_loses_no_audit_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sandbox, sandbox) = spawn(&["sandbox", "--listen", "127.0.0.1:0", "--seed", "3"], "sandbox");
+    let cfg = config(dir.path(), &sandbox);
+    let cfg_s = cfg.to_str().unwrap();
+    let (mut gateway, proxy) = spawn(&["serve", "--config", cfg_s], "proxy");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let base = format!("http://{proxy}/transaction/management/v2/transactions");
+
+    let mut txs = Vec::new();
+    for _ in 0..4 {
+        let r = http
+            .post(&base)
+            .bearer_auth(KEY)
+            .json(&json!({"currency": "EUR", "buyer": {"contact": {"email": "b@example.com"}}, "shop_baskets": [{"gross_amount": 1000}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        txs.push(r.json::<Value>().await.unwrap()["ratepay_transaction_id"].as_str().unwrap().to_owned());
+    }
+    // Slow the sandbox a little so many cancellations are in flight when the kill lands.
+    let r = http
+        .post(format!("http://{sandbox}/_sandbox/faults"))
+        .json(&json!({"operation": "payment.cancellations.create", "latency_ms": 20, "fraction": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let rb = http
+            .post(format!("{base}/{}/cancellations", txs[i % txs.len()]))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"gross_amount": 1.00}"#);
+        let done = done_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let ok = rb.send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+            let _ = done.send(ok);
+        }));
+    }
+    // Kill once a quarter of the burst has been answered: the rest is in flight or queued.
+    for _ in 0..50 {
+        done_rx.recv().await.unwrap();
+    }
+    gateway.0.kill().unwrap();
+    gateway.0.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Restart: recovery closes the intents the killed process left open.
+    let (_gateway2, proxy2) = spawn(&["serve", "--config", cfg_s], "proxy");
+    let audit_dir = dir.path().join("audit");
+    let verify = Command::new(BIN).args(["audit", "verify"]).arg(&audit_dir).output().unwrap();
+    assert!(verify.status.success(), "chain verifies: {}", String::from_utf8_lossy(&verify.stderr));
+
+    let mut intents: HashMap<String, usize> = HashMap::new();
+    let mut open: HashMap<u64, bool> = HashMap::new();
+    for file in ratepay_gateway::audit::log_files(&audit_dir).unwrap() {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let rec: Value = serde_json::from_str(line).unwrap();
+            if rec["kind"] == "intent" {
+                *intents.entry(rec["ratepay_transaction_id"].as_str().unwrap().to_owned()).or_default() += 1;
+                open.insert(rec["seq"].as_u64().unwrap(), true);
+            } else {
+                open.remove(&rec["intent_seq"].as_u64().unwrap());
+            }
+        }
+    }
+    assert!(open.is_empty(), "every intent has an outcome after the restart: {open:?}");
+    let mut accepted_total = 0;
+    for tx in &txs {
+        let r = http
+            .get(format!("http://{proxy2}/transaction/management/v2/transactions/{tx}/cancellations"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        let accepted = body["_embedded"]["cancellations"].as_array().map_or(0, |a| a.len());
+        accepted_total += accepted;
+        let recorded = intents.get(tx).copied().unwrap_or(0);
+        assert!(accepted <= recorded, "{tx}: {accepted} cancellations at Ratepay but {recorded} intents");
+    }
+    assert!(accepted_total >= 50, "the burst really cancelled before the kill: {accepted_total}");
+    assert!(accepted_total < 200, "the kill really interrupted the burst: {accepted_total}");
+}
