@@ -26,7 +26,8 @@ pub fn build(config: &UpstreamClientConfig) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut BufReader::new(pem.as_slice())) {
             let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
@@ -36,7 +37,10 @@ pub fn build(config: &UpstreamClientConfig) -> Result<HttpClient, String> {
             added += 1;
         }
         if added == 0 {
-            return Err(format!("CA file {} holds no PEM certificate", path.display()));
+            return Err(format!(
+                "CA file {} holds no PEM certificate",
+                path.display()
+            ));
         }
     }
     let tls = rustls::ClientConfig::builder()

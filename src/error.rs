@@ -102,25 +102,93 @@ impl GatewayError {
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use GatewayError::*;
         match self {
-            BadPath(_) => (StatusCode::BAD_REQUEST, "invalid-path", "Invalid request path"),
-            UnknownRoute(_) => (StatusCode::NOT_FOUND, "unknown-operation", "Unknown operation"),
-            MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
-            BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Request body too large"),
-            BodyRead(_) => (StatusCode::BAD_REQUEST, "body-unreadable", "Request body unreadable"),
-            Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Caller not authenticated"),
-            Forbidden { .. } => (StatusCode::FORBIDDEN, "operation-forbidden", "Operation not allowed for this caller"),
-            PartnerNotAllowed(_) => (StatusCode::FORBIDDEN, "partner-forbidden", "X-Partner not allowed for this caller"),
-            PartnerRequired(_) => (StatusCode::BAD_REQUEST, "partner-required", "X-Partner required"),
+            BadPath(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "Invalid request path",
+            ),
+            UnknownRoute(_) => (
+                StatusCode::NOT_FOUND,
+                "unknown-operation",
+                "Unknown operation",
+            ),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            BodyTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+            ),
+            BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "body-unreadable",
+                "Request body unreadable",
+            ),
+            Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Caller not authenticated",
+            ),
+            Forbidden { .. } => (
+                StatusCode::FORBIDDEN,
+                "operation-forbidden",
+                "Operation not allowed for this caller",
+            ),
+            PartnerNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "partner-forbidden",
+                "X-Partner not allowed for this caller",
+            ),
+            PartnerRequired(_) => (
+                StatusCode::BAD_REQUEST,
+                "partner-required",
+                "X-Partner required",
+            ),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid-client", "Invalid client credentials"),
+            InvalidClient(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-client",
+                "Invalid client credentials",
+            ),
             NoUpstream(_) => (StatusCode::NOT_FOUND, "no-upstream", "API not configured"),
-            TokenUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "token-unavailable", "Ratepay token unavailable"),
-            UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "upstream-unreachable", "Ratepay API unreachable"),
-            UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Ratepay API timed out"),
-            Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", "Request deadline exceeded"),
-            IdempotencyConflict => (StatusCode::CONFLICT, "idempotency-conflict", "Idempotency-Key reused"),
-            AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "Audit log unavailable"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal gateway error"),
+            TokenUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token-unavailable",
+                "Ratepay token unavailable",
+            ),
+            UpstreamUnreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-unreachable",
+                "Ratepay API unreachable",
+            ),
+            UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Ratepay API timed out",
+            ),
+            Deadline(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline-exceeded",
+                "Request deadline exceeded",
+            ),
+            IdempotencyConflict => (
+                StatusCode::CONFLICT,
+                "idempotency-conflict",
+                "Idempotency-Key reused",
+            ),
+            AuditUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                "Audit log unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal gateway error",
+            ),
         }
     }
 
@@ -133,15 +201,23 @@ impl GatewayError {
         };
         let mut resp = problem(status, slug, title, &detail, request_id);
         if let GatewayError::Unauthenticated(_) | GatewayError::InvalidClient(_) = self {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ratepay-gateway\""));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ratepay-gateway\""),
+            );
         }
         resp
     }
 }
 
 /// Builds an `application/problem+json` response.
-pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str, request_id: &str) -> Response<Body> {
+pub fn problem(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: &str,
+    request_id: &str,
+) -> Response<Body> {
     let value = serde_json::json!({
         "type": format!("https://ratepay-gateway.dev/problems/{slug}"),
         "title": title,
@@ -152,7 +228,9 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str, reques
     let bytes = serde_json::to_vec(&value).unwrap_or_default();
     let mut resp = Response::new(body::full(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     resp
 }

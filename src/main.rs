@@ -15,7 +15,11 @@ use ratepay_gateway::{
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "ratepay-gateway", version, about = "Egress gateway in front of Ratepay's APIs")]
+#[command(
+    name = "ratepay-gateway",
+    version,
+    about = "Egress gateway in front of Ratepay's APIs"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -96,7 +100,9 @@ fn audit_verify(files: Vec<PathBuf>) -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -134,12 +140,7 @@ async fn shutdown_signal() {
 fn sandbox_config_for(config: &Config) -> Option<SandboxConfig> {
     let settings = config.sandbox.as_ref()?;
     let defaults = SandboxConfig::default();
-    let audience = |api| {
-        config
-            .upstreams
-            .get(&api)
-            .map(|u| u.audience.clone())
-    };
+    let audience = |api| config.upstreams.get(&api).map(|u| u.audience.clone());
     use ratepay_gateway::routes::Api;
     Some(SandboxConfig {
         clients: config
@@ -161,7 +162,11 @@ fn sandbox_config_for(config: &Config) -> Option<SandboxConfig> {
     })
 }
 
-async fn serve(config_path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn serve(
+    config_path: PathBuf,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let mut config = Config::from_file(&config_path)?;
     if let Some(l) = listen {
         config.listen.proxy = l;
@@ -181,9 +186,12 @@ async fn serve(config_path: PathBuf, listen: Option<SocketAddr>, admin_listen: O
         None => None,
     };
     let gateway = Gateway::build(&config).await?;
-    let proxy = TcpListener::bind(config.listen.proxy)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind the proxy listener {}: {e}", config.listen.proxy))?;
+    let proxy = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind the proxy listener {}: {e}",
+            config.listen.proxy
+        )
+    })?;
     announce("proxy", proxy.local_addr()?);
     let admin = match config.listen.admin {
         Some(a) => {
@@ -196,14 +204,25 @@ async fn serve(config_path: PathBuf, listen: Option<SocketAddr>, admin_listen: O
         None => None,
     };
     tracing::info!(config = %config_path.display(), "ratepay-gateway started");
-    server::run(proxy, admin, gateway.clone(), config.listen.shutdown_grace, shutdown_signal()).await;
+    server::run(
+        proxy,
+        admin,
+        gateway.clone(),
+        config.listen.shutdown_grace,
+        shutdown_signal(),
+    )
+    .await;
     // In-flight requests are done: write and sync what the audit log still holds.
     gateway.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn run_sandbox(listen: SocketAddr, token_lifetime_secs: u64, seed: Option<u64>) -> anyhow::Result<()> {
+async fn run_sandbox(
+    listen: SocketAddr,
+    token_lifetime_secs: u64,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the sandbox listener {listen}: {e}"))?;
@@ -229,13 +248,26 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!(e)),
         },
-        Command::Audit { command: AuditCommand::Verify { files } } => audit_verify(files),
-        command => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => audit_verify(files),
+        command => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
             Ok(rt) => rt.block_on(async move {
                 match command {
-                    Command::Serve { config, listen, admin_listen } => serve(config, listen, admin_listen).await,
-                    Command::Sandbox { listen, token_lifetime_secs, seed } => run_sandbox(listen, token_lifetime_secs, seed).await,
+                    Command::Serve {
+                        config,
+                        listen,
+                        admin_listen,
+                    } => serve(config, listen, admin_listen).await,
+                    Command::Sandbox {
+                        listen,
+                        token_lifetime_secs,
+                        seed,
+                    } => run_sandbox(listen, token_lifetime_secs, seed).await,
                     Command::CheckConfig { .. } | Command::Audit { .. } => Ok(()),
                 }
             }),

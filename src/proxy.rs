@@ -39,13 +39,19 @@ struct ProxyInner {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("origins", &self.inner.origins).finish_non_exhaustive()
+        f.debug_struct("Proxy")
+            .field("origins", &self.inner.origins)
+            .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
     /// A proxy over `client` to the given origins.
-    pub fn new(client: HttpClient, origins: BTreeMap<Api, Uri>, request_timeout: Duration) -> Proxy {
+    pub fn new(
+        client: HttpClient,
+        origins: BTreeMap<Api, Uri>,
+        request_timeout: Duration,
+    ) -> Proxy {
         Proxy {
             inner: Arc::new(ProxyInner {
                 client,
@@ -89,18 +95,31 @@ impl tower::Service<GwRequest> for Proxy {
                 .get::<RequestContext>()
                 .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
             let api = ctx.route.operation.api;
-            ctx.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.attempts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let upstream = api.name();
-            let origin = inner.origins.get(&api).ok_or(GatewayError::NoUpstream(upstream))?;
+            let origin = inner
+                .origins
+                .get(&api)
+                .ok_or(GatewayError::NoUpstream(upstream))?;
             let (parts, bytes) = req.into_parts();
             let mut uri = origin.clone().into_parts();
-            uri.path_and_query = Some(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-            let uri = Uri::from_parts(uri).map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
+            uri.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            let uri = Uri::from_parts(uri)
+                .map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
             let mut out = Request::new(Full::new(bytes));
             *out.method_mut() = parts.method;
             *out.uri_mut() = uri;
             *out.headers_mut() = parts.headers;
-            let resp = match tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await {
+            let resp = match tokio::time::timeout(inner.request_timeout, inner.client.request(out))
+                .await
+            {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     return Err(GatewayError::UpstreamUnreachable {

@@ -85,28 +85,182 @@ const TX: Seg = Lit("transactions");
 
 /// Every operation the gateway knows, in match order.
 pub static OPERATIONS: &[Operation] = &[
-    op!("payment.transactions.create", POST, Payment, true, [PM, MG, V2, TX]),
-    op!("payment.transactions.get", GET, Payment, false, [PM, MG, V2, TX, Transaction]),
-    op!("payment.transactions.update", PATCH, Payment, false, [PM, MG, V2, TX, Transaction]),
-    op!("payment.authorizations.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("authorizations")]),
-    op!("payment.authorizations.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("authorizations")]),
-    op!("payment.authorizations.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("authorizations"), Resource]),
-    op!("payment.captures.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("captures")]),
-    op!("payment.captures.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("captures")]),
-    op!("payment.captures.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("captures"), Resource]),
-    op!("payment.shipping_information.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("captures"), Resource, Lit("shipping-information")]),
-    op!("payment.refunds.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("refunds")]),
-    op!("payment.refunds.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("refunds")]),
-    op!("payment.refunds.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("refunds"), Resource]),
-    op!("payment.cancellations.create", POST, Payment, true, [PM, MG, V2, TX, Transaction, Lit("cancellations")]),
-    op!("payment.cancellations.list", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("cancellations")]),
-    op!("payment.cancellations.get", GET, Payment, false, [PM, MG, V2, TX, Transaction, Lit("cancellations"), Resource]),
-    op!("payment.otp.verify", POST, Payment, false, [PM, MG, Lit("2fa"), Lit("v1"), Lit("verify"), Transaction]),
-    op!("payment.otp.regenerate", POST, Payment, false, [PM, MG, Lit("2fa"), Lit("v1"), Lit("regenerate"), Transaction]),
-    op!("status.transactions.get", GET, Status, false, [PM, Lit("status"), V2, TX, Transaction]),
-    op!("hpp.sessions.create", POST, Hpp, false, [Lit("pps"), Lit("api"), Lit("v1"), Lit("session")]),
-    op!("hpp.session_records.list", GET, Hpp, false, [Lit("pps"), Lit("api"), Lit("v1"), Lit("session-record")]),
-    op!("hpp.session_records.get", GET, Hpp, false, [Lit("pps"), Lit("api"), Lit("v1"), Lit("session-record"), Session]),
+    op!(
+        "payment.transactions.create",
+        POST,
+        Payment,
+        true,
+        [PM, MG, V2, TX]
+    ),
+    op!(
+        "payment.transactions.get",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction]
+    ),
+    op!(
+        "payment.transactions.update",
+        PATCH,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction]
+    ),
+    op!(
+        "payment.authorizations.create",
+        POST,
+        Payment,
+        true,
+        [PM, MG, V2, TX, Transaction, Lit("authorizations")]
+    ),
+    op!(
+        "payment.authorizations.list",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("authorizations")]
+    ),
+    op!(
+        "payment.authorizations.get",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("authorizations"), Resource]
+    ),
+    op!(
+        "payment.captures.create",
+        POST,
+        Payment,
+        true,
+        [PM, MG, V2, TX, Transaction, Lit("captures")]
+    ),
+    op!(
+        "payment.captures.list",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("captures")]
+    ),
+    op!(
+        "payment.captures.get",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("captures"), Resource]
+    ),
+    op!(
+        "payment.shipping_information.create",
+        POST,
+        Payment,
+        true,
+        [
+            PM,
+            MG,
+            V2,
+            TX,
+            Transaction,
+            Lit("captures"),
+            Resource,
+            Lit("shipping-information")
+        ]
+    ),
+    op!(
+        "payment.refunds.create",
+        POST,
+        Payment,
+        true,
+        [PM, MG, V2, TX, Transaction, Lit("refunds")]
+    ),
+    op!(
+        "payment.refunds.list",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("refunds")]
+    ),
+    op!(
+        "payment.refunds.get",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("refunds"), Resource]
+    ),
+    op!(
+        "payment.cancellations.create",
+        POST,
+        Payment,
+        true,
+        [PM, MG, V2, TX, Transaction, Lit("cancellations")]
+    ),
+    op!(
+        "payment.cancellations.list",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("cancellations")]
+    ),
+    op!(
+        "payment.cancellations.get",
+        GET,
+        Payment,
+        false,
+        [PM, MG, V2, TX, Transaction, Lit("cancellations"), Resource]
+    ),
+    op!(
+        "payment.otp.verify",
+        POST,
+        Payment,
+        false,
+        [PM, MG, Lit("2fa"), Lit("v1"), Lit("verify"), Transaction]
+    ),
+    op!(
+        "payment.otp.regenerate",
+        POST,
+        Payment,
+        false,
+        [
+            PM,
+            MG,
+            Lit("2fa"),
+            Lit("v1"),
+            Lit("regenerate"),
+            Transaction
+        ]
+    ),
+    op!(
+        "status.transactions.get",
+        GET,
+        Status,
+        false,
+        [PM, Lit("status"), V2, TX, Transaction]
+    ),
+    op!(
+        "hpp.sessions.create",
+        POST,
+        Hpp,
+        false,
+        [Lit("pps"), Lit("api"), Lit("v1"), Lit("session")]
+    ),
+    op!(
+        "hpp.session_records.list",
+        GET,
+        Hpp,
+        false,
+        [Lit("pps"), Lit("api"), Lit("v1"), Lit("session-record")]
+    ),
+    op!(
+        "hpp.session_records.get",
+        GET,
+        Hpp,
+        false,
+        [
+            Lit("pps"),
+            Lit("api"),
+            Lit("v1"),
+            Lit("session-record"),
+            Session
+        ]
+    ),
 ];
 
 /// Looks an operation up by name.
@@ -227,14 +381,20 @@ mod tests {
         .unwrap();
         assert_eq!(m.operation.name, "payment.cancellations.create");
         assert!(m.operation.creating);
-        assert_eq!(m.params.transaction_id.as_deref(), Some("scwBgARW-nE93I7_ywhp"));
+        assert_eq!(
+            m.params.transaction_id.as_deref(),
+            Some("scwBgARW-nE93I7_ywhp")
+        );
     }
 
     #[test]
     fn unknown_method_or_path_is_none() {
-        assert!(match_route(&Method::DELETE, "/transaction/management/v2/transactions/abc")
-            .unwrap()
-            .is_none());
+        assert!(match_route(
+            &Method::DELETE,
+            "/transaction/management/v2/transactions/abc"
+        )
+        .unwrap()
+        .is_none());
         assert!(match_route(&Method::GET, "/admin").unwrap().is_none());
         assert!(path_known("/transaction/management/v2/transactions/abc"));
         assert!(!path_known("/admin"));
@@ -243,12 +403,27 @@ mod tests {
     #[test]
     fn path_tricks_are_refused() {
         let cases = [
-            ("/transaction/management/v2/transactions/../x", PathError::DotSegment),
-            ("/transaction/management/v2/transactions/%2e%2e/x", PathError::Encoded),
-            ("/transaction/management/v2/transactions/a%2Fb", PathError::Encoded),
-            ("/transaction//management/v2/transactions", PathError::EmptySegment),
+            (
+                "/transaction/management/v2/transactions/../x",
+                PathError::DotSegment,
+            ),
+            (
+                "/transaction/management/v2/transactions/%2e%2e/x",
+                PathError::Encoded,
+            ),
+            (
+                "/transaction/management/v2/transactions/a%2Fb",
+                PathError::Encoded,
+            ),
+            (
+                "/transaction//management/v2/transactions",
+                PathError::EmptySegment,
+            ),
             ("/pps/api/v1/session-record/", PathError::EmptySegment),
-            ("/pps/api/v1/session-record/a.b", PathError::BadId("session id")),
+            (
+                "/pps/api/v1/session-record/a.b",
+                PathError::BadId("session id"),
+            ),
         ];
         for (path, want) in cases {
             assert_eq!(match_route(&Method::GET, path).unwrap_err(), want, "{path}");

@@ -32,17 +32,27 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     {
         let gw = gateway.clone();
-        tasks.spawn(accept_loop(proxy, stop_rx.clone(), graceful.clone(), move |req, peer| {
-            let gw = gw.clone();
-            async move { gw.handle(req, peer).await }
-        }));
+        tasks.spawn(accept_loop(
+            proxy,
+            stop_rx.clone(),
+            graceful.clone(),
+            move |req, peer| {
+                let gw = gw.clone();
+                async move { gw.handle(req, peer).await }
+            },
+        ));
     }
     if let Some(admin) = admin {
         let gw = gateway.clone();
-        tasks.spawn(accept_loop(admin, stop_rx.clone(), graceful.clone(), move |req, _peer| {
-            let gw = gw.clone();
-            async move { admin_handle(&gw, req).await }
-        }));
+        tasks.spawn(accept_loop(
+            admin,
+            stop_rx.clone(),
+            graceful.clone(),
+            move |req, _peer| {
+                let gw = gw.clone();
+                async move { admin_handle(&gw, req).await }
+            },
+        ));
     }
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining in-flight requests");
@@ -54,7 +64,10 @@ pub async fn run(
     };
     match tokio::time::timeout(grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
+        Err(_) => tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "grace period over; closing remaining connections"
+        ),
     }
 }
 
@@ -73,7 +86,10 @@ async fn accept_loop<F, Fut>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -93,7 +109,9 @@ async fn accept_loop<F, Fut>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -113,15 +131,27 @@ async fn admin_handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
                 match tokio::time::timeout(READY_TOKEN_WAIT, source.bearer()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => problems.push(format!("{}: {e}", api.name())),
-                    Err(_) => problems.push(format!("{}: no token within {} ms", api.name(), READY_TOKEN_WAIT.as_millis())),
+                    Err(_) => problems.push(format!(
+                        "{}: no token within {} ms",
+                        api.name(),
+                        READY_TOKEN_WAIT.as_millis()
+                    )),
                 }
             }
             if problems.is_empty() {
                 simple(StatusCode::OK, "text/plain", "ready\n")
             } else {
-                simple(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready\n{}\n", problems.join("\n")))
+                simple(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready\n{}\n", problems.join("\n")),
+                )
             }
         }
-        _ => simple(StatusCode::NOT_FOUND, "text/plain", "not found; try /healthz or /readyz\n"),
+        _ => simple(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /healthz or /readyz\n",
+        ),
     }
 }

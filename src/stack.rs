@@ -16,13 +16,13 @@ use http_body_util::{BodyExt, Limited};
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 
 use crate::{
+    audit::{AuditEntry, AuditLog, Outcome, OutcomeKind},
     body::{self, Body},
     callers::{layer::CallerPolicyLayer, Callers},
     client::{self, HttpClient},
     config::{Config, Limits},
     context::{Authenticated, RequestContext},
     error::GatewayError,
-    audit::{AuditEntry, AuditLog, Outcome, OutcomeKind},
     middleware::{
         audit::AuditLayer,
         headers::HeadersLayer,
@@ -73,9 +73,18 @@ impl Gateway {
     pub async fn build(config: &Config) -> Result<Gateway, BuildError> {
         let client = client::build(&config.upstream_client).map_err(BuildError)?;
         let tokens = Arc::new(token_sources(config, &client));
-        let callers = Arc::new(Callers::new(&config.callers).map_err(|e| BuildError(e.to_string()))?);
-        let audiences = config.upstreams.iter().map(|(api, u)| (*api, u.audience.clone())).collect();
-        let origins = config.upstreams.iter().map(|(api, u)| (*api, u.url.clone())).collect();
+        let callers =
+            Arc::new(Callers::new(&config.callers).map_err(|e| BuildError(e.to_string()))?);
+        let audiences = config
+            .upstreams
+            .iter()
+            .map(|(api, u)| (*api, u.audience.clone()))
+            .collect();
+        let origins = config
+            .upstreams
+            .iter()
+            .map(|(api, u)| (*api, u.url.clone()))
+            .collect();
         let audit = open_audit(config).await?;
 
         let stack = ServiceBuilder::new()
@@ -83,7 +92,9 @@ impl Gateway {
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
             // Keys are scoped per caller, so this follows the caller layer; replays and 409s
             // answer here, before the audit log and Ratepay.
-            .layer(IdempotencyLayer::new(IdempotencyStore::new(&config.idempotency)))
+            .layer(IdempotencyLayer::new(IdempotencyStore::new(
+                &config.idempotency,
+            )))
             // Intent durable before anything leaves; outcome after every retry is done.
             .layer(AuditLayer::new(audit.clone(), &config.audit.operations))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
@@ -92,7 +103,11 @@ impl Gateway {
             .layer(InjectTokenLayer::new(tokens.clone()))
             // Retries reuse the token and Idempotency-Key decided above.
             .layer(RetryLayer::new(config.retry.clone()))
-            .service(Proxy::new(client, origins, config.upstream_client.request_timeout));
+            .service(Proxy::new(
+                client,
+                origins,
+                config.upstream_client.request_timeout,
+            ));
 
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
@@ -131,7 +146,12 @@ impl Gateway {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let deadline = self.inner.limits.request_timeout;
-        let result = match tokio::time::timeout(deadline, self.route_and_call(req, source, &request_id, received)).await {
+        let result = match tokio::time::timeout(
+            deadline,
+            self.route_and_call(req, source, &request_id, received),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err((GatewayError::Deadline(deadline.as_millis()), None)),
         };
@@ -147,7 +167,10 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
-        let caller = resp.extensions().get::<Authenticated>().map(|a| a.caller.name.clone());
+        let caller = resp
+            .extensions()
+            .get::<Authenticated>()
+            .map(|a| a.caller.name.clone());
         tracing::info!(
             target: "ratepay_gateway::access",
             request_id = %request_id,
@@ -178,19 +201,39 @@ impl Gateway {
         // The gateway's own token endpoint for internal callers, Ratepay's protocol.
         if path == "/oauth/token" {
             if parts.method != Method::POST {
-                return Err((GatewayError::MethodNotAllowed { method: parts.method.to_string(), path: path.into() }, None));
+                return Err((
+                    GatewayError::MethodNotAllowed {
+                        method: parts.method.to_string(),
+                        path: path.into(),
+                    },
+                    None,
+                ));
             }
             let bytes = self.read_body(body).await.map_err(|e| (e, None))?;
-            let json = self.inner.callers.issue_token(&bytes).map_err(|e| (e, None))?;
+            let json = self
+                .inner
+                .callers
+                .issue_token(&bytes)
+                .map_err(|e| (e, None))?;
             let mut resp = Response::new(body::full(serde_json::to_vec(&json).unwrap_or_default()));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return Ok((resp, Some("gateway.oauth.token")));
         }
         let route = match routes::match_route(&parts.method, path) {
             Ok(Some(r)) => r,
             Ok(None) if routes::path_known(path) => {
-                return Err((GatewayError::MethodNotAllowed { method: parts.method.to_string(), path: path.into() }, None))
+                return Err((
+                    GatewayError::MethodNotAllowed {
+                        method: parts.method.to_string(),
+                        path: path.into(),
+                    },
+                    None,
+                ))
             }
             Ok(None) => return Err((GatewayError::UnknownRoute(path.into()), None)),
             Err(e) => return Err((e.into(), None)),
@@ -217,7 +260,9 @@ impl Gateway {
         let limit = self.inner.limits.max_request_body_bytes;
         match Limited::new(body, limit).collect().await {
             Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge(limit)),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(GatewayError::BodyTooLarge(limit))
+            }
             // A body error is the caller's connection failing; say so without internals.
             Err(e) => Err(GatewayError::BodyRead(e.to_string())),
         }
@@ -231,7 +276,8 @@ fn request_id(headers: &http::HeaderMap) -> Arc<str> {
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=128).contains(&v.len())
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         })
         .map(Arc::from)
         .unwrap_or_else(|| Arc::from(uuid::Uuid::now_v7().to_string()))
@@ -242,7 +288,9 @@ fn token_sources(config: &Config, client: &HttpClient) -> BTreeMap<Api, TokenSou
     let mut by_key: BTreeMap<(String, String), TokenSource> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (api, u) in &config.upstreams {
-        let Some(cred) = config.credentials.get(&u.credentials) else { continue };
+        let Some(cred) = config.credentials.get(&u.credentials) else {
+            continue;
+        };
         let source = by_key
             .entry((u.credentials.clone(), u.audience.clone()))
             .or_insert_with(|| {
@@ -275,7 +323,10 @@ async fn open_audit(config: &Config) -> Result<AuditLog, BuildError> {
         .await
         .map_err(|e| BuildError(format!("audit.path {}: {e}", path.display())))?;
     if let Some(t) = &recovery.truncated {
-        tracing::warn!(?t, "audit log had a torn last record (crash during a write); it was cut away");
+        tracing::warn!(
+            ?t,
+            "audit log had a torn last record (crash during a write); it was cut away"
+        );
     }
     recover(&log, &recovery.open_intents).await?;
     Ok(log)
@@ -286,23 +337,33 @@ async fn open_audit(config: &Config) -> Result<AuditLog, BuildError> {
 /// transaction's cancellations (the `error` field says so).
 pub async fn recover(log: &AuditLog, open: &[crate::audit::AuditRecord]) -> Result<(), BuildError> {
     for rec in open {
-        let Some(mut outcome) = Outcome::for_open_intent(rec, OutcomeKind::Unknown) else { continue };
+        let Some(mut outcome) = Outcome::for_open_intent(rec, OutcomeKind::Unknown) else {
+            continue;
+        };
         outcome.error = Some("the gateway stopped before the outcome was recorded; check the transaction's cancellations at Ratepay".into());
         log.append(AuditEntry::Outcome(outcome))
             .await
             .map_err(|e| BuildError(format!("closing an open audit intent: {e}")))?;
     }
     if !open.is_empty() {
-        tracing::warn!(count = open.len(), "closed audit intents left open by a previous run as outcome=unknown");
+        tracing::warn!(
+            count = open.len(),
+            "closed audit intents left open by a previous run as outcome=unknown"
+        );
     }
     Ok(())
 }
 
 /// A plain-text or JSON response for the admin endpoints.
-pub fn simple(status: StatusCode, content_type: &'static str, text: impl Into<Bytes>) -> Response<Body> {
+pub fn simple(
+    status: StatusCode,
+    content_type: &'static str,
+    text: impl Into<Bytes>,
+) -> Response<Body> {
     let mut resp = Response::new(body::full(text.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 

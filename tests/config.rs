@@ -27,7 +27,11 @@ fn integration_and_production_toml_are_valid_with_their_secrets_present() {
         // SAFETY: this test binary's tests do not read these variables concurrently.
         unsafe { std::env::set_var(var, value) };
     }
-    std::fs::write(dir.path().join("gateway-jwt-key"), "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(
+        dir.path().join("gateway-jwt-key"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("ratepay-client-secret"), "s").unwrap();
     for name in ["integration", "production"] {
         let path = format!("config/{name}.toml");
@@ -36,8 +40,15 @@ fn integration_and_production_toml_are_valid_with_their_secrets_present() {
             .replace("/run/secrets/", &format!("{}/", dir.path().display()));
         let c = Config::from_toml(&text, Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.sandbox.is_none(), "{name} must talk to Ratepay");
-        let host = if name == "production" { "https://api.ratepay.com" } else { "https://api-integration.ratepay.com" };
-        assert!(c.upstreams[&Api::Payment].audience.starts_with(host), "{name}");
+        let host = if name == "production" {
+            "https://api.ratepay.com"
+        } else {
+            "https://api-integration.ratepay.com"
+        };
+        assert!(
+            c.upstreams[&Api::Payment].audience.starts_with(host),
+            "{name}"
+        );
     }
 }
 
@@ -54,7 +65,9 @@ fn every_file_in_config_dir_is_checked_above() {
 }
 
 fn err(text: &str) -> String {
-    Config::from_toml(text, Path::new("broken.toml")).unwrap_err().to_string()
+    Config::from_toml(text, Path::new("broken.toml"))
+        .unwrap_err()
+        .to_string()
 }
 
 const BASE: &str = r#"
@@ -79,21 +92,42 @@ fn broken_files_name_the_file_and_key() {
     assert!(e.contains("upstreams.payment.url"), "{e}");
 
     let e = err(&BASE.replace("https://api-integration.ratepay.com", "https://h/some/path"));
-    assert!(e.contains("upstreams.payment.url") && e.contains("origin"), "{e}");
+    assert!(
+        e.contains("upstreams.payment.url") && e.contains("origin"),
+        "{e}"
+    );
 
-    let e = err(&BASE.replace("client_secret_env = \"PATH\"", "client_secret_env = \"RPGW_SURELY_UNSET_VAR\""));
-    assert!(e.contains("credentials.default.client_secret_env") && e.contains("RPGW_SURELY_UNSET_VAR"), "{e}");
+    let e = err(&BASE.replace(
+        "client_secret_env = \"PATH\"",
+        "client_secret_env = \"RPGW_SURELY_UNSET_VAR\"",
+    ));
+    assert!(
+        e.contains("credentials.default.client_secret_env") && e.contains("RPGW_SURELY_UNSET_VAR"),
+        "{e}"
+    );
 
     let e = err(&BASE.replace("client_secret_env = \"PATH\"", ""));
-    assert!(e.contains("credentials.default.client_secret") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("credentials.default.client_secret") && e.contains("missing"),
+        "{e}"
+    );
 
-    let e = err(&format!("{BASE}\n[callers.x]\napi_key_sha256 = \"abc\"\noperations = [\"*\"]\n"));
+    let e = err(&format!(
+        "{BASE}\n[callers.x]\napi_key_sha256 = \"abc\"\noperations = [\"*\"]\n"
+    ));
     assert!(e.contains("callers.x.api_key_sha256"), "{e}");
 
-    let e = err(&format!("{BASE}\n[callers.x]\napi_key_env = \"PATH\"\noperations = [\"payment.nope\"]\n"));
-    assert!(e.contains("callers.x.operations") && e.contains("payment.nope"), "{e}");
+    let e = err(&format!(
+        "{BASE}\n[callers.x]\napi_key_env = \"PATH\"\noperations = [\"payment.nope\"]\n"
+    ));
+    assert!(
+        e.contains("callers.x.operations") && e.contains("payment.nope"),
+        "{e}"
+    );
 
-    let e = err(&format!("{BASE}\n[upstreams.billing]\nurl = \"https://x\"\naudience = \"a\"\n"));
+    let e = err(&format!(
+        "{BASE}\n[upstreams.billing]\nurl = \"https://x\"\naudience = \"a\"\n"
+    ));
     assert!(e.contains("upstreams.billing"), "{e}");
 
     let e = err(&format!("{BASE}\n[tokens]\nrefresh_at_fraction = 1.5\n"));
@@ -104,10 +138,17 @@ fn broken_files_name_the_file_and_key() {
 fn redacted_output_never_contains_secrets() {
     let c = Config::from_file(Path::new("config/local.toml")).unwrap();
     let text = c.redacted();
-    for secret_file in ["config/local/ratepay-client-secret", "config/local/gateway-hs256-key", "config/local/demo-client-secret"] {
+    for secret_file in [
+        "config/local/ratepay-client-secret",
+        "config/local/gateway-hs256-key",
+        "config/local/demo-client-secret",
+    ] {
         let secret = std::fs::read_to_string(secret_file).unwrap();
         assert!(!text.contains(secret.trim()), "{secret_file} leaked");
-        assert!(!format!("{c:?}").contains(secret.trim()), "{secret_file} leaked in Debug");
+        assert!(
+            !format!("{c:?}").contains(secret.trim()),
+            "{secret_file} leaked in Debug"
+        );
     }
     assert!(text.contains("[REDACTED]"));
 }

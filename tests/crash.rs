@@ -36,7 +36,10 @@ fn spawn(args: &[&str], name: &str) -> (Running, String) {
     let running = Running(child);
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let line = lines.next().expect("process printed its listeners").unwrap();
+        let line = lines
+            .next()
+            .expect("process printed its listeners")
+            .unwrap();
         if let Some(addr) = line.strip_prefix(&format!("ratepay-gateway listening {name} ")) {
             break addr.to_owned();
         }
@@ -47,7 +50,11 @@ fn spawn(args: &[&str], name: &str) -> (Running, String) {
 }
 
 fn config(dir: &Path, sandbox: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("secret"), ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET).unwrap();
+    std::fs::write(
+        dir.join("secret"),
+        ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET,
+    )
+    .unwrap();
     let aud = ratepay_gateway::sandbox::SandboxAudiences::integration();
     let text = format!(
         r#"
@@ -83,11 +90,17 @@ rotate_bytes = 8192
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_loses_no_audit_record() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sandbox, sandbox) = spawn(&["sandbox", "--listen", "127.0.0.1:0", "--seed", "3"], "sandbox");
+    let (_sandbox, sandbox) = spawn(
+        &["sandbox", "--listen", "127.0.0.1:0", "--seed", "3"],
+        "sandbox",
+    );
     let cfg = config(dir.path(), &sandbox);
     let cfg_s = cfg.to_str().unwrap();
     let (mut gateway, proxy) = spawn(&["serve", "--config", cfg_s], "proxy");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let base = format!("http://{proxy}/transaction/management/v2/transactions");
 
     let mut txs = Vec::new();
@@ -100,7 +113,12 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        txs.push(r.json::<Value>().await.unwrap()["ratepay_transaction_id"].as_str().unwrap().to_owned());
+        txs.push(
+            r.json::<Value>().await.unwrap()["ratepay_transaction_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     // Slow the sandbox a little so many cancellations are in flight when the kill lands.
     let r = http
@@ -138,8 +156,16 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
     // Restart: recovery closes the intents the killed process left open.
     let (_gateway2, proxy2) = spawn(&["serve", "--config", cfg_s], "proxy");
     let audit_dir = dir.path().join("audit");
-    let verify = Command::new(BIN).args(["audit", "verify"]).arg(&audit_dir).output().unwrap();
-    assert!(verify.status.success(), "chain verifies: {}", String::from_utf8_lossy(&verify.stderr));
+    let verify = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(&audit_dir)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "chain verifies: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     let mut intents: HashMap<String, usize> = HashMap::new();
     let mut open: HashMap<u64, bool> = HashMap::new();
@@ -147,29 +173,47 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
         for line in std::fs::read_to_string(file).unwrap().lines() {
             let rec: Value = serde_json::from_str(line).unwrap();
             if rec["kind"] == "intent" {
-                *intents.entry(rec["ratepay_transaction_id"].as_str().unwrap().to_owned()).or_default() += 1;
+                *intents
+                    .entry(rec["ratepay_transaction_id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
                 open.insert(rec["seq"].as_u64().unwrap(), true);
             } else {
                 open.remove(&rec["intent_seq"].as_u64().unwrap());
             }
         }
     }
-    assert!(open.is_empty(), "every intent has an outcome after the restart: {open:?}");
+    assert!(
+        open.is_empty(),
+        "every intent has an outcome after the restart: {open:?}"
+    );
     let mut accepted_total = 0;
     for tx in &txs {
         let r = http
-            .get(format!("http://{proxy2}/transaction/management/v2/transactions/{tx}/cancellations"))
+            .get(format!(
+                "http://{proxy2}/transaction/management/v2/transactions/{tx}/cancellations"
+            ))
             .bearer_auth(KEY)
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
         let body: Value = r.json().await.unwrap();
-        let accepted = body["_embedded"]["cancellations"].as_array().map_or(0, |a| a.len());
+        let accepted = body["_embedded"]["cancellations"]
+            .as_array()
+            .map_or(0, |a| a.len());
         accepted_total += accepted;
         let recorded = intents.get(tx).copied().unwrap_or(0);
-        assert!(accepted <= recorded, "{tx}: {accepted} cancellations at Ratepay but {recorded} intents");
+        assert!(
+            accepted <= recorded,
+            "{tx}: {accepted} cancellations at Ratepay but {recorded} intents"
+        );
     }
-    assert!(accepted_total >= 50, "the burst really cancelled before the kill: {accepted_total}");
-    assert!(accepted_total < 200, "the kill really interrupted the burst: {accepted_total}");
+    assert!(
+        accepted_total >= 50,
+        "the burst really cancelled before the kill: {accepted_total}"
+    );
+    assert!(
+        accepted_total < 200,
+        "the kill really interrupted the burst: {accepted_total}"
+    );
 }

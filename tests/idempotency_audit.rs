@@ -14,7 +14,13 @@ fn cancel_path(tx: &str) -> String {
     format!("{TX_PATH}/{tx}/cancellations")
 }
 
-async fn cancel(h: &Harness, key: &str, tx: &str, body: &str, idem: Option<&str>) -> reqwest::Response {
+async fn cancel(
+    h: &Harness,
+    key: &str,
+    tx: &str,
+    body: &str,
+    idem: Option<&str>,
+) -> reqwest::Response {
     let mut rb = h
         .req(Method::POST, &cancel_path(tx), key)
         .header("content-type", "application/json")
@@ -26,10 +32,16 @@ async fn cancel(h: &Harness, key: &str, tx: &str, body: &str, idem: Option<&str>
 }
 
 async fn cancellations_at_ratepay(h: &Harness, tx: &str) -> usize {
-    let r = h.req(Method::GET, &cancel_path(tx), keys::FULL).send().await.unwrap();
+    let r = h
+        .req(Method::GET, &cancel_path(tx), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    body["_embedded"]["cancellations"].as_array().map_or(0, |a| a.len())
+    body["_embedded"]["cancellations"]
+        .as_array()
+        .map_or(0, |a| a.len())
 }
 
 #[tokio::test]
@@ -42,7 +54,14 @@ async fn a_key_is_generated_when_missing_and_the_callers_key_is_echoed() {
     let uuid = uuid::Uuid::parse_str(&generated).expect("a UUID");
     assert_eq!(uuid.get_version_num(), 4);
 
-    let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 1}"#, Some("order-4711-cancel")).await;
+    let r = cancel(
+        &h,
+        keys::FULL,
+        &tx,
+        r#"{"gross_amount": 1}"#,
+        Some("order-4711-cancel"),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["idempotency-key"], "order-4711-cancel");
 }
@@ -52,14 +71,21 @@ async fn invalid_keys_are_refused_before_ratepay() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     let before = h.op_count(CANCEL_OP).await;
-    for bad in ["a".repeat(65), "with space".to_owned(), "tab\there".to_owned()] {
+    for bad in [
+        "a".repeat(65),
+        "with space".to_owned(),
+        "tab\there".to_owned(),
+    ] {
         let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 1}"#, Some(&bad)).await;
         let body = problem(r, 400).await;
         assert!(body["detail"].as_str().unwrap().contains("Idempotency-Key"));
     }
     let r = h
         .req(Method::POST, &cancel_path(&tx), keys::FULL)
-        .header("idempotency-key", reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap())
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
         .body(r#"{"gross_amount": 1}"#)
         .send()
         .await
@@ -73,7 +99,8 @@ async fn concurrent_duplicates_execute_once_and_get_identical_answers() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     // Keep the first call in flight while the duplicates arrive.
-    h.fault(serde_json::json!({"operation": CANCEL_OP, "latency_ms": 300, "count": 1})).await;
+    h.fault(serde_json::json!({"operation": CANCEL_OP, "latency_ms": 300, "count": 1}))
+        .await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let rb = h
@@ -97,11 +124,25 @@ async fn concurrent_duplicates_execute_once_and_get_identical_answers() {
     assert_eq!(cancellations_at_ratepay(&h, &tx).await, 1);
 
     // Completed: a later duplicate is replayed by the gateway; another body is a 409.
-    let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 7.25}"#, Some("dup-key-1")).await;
+    let r = cancel(
+        &h,
+        keys::FULL,
+        &tx,
+        r#"{"gross_amount": 7.25}"#,
+        Some("dup-key-1"),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!(r.text().await.unwrap(), bodies[0]);
-    let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 8}"#, Some("dup-key-1")).await;
+    let r = cancel(
+        &h,
+        keys::FULL,
+        &tx,
+        r#"{"gross_amount": 8}"#,
+        Some("dup-key-1"),
+    )
+    .await;
     let body = problem(r, 409).await;
     assert!(body["detail"].as_str().unwrap().contains("new key"));
     assert_eq!(h.op_count(CANCEL_OP).await, 1, "neither reached Ratepay");
@@ -112,7 +153,14 @@ async fn the_same_key_from_two_callers_never_collides() {
     let h = Harness::start().await;
     let tx1 = h.authorize(keys::FULL, None, 100.0).await;
     let tx2 = h.authorize(keys::CHOOSER, Some("p-a"), 100.0).await;
-    let r = cancel(&h, keys::FULL, &tx1, r#"{"gross_amount": 1}"#, Some("shared")).await;
+    let r = cancel(
+        &h,
+        keys::FULL,
+        &tx1,
+        r#"{"gross_amount": 1}"#,
+        Some("shared"),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let r = h
         .req(Method::POST, &cancel_path(&tx2), keys::CHOOSER)
@@ -124,7 +172,12 @@ async fn the_same_key_from_two_callers_never_collides() {
         .await
         .unwrap();
     let status = r.status();
-    assert_eq!(status, 201, "no 409 from Ratepay: the upstream keys differ: {}", r.text().await.unwrap());
+    assert_eq!(
+        status,
+        201,
+        "no 409 from Ratepay: the upstream keys differ: {}",
+        r.text().await.unwrap()
+    );
     assert_eq!(h.op_count(CANCEL_OP).await, 2);
 }
 
@@ -132,10 +185,15 @@ async fn the_same_key_from_two_callers_never_collides() {
 async fn a_503_is_retried_with_the_same_key_and_cancels_once() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
-    h.fault(serde_json::json!({"operation": CANCEL_OP, "status": 503, "count": 1})).await;
+    h.fault(serde_json::json!({"operation": CANCEL_OP, "status": 503, "count": 1}))
+        .await;
     let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 3}"#, None).await;
     assert_eq!(r.status(), 201);
-    assert_eq!(h.op_count(CANCEL_OP).await, 2, "first attempt 503, second 201");
+    assert_eq!(
+        h.op_count(CANCEL_OP).await,
+        2,
+        "first attempt 503, second 201"
+    );
     assert_eq!(cancellations_at_ratepay(&h, &tx).await, 1);
     let records = h.audit_records();
     let outcome = records.iter().find(|r| r["kind"] == "outcome").unwrap();
@@ -160,7 +218,14 @@ async fn client_errors_are_not_retried_and_declines_are_audited_as_failures() {
 async fn audit_records_success_with_exact_amount_and_ids() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
-    let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 10.50, "partner_operation_id": "op-1"}"#, Some("k-audit")).await;
+    let r = cancel(
+        &h,
+        keys::FULL,
+        &tx,
+        r#"{"gross_amount": 10.50, "partner_operation_id": "op-1"}"#,
+        Some("k-audit"),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
@@ -176,15 +241,28 @@ async fn audit_records_success_with_exact_amount_and_ids() {
     assert_eq!(intent["gross_amount"], "10.50", "the exact decimal text");
     assert_eq!(intent["partner_operation_id"], "op-1");
     assert_eq!(intent["request_id"], rid.as_str());
-    assert_eq!(intent["idempotency_key"].as_str().unwrap().len(), 64, "the scoped key sent upstream");
+    assert_eq!(
+        intent["idempotency_key"].as_str().unwrap().len(),
+        64,
+        "the scoped key sent upstream"
+    );
     assert_eq!(outcome["outcome"], "success");
     assert_eq!(outcome["intent_seq"], intent["seq"]);
-    assert_eq!(outcome["ratepay_cancellation_id"], body["ratepay_cancellation_id"]);
+    assert_eq!(
+        outcome["ratepay_cancellation_id"],
+        body["ratepay_cancellation_id"]
+    );
     let line = std::fs::read_to_string(h.audit_path()).unwrap();
-    assert!(!line.contains(keys::FULL) && !line.contains("eyJ"), "no credential in the audit log");
+    assert!(
+        !line.contains(keys::FULL) && !line.contains("eyJ"),
+        "no credential in the audit log"
+    );
 
     // Non-audited calls write nothing.
-    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h.audit_records().len(), 2);
 }
 
@@ -192,7 +270,8 @@ async fn audit_records_success_with_exact_amount_and_ids() {
 async fn upstream_failure_is_audited_after_the_retries() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
-    h.fault(serde_json::json!({"operation": CANCEL_OP, "status": 500, "count": 10})).await;
+    h.fault(serde_json::json!({"operation": CANCEL_OP, "status": 500, "count": 10}))
+        .await;
     let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 1}"#, None).await;
     assert_eq!(r.status(), 500);
     let records = h.audit_records();
@@ -205,20 +284,34 @@ async fn upstream_failure_is_audited_after_the_retries() {
 async fn an_unwritable_audit_log_refuses_cancellations_and_nothing_else() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
-    let sandbox = ratepay_gateway::sandbox::spawn(common::sandbox_config(std::time::Duration::from_secs(600))).await.unwrap();
+    let sandbox = ratepay_gateway::sandbox::spawn(common::sandbox_config(
+        std::time::Duration::from_secs(600),
+    ))
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // /dev/full accepts the open and fails every write with ENOSPC, like a full disk.
-    let text = common::config_text(dir.path(), &sandbox.url(), &Options::default())
-        .replace(&format!("{}", dir.path().join("audit.jsonl").display()), "/dev/full");
-    let config = ratepay_gateway::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
+    let text = common::config_text(dir.path(), &sandbox.url(), &Options::default()).replace(
+        &format!("{}", dir.path().join("audit.jsonl").display()),
+        "/dev/full",
+    );
+    let config =
+        ratepay_gateway::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
     let g = Harness::serve(sandbox, dir, config).await;
     let tx2 = g.authorize(keys::FULL, None, 100.0).await;
     let r = cancel(&g, keys::FULL, &tx2, r#"{"gross_amount": 1}"#, None).await;
     let body = problem(r, 503).await;
-    assert!(body["type"].as_str().unwrap().ends_with("audit-unavailable"));
+    assert!(body["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("audit-unavailable"));
     assert_eq!(g.op_count(CANCEL_OP).await, 0, "not forwarded");
     // Reads are not audited and keep working.
-    let r = g.req(Method::GET, &format!("{TX_PATH}/{tx2}"), keys::FULL).send().await.unwrap();
+    let r = g
+        .req(Method::GET, &format!("{TX_PATH}/{tx2}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     drop(tx);
 }
@@ -228,20 +321,39 @@ async fn audit_verify_cli_accepts_a_clean_log_and_names_a_changed_line() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     for amount in ["1.00", "2.00", "3.00"] {
-        let r = cancel(&h, keys::FULL, &tx, &format!(r#"{{"gross_amount": {amount}}}"#), None).await;
+        let r = cancel(
+            &h,
+            keys::FULL,
+            &tx,
+            &format!(r#"{{"gross_amount": {amount}}}"#),
+            None,
+        )
+        .await;
         assert_eq!(r.status(), 201);
     }
     let path = h.audit_path();
     let bin = env!("CARGO_BIN_EXE_ratepay-gateway");
-    let ok = Command::new(bin).args(["audit", "verify"]).arg(&path).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(bin)
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("6 records"));
 
     let text = std::fs::read_to_string(&path).unwrap();
     let tampered = text.replacen("\"gross_amount\":\"2.00\"", "\"gross_amount\":\"0.02\"", 1);
     assert_ne!(text, tampered);
     std::fs::write(&path, tampered).unwrap();
-    let bad = Command::new(bin).args(["audit", "verify"]).arg(&path).output().unwrap();
+    let bad = Command::new(bin)
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains(":3:"), "names line 3: {err}");

@@ -42,26 +42,65 @@ async fn trace_logs_contain_no_secret_and_no_token() {
         .send()
         .await
         .unwrap();
-    let gw_token = r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
-    let r = h.http.get(h.url(&format!("{TX_PATH}/{tx}"))).bearer_auth(&gw_token).send().await.unwrap();
+    let gw_token = r.json::<serde_json::Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = h
+        .http
+        .get(h.url(&format!("{TX_PATH}/{tx}")))
+        .bearer_auth(&gw_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // A 401 from Ratepay, refresh and replay.
-    h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
-    let r = h.req(Method::POST, &format!("{TX_PATH}/{tx}/cancellations"), keys::FULL).json(&json!({"gross_amount": 5})).send().await.unwrap();
+    h.http
+        .post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url()))
+        .send()
+        .await
+        .unwrap();
+    let r = h
+        .req(
+            Method::POST,
+            &format!("{TX_PATH}/{tx}/cancellations"),
+            keys::FULL,
+        )
+        .json(&json!({"gross_amount": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     // Refusals.
-    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), "wrong-key").send().await.unwrap();
-    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::READER).send().await.unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), "wrong-key")
+        .send()
+        .await
+        .unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::READER)
+        .send()
+        .await
+        .unwrap();
     h.http.post(h.url("/oauth/token")).json(&json!({"client_id": "svc-client", "client_secret": "bad-secret-value", "audience": common::PAYMENT_AUD, "grant_type": "client_credentials"})).send().await.unwrap();
     // Token endpoint failing.
-    h.fault(json!({"operation": "oauth.token", "status": 500, "count": 5})).await;
-    h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
-    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    h.fault(json!({"operation": "oauth.token", "status": 500, "count": 5}))
+        .await;
+    h.http
+        .post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url()))
+        .send()
+        .await
+        .unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     h.stop().await;
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(logs.lines().count() > 20, "the scan saw real log output");
-    assert!(logs.contains("ratepay_gateway::access"), "access records present");
+    assert!(
+        logs.contains("ratepay_gateway::access"),
+        "access records present"
+    );
     for secret in [
         common::RATEPAY_SECRET,
         common::SVC_SECRET,

@@ -14,10 +14,18 @@ async fn tokens_are_injected_for_each_routes_audience() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
 
-    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = h
-        .req(Method::GET, &format!("/transaction/status/v2/transactions/{tx}"), keys::FULL)
+        .req(
+            Method::GET,
+            &format!("/transaction/status/v2/transactions/{tx}"),
+            keys::FULL,
+        )
         .send()
         .await
         .unwrap();
@@ -28,7 +36,12 @@ async fn tokens_are_injected_for_each_routes_audience() {
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "hpp session: {} {}", r.status(), r.text().await.unwrap());
+    assert!(
+        r.status().is_success(),
+        "hpp session: {} {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
 
     // One token per audience, and the sandbox accepted each on its own API only.
     let stats = h.stats().await;
@@ -46,7 +59,9 @@ async fn two_hundred_concurrent_first_requests_cause_one_token_fetch() {
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let rb = h.req(Method::GET, &path, keys::FULL);
-        tasks.push(tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) }));
+        tasks.push(tokio::spawn(async move {
+            rb.send().await.map(|r| r.status().as_u16())
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), 200);
@@ -78,20 +93,31 @@ async fn short_lived_tokens_are_refreshed_ahead_of_expiry_without_failures() {
         if stats["tokens_issued"].as_u64().unwrap() >= 3 {
             break;
         }
-        assert!(Instant::now() < give_up, "no background refresh seen: {stats}");
+        assert!(
+            Instant::now() < give_up,
+            "no background refresh seen: {stats}"
+        );
     }
     let stats = h.stats().await;
     // Every GET reached the sandbox exactly once: no 401 and replay was ever needed.
-    assert_eq!(stats["requests"]["payment.transactions.get"], requests, "{stats}");
+    assert_eq!(
+        stats["requests"]["payment.transactions.get"], requests,
+        "{stats}"
+    );
 }
 
 #[tokio::test]
 async fn token_endpoint_faults_do_not_fail_requests_while_the_token_is_valid() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
-    h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000})).await;
+    h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000}))
+        .await;
     for _ in 0..20 {
-        let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+        let r = h
+            .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
 }
@@ -99,13 +125,30 @@ async fn token_endpoint_faults_do_not_fail_requests_while_the_token_is_valid() {
 #[tokio::test]
 async fn no_token_obtainable_is_a_503_problem_naming_the_upstream() {
     let h = Harness::start().await;
-    h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000})).await;
-    let r = h.req(Method::GET, &format!("{TX_PATH}/abcdefghij0123456789"), keys::FULL).send().await.unwrap();
+    h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000}))
+        .await;
+    let r = h
+        .req(
+            Method::GET,
+            &format!("{TX_PATH}/abcdefghij0123456789"),
+            keys::FULL,
+        )
+        .send()
+        .await
+        .unwrap();
     let body = problem(r, 503).await;
-    assert!(body["detail"].as_str().unwrap().contains("payment"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("payment"),
+        "{body}"
+    );
     assert_eq!(h.op_count("payment.transactions.get").await, 0);
     // Readiness says the same.
-    let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
+    let r = h
+        .http
+        .get(format!("{}/readyz", h.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
 }
 
@@ -114,10 +157,19 @@ async fn a_revoked_token_is_refreshed_and_the_request_replayed_once() {
     let h = Harness::start().await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     let before = h.stats().await;
-    let r = h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url()))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
 
-    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let after = h.stats().await;
     assert_eq!(
@@ -129,9 +181,17 @@ async fn a_revoked_token_is_refreshed_and_the_request_replayed_once() {
     assert_eq!(after["requests"]["payment.transactions.get"], 2);
 
     // A POST body survives the replay: revoke again and cancel.
-    h.http.post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url())).send().await.unwrap();
+    h.http
+        .post(format!("{}/_sandbox/tokens/revoke", h.sandbox.url()))
+        .send()
+        .await
+        .unwrap();
     let r = h
-        .req(Method::POST, &format!("{TX_PATH}/{tx}/cancellations"), keys::FULL)
+        .req(
+            Method::POST,
+            &format!("{TX_PATH}/{tx}/cancellations"),
+            keys::FULL,
+        )
         .json(&json!({"gross_amount": 10.0}))
         .send()
         .await
@@ -180,12 +240,23 @@ async fn chosen_partner_must_come_from_the_callers_list() {
             .send()
     };
     assert_eq!(get("p-a").await.unwrap().status(), 200);
-    assert_eq!(get("p-b").await.unwrap().status(), 404, "partner isolation upstream");
+    assert_eq!(
+        get("p-b").await.unwrap().status(),
+        404,
+        "partner isolation upstream"
+    );
     let before = h.upstream_total().await;
     problem(get("p-other").await.unwrap(), 403).await;
-    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::CHOOSER).send().await.unwrap();
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::CHOOSER)
+        .send()
+        .await
+        .unwrap();
     let body = problem(r, 400).await;
-    assert!(body["detail"].as_str().unwrap().contains("p-a"), "lists the choices: {body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("p-a"),
+        "lists the choices: {body}"
+    );
     // A caller without partners cannot inject one.
     let r = h
         .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::NOPARTNER)
@@ -201,17 +272,39 @@ async fn chosen_partner_must_come_from_the_callers_list() {
 async fn unknown_caller_and_forbidden_operation_never_reach_ratepay() {
     let h = Harness::start().await;
     let path = format!("{TX_PATH}/abcdefghij0123456789/cancellations");
-    let r = h.http.post(h.url(&path)).json(&json!({"gross_amount": 1})).send().await.unwrap();
+    let r = h
+        .http
+        .post(h.url(&path))
+        .json(&json!({"gross_amount": 1}))
+        .send()
+        .await
+        .unwrap();
     let body = problem(r, 401).await;
     assert!(body["detail"].as_str().unwrap().contains("Authorization"));
-    let r = h.req(Method::POST, &path, "wrong-key").json(&json!({"gross_amount": 1})).send().await.unwrap();
+    let r = h
+        .req(Method::POST, &path, "wrong-key")
+        .json(&json!({"gross_amount": 1}))
+        .send()
+        .await
+        .unwrap();
     problem(r, 401).await;
-    let r = h.req(Method::POST, &path, keys::READER).json(&json!({"gross_amount": 1})).send().await.unwrap();
+    let r = h
+        .req(Method::POST, &path, keys::READER)
+        .json(&json!({"gross_amount": 1}))
+        .send()
+        .await
+        .unwrap();
     let body = problem(r, 403).await;
-    assert!(body["detail"].as_str().unwrap().contains("payment.cancellations.create"));
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("payment.cancellations.create"));
     let stats = h.stats().await;
     assert_eq!(stats["requests_total"], 0, "{stats}");
-    assert_eq!(stats["token_requests"], 0, "not even a token was fetched: {stats}");
+    assert_eq!(
+        stats["token_requests"], 0,
+        "not even a token was fetched: {stats}"
+    );
 }
 
 #[tokio::test]
@@ -228,14 +321,26 @@ async fn path_tricks_and_unknown_paths_are_refused_before_anything_else() {
         let status = raw_get(&h.gateway, path).await;
         assert_eq!(status, 400, "{path}");
     }
-    for path in ["/admin", "/transaction/management/v3/transactions", "/_sandbox/stats"] {
+    for path in [
+        "/admin",
+        "/transaction/management/v3/transactions",
+        "/_sandbox/stats",
+    ] {
         let r = h.req(Method::GET, path, keys::FULL).send().await.unwrap();
         problem(r, 404).await;
     }
     // Unknown routes answer 404 even without credentials: routing comes first.
     let r = h.http.get(h.url("/admin")).send().await.unwrap();
     problem(r, 404).await;
-    let r = h.req(Method::DELETE, &format!("{TX_PATH}/abcdefghij0123456789"), keys::FULL).send().await.unwrap();
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("{TX_PATH}/abcdefghij0123456789"),
+            keys::FULL,
+        )
+        .send()
+        .await
+        .unwrap();
     problem(r, 405).await;
     assert_eq!(h.upstream_total().await, 0);
 }
@@ -244,12 +349,18 @@ async fn raw_get(base: &str, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", keys::FULL);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        keys::FULL
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
-    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -264,7 +375,10 @@ async fn gateway_oauth_token_works_for_an_unmodified_client_flow() {
             "grant_type": "client_credentials"
         }))
     };
-    let r = token_req(common::SVC_SECRET, PAYMENT_AUD).send().await.unwrap();
+    let r = token_req(common::SVC_SECRET, PAYMENT_AUD)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
@@ -281,38 +395,69 @@ async fn gateway_oauth_token_works_for_an_unmodified_client_flow() {
         .unwrap();
     assert_eq!(r.status(), 201);
     // The token is for the payment audience only.
-    let r = h.http.get(h.url("/pps/api/v1/session-record/abcdef")).bearer_auth(&token).send().await.unwrap();
+    let r = h
+        .http
+        .get(h.url("/pps/api/v1/session-record/abcdef"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     problem(r, 401).await;
     // Wrong secret: 401 problem, and Ratepay's secret is never involved.
     let r = token_req("nope", PAYMENT_AUD).send().await.unwrap();
     problem(r, 401).await;
-    let r = token_req(common::SVC_SECRET, "https://evil.example").send().await.unwrap();
+    let r = token_req(common::SVC_SECRET, "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     problem(r, 400).await;
 }
 
 #[tokio::test]
 async fn request_ids_are_kept_or_generated() {
     let h = Harness::start().await;
-    let r = h.req(Method::GET, "/admin", keys::FULL).header("x-request-id", "abc-123").send().await.unwrap();
+    let r = h
+        .req(Method::GET, "/admin", keys::FULL)
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["request_id"], "abc-123");
-    let r = h.req(Method::GET, "/admin", keys::FULL).header("x-request-id", "bad id\u{7f}").send().await;
+    let r = h
+        .req(Method::GET, "/admin", keys::FULL)
+        .header("x-request-id", "bad id\u{7f}")
+        .send()
+        .await;
     // A malformed id is replaced (or the client refuses to send it); never echoed.
     if let Ok(r) = r {
         assert_ne!(r.headers()["x-request-id"], "bad id\u{7f}");
     }
     let tx = h.authorize(keys::FULL, None, 10.0).await;
-    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"].len(), 36, "generated UUID");
 }
 
 #[tokio::test]
 async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
-    let h = Harness::with(Options { request_timeout_ms: 300, ..Options::default() }).await;
+    let h = Harness::with(Options {
+        request_timeout_ms: 300,
+        ..Options::default()
+    })
+    .await;
     let tx = h.authorize(keys::FULL, None, 10.0).await;
-    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 2000, "count": 10})).await;
-    let r = h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 2000, "count": 10}))
+        .await;
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     let body = problem(r, 504).await;
     assert!(body["detail"].as_str().unwrap().contains("payment"));
     // A GET is retried after a timeout: three attempts (the default) reached the sandbox.
@@ -320,19 +465,34 @@ async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
 
     // Tokens still come from the sandbox, but the payment API's origin is a closed port.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead: http::Uri = format!("http://{}", closed.local_addr().unwrap()).parse().unwrap();
+    let dead: http::Uri = format!("http://{}", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
     drop(closed);
-    let sandbox = ratepay_gateway::sandbox::spawn(common::sandbox_config(Duration::from_secs(60))).await.unwrap();
+    let sandbox = ratepay_gateway::sandbox::spawn(common::sandbox_config(Duration::from_secs(60)))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = common::config_text(dir.path(), &sandbox.url(), &Options::default());
-    let mut config = ratepay_gateway::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
-    if let Some(u) = config.upstreams.get_mut(&ratepay_gateway::routes::Api::Payment) {
+    let mut config =
+        ratepay_gateway::config::Config::from_toml(&text, std::path::Path::new("t.toml")).unwrap();
+    if let Some(u) = config
+        .upstreams
+        .get_mut(&ratepay_gateway::routes::Api::Payment)
+    {
         u.url = dead;
     }
     let g = Harness::serve(sandbox, dir, config).await;
-    let r = g.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL).send().await.unwrap();
+    let r = g
+        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
     let body = problem(r, 502).await;
-    assert!(body["detail"].as_str().unwrap().contains("payment"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("payment"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -340,7 +500,11 @@ async fn oversized_bodies_are_refused_with_413() {
     let h = Harness::start().await;
     let big = "x".repeat(70_000);
     let r = h
-        .req(Method::POST, &format!("{TX_PATH}/abcdefghij0123456789/cancellations"), keys::FULL)
+        .req(
+            Method::POST,
+            &format!("{TX_PATH}/abcdefghij0123456789/cancellations"),
+            keys::FULL,
+        )
         .body(big)
         .send()
         .await

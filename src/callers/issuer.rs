@@ -45,14 +45,24 @@ impl Issuer {
                 DecodingKey::from_secret(k.expose_secret().as_bytes()),
                 Algorithm::HS256,
             ),
-            SigningKey::EdDsa { private_pem, public_pem } => (
-                EncodingKey::from_ed_pem(private_pem.expose_secret().as_bytes()).map_err(|_| bad("invalid EdDSA private key"))?,
-                DecodingKey::from_ed_pem(public_pem.as_bytes()).map_err(|_| bad("invalid EdDSA public key"))?,
+            SigningKey::EdDsa {
+                private_pem,
+                public_pem,
+            } => (
+                EncodingKey::from_ed_pem(private_pem.expose_secret().as_bytes())
+                    .map_err(|_| bad("invalid EdDSA private key"))?,
+                DecodingKey::from_ed_pem(public_pem.as_bytes())
+                    .map_err(|_| bad("invalid EdDSA public key"))?,
                 Algorithm::EdDSA,
             ),
-            SigningKey::Rs256 { private_pem, public_pem } => (
-                EncodingKey::from_rsa_pem(private_pem.expose_secret().as_bytes()).map_err(|_| bad("invalid RS256 private key"))?,
-                DecodingKey::from_rsa_pem(public_pem.as_bytes()).map_err(|_| bad("invalid RS256 public key"))?,
+            SigningKey::Rs256 {
+                private_pem,
+                public_pem,
+            } => (
+                EncodingKey::from_rsa_pem(private_pem.expose_secret().as_bytes())
+                    .map_err(|_| bad("invalid RS256 private key"))?,
+                DecodingKey::from_rsa_pem(public_pem.as_bytes())
+                    .map_err(|_| bad("invalid RS256 public key"))?,
                 Algorithm::RS256,
             ),
         };
@@ -96,8 +106,12 @@ impl Issuer {
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 GatewayError::Unauthenticated(match e.kind() {
-                    ErrorKind::ExpiredSignature => "the gateway token has expired; fetch a new one from /oauth/token",
-                    ErrorKind::InvalidAudience => "the gateway token was issued for another audience than this API",
+                    ErrorKind::ExpiredSignature => {
+                        "the gateway token has expired; fetch a new one from /oauth/token"
+                    }
+                    ErrorKind::InvalidAudience => {
+                        "the gateway token was issued for another audience than this API"
+                    }
                     _ => "the gateway token is not valid",
                 })
             })

@@ -58,7 +58,10 @@ impl<S> CallerPolicy<S> {
             .get::<RequestContext>()
             .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
         let op = ctx.route.operation;
-        let audience = self.audiences.get(&op.api).ok_or(GatewayError::NoUpstream(op.api.name()))?;
+        let audience = self
+            .audiences
+            .get(&op.api)
+            .ok_or(GatewayError::NoUpstream(op.api.name()))?;
         let caller = self.callers.authenticate(req.headers(), audience)?;
         if !caller.may_call(op) {
             return Err(GatewayError::Forbidden {
@@ -66,10 +69,13 @@ impl<S> CallerPolicy<S> {
                 operation: op.name,
             });
         }
-        let requested = match req.headers().get(&X_PARTNER) {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| GatewayError::BadRequest("X-Partner must be visible ASCII".into()))?),
-        };
+        let requested =
+            match req.headers().get(&X_PARTNER) {
+                None => None,
+                Some(v) => Some(v.to_str().map_err(|_| {
+                    GatewayError::BadRequest("X-Partner must be visible ASCII".into())
+                })?),
+            };
         let partner = caller.partner_for(requested)?;
         Ok(Authenticated { caller, partner })
     }

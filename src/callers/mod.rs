@@ -30,7 +30,9 @@ pub struct Caller {
 
 impl fmt::Debug for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Caller").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,7 +42,8 @@ impl Caller {
         self.operations.iter().any(|p| {
             p == "*"
                 || p == op.name
-                || p.strip_suffix('*').is_some_and(|prefix| op.name.starts_with(prefix))
+                || p.strip_suffix('*')
+                    .is_some_and(|prefix| op.name.starts_with(prefix))
         })
     }
 
@@ -117,7 +120,11 @@ impl Callers {
     }
 
     /// Authenticates the caller from its `Authorization` header, for a route with `audience`.
-    pub fn authenticate(&self, headers: &HeaderMap, audience: &str) -> Result<Arc<Caller>, GatewayError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        audience: &str,
+    ) -> Result<Arc<Caller>, GatewayError> {
         let value = headers
             .get(http::header::AUTHORIZATION)
             .ok_or(GatewayError::Unauthenticated(
@@ -142,41 +149,50 @@ impl Callers {
                     .by_name
                     .get(&sub)
                     .cloned()
-                    .ok_or(GatewayError::Unauthenticated("the gateway token names a caller that is no longer configured"));
+                    .ok_or(GatewayError::Unauthenticated(
+                        "the gateway token names a caller that is no longer configured",
+                    ));
             }
         }
         self.by_key_hash
             .get(&sha256(credential.as_bytes()))
             .cloned()
-            .ok_or(GatewayError::Unauthenticated("unknown credential; check the API key or fetch a new gateway token"))
+            .ok_or(GatewayError::Unauthenticated(
+                "unknown credential; check the API key or fetch a new gateway token",
+            ))
     }
 
     /// Handles the gateway's `POST /oauth/token` body; returns Ratepay's response shape.
     pub fn issue_token(&self, body: &[u8]) -> Result<serde_json::Value, GatewayError> {
-        let issuer = self
-            .issuer
-            .as_ref()
-            .ok_or(GatewayError::InvalidClient("this gateway issues no tokens; use an API key"))?;
+        let issuer = self.issuer.as_ref().ok_or(GatewayError::InvalidClient(
+            "this gateway issues no tokens; use an API key",
+        ))?;
         let req: TokenRequest = serde_json::from_slice(body).map_err(|_| {
             GatewayError::BadRequest(
                 "expected a JSON body {\"client_id\", \"client_secret\", \"audience\", \"grant_type\": \"client_credentials\"}".into(),
             )
         })?;
         if req.grant_type != "client_credentials" {
-            return Err(GatewayError::BadRequest("grant_type must be \"client_credentials\"".into()));
+            return Err(GatewayError::BadRequest(
+                "grant_type must be \"client_credentials\"".into(),
+            ));
         }
-        if !self.audiences.iter().any(|a| *a == req.audience) {
+        if !self.audiences.contains(&req.audience) {
             return Err(GatewayError::BadRequest(format!(
                 "unknown audience; expected one of: {}",
                 self.audiences.join(", ")
             )));
         }
-        let (hash, caller) = self
-            .clients
-            .get(&req.client_id)
-            .ok_or(GatewayError::InvalidClient("unknown client_id or wrong client_secret"))?;
+        let (hash, caller) =
+            self.clients
+                .get(&req.client_id)
+                .ok_or(GatewayError::InvalidClient(
+                    "unknown client_id or wrong client_secret",
+                ))?;
         if !constant_time_eq(hash, &sha256(req.client_secret.as_bytes())) {
-            return Err(GatewayError::InvalidClient("unknown client_id or wrong client_secret"));
+            return Err(GatewayError::InvalidClient(
+                "unknown client_id or wrong client_secret",
+            ));
         }
         let (token, expires_in) = issuer.issue(&caller.name, &req.audience)?;
         Ok(serde_json::json!({
@@ -214,7 +230,10 @@ mod tests {
 
     #[test]
     fn operation_patterns() {
-        let c = caller(&["hpp.session_records.*", "payment.cancellations.create"], PartnerPolicy::None);
+        let c = caller(
+            &["hpp.session_records.*", "payment.cancellations.create"],
+            PartnerPolicy::None,
+        );
         let get = routes::operation("hpp.session_records.get").unwrap();
         let cancel = routes::operation("payment.cancellations.create").unwrap();
         let refund = routes::operation("payment.refunds.create").unwrap();
@@ -227,13 +246,25 @@ mod tests {
     fn partner_policies() {
         let fixed = caller(&["*"], PartnerPolicy::Fixed("p1".into()));
         assert_eq!(fixed.partner_for(None).unwrap().as_deref(), Some("p1"));
-        assert_eq!(fixed.partner_for(Some("p1")).unwrap().as_deref(), Some("p1"));
-        assert!(matches!(fixed.partner_for(Some("p2")), Err(GatewayError::PartnerNotAllowed(_))));
+        assert_eq!(
+            fixed.partner_for(Some("p1")).unwrap().as_deref(),
+            Some("p1")
+        );
+        assert!(matches!(
+            fixed.partner_for(Some("p2")),
+            Err(GatewayError::PartnerNotAllowed(_))
+        ));
 
         let list = caller(&["*"], PartnerPolicy::OneOf(vec!["a".into(), "b".into()]));
         assert_eq!(list.partner_for(Some("b")).unwrap().as_deref(), Some("b"));
-        assert!(matches!(list.partner_for(Some("c")), Err(GatewayError::PartnerNotAllowed(_))));
-        assert!(matches!(list.partner_for(None), Err(GatewayError::PartnerRequired(_))));
+        assert!(matches!(
+            list.partner_for(Some("c")),
+            Err(GatewayError::PartnerNotAllowed(_))
+        ));
+        assert!(matches!(
+            list.partner_for(None),
+            Err(GatewayError::PartnerRequired(_))
+        ));
 
         let none = caller(&["*"], PartnerPolicy::None);
         assert_eq!(none.partner_for(None).unwrap(), None);

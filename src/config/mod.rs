@@ -274,10 +274,9 @@ impl Ctx<'_> {
         path: &Option<String>,
     ) -> Result<Option<SecretString>, ConfigError> {
         match (env, path) {
-            (Some(_), Some(_)) => Err(self.err(
-                base,
-                format!("set only one of {base}_env and {base}_file"),
-            )),
+            (Some(_), Some(_)) => {
+                Err(self.err(base, format!("set only one of {base}_env and {base}_file")))
+            }
             (Some(var), None) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Ok(Some(SecretString::from(v))),
                 _ => Err(self.err(
@@ -313,9 +312,12 @@ impl Ctx<'_> {
                 key,
                 format!("set only one of {key}_sha256, {key}_env and {key}_file"),
             )),
-            (Some(h), None) => parse_sha256(h)
-                .map(Some)
-                .ok_or_else(|| self.err(format!("{key}_sha256"), "expected 64 hex characters (the SHA-256 of the secret)")),
+            (Some(h), None) => parse_sha256(h).map(Some).ok_or_else(|| {
+                self.err(
+                    format!("{key}_sha256"),
+                    "expected 64 hex characters (the SHA-256 of the secret)",
+                )
+            }),
             (None, Some(s)) => Ok(Some(sha256(s.expose_secret().as_bytes()))),
             (None, None) => Ok(None),
         }
@@ -333,7 +335,12 @@ impl Ctx<'_> {
             .map_err(|e| self.err(key, format!("expected an http(s) URL, got {value:?}: {e}")))?;
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
-            _ => return Err(self.err(key, format!("expected an http:// or https:// URL, got {value:?}"))),
+            _ => {
+                return Err(self.err(
+                    key,
+                    format!("expected an http:// or https:// URL, got {value:?}"),
+                ))
+            }
         }
         if uri.host().is_none() {
             return Err(self.err(key, format!("the URL {value:?} has no host")));
@@ -351,8 +358,7 @@ impl Ctx<'_> {
     }
 
     fn read_file(&self, key: &str, path: &str) -> Result<String, ConfigError> {
-        std::fs::read_to_string(path)
-            .map_err(|e| self.err(key, format!("cannot read {path}: {e}")))
+        std::fs::read_to_string(path).map_err(|e| self.err(key, format!("cannot read {path}: {e}")))
     }
 }
 
@@ -372,7 +378,10 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 
 /// Caller names appear in logs, metrics labels, audit records and idempotency scopes.
 pub fn valid_caller_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Validates that a value fits an X-Partner header.
@@ -409,7 +418,10 @@ impl Config {
 
     fn validate(f: FileConfig, cx: &Ctx<'_>, path: &Path) -> Result<Config, ConfigError> {
         let listen = ListenConfig {
-            proxy: cx.addr("listen.proxy", f.listen.proxy.as_deref().unwrap_or("127.0.0.1:8080"))?,
+            proxy: cx.addr(
+                "listen.proxy",
+                f.listen.proxy.as_deref().unwrap_or("127.0.0.1:8080"),
+            )?,
             admin: match f.listen.admin.as_deref() {
                 None => Some(cx.addr("listen.admin", "127.0.0.1:9091")?),
                 Some("off") | Some("") => None,
@@ -435,14 +447,20 @@ impl Config {
             let key = format!("credentials.{cname}");
             let token_url = cx.url(
                 &format!("{key}.token_url"),
-                c.token_url.as_deref().unwrap_or("https://oauth.ratepay.com/oauth/token"),
+                c.token_url
+                    .as_deref()
+                    .unwrap_or("https://oauth.ratepay.com/oauth/token"),
                 false,
             )?;
             if c.client_id.is_empty() {
                 return Err(cx.err(format!("{key}.client_id"), "must not be empty"));
             }
             let client_secret = cx
-                .secret(&format!("{key}.client_secret"), &c.client_secret_env, &c.client_secret_file)?
+                .secret(
+                    &format!("{key}.client_secret"),
+                    &c.client_secret_env,
+                    &c.client_secret_file,
+                )?
                 .ok_or_else(|| {
                     cx.err(
                         format!("{key}.client_secret"),
@@ -464,7 +482,10 @@ impl Config {
         for (uname, u) in &f.upstreams {
             let key = format!("upstreams.{uname}");
             let api = Api::from_name(uname).ok_or_else(|| {
-                cx.err(&key, "unknown upstream; expected one of payment, status, hpp")
+                cx.err(
+                    &key,
+                    "unknown upstream; expected one of payment, status, hpp",
+                )
             })?;
             let cred = u.credentials.clone().unwrap_or_else(|| "default".into());
             if !credentials.contains_key(&cred) {
@@ -511,16 +532,34 @@ impl Config {
         let d = TokenSettings::default();
         let tokens = TokenSettings {
             refresh_at_fraction: t.refresh_at_fraction.unwrap_or(d.refresh_at_fraction),
-            refresh_margin: t.refresh_margin_secs.map(Duration::from_secs).unwrap_or(d.refresh_margin),
-            fetch_timeout: t.fetch_timeout_ms.map(Duration::from_millis).unwrap_or(d.fetch_timeout),
-            retry_initial: t.retry_initial_ms.map(Duration::from_millis).unwrap_or(d.retry_initial),
-            retry_max: t.retry_max_ms.map(Duration::from_millis).unwrap_or(d.retry_max),
+            refresh_margin: t
+                .refresh_margin_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.refresh_margin),
+            fetch_timeout: t
+                .fetch_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.fetch_timeout),
+            retry_initial: t
+                .retry_initial_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.retry_initial),
+            retry_max: t
+                .retry_max_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.retry_max),
         };
         if !(0.5..=0.95).contains(&tokens.refresh_at_fraction) {
-            return Err(cx.err("tokens.refresh_at_fraction", "expected a number from 0.5 to 0.95"));
+            return Err(cx.err(
+                "tokens.refresh_at_fraction",
+                "expected a number from 0.5 to 0.95",
+            ));
         }
         if tokens.retry_initial > tokens.retry_max || tokens.retry_initial.is_zero() {
-            return Err(cx.err("tokens.retry_initial_ms", "must be above zero and at most tokens.retry_max_ms"));
+            return Err(cx.err(
+                "tokens.retry_initial_ms",
+                "must be above zero and at most tokens.retry_max_ms",
+            ));
         }
 
         let issuer = match &f.gateway_tokens {
@@ -534,13 +573,23 @@ impl Config {
         for (name, c) in &f.callers {
             let key = format!("callers.{name}");
             if !valid_caller_name(name) {
-                return Err(cx.err(&key, "caller names must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"));
+                return Err(cx.err(
+                    &key,
+                    "caller names must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                ));
             }
-            let api_key_sha256 =
-                cx.hash_or_secret(&format!("{key}.api_key"), &c.api_key_sha256, &c.api_key_env, &c.api_key_file)?;
+            let api_key_sha256 = cx.hash_or_secret(
+                &format!("{key}.api_key"),
+                &c.api_key_sha256,
+                &c.api_key_env,
+                &c.api_key_file,
+            )?;
             if let Some(h) = api_key_sha256 {
                 if !seen_keys.insert(h) {
-                    return Err(cx.err(format!("{key}.api_key"), "the same API key is configured for two callers"));
+                    return Err(cx.err(
+                        format!("{key}.api_key"),
+                        "the same API key is configured for two callers",
+                    ));
                 }
             }
             let secret = cx.hash_or_secret(
@@ -569,26 +618,43 @@ impl Config {
             for op in &c.operations {
                 let ok = op == "*"
                     || routes::operation(op).is_some()
-                    || op.strip_suffix(".*").is_some_and(|p| routes::OPERATIONS.iter().any(|o| o.name.starts_with(&format!("{p}."))));
+                    || op.strip_suffix(".*").is_some_and(|p| {
+                        routes::OPERATIONS
+                            .iter()
+                            .any(|o| o.name.starts_with(&format!("{p}.")))
+                    });
                 if !ok {
                     return Err(cx.err(format!("{key}.operations"), format!("unknown operation {op:?}; expected \"*\", an API prefix such as \"payment.*\", or a name such as \"payment.cancellations.create\"")));
                 }
             }
             let partner = match (&c.partner, &c.partners) {
-                (Some(_), Some(_)) => return Err(cx.err(format!("{key}.partner"), "set either partner (fixed) or partners (caller chooses), not both")),
+                (Some(_), Some(_)) => {
+                    return Err(cx.err(
+                        format!("{key}.partner"),
+                        "set either partner (fixed) or partners (caller chooses), not both",
+                    ))
+                }
                 (Some(p), None) => PartnerPolicy::Fixed(p.clone()),
-                (None, Some(ps)) if ps.is_empty() => return Err(cx.err(format!("{key}.partners"), "must list at least one partner")),
+                (None, Some(ps)) if ps.is_empty() => {
+                    return Err(cx.err(format!("{key}.partners"), "must list at least one partner"))
+                }
                 (None, Some(ps)) => PartnerPolicy::OneOf(ps.clone()),
                 (None, None) => PartnerPolicy::None,
             };
             if let PartnerPolicy::Fixed(p) = &partner {
                 if !valid_partner(p) {
-                    return Err(cx.err(format!("{key}.partner"), "expected 1 to 128 visible ASCII characters"));
+                    return Err(cx.err(
+                        format!("{key}.partner"),
+                        "expected 1 to 128 visible ASCII characters",
+                    ));
                 }
             }
             if let PartnerPolicy::OneOf(ps) = &partner {
                 if let Some(bad) = ps.iter().find(|p| !valid_partner(p)) {
-                    return Err(cx.err(format!("{key}.partners"), format!("{bad:?}: expected 1 to 128 visible ASCII characters")));
+                    return Err(cx.err(
+                        format!("{key}.partners"),
+                        format!("{bad:?}: expected 1 to 128 visible ASCII characters"),
+                    ));
                 }
             }
             callers.push(CallerConfig {
@@ -605,16 +671,26 @@ impl Config {
             request_timeout: ms(f.limits.request_timeout_ms, 30_000),
         };
         if limits.max_request_body_bytes == 0 || limits.request_timeout.is_zero() {
-            return Err(cx.err("limits", "max_request_body_bytes and request_timeout_ms must be greater than zero"));
+            return Err(cx.err(
+                "limits",
+                "max_request_body_bytes and request_timeout_ms must be greater than zero",
+            ));
         }
 
         let idem_default = IdempotencySettings::default();
         let idempotency = IdempotencySettings {
-            ttl: f.idempotency.ttl_secs.map(Duration::from_secs).unwrap_or(idem_default.ttl),
+            ttl: f
+                .idempotency
+                .ttl_secs
+                .map(Duration::from_secs)
+                .unwrap_or(idem_default.ttl),
             max_bytes: f.idempotency.max_bytes.unwrap_or(idem_default.max_bytes),
         };
         if idempotency.ttl.is_zero() || idempotency.ttl > Duration::from_secs(7 * 86_400) {
-            return Err(cx.err("idempotency.ttl_secs", "expected 1 to 604800 seconds (Ratepay keeps keys 86400 s)"));
+            return Err(cx.err(
+                "idempotency.ttl_secs",
+                "expected 1 to 604800 seconds (Ratepay keeps keys 86400 s)",
+            ));
         }
         if idempotency.max_bytes < 1 << 20 {
             return Err(cx.err("idempotency.max_bytes", "expected at least 1048576 bytes"));
@@ -623,35 +699,78 @@ impl Config {
         let rd = RetrySettings::default();
         let retry = RetrySettings {
             max_attempts: f.retry.max_attempts.unwrap_or(rd.max_attempts),
-            initial_backoff: f.retry.initial_backoff_ms.map(Duration::from_millis).unwrap_or(rd.initial_backoff),
-            max_backoff: f.retry.max_backoff_ms.map(Duration::from_millis).unwrap_or(rd.max_backoff),
-            deadline: f.retry.deadline_ms.map(Duration::from_millis).unwrap_or(rd.deadline),
+            initial_backoff: f
+                .retry
+                .initial_backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(rd.initial_backoff),
+            max_backoff: f
+                .retry
+                .max_backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(rd.max_backoff),
+            deadline: f
+                .retry
+                .deadline_ms
+                .map(Duration::from_millis)
+                .unwrap_or(rd.deadline),
         };
         if !(1..=10).contains(&retry.max_attempts) {
-            return Err(cx.err("retry.max_attempts", "expected 1 to 10 (1 disables retries)"));
+            return Err(cx.err(
+                "retry.max_attempts",
+                "expected 1 to 10 (1 disables retries)",
+            ));
         }
         if retry.initial_backoff.is_zero() || retry.initial_backoff > retry.max_backoff {
-            return Err(cx.err("retry.initial_backoff_ms", "must be above zero and at most retry.max_backoff_ms"));
+            return Err(cx.err(
+                "retry.initial_backoff_ms",
+                "must be above zero and at most retry.max_backoff_ms",
+            ));
         }
 
         let mut audit_ops = Vec::new();
-        for name in f.audit.operations.clone().unwrap_or_else(|| vec!["payment.cancellations.create".into()]) {
+        for name in f
+            .audit
+            .operations
+            .clone()
+            .unwrap_or_else(|| vec!["payment.cancellations.create".into()])
+        {
             match routes::operation(&name) {
                 Some(op) if op.creating => audit_ops.push(op.name),
-                Some(_) => return Err(cx.err("audit.operations", format!("{name} is not a creating POST; only money-moving creates can be audited"))),
-                None => return Err(cx.err("audit.operations", format!("unknown operation {name:?}"))),
+                Some(_) => {
+                    return Err(cx.err(
+                        "audit.operations",
+                        format!(
+                        "{name} is not a creating POST; only money-moving creates can be audited"
+                    ),
+                    ))
+                }
+                None => {
+                    return Err(cx.err("audit.operations", format!("unknown operation {name:?}")))
+                }
             }
         }
         if !audit_ops.contains(&"payment.cancellations.create") {
-            return Err(cx.err("audit.operations", "payment.cancellations.create is always audited; list it too"));
+            return Err(cx.err(
+                "audit.operations",
+                "payment.cancellations.create is always audited; list it too",
+            ));
         }
-        let mut log = crate::audit::AuditConfig::new(f.audit.path.clone().unwrap_or_else(|| "var/audit/audit.jsonl".into()));
+        let mut log = crate::audit::AuditConfig::new(
+            f.audit
+                .path
+                .clone()
+                .unwrap_or_else(|| "var/audit/audit.jsonl".into()),
+        );
         log.rotate_bytes = f.audit.rotate_bytes;
         log.rotate_daily = f.audit.rotate_daily.unwrap_or(true);
         if log.rotate_bytes.is_some_and(|b| b < 4096) {
             return Err(cx.err("audit.rotate_bytes", "expected at least 4096 bytes"));
         }
-        let audit = AuditSettings { log, operations: audit_ops };
+        let audit = AuditSettings {
+            log,
+            operations: audit_ops,
+        };
 
         let audiences = upstreams.values().map(|u| u.audience.clone()).collect();
         Ok(Config {
@@ -679,42 +798,76 @@ impl Config {
         let key = match alg {
             "HS256" => {
                 let k = cx
-                    .secret("gateway_tokens.hs256_key", &g.hs256_key_env, &g.hs256_key_file)?
-                    .ok_or_else(|| cx.err("gateway_tokens.hs256_key", "missing: set hs256_key_env or hs256_key_file"))?;
+                    .secret(
+                        "gateway_tokens.hs256_key",
+                        &g.hs256_key_env,
+                        &g.hs256_key_file,
+                    )?
+                    .ok_or_else(|| {
+                        cx.err(
+                            "gateway_tokens.hs256_key",
+                            "missing: set hs256_key_env or hs256_key_file",
+                        )
+                    })?;
                 if k.expose_secret().len() < 32 {
-                    return Err(cx.err("gateway_tokens.hs256_key", "the key must be at least 32 bytes"));
+                    return Err(cx.err(
+                        "gateway_tokens.hs256_key",
+                        "the key must be at least 32 bytes",
+                    ));
                 }
                 SigningKey::Hs256(k)
             }
             "EdDSA" | "RS256" => {
-                let (Some(private), Some(public)) = (&g.private_key_file, &g.public_key_file) else {
-                    return Err(cx.err("gateway_tokens", format!("{alg} needs private_key_file and public_key_file")));
+                let (Some(private), Some(public)) = (&g.private_key_file, &g.public_key_file)
+                else {
+                    return Err(cx.err(
+                        "gateway_tokens",
+                        format!("{alg} needs private_key_file and public_key_file"),
+                    ));
                 };
-                let private_pem = SecretString::from(cx.read_file("gateway_tokens.private_key_file", private)?);
+                let private_pem =
+                    SecretString::from(cx.read_file("gateway_tokens.private_key_file", private)?);
                 let public_pem = cx.read_file("gateway_tokens.public_key_file", public)?;
                 let checked = if alg == "EdDSA" {
-                    jsonwebtoken::EncodingKey::from_ed_pem(private_pem.expose_secret().as_bytes()).is_ok()
+                    jsonwebtoken::EncodingKey::from_ed_pem(private_pem.expose_secret().as_bytes())
+                        .is_ok()
                         && jsonwebtoken::DecodingKey::from_ed_pem(public_pem.as_bytes()).is_ok()
                 } else {
-                    jsonwebtoken::EncodingKey::from_rsa_pem(private_pem.expose_secret().as_bytes()).is_ok()
+                    jsonwebtoken::EncodingKey::from_rsa_pem(private_pem.expose_secret().as_bytes())
+                        .is_ok()
                         && jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes()).is_ok()
                 };
                 if !checked {
-                    return Err(cx.err("gateway_tokens.private_key_file", format!("not a valid {alg} PEM key pair")));
+                    return Err(cx.err(
+                        "gateway_tokens.private_key_file",
+                        format!("not a valid {alg} PEM key pair"),
+                    ));
                 }
                 if alg == "EdDSA" {
-                    SigningKey::EdDsa { private_pem, public_pem }
+                    SigningKey::EdDsa {
+                        private_pem,
+                        public_pem,
+                    }
                 } else {
-                    SigningKey::Rs256 { private_pem, public_pem }
+                    SigningKey::Rs256 {
+                        private_pem,
+                        public_pem,
+                    }
                 }
             }
             other => {
-                return Err(cx.err("gateway_tokens.algorithm", format!("expected HS256, EdDSA or RS256, got {other:?}")))
+                return Err(cx.err(
+                    "gateway_tokens.algorithm",
+                    format!("expected HS256, EdDSA or RS256, got {other:?}"),
+                ))
             }
         };
         let lifetime = Duration::from_secs(g.lifetime_secs.unwrap_or(900));
         if lifetime.is_zero() || lifetime > Duration::from_secs(86_400) {
-            return Err(cx.err("gateway_tokens.lifetime_secs", "expected 1 to 86400 seconds"));
+            return Err(cx.err(
+                "gateway_tokens.lifetime_secs",
+                "expected 1 to 86400 seconds",
+            ));
         }
         Ok(IssuerConfig {
             key,
@@ -750,7 +903,11 @@ impl Config {
                 let _ = writeln!(s, "admin = \"off\"");
             }
         }
-        let _ = writeln!(s, "shutdown_grace_ms = {}", self.listen.shutdown_grace.as_millis());
+        let _ = writeln!(
+            s,
+            "shutdown_grace_ms = {}",
+            self.listen.shutdown_grace.as_millis()
+        );
         if let Some(sb) = &self.sandbox {
             let _ = writeln!(
                 s,

@@ -15,7 +15,9 @@ use std::{
 
 use super::{idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse, Inner};
 use crate::{
-    audit::{ratepay_cancellation_id, AuditEntry, AuditLog, CancellationFields, Intent, OutcomeKind},
+    audit::{
+        ratepay_cancellation_id, AuditEntry, AuditLog, CancellationFields, Intent, OutcomeKind,
+    },
     body,
     context::{Authenticated, RequestContext},
     error::GatewayError,
@@ -33,7 +35,9 @@ pub struct AuditLayer {
 
 impl std::fmt::Debug for AuditLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLayer").field("operations", &self.operations).finish()
+        f.debug_struct("AuditLayer")
+            .field("operations", &self.operations)
+            .finish()
     }
 }
 
@@ -115,7 +119,10 @@ impl<S: Inner> tower::Service<GwRequest> for Audit<S> {
         let log = self.log.clone();
         Box::pin(async move {
             let intent = intent(&req)?;
-            let attempts = req.extensions().get::<RequestContext>().map(|c| c.attempts.clone());
+            let attempts = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| c.attempts.clone());
             let appended = log
                 .append(AuditEntry::Intent(intent.clone()))
                 .await
@@ -136,9 +143,14 @@ impl<S: Inner> tower::Service<GwRequest> for Audit<S> {
                     match read {
                         Ok(bytes) => {
                             outcome.ratepay_cancellation_id = ratepay_cancellation_id(&bytes);
-                            outcome.outcome = if parts.status.is_success() { OutcomeKind::Success } else { OutcomeKind::Failure };
+                            outcome.outcome = if parts.status.is_success() {
+                                OutcomeKind::Success
+                            } else {
+                                OutcomeKind::Failure
+                            };
                             if !parts.status.is_success() {
-                                outcome.error = Some(format!("ratepay answered {}", parts.status.as_u16()));
+                                outcome.error =
+                                    Some(format!("ratepay answered {}", parts.status.as_u16()));
                             }
                             Ok(GwResponse::from_parts(parts, body::full(bytes)))
                         }
@@ -155,7 +167,9 @@ impl<S: Inner> tower::Service<GwRequest> for Audit<S> {
                 Err(e) => {
                     // Never sent (no token) is a failure; a transport error leaves it unknown.
                     outcome.outcome = match e {
-                        GatewayError::TokenUnavailable { .. } | GatewayError::NoUpstream(_) => OutcomeKind::Failure,
+                        GatewayError::TokenUnavailable { .. } | GatewayError::NoUpstream(_) => {
+                            OutcomeKind::Failure
+                        }
                         _ => OutcomeKind::Unknown,
                     };
                     outcome.error = Some(e.to_string());

@@ -51,7 +51,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for n in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
         headers.remove(n);
     }
 }
@@ -88,14 +96,21 @@ impl<S: Inner> tower::Service<GwRequest> for Headers<S> {
         for n in STRIPPED {
             headers.remove(*n);
         }
-        let partner = req.extensions().get::<Authenticated>().and_then(|a| a.partner.clone());
+        let partner = req
+            .extensions()
+            .get::<Authenticated>()
+            .and_then(|a| a.partner.clone());
         if let Some(p) = partner {
             match HeaderValue::from_str(&p) {
                 Ok(v) => {
                     req.headers_mut().insert(X_PARTNER.clone(), v);
                 }
                 Err(_) => {
-                    return Box::pin(async { Err(GatewayError::Internal("configured partner is not a header value".into())) })
+                    return Box::pin(async {
+                        Err(GatewayError::Internal(
+                            "configured partner is not a header value".into(),
+                        ))
+                    })
                 }
             }
         }
@@ -110,7 +125,10 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("x-secret-hop, keep-alive"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("x-secret-hop, keep-alive"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("prefer", HeaderValue::from_static("return=representation"));

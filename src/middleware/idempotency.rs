@@ -64,7 +64,8 @@ pub fn validate_key(key: &[u8]) -> Result<&str, GatewayError> {
             "Idempotency-Key must be 1 to 64 visible ASCII characters (a UUID v4 is recommended); omit it to let the gateway generate one".into(),
         ));
     }
-    std::str::from_utf8(key).map_err(|_| GatewayError::BadRequest("Idempotency-Key is not ASCII".into()))
+    std::str::from_utf8(key)
+        .map_err(|_| GatewayError::BadRequest("Idempotency-Key is not ASCII".into()))
 }
 
 /// The key sent to Ratepay for `caller`'s `key`: lowercase hex SHA-256 of `caller:key`
@@ -80,7 +81,13 @@ pub fn upstream_key(caller: &str, key: &str) -> String {
 /// What identifies "the same call": method, path and query, partner and body.
 fn fingerprint(req: &GwRequest, partner: Option<&str>) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [req.method().as_str().as_bytes(), req.uri().path_and_query().map_or(b"" as &[u8], |p| p.as_str().as_bytes()), partner.unwrap_or("").as_bytes()] {
+    for part in [
+        req.method().as_str().as_bytes(),
+        req.uri()
+            .path_and_query()
+            .map_or(b"" as &[u8], |p| p.as_str().as_bytes()),
+        partner.unwrap_or("").as_bytes(),
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -111,7 +118,9 @@ pub struct IdempotencyStore {
 
 impl std::fmt::Debug for IdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdempotencyStore").field("entries", &self.slots.entry_count()).finish()
+        f.debug_struct("IdempotencyStore")
+            .field("entries", &self.slots.entry_count())
+            .finish()
     }
 }
 
@@ -124,7 +133,9 @@ impl IdempotencyStore {
             // Weighed by what a slot can hold: its key plus a stored answer of at most
             // MAX_STORED_BODY; the estimate is fixed at insertion (moka weighs once).
             .weigher(|k: &(Arc<str>, Arc<str>), _v: &Arc<Slot>| {
-                (k.0.len() + k.1.len() + 1024).try_into().unwrap_or(u32::MAX)
+                (k.0.len() + k.1.len() + 1024)
+                    .try_into()
+                    .unwrap_or(u32::MAX)
             })
             .build();
         IdempotencyStore { slots }
@@ -181,7 +192,10 @@ fn replay(stored: &Stored, key: &str) -> GwResponse {
     let mut resp = GwResponse::new(body::full(stored.body.clone()));
     *resp.status_mut() = stored.status;
     *resp.headers_mut() = stored.headers.clone();
-    resp.headers_mut().insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
+    resp.headers_mut().insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
     echo_key(&mut resp, key);
     resp
 }
@@ -211,13 +225,16 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
                 .extensions()
                 .get::<Authenticated>()
                 .cloned()
-                .ok_or_else(|| GatewayError::Internal("caller missing before idempotency".into()))?;
+                .ok_or_else(|| {
+                    GatewayError::Internal("caller missing before idempotency".into())
+                })?;
             let key: Arc<str> = match req.headers().get(&IDEMPOTENCY_KEY) {
                 Some(v) => Arc::from(validate_key(v.as_bytes())?),
                 None => Arc::from(uuid::Uuid::new_v4().to_string()),
             };
             let up = upstream_key(&auth.caller.name, &key);
-            let up = HeaderValue::from_str(&up).map_err(|_| GatewayError::Internal("upstream key".into()))?;
+            let up = HeaderValue::from_str(&up)
+                .map_err(|_| GatewayError::Internal("upstream key".into()))?;
             req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), up);
             let fp = fingerprint(&req, auth.partner.as_deref());
 

@@ -26,16 +26,24 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Bound shared by every inner service.
 pub trait Inner:
-    tower::Service<GwRequest, Response = GwResponse, Error = GatewayError, Future = BoxFuture<Result<GwResponse, GatewayError>>>
-    + Clone
+    tower::Service<
+        GwRequest,
+        Response = GwResponse,
+        Error = GatewayError,
+        Future = BoxFuture<Result<GwResponse, GatewayError>>,
+    > + Clone
     + Send
     + 'static
 {
 }
 
 impl<S> Inner for S where
-    S: tower::Service<GwRequest, Response = GwResponse, Error = GatewayError, Future = BoxFuture<Result<GwResponse, GatewayError>>>
-        + Clone
+    S: tower::Service<
+            GwRequest,
+            Response = GwResponse,
+            Error = GatewayError,
+            Future = BoxFuture<Result<GwResponse, GatewayError>>,
+        > + Clone
         + Send
         + 'static
 {

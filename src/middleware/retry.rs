@@ -17,7 +17,10 @@ use std::{
 use http::{header::RETRY_AFTER, Method, StatusCode};
 use tokio::time::Instant;
 
-use super::{clone_request, idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{
+    clone_request, idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse,
+    Inner,
+};
 use crate::error::GatewayError;
 
 /// `[retry]` settings.
@@ -81,13 +84,21 @@ impl RetryPolicy {
 
     /// Decides after attempt number `attempt` (1-based), `elapsed` since the first began.
     /// `jitter` in [0.5, 1.0] scales the backoff (full jitter over its upper half).
-    pub fn decide(&self, attempt: u32, outcome: AttemptOutcome, elapsed: Duration, jitter: f64) -> Verdict {
+    pub fn decide(
+        &self,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        elapsed: Duration,
+        jitter: f64,
+    ) -> Verdict {
         let s = &self.settings;
         if attempt >= s.max_attempts {
             return Verdict::Done;
         }
         let backoff = || {
-            let exp = s.initial_backoff.saturating_mul(1u32 << (attempt - 1).min(16));
+            let exp = s
+                .initial_backoff
+                .saturating_mul(1u32 << (attempt - 1).min(16));
             exp.min(s.max_backoff).mul_f64(jitter.clamp(0.5, 1.0))
         };
         let wait = match outcome {
@@ -95,7 +106,9 @@ impl RetryPolicy {
             // Ratepay asks to slow down: only after its Retry-After, never sooner.
             AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, Some(after)) => after,
             AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, None) => return Verdict::Done,
-            AttemptOutcome::Status(st, after) if st.is_server_error() => after.map_or_else(backoff, |a| a.max(backoff())),
+            AttemptOutcome::Status(st, after) if st.is_server_error() => {
+                after.map_or_else(backoff, |a| a.max(backoff()))
+            }
             AttemptOutcome::Status(..) => return Verdict::Done,
         };
         if elapsed + wait > s.deadline {
@@ -160,7 +173,8 @@ impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
 
     fn call(&mut self, req: GwRequest) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
-        let retryable = RetryPolicy::retryable(req.method(), req.headers().contains_key(&IDEMPOTENCY_KEY));
+        let retryable =
+            RetryPolicy::retryable(req.method(), req.headers().contains_key(&IDEMPOTENCY_KEY));
         if !retryable {
             return inner.call(req);
         }
@@ -179,7 +193,10 @@ impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
                 let result = inner.call(this).await;
                 let outcome = match &result {
                     Ok(resp) => AttemptOutcome::Status(resp.status(), retry_after(resp)),
-                    Err(GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. }) => AttemptOutcome::Transport,
+                    Err(
+                        GatewayError::UpstreamUnreachable { .. }
+                        | GatewayError::UpstreamTimeout { .. },
+                    ) => AttemptOutcome::Transport,
                     Err(_) => return result,
                 };
                 let jitter: f64 = rand::random_range(0.5..=1.0);
@@ -224,23 +241,53 @@ mod tests {
         let p = policy();
         let e503 = AttemptOutcome::Status(StatusCode::SERVICE_UNAVAILABLE, None);
         let z = Duration::ZERO;
-        assert_eq!(p.decide(1, e503, z, 1.0), Verdict::RetryAfter(Duration::from_millis(100)));
-        assert_eq!(p.decide(2, e503, z, 1.0), Verdict::RetryAfter(Duration::from_millis(200)));
-        assert_eq!(p.decide(3, e503, z, 1.0), Verdict::RetryAfter(Duration::from_millis(250)), "capped");
+        assert_eq!(
+            p.decide(1, e503, z, 1.0),
+            Verdict::RetryAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            p.decide(2, e503, z, 1.0),
+            Verdict::RetryAfter(Duration::from_millis(200))
+        );
+        assert_eq!(
+            p.decide(3, e503, z, 1.0),
+            Verdict::RetryAfter(Duration::from_millis(250)),
+            "capped"
+        );
         assert_eq!(p.decide(4, e503, z, 1.0), Verdict::Done, "max attempts");
-        assert_eq!(p.decide(1, e503, z, 0.5), Verdict::RetryAfter(Duration::from_millis(50)), "jitter");
-        assert_eq!(p.decide(1, AttemptOutcome::Transport, z, 1.0), Verdict::RetryAfter(Duration::from_millis(100)));
+        assert_eq!(
+            p.decide(1, e503, z, 0.5),
+            Verdict::RetryAfter(Duration::from_millis(50)),
+            "jitter"
+        );
+        assert_eq!(
+            p.decide(1, AttemptOutcome::Transport, z, 1.0),
+            Verdict::RetryAfter(Duration::from_millis(100))
+        );
     }
 
     #[test]
     fn client_errors_are_final_and_429_waits_for_retry_after() {
         let p = policy();
         let z = Duration::ZERO;
-        for st in [StatusCode::OK, StatusCode::CREATED, StatusCode::BAD_REQUEST, StatusCode::CONFLICT, StatusCode::UNPROCESSABLE_ENTITY] {
-            assert_eq!(p.decide(1, AttemptOutcome::Status(st, None), z, 1.0), Verdict::Done, "{st}");
+        for st in [
+            StatusCode::OK,
+            StatusCode::CREATED,
+            StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ] {
+            assert_eq!(
+                p.decide(1, AttemptOutcome::Status(st, None), z, 1.0),
+                Verdict::Done,
+                "{st}"
+            );
         }
         let s429 = |a| AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, a);
-        assert_eq!(p.decide(1, s429(Some(Duration::from_secs(1))), z, 1.0), Verdict::RetryAfter(Duration::from_secs(1)));
+        assert_eq!(
+            p.decide(1, s429(Some(Duration::from_secs(1))), z, 1.0),
+            Verdict::RetryAfter(Duration::from_secs(1))
+        );
         assert_eq!(p.decide(1, s429(None), z, 1.0), Verdict::Done);
     }
 
@@ -248,8 +295,16 @@ mod tests {
     fn nothing_starts_past_the_deadline() {
         let p = policy();
         let e = AttemptOutcome::Status(StatusCode::BAD_GATEWAY, None);
-        assert_eq!(p.decide(1, e, Duration::from_millis(1950), 1.0), Verdict::Done);
-        let s429 = AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(5)));
-        assert_eq!(p.decide(1, s429, Duration::ZERO, 1.0), Verdict::Done, "Retry-After beyond the deadline");
+        assert_eq!(
+            p.decide(1, e, Duration::from_millis(1950), 1.0),
+            Verdict::Done
+        );
+        let s429 =
+            AttemptOutcome::Status(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(5)));
+        assert_eq!(
+            p.decide(1, s429, Duration::ZERO, 1.0),
+            Verdict::Done,
+            "Retry-After beyond the deadline"
+        );
     }
 }

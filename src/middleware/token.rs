@@ -63,24 +63,35 @@ impl<S: Inner> tower::Service<GwRequest> for InjectToken<S> {
                 .get::<RequestContext>()
                 .map(|c| c.route.operation.api)
                 .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-            let source = sources.get(&api).ok_or(GatewayError::NoUpstream(api.name()))?;
+            let source = sources
+                .get(&api)
+                .ok_or(GatewayError::NoUpstream(api.name()))?;
             let unavailable = |e: crate::token::FetchError| GatewayError::TokenUnavailable {
                 upstream: api.name(),
                 reason: e.to_string(),
             };
             let bearer = source.bearer().await.map_err(unavailable)?;
             let replay = clone_request(&req);
-            req.headers_mut().insert(header::AUTHORIZATION, bearer.header);
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, bearer.header);
             let resp = inner.call(req).await?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
             // Ratepay refused the token (revoked, rotated keys): one fresh token, one replay.
             drop(resp);
-            tracing::info!(upstream = api.name(), "ratepay answered 401; refreshing the token and replaying once");
-            let fresh = source.refresh_after_401(bearer.generation).await.map_err(unavailable)?;
+            tracing::info!(
+                upstream = api.name(),
+                "ratepay answered 401; refreshing the token and replaying once"
+            );
+            let fresh = source
+                .refresh_after_401(bearer.generation)
+                .await
+                .map_err(unavailable)?;
             let mut again = replay;
-            again.headers_mut().insert(header::AUTHORIZATION, fresh.header);
+            again
+                .headers_mut()
+                .insert(header::AUTHORIZATION, fresh.header);
             std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
             inner.call(again).await
         })

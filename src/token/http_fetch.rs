@@ -68,11 +68,16 @@ impl FetchToken for HttpFetcher {
                 401 | 403 => return Err(FetchError::Refused(status.as_u16())),
                 s => return Err(FetchError::Status(s)),
             }
-            let parsed: TokenResponse = serde_json::from_slice(&bytes)
-                .map_err(|_| FetchError::Malformed("expected {\"access_token\", \"expires_in\", \"token_type\"}".into()))?;
+            let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
+                FetchError::Malformed(
+                    "expected {\"access_token\", \"expires_in\", \"token_type\"}".into(),
+                )
+            })?;
             let expires_in = lifetime(&parsed.access_token, parsed.expires_in);
             if expires_in.is_zero() {
-                return Err(FetchError::Malformed("the token is already expired (expires_in / exp)".into()));
+                return Err(FetchError::Malformed(
+                    "the token is already expired (expires_in / exp)".into(),
+                ));
             }
             Ok(Fetched {
                 access_token: SecretString::from(parsed.access_token),
@@ -96,7 +101,9 @@ fn lifetime(token: &str, expires_in: u64) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     match jsonwebtoken::dangerous::insecure_decode_claims::<ExpClaim>(token) {
-        Ok(c) => Duration::from_secs(c.exp).saturating_sub(now).min(announced),
+        Ok(c) => Duration::from_secs(c.exp)
+            .saturating_sub(now)
+            .min(announced),
         Err(_) => announced,
     }
 }
@@ -108,7 +115,10 @@ mod tests {
     #[test]
     fn exp_claim_shortens_announced_lifetime() {
         crate::crypto::install_providers();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let claims = serde_json::json!({"exp": now + 10});
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
@@ -117,7 +127,10 @@ mod tests {
         )
         .unwrap();
         let l = lifetime(&token, 1800);
-        assert!(l <= Duration::from_secs(10) && l > Duration::from_secs(8), "{l:?}");
+        assert!(
+            l <= Duration::from_secs(10) && l > Duration::from_secs(8),
+            "{l:?}"
+        );
         assert_eq!(lifetime("opaque", 30), Duration::from_secs(30));
     }
 }

@@ -80,7 +80,9 @@ pub struct Bearer {
 
 impl fmt::Debug for Bearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bearer").field("generation", &self.generation).finish_non_exhaustive()
+        f.debug_struct("Bearer")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,7 +137,9 @@ impl Drop for AbortOnDrop {
 
 impl fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSource").field("audience", &self.inner.audience).finish_non_exhaustive()
+        f.debug_struct("TokenSource")
+            .field("audience", &self.inner.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -144,7 +148,11 @@ const EXPIRY_SKEW: Duration = Duration::from_secs(1);
 
 impl TokenSource {
     /// Creates the source and starts its background refresher (needs a tokio runtime).
-    pub fn new(audience: String, fetcher: Box<dyn FetchToken>, settings: TokenSettings) -> TokenSource {
+    pub fn new(
+        audience: String,
+        fetcher: Box<dyn FetchToken>,
+        settings: TokenSettings,
+    ) -> TokenSource {
         let inner = Arc::new(Inner {
             audience,
             fetcher,
@@ -197,7 +205,11 @@ impl TokenSource {
     pub async fn refresh_after_401(&self, generation: u64) -> Result<Bearer, FetchError> {
         {
             let mut st = self.inner.lock_state();
-            if st.current.as_ref().is_some_and(|c| c.bearer.generation == generation) {
+            if st
+                .current
+                .as_ref()
+                .is_some_and(|c| c.bearer.generation == generation)
+            {
                 st.current = None;
             }
         }
@@ -235,22 +247,28 @@ impl Inner {
     async fn fetch_locked(&self) -> Result<Bearer, FetchError> {
         use std::sync::atomic::Ordering::Relaxed;
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.settings.fetch_timeout, self.fetcher.fetch()).await {
-            Ok(r) => r,
-            Err(_) => Err(FetchError::Transport(format!(
-                "no answer within {} ms",
-                self.settings.fetch_timeout.as_millis()
-            ))),
-        };
+        let result =
+            match tokio::time::timeout(self.settings.fetch_timeout, self.fetcher.fetch()).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::Transport(format!(
+                    "no answer within {} ms",
+                    self.settings.fetch_timeout.as_millis()
+                ))),
+            };
         let mut st = self.lock_state();
         match result {
             Ok(f) => {
-                let header = HeaderValue::try_from(format!("Bearer {}", f.access_token.expose_secret()))
-                    .map(|mut h| {
-                        h.set_sensitive(true);
-                        h
-                    })
-                    .map_err(|_| FetchError::Malformed("the access token is not a valid header value".into()));
+                let header =
+                    HeaderValue::try_from(format!("Bearer {}", f.access_token.expose_secret()))
+                        .map(|mut h| {
+                            h.set_sensitive(true);
+                            h
+                        })
+                        .map_err(|_| {
+                            FetchError::Malformed(
+                                "the access token is not a valid header value".into(),
+                            )
+                        });
                 let header = match header {
                     Ok(h) => h,
                     Err(e) => {
@@ -305,13 +323,13 @@ async fn refresher(inner: Arc<Inner>) {
     loop {
         let wake_at = {
             let st = inner.lock_state();
-            let wake_at = match (&st.current, backoff) {
+
+            match (&st.current, backoff) {
                 (_, Some(b)) => Some(Instant::now() + jitter(b)),
                 (Some(c), None) => Some(c.refresh_at),
                 // No token yet: the first request fetches; nothing to refresh.
                 (None, None) => None,
-            };
-            wake_at
+            }
         };
         // A change (new token, invalidation) stores a permit if nobody waits, so none is missed.
         let notified = inner.changed.notified();
@@ -330,7 +348,9 @@ async fn refresher(inner: Arc<Inner>) {
         let _guard = inner.fetch_lock.lock().await;
         let due = {
             let st = inner.lock_state();
-            st.current.as_ref().is_none_or(|c| Instant::now() >= c.refresh_at)
+            st.current
+                .as_ref()
+                .is_none_or(|c| Instant::now() >= c.refresh_at)
         };
         if !due && backoff.is_none() {
             continue;
@@ -392,7 +412,13 @@ mod tests {
         }
     }
 
-    fn source(lifetime: Duration) -> (TokenSource, Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>) {
+    fn source(
+        lifetime: Duration,
+    ) -> (
+        TokenSource,
+        Arc<AtomicUsize>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let calls = Arc::new(AtomicUsize::new(0));
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fake = Fake {
@@ -402,22 +428,40 @@ mod tests {
             delay: Duration::from_millis(50),
             seq: AtomicU64::new(0),
         };
-        (TokenSource::new("aud".into(), Box::new(fake), TokenSettings::default()), calls, fail)
+        (
+            TokenSource::new("aud".into(), Box::new(fake), TokenSettings::default()),
+            calls,
+            fail,
+        )
     }
 
     #[test]
     fn refresh_point_respects_fraction_and_margin() {
         let s = TokenSettings::default();
-        assert_eq!(refresh_after(Duration::from_secs(1800), &s), Duration::from_secs(1440));
+        assert_eq!(
+            refresh_after(Duration::from_secs(1800), &s),
+            Duration::from_secs(1440)
+        );
         // 0.8 * 200 = 160 is later than 200 - 60 = 140: the margin wins.
-        assert_eq!(refresh_after(Duration::from_secs(200), &s), Duration::from_secs(140));
-        assert_eq!(refresh_after(Duration::from_secs(10), &s), Duration::from_secs(8));
+        assert_eq!(
+            refresh_after(Duration::from_secs(200), &s),
+            Duration::from_secs(140)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(10), &s),
+            Duration::from_secs(8)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_first_requests_share_one_fetch() {
         let (src, calls, _) = source(Duration::from_secs(1800));
-        let tasks: Vec<_> = (0..200).map(|_| { let s = src.clone(); tokio::spawn(async move { s.bearer().await }) }).collect();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let s = src.clone();
+                tokio::spawn(async move { s.bearer().await })
+            })
+            .collect();
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap().generation, 1);
         }
@@ -432,7 +476,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(39)).await;
         assert_eq!(src.bearer().await.unwrap().generation, 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "background refresh at 40 s");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "background refresh at 40 s"
+        );
         assert_eq!(src.bearer().await.unwrap().generation, 2);
     }
 
@@ -458,7 +506,12 @@ mod tests {
     async fn refresh_after_401_fetches_once_for_concurrent_refusals() {
         let (src, calls, _) = source(Duration::from_secs(1800));
         let g = src.bearer().await.unwrap().generation;
-        let tasks: Vec<_> = (0..20).map(|_| { let s = src.clone(); tokio::spawn(async move { s.refresh_after_401(g).await }) }).collect();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = src.clone();
+                tokio::spawn(async move { s.refresh_after_401(g).await })
+            })
+            .collect();
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap().generation, g + 1);
         }
@@ -467,11 +520,17 @@ mod tests {
 
     #[test]
     fn debug_output_hides_tokens() {
-        let f = Fetched { access_token: SecretString::from("supersecret"), expires_in: Duration::from_secs(1) };
+        let f = Fetched {
+            access_token: SecretString::from("supersecret"),
+            expires_in: Duration::from_secs(1),
+        };
         assert!(!format!("{f:?}").contains("supersecret"));
         let mut h = HeaderValue::from_static("Bearer supersecret");
         h.set_sensitive(true);
-        let b = Bearer { header: h, generation: 1 };
+        let b = Bearer {
+            header: h,
+            generation: 1,
+        };
         assert!(!format!("{b:?}").contains("supersecret"));
     }
 }

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub const PAYMENT_AUD: &str = "https://api-integration.ratepay.com/transaction/management";
-pub const STATUS_AUD: &str = "https://api-integration.ratepay.com/transaction/status/v2/transactions";
+pub const STATUS_AUD: &str =
+    "https://api-integration.ratepay.com/transaction/status/v2/transactions";
 pub const HPP_AUD: &str = "https://payment-integration.ratepay.com";
 pub const RATEPAY_SECRET: &str = "test-ratepay-client-secret-5f1c";
 pub const SVC_SECRET: &str = "svc-client-secret-9a7e";
@@ -200,7 +201,8 @@ impl Harness {
             .expect("sandbox starts");
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text(dir.path(), &sandbox.url(), &opts);
-        let config = Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
+        let config =
+            Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
         Harness::serve(sandbox, dir, config).await
     }
 
@@ -214,9 +216,15 @@ impl Harness {
         let (tx, rx) = oneshot::channel();
         let gw = gateway.clone();
         let task = tokio::spawn(async move {
-            server::run(proxy, Some(admin), gw.clone(), Duration::from_secs(5), async {
-                let _ = rx.await;
-            })
+            server::run(
+                proxy,
+                Some(admin),
+                gw.clone(),
+                Duration::from_secs(5),
+                async {
+                    let _ = rx.await;
+                },
+            )
             .await;
             gw.shutdown().await;
         });
@@ -301,7 +309,9 @@ impl Harness {
 
     /// Authorizes a transaction through the gateway; returns its id.
     pub async fn authorize(&self, key: &str, partner: Option<&str>, amount: f64) -> String {
-        let mut rb = self.req(reqwest::Method::POST, TX_PATH, key).json(&authorize_body(amount));
+        let mut rb = self
+            .req(reqwest::Method::POST, TX_PATH, key)
+            .json(&authorize_body(amount));
         if let Some(p) = partner {
             rb = rb.header("x-partner", p);
         }
@@ -309,7 +319,10 @@ impl Harness {
         let status = resp.status();
         let body: Value = resp.json().await.expect("authorize json");
         assert_eq!(status, 201, "authorize: {body}");
-        body["ratepay_transaction_id"].as_str().expect("transaction id").to_owned()
+        body["ratepay_transaction_id"]
+            .as_str()
+            .expect("transaction id")
+            .to_owned()
     }
 }
 
@@ -339,7 +352,9 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
     assert!(resp.headers().contains_key("x-request-id"));
     let body: Value = resp.json().await.expect("problem json");
     assert_eq!(body["status"], status);
-    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("https://")));
+    assert!(body["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("https://")));
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     assert!(body["request_id"].as_str().is_some());
     body
