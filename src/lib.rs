@@ -25,6 +25,7 @@ pub mod config;
 pub mod context;
 pub mod crypto;
 pub mod error;
+pub mod metrics;
 pub mod middleware;
 pub mod proxy;
 pub mod routes;

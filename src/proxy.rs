@@ -21,6 +21,7 @@ use crate::{
     client::HttpClient,
     context::RequestContext,
     error::GatewayError,
+    metrics::{status_class, Metrics, UpstreamLabels, UpstreamOnly},
     middleware::{headers::strip_hop_by_hop, BoxFuture, GwRequest, GwResponse},
     routes::Api,
 };
@@ -35,8 +36,8 @@ struct ProxyInner {
     client: HttpClient,
     origins: BTreeMap<Api, Uri>,
     request_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
-
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
@@ -51,12 +52,14 @@ impl Proxy {
         client: HttpClient,
         origins: BTreeMap<Api, Uri>,
         request_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
             inner: Arc::new(ProxyInner {
                 client,
                 origins,
                 request_timeout,
+                metrics,
             }),
         }
     }
@@ -117,9 +120,26 @@ impl tower::Service<GwRequest> for Proxy {
             *out.method_mut() = parts.method;
             *out.uri_mut() = uri;
             *out.headers_mut() = parts.headers;
-            let resp = match tokio::time::timeout(inner.request_timeout, inner.client.request(out))
-                .await
-            {
+            let started = std::time::Instant::now();
+            let result =
+                tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await;
+            let m = &inner.metrics;
+            m.upstream_duration
+                .get_or_create(&UpstreamOnly {
+                    upstream: upstream.to_owned(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            let class = match &result {
+                Ok(Ok(r)) => status_class(r.status().as_u16()),
+                _ => "error".to_owned(),
+            };
+            m.upstream_responses
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.to_owned(),
+                    status: class,
+                })
+                .inc();
+            let resp = match result {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     return Err(GatewayError::UpstreamUnreachable {

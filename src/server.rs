@@ -125,6 +125,11 @@ async fn accept_loop<F, Fut>(
 async fn admin_handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => simple(StatusCode::OK, "text/plain", "ok\n"),
+        "/metrics" => simple(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            gw.metrics().encode(),
+        ),
         "/readyz" => {
             let mut problems = Vec::new();
             for (api, source) in gw.token_sources() {
@@ -151,7 +156,7 @@ async fn admin_handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
         _ => simple(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz or /readyz\n",
+            "not found; try /healthz, /readyz or /metrics\n",
         ),
     }
 }

@@ -23,6 +23,7 @@ use crate::{
     config::{Config, Limits},
     context::{Authenticated, RequestContext},
     error::GatewayError,
+    metrics::{status_class, Metrics, OperationLabels, RequestLabels},
     middleware::{
         audit::AuditLayer,
         headers::HeadersLayer,
@@ -53,8 +54,8 @@ struct GatewayInner {
     limits: Limits,
     tokens: Arc<BTreeMap<Api, TokenSource>>,
     audit: AuditLog,
+    metrics: Arc<Metrics>,
 }
-
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").finish_non_exhaustive()
@@ -86,15 +87,16 @@ impl Gateway {
             .map(|(api, u)| (*api, u.url.clone()))
             .collect();
         let audit = open_audit(config).await?;
-
+        let metrics = Metrics::new(tokens.clone(), audit.clone());
         let stack = ServiceBuilder::new()
             // Who is calling and may it: before any work is spent on the request.
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
             // Keys are scoped per caller, so this follows the caller layer; replays and 409s
             // answer here, before the audit log and Ratepay.
-            .layer(IdempotencyLayer::new(IdempotencyStore::new(
-                &config.idempotency,
-            )))
+            .layer(IdempotencyLayer::new(
+                IdempotencyStore::new(&config.idempotency),
+                metrics.clone(),
+            ))
             // Intent durable before anything leaves; outcome after every retry is done.
             .layer(AuditLayer::new(audit.clone(), &config.audit.operations))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
@@ -102,13 +104,13 @@ impl Gateway {
             // Ratepay's token last, so no layer above ever sees it; 401 → refresh + one replay.
             .layer(InjectTokenLayer::new(tokens.clone()))
             // Retries reuse the token and Idempotency-Key decided above.
-            .layer(RetryLayer::new(config.retry.clone()))
+            .layer(RetryLayer::new(config.retry.clone(), metrics.clone()))
             .service(Proxy::new(
                 client,
                 origins,
                 config.upstream_client.request_timeout,
+                metrics.clone(),
             ));
-
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 stack: BoxCloneSyncService::new(stack),
@@ -116,6 +118,7 @@ impl Gateway {
                 limits: config.limits.clone(),
                 tokens,
                 audit,
+                metrics,
             }),
         })
     }
@@ -123,6 +126,11 @@ impl Gateway {
     /// Flushes and syncs pending audit records; call after the listeners have drained.
     pub async fn shutdown(&self) {
         self.inner.audit.close().await;
+    }
+
+    /// The metrics registry (admin `/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The audit log (stats, tests).
@@ -142,6 +150,10 @@ impl Gateway {
         B::Error: Into<crate::body::BoxError>,
     {
         let received = Instant::now();
+        let metrics = &self.inner.metrics;
+        metrics.in_flight.inc();
+        // Decremented on every path, including a caller hanging up mid-request.
+        let _in_flight = InFlight(&metrics.in_flight);
         let request_id = request_id(req.headers());
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
@@ -171,6 +183,23 @@ impl Gateway {
             .extensions()
             .get::<Authenticated>()
             .map(|a| a.caller.name.clone());
+        let latency = received.elapsed();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                operation: operation.unwrap_or("-").to_owned(),
+                caller: caller.clone().unwrap_or_else(|| "-".into()),
+                status: status_class(resp.status().as_u16()),
+            })
+            .inc();
+        if let Some(op) = operation {
+            metrics
+                .request_duration
+                .get_or_create(&OperationLabels {
+                    operation: op.to_owned(),
+                })
+                .observe(latency.as_secs_f64());
+        }
         tracing::info!(
             target: "ratepay_gateway::access",
             request_id = %request_id,
@@ -179,8 +208,7 @@ impl Gateway {
             operation = operation.unwrap_or("-"),
             caller = caller.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
-            latency_us = received.elapsed().as_micros() as u64,
-            "request"
+                        latency_us = latency.as_micros() as u64,"request"
         );
         resp
     }
@@ -269,7 +297,15 @@ impl Gateway {
     }
 }
 
-/// Keeps a well-formed incoming `X-Request-Id` (1 to 128 of `[A-Za-z0-9._:-]`), else makes one.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Keeps a well-formed incoming`X-Request-Id` (1 to 128 of `[A-Za-z0-9._:-]`), else makes one.
 fn request_id(headers: &http::HeaderMap) -> Arc<str> {
     headers
         .get(&X_REQUEST_ID)

@@ -1,13 +1,11 @@
 //! The binary as a user runs it: `check-config`, and `serve` on config/local.toml with the demo
 //! caller, exactly as the README's first command and curl.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ratepay-gateway");
+use std::{process::Command, time::Duration};
+
+use common::process::{spawn, Running, BIN};
 
 #[test]
 fn check_config_accepts_local_and_rejects_a_broken_file_naming_the_key() {
@@ -41,19 +39,10 @@ fn check_config_accepts_local_and_rejects_a_broken_file_naming_the_key() {
     assert!(err.contains("broken.toml") && err.contains("admn"), "{err}");
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `serve` and reads the `listening` lines until proxy and admin are known.
+/// Starts `serve` on config/local.toml with ports 0 and returns the proxy and admin addresses.
 fn serve_local() -> (Running, String, String) {
-    let mut child = Command::new(BIN)
-        .args([
+    let (running, addrs) = spawn(
+        &[
             "serve",
             "--config",
             "config/local.toml",
@@ -61,33 +50,11 @@ fn serve_local() -> (Running, String, String) {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let (mut proxy, mut admin) = (String::new(), String::new());
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let parts: Vec<&str> = line.split(' ').collect();
-        if let ["ratepay-gateway", "listening", name, addr] = parts[..] {
-            match name {
-                "proxy" => proxy = addr.to_owned(),
-                "admin" => admin = addr.to_owned(),
-                _ => {}
-            }
-        }
-        if !proxy.is_empty() && !admin.is_empty() {
-            break;
-        }
-    }
-    assert!(
-        !proxy.is_empty() && !proxy.ends_with(":0"),
-        "proxy address announced"
+        ],
+        &["proxy", "admin"],
     );
-    (running, proxy, admin)
+    assert!(!addrs["proxy"].ends_with(":0"), "port 0 resolved");
+    (running, addrs["proxy"].clone(), addrs["admin"].clone())
 }
 
 #[tokio::test]

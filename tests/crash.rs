@@ -2,101 +2,25 @@
 //! cancellations and restarted. The audit chain must verify, every intent must be closed after
 //! the restart, and every cancellation the sandbox accepted must have an intent record.
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
 
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use common::process::{authorize, gateway_config, spawn, BIN, KEY};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ratepay-gateway");
-const KEY: &str = "crash-test-key";
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns the binary and waits for its `listening <name>` line.
-fn spawn(args: &[&str], name: &str) -> (Running, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("process printed its listeners")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix(&format!("ratepay-gateway listening {name} ")) {
-            break addr.to_owned();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (running, addr)
-}
-
-fn config(dir: &Path, sandbox: &str) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("secret"),
-        ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET,
-    )
-    .unwrap();
-    let aud = ratepay_gateway::sandbox::SandboxAudiences::integration();
-    let text = format!(
-        r#"
-[listen]
-proxy = "127.0.0.1:0"
-admin = "off"
-[credentials.default]
-token_url = "http://{sandbox}/oauth/token"
-client_id = "{client}"
-client_secret_file = "{secret}"
-[upstreams.payment]
-url = "http://{sandbox}"
-audience = "{payment}"
-[callers.burst]
-api_key_sha256 = "{hash}"
-operations = ["*"]
-partner = "crash"
-[audit]
-path = "{audit}"
-rotate_bytes = 8192
-"#,
-        client = ratepay_gateway::sandbox::DEFAULT_CLIENT_ID,
-        secret = dir.join("secret").display(),
-        payment = aud.payment,
-        hash = hex::encode(ratepay_gateway::config::sha256(KEY.as_bytes())),
-        audit = dir.join("audit").join("audit.jsonl").display(),
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_burst_loses_no_audit_record() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sandbox, sandbox) = spawn(
+    let (_sandbox, addrs) = spawn(
         &["sandbox", "--listen", "127.0.0.1:0", "--seed", "3"],
-        "sandbox",
+        &["sandbox"],
     );
-    let cfg = config(dir.path(), &sandbox);
+    let sandbox = addrs["sandbox"].clone();
+    let cfg = gateway_config(dir.path(), &sandbox);
     let cfg_s = cfg.to_str().unwrap();
-    let (mut gateway, proxy) = spawn(&["serve", "--config", cfg_s], "proxy");
+    let (mut gateway, addrs) = spawn(&["serve", "--config", cfg_s], &["proxy"]);
+    let proxy = addrs["proxy"].clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -105,20 +29,7 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
 
     let mut txs = Vec::new();
     for _ in 0..4 {
-        let r = http
-            .post(&base)
-            .bearer_auth(KEY)
-            .json(&json!({"currency": "EUR", "buyer": {"contact": {"email": "b@example.com"}}, "shop_baskets": [{"gross_amount": 1000}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        txs.push(
-            r.json::<Value>().await.unwrap()["ratepay_transaction_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        txs.push(authorize(&http, &proxy, 1000).await);
     }
     // Slow the sandbox a little so many cancellations are in flight when the kill lands.
     let r = http
@@ -154,7 +65,8 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
     }
 
     // Restart: recovery closes the intents the killed process left open.
-    let (_gateway2, proxy2) = spawn(&["serve", "--config", cfg_s], "proxy");
+    let (_gateway2, addrs) = spawn(&["serve", "--config", cfg_s], &["proxy"]);
+    let proxy2 = addrs["proxy"].clone();
     let audit_dir = dir.path().join("audit");
     let verify = Command::new(BIN)
         .args(["audit", "verify"])

@@ -29,8 +29,8 @@ use crate::{
     body,
     context::{Authenticated, RequestContext},
     error::GatewayError,
+    metrics::Metrics,
 };
-
 /// `Idempotency-Key`.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Marks an answer replayed from the gateway's store.
@@ -156,12 +156,12 @@ impl IdempotencyStore {
 #[derive(Clone, Debug)]
 pub struct IdempotencyLayer {
     store: IdempotencyStore,
+    metrics: Arc<Metrics>,
 }
-
 impl IdempotencyLayer {
     /// A layer over `store`.
-    pub fn new(store: IdempotencyStore) -> Self {
-        IdempotencyLayer { store }
+    pub fn new(store: IdempotencyStore, metrics: Arc<Metrics>) -> Self {
+        IdempotencyLayer { store, metrics }
     }
 }
 
@@ -171,6 +171,7 @@ impl<S> tower::Layer<S> for IdempotencyLayer {
         Idempotency {
             inner,
             store: self.store.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -180,8 +181,8 @@ impl<S> tower::Layer<S> for IdempotencyLayer {
 pub struct Idempotency<S> {
     inner: S,
     store: IdempotencyStore,
+    metrics: Arc<Metrics>,
 }
-
 fn echo_key(resp: &mut GwResponse, key: &str) {
     if let Ok(v) = HeaderValue::from_str(key) {
         resp.headers_mut().insert(IDEMPOTENCY_KEY.clone(), v);
@@ -220,6 +221,7 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
             return inner.call(req);
         }
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let auth = req
                 .extensions()
@@ -249,12 +251,14 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
                 })
                 .await;
             if slot.fingerprint != fp {
+                metrics.idempotency_conflicts.inc();
                 return Err(GatewayError::IdempotencyConflict);
             }
             // Duplicates in flight queue here until the first completes.
             let mut guard = slot.done.clone().lock_owned().await;
             if let Some(stored) = guard.as_ref() {
                 tracing::debug!(caller = %auth.caller.name, "idempotent replay");
+                metrics.idempotency_replays.inc();
                 return Ok(replay(stored, &key));
             }
             let key2 = key.clone();

@@ -21,8 +21,17 @@ use super::{
     clone_request, idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse,
     Inner,
 };
-use crate::error::GatewayError;
+use crate::{
+    context::RequestContext,
+    error::GatewayError,
+    metrics::{Metrics, UpstreamOnly},
+};
 
+fn this_upstream(req: &GwRequest) -> &'static str {
+    req.extensions()
+        .get::<RequestContext>()
+        .map_or("-", |c| c.route.operation.api.name())
+}
 /// `[retry]` settings.
 #[derive(Debug, Clone)]
 pub struct RetrySettings {
@@ -134,13 +143,14 @@ fn retry_after(resp: &GwResponse) -> Option<Duration> {
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     policy: Arc<RetryPolicy>,
+    metrics: Arc<Metrics>,
 }
-
 impl RetryLayer {
     /// A layer with these rules.
-    pub fn new(settings: RetrySettings) -> Self {
+    pub fn new(settings: RetrySettings, metrics: Arc<Metrics>) -> Self {
         RetryLayer {
             policy: Arc::new(RetryPolicy::new(settings)),
+            metrics,
         }
     }
 }
@@ -151,6 +161,7 @@ impl<S> tower::Layer<S> for RetryLayer {
         Retry {
             inner,
             policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -160,8 +171,8 @@ impl<S> tower::Layer<S> for RetryLayer {
 pub struct Retry<S> {
     inner: S,
     policy: Arc<RetryPolicy>,
+    metrics: Arc<Metrics>,
 }
-
 impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
     type Response = GwResponse;
     type Error = GatewayError;
@@ -179,8 +190,10 @@ impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
             return inner.call(req);
         }
         let policy = self.policy.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let started = Instant::now();
+            let upstream = this_upstream(&req);
             let mut attempt = 0u32;
             let mut next = Some(req);
             loop {
@@ -206,6 +219,12 @@ impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
                         tracing::info!(attempt, wait_ms = wait.as_millis() as u64, outcome = ?outcome, "retrying upstream call");
                         // The failed answer's body is dropped: only the last attempt is returned.
                         drop(result);
+                        metrics
+                            .retries
+                            .get_or_create(&UpstreamOnly {
+                                upstream: upstream.to_owned(),
+                            })
+                            .inc();
                         tokio::time::sleep(wait).await;
                         next = Some(spare);
                     }

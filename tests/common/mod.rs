@@ -2,6 +2,8 @@
 //! HTTP client, and the sandbox's counters.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::{path::Path, time::Duration};
 
 use ratepay_gateway::{

@@ -1,0 +1,109 @@
+//! Running the real binary: spawn it, read its `listening <name> <addr>` lines, kill it on drop.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ratepay-gateway");
+/// The API key of the caller in [`gateway_config`].
+pub const KEY: &str = "process-test-key";
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns the binary and waits until it announced every listener in `names`.
+pub fn spawn(args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the binary");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut found = HashMap::new();
+    while names.iter().any(|n| !found.contains_key(*n)) {
+        let line = lines
+            .next()
+            .expect("the process announced its listeners")
+            .expect("line");
+        if let ["ratepay-gateway", "listening", name, addr] =
+            line.split(' ').collect::<Vec<_>>()[..]
+        {
+            found.insert(name.to_owned(), addr.to_owned());
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (running, found)
+}
+
+/// A gateway configuration in `dir` against a separate sandbox process at `sandbox` (its
+/// default client and audiences), one caller with [`KEY`], audit log in `dir/audit/`.
+pub fn gateway_config(dir: &Path, sandbox: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("secret"),
+        ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET,
+    )
+    .expect("secret");
+    let aud = ratepay_gateway::sandbox::SandboxAudiences::integration();
+    let text = format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+shutdown_grace_ms = 10000
+[credentials.default]
+token_url = "http://{sandbox}/oauth/token"
+client_id = "{client}"
+client_secret_file = "{secret}"
+[upstreams.payment]
+url = "http://{sandbox}"
+audience = "{payment}"
+[callers.burst]
+api_key_sha256 = "{hash}"
+operations = ["*"]
+partner = "burst"
+[audit]
+path = "{audit}"
+rotate_bytes = 8192
+"#,
+        client = ratepay_gateway::sandbox::DEFAULT_CLIENT_ID,
+        secret = dir.join("secret").display(),
+        payment = aud.payment,
+        hash = hex::encode(ratepay_gateway::config::sha256(KEY.as_bytes())),
+        audit = dir.join("audit").join("audit.jsonl").display(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// Authorizes a transaction of `amount` through the gateway at `proxy`; returns its id.
+pub async fn authorize(http: &reqwest::Client, proxy: &str, amount: u32) -> String {
+    let r = http
+        .post(format!("http://{proxy}/transaction/management/v2/transactions"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"currency": "EUR", "buyer": {"contact": {"email": "b@example.com"}}, "shop_baskets": [{"gross_amount": amount}]}))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(r.status(), 201);
+    let body: serde_json::Value = r.json().await.expect("json");
+    body["ratepay_transaction_id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}

@@ -1,0 +1,232 @@
+//! Operations: metrics after traffic, graceful shutdown on SIGTERM under load.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{
+    keys,
+    process::{authorize, gateway_config, spawn, BIN, KEY},
+    Harness, TX_PATH,
+};
+use reqwest::Method;
+use serde_json::json;
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_present_and_move_with_traffic() {
+    let h = Harness::start().await;
+    let scrape = || async {
+        h.http
+            .get(format!("{}/metrics", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = scrape().await;
+    assert!(before.contains("ratepay_gateway_in_flight_requests"));
+    assert_eq!(
+        metric(&before, "ratepay_gateway_audit_records_total"),
+        Some(0.0)
+    );
+
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    for _ in 0..2 {
+        let r = h
+            .req(
+                Method::POST,
+                &format!("{TX_PATH}/{tx}/cancellations"),
+                keys::FULL,
+            )
+            .header("idempotency-key", "metrics-k")
+            .header("content-type", "application/json")
+            .body(r#"{"gross_amount": 1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    h.req(Method::GET, "/admin", keys::FULL)
+        .send()
+        .await
+        .unwrap();
+    h.req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::READER)
+        .send()
+        .await
+        .unwrap();
+
+    let after = scrape().await;
+    let requests = |labels: &str| {
+        metric(
+            &after,
+            &format!("ratepay_gateway_requests_total{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        requests("operation=\"payment.cancellations.create\",caller=\"full\",status=\"2xx\""),
+        Some(2.0)
+    );
+    assert_eq!(
+        requests("operation=\"-\",caller=\"-\",status=\"4xx\""),
+        Some(1.0),
+        "unrouted 404"
+    );
+    assert_eq!(
+        requests("operation=\"payment.transactions.get\",caller=\"-\",status=\"4xx\""),
+        Some(1.0),
+        "403"
+    );
+    assert_eq!(
+        metric(&after, "ratepay_gateway_idempotency_replays_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&after, "ratepay_gateway_audit_records_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "ratepay_gateway_token_fetches_total{upstream=\"payment\"}"
+        ),
+        Some(1.0)
+    );
+    let expiry = metric(
+        &after,
+        "ratepay_gateway_token_expiry_seconds{upstream=\"payment\"}",
+    )
+    .unwrap();
+    assert!(expiry > 1700.0 && expiry <= 1800.0, "{expiry}");
+    assert!(after.contains("ratepay_gateway_upstream_duration_seconds_bucket{le="));
+    assert!(after
+        .contains("ratepay_gateway_upstream_responses_total{upstream=\"payment\",status=\"2xx\"}"));
+    assert_eq!(
+        metric(&after, "ratepay_gateway_in_flight_requests"),
+        Some(0.0)
+    );
+    for secret in [keys::FULL, keys::READER, common::RATEPAY_SECRET, "eyJ"] {
+        assert!(!after.contains(secret), "metrics leak {secret:.5}");
+    }
+    assert!(!after.contains(&tx), "no ids in labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_every_in_flight_request_and_leaves_a_verifiable_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sandbox, addrs) = spawn(&["sandbox", "--listen", "127.0.0.1:0"], &["sandbox"]);
+    let sandbox = addrs["sandbox"].clone();
+    let cfg = gateway_config(dir.path(), &sandbox);
+    let (mut gateway, addrs) = spawn(&["serve", "--config", cfg.to_str().unwrap()], &["proxy"]);
+    let proxy = addrs["proxy"].clone();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let tx = authorize(&http, &proxy, 1000).await;
+    let stats = |http: reqwest::Client| {
+        let url = format!("http://{sandbox}/_sandbox/stats");
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // Each cancellation stays in flight at the sandbox for 500 ms.
+    http.post(format!("http://{sandbox}/_sandbox/faults"))
+        .json(&json!({"operation": "payment.cancellations.create", "latency_ms": 500}))
+        .send()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let rb = http
+            .post(format!("http://{proxy}{TX_PATH}/{tx}/cancellations"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"gross_amount": 1}"#);
+        tasks.push(tokio::spawn(async move {
+            rb.send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    // Wait (bounded) until all 40 reached the sandbox, i.e. are in flight through the gateway.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats(http.clone()).await["requests"]["payment.cancellations.create"].as_u64() < Some(40)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests never arrived"
+        );
+        tokio::task::yield_now().await;
+    }
+    let pid = gateway.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("answered, not dropped"), 201);
+    }
+    let status = gateway.0.wait().unwrap();
+    assert!(status.success(), "exit 0 after the drain: {status:?}");
+
+    let verify = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("80 records"),
+        "40 intents + 40 outcomes"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_answer() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.http
+            .get(format!("{}/healthz", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        h.http
+            .get(format!("{}/readyz", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        h.http
+            .get(format!("{}/nope", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
