@@ -155,12 +155,13 @@ impl Gateway {
         // Decremented on every path, including a caller hanging up mid-request.
         let _in_flight = InFlight(&metrics.in_flight);
         let request_id = request_id(req.headers());
+        let attempts: Arc<std::sync::atomic::AtomicU32> = Arc::default();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let deadline = self.inner.limits.request_timeout;
         let result = match tokio::time::timeout(
             deadline,
-            self.route_and_call(req, source, &request_id, received),
+            self.route_and_call(req, source, &request_id, received, attempts.clone()),
         )
         .await
         {
@@ -208,7 +209,8 @@ impl Gateway {
             operation = operation.unwrap_or("-"),
             caller = caller.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
-                        latency_us = latency.as_micros() as u64,"request"
+                        latency_us = latency.as_micros() as u64,
+            upstream_attempts = attempts.load(std::sync::atomic::Ordering::Relaxed),"request"
         );
         resp
     }
@@ -219,6 +221,7 @@ impl Gateway {
         source: SocketAddr,
         request_id: &Arc<str>,
         received: Instant,
+        attempts: Arc<std::sync::atomic::AtomicU32>,
     ) -> Result<(GwResponse, Option<&'static str>), (GatewayError, Option<&'static str>)>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -274,7 +277,7 @@ impl Gateway {
             route,
             source,
             received,
-            attempts: Arc::default(),
+            attempts,
         });
         let svc = self.inner.stack.clone();
         svc.oneshot(req).await.map(|r| (r, op)).map_err(|e| (e, op))
