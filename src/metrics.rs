@@ -177,50 +177,40 @@ struct StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        {
-            let mut e = encoder.encode_descriptor(
+        type Read = fn(&TokenSource) -> u64;
+        let counters: [(&str, &str, Read); 2] = [
+            (
                 "token_fetches",
                 "Ratepay token fetches that succeeded",
-                None,
-                MetricType::Counter,
-            )?;
-            for (api, t) in self.tokens.iter() {
-                let labels = UpstreamOnly {
-                    upstream: api.name().to_owned(),
-                };
-                ConstCounter::new(t.stats().fetches.load(Ordering::Relaxed))
-                    .encode(e.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut e = encoder.encode_descriptor(
+                |t| t.stats().fetches.load(Ordering::Relaxed),
+            ),
+            (
                 "token_fetch_failures",
                 "Ratepay token fetches that failed",
-                None,
-                MetricType::Counter,
-            )?;
+                |t| t.stats().failures.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (api, t) in self.tokens.iter() {
                 let labels = UpstreamOnly {
                     upstream: api.name().to_owned(),
                 };
-                ConstCounter::new(t.stats().failures.load(Ordering::Relaxed))
-                    .encode(e.encode_family(&labels)?)?;
+                ConstCounter::new(read(t)).encode(e.encode_family(&labels)?)?;
             }
         }
-        {
-            let mut e = encoder.encode_descriptor(
-                "token_expiry_seconds",
-                "Seconds until the current Ratepay token expires (0: none)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (api, t) in self.tokens.iter() {
-                let labels = UpstreamOnly {
-                    upstream: api.name().to_owned(),
-                };
-                let secs = t.expires_in().unwrap_or(Duration::ZERO).as_secs() as i64;
-                ConstGauge::new(secs).encode(e.encode_family(&labels)?)?;
-            }
+        let mut e = encoder.encode_descriptor(
+            "token_expiry_seconds",
+            "Seconds until the current Ratepay token expires (0: none)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (api, t) in self.tokens.iter() {
+            let labels = UpstreamOnly {
+                upstream: api.name().to_owned(),
+            };
+            let secs = t.expires_in().unwrap_or(Duration::ZERO).as_secs() as i64;
+            ConstGauge::new(secs).encode(e.encode_family(&labels)?)?;
         }
         let s = self.audit.stats();
         ConstCounter::new(s.records_written).encode(encoder.encode_descriptor(

@@ -27,10 +27,23 @@ pub fn spawn(args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>
     let mut child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the binary");
     let stdout = child.stdout.take().expect("stdout");
+    // Keep the tail of stderr so a failed start says why.
+    let stderr = child.stderr.take().expect("stderr");
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let tail2 = tail.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut t = tail2.lock().unwrap_or_else(|p| p.into_inner());
+            t.push(line);
+            if t.len() > 20 {
+                t.remove(0);
+            }
+        }
+    });
     let running = Running(child);
     let mut lines = BufReader::new(stdout).lines();
     let mut found = HashMap::new();
