@@ -11,7 +11,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::{self, Body};
 
 /// Everything the gateway itself can refuse or fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone` so that one upstream failure can be shared by every request coalesced onto it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// The path carries a trick (encoding, dot segments, bad id).
     #[error("{0}")]
@@ -86,6 +88,9 @@ pub enum GatewayError {
     /// The whole request took longer than the configured deadline.
     #[error("the request did not complete within {0} ms")]
     Deadline(u128),
+    /// Over a gateway rate limit, or Ratepay's 429 pause on the upstream (429 + Retry-After).
+    #[error("{0}")]
+    RateLimited(crate::middleware::rate_limit::Refusal),
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -112,6 +117,12 @@ impl GatewayError {
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, "upstream-unreachable", "Ratepay API unreachable"),
             UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Ratepay API timed out"),
             Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", "Request deadline exceeded"),
+            RateLimited(r) => match r.scope {
+                crate::middleware::rate_limit::Scope::Paused(_) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "upstream-paused", "Ratepay asked the gateway to slow down")
+                }
+                _ => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Rate limit exceeded"),
+            },
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal gateway error"),
         }
     }
@@ -127,6 +138,9 @@ impl GatewayError {
         if let GatewayError::Unauthenticated(_) | GatewayError::InvalidClient(_) = self {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ratepay-gateway\""));
+        }
+        if let GatewayError::RateLimited(r) = self {
+            r.write_headers(resp.headers_mut());
         }
         resp
     }

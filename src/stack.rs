@@ -22,7 +22,13 @@ use crate::{
     config::{Config, Limits},
     context::{Authenticated, RequestContext},
     error::GatewayError,
-    middleware::{headers::HeadersLayer, token::InjectTokenLayer, GwRequest, GwResponse},
+    middleware::{
+        cache::{InvalidateOnCancellationLayer, SessionRecordCache, SessionRecordCacheLayer},
+        headers::HeadersLayer,
+        rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
+        token::InjectTokenLayer,
+        GwRequest, GwResponse,
+    },
     proxy::Proxy,
     routes::{self, Api},
     token::{http_fetch::HttpFetcher, TokenSource},
@@ -44,6 +50,8 @@ struct GatewayInner {
     callers: Arc<Callers>,
     limits: Limits,
     tokens: Arc<BTreeMap<Api, TokenSource>>,
+    rate_limits: Arc<RateLimits>,
+    cache: Option<SessionRecordCache>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -65,10 +73,22 @@ impl Gateway {
         let callers = Arc::new(Callers::new(&config.callers).map_err(|e| BuildError(e.to_string()))?);
         let audiences = config.upstreams.iter().map(|(api, u)| (*api, u.audience.clone())).collect();
         let origins = config.upstreams.iter().map(|(api, u)| (*api, u.url.clone())).collect();
+        let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
+        rate_limits.spawn_housekeeping(Duration::from_secs(60));
+        let cache = config.cache.as_ref().map(SessionRecordCache::new);
 
         let stack = ServiceBuilder::new()
             // Who is calling and may it: before any work is spent on the request.
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
+            // The caller's own budget, spent before any shared work: cache hits count too.
+            .layer(CallerRateLimitLayer::new(rate_limits.clone()))
+            // Session-record reads: after the policy (a caller only gets what it may call),
+            // before the budget toward Ratepay (hits spend none, and are served during a pause).
+            .layer(cache.clone().map_or_else(SessionRecordCacheLayer::disabled, SessionRecordCacheLayer::new))
+            // Once Ratepay confirmed a cancellation, the transaction's cached records go.
+            .layer(InvalidateOnCancellationLayer::new(cache.clone()))
+            // The budget toward Ratepay and Ratepay's own 429 pause: only calls about to leave.
+            .layer(UpstreamRateLimitLayer::new(rate_limits.clone()))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
             .layer(HeadersLayer)
             // Ratepay's token last, so no layer above ever sees it; 401 → refresh + one replay.
@@ -81,8 +101,20 @@ impl Gateway {
                 callers,
                 limits: config.limits.clone(),
                 tokens,
+                rate_limits,
+                cache,
             }),
         })
+    }
+
+    /// The rate-limit decisions (pauses, housekeeping, metrics).
+    pub fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.inner.rate_limits
+    }
+
+    /// The session-record cache, when enabled.
+    pub fn session_record_cache(&self) -> Option<&SessionRecordCache> {
+        self.inner.cache.as_ref()
     }
 
     /// Token sources per API (readiness and metrics).

@@ -4,7 +4,9 @@
 //! [`GatewayError`]: request bodies are buffered at the edge (bounded by `limits`), so layers
 //! can hash, audit and replay them; response bodies stream.
 
+pub mod cache;
 pub mod headers;
+pub mod rate_limit;
 pub mod token;
 
 use std::{future::Future, pin::Pin};
