@@ -118,10 +118,16 @@ impl GatewayError {
             UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Ratepay API timed out"),
             Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded", "Request deadline exceeded"),
             RateLimited(r) => match r.scope {
-                crate::middleware::rate_limit::Scope::Paused(_) => {
-                    (StatusCode::TOO_MANY_REQUESTS, "upstream-paused", "Ratepay asked the gateway to slow down")
-                }
-                _ => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Rate limit exceeded"),
+                crate::middleware::rate_limit::Scope::Paused(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "upstream-paused",
+                    "Ratepay asked the gateway to slow down",
+                ),
+                _ => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Rate limit exceeded",
+                ),
             },
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal gateway error"),
         }

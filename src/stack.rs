@@ -84,7 +84,10 @@ impl Gateway {
             .layer(CallerRateLimitLayer::new(rate_limits.clone()))
             // Session-record reads: after the policy (a caller only gets what it may call),
             // before the budget toward Ratepay (hits spend none, and are served during a pause).
-            .layer(cache.clone().map_or_else(SessionRecordCacheLayer::disabled, SessionRecordCacheLayer::new))
+            .layer(cache.clone().map_or_else(
+                SessionRecordCacheLayer::disabled,
+                SessionRecordCacheLayer::new,
+            ))
             // Once Ratepay confirmed a cancellation, the transaction's cached records go.
             .layer(InvalidateOnCancellationLayer::new(cache.clone()))
             // The budget toward Ratepay and Ratepay's own 429 pause: only calls about to leave.

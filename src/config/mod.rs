@@ -711,11 +711,17 @@ impl Config {
         if !r.rate_per_sec.is_finite() || r.rate_per_sec <= 0.0 || r.rate_per_sec > 1e9 {
             return Err(cx.err(
                 format!("{key}.rate_per_sec"),
-                format!("expected requests per second above 0 and at most 1e9 (e.g. 0.5 or 50), got {}", r.rate_per_sec),
+                format!(
+                    "expected requests per second above 0 and at most 1e9 (e.g. 0.5 or 50), got {}",
+                    r.rate_per_sec
+                ),
             ));
         }
         if r.burst == 0 {
-            return Err(cx.err(format!("{key}.burst"), "expected at least 1 (requests allowed at once)"));
+            return Err(cx.err(
+                format!("{key}.burst"),
+                "expected at least 1 (requests allowed at once)",
+            ));
         }
         Ok(Rate {
             per_sec: r.rate_per_sec,
@@ -734,7 +740,10 @@ impl Config {
         let over_limit = match f.mode.as_deref().unwrap_or("reject") {
             "reject" => {
                 if f.max_wait_ms.is_some() {
-                    return Err(cx.err("rate_limits.max_wait_ms", "applies only with mode = \"queue\""));
+                    return Err(cx.err(
+                        "rate_limits.max_wait_ms",
+                        "applies only with mode = \"queue\"",
+                    ));
                 }
                 OverLimit::Reject
             }
@@ -751,9 +760,18 @@ impl Config {
                 }
                 OverLimit::Queue { max_wait }
             }
-            other => return Err(cx.err("rate_limits.mode", format!("expected \"reject\" or \"queue\", got {other:?}"))),
+            other => {
+                return Err(cx.err(
+                    "rate_limits.mode",
+                    format!("expected \"reject\" or \"queue\", got {other:?}"),
+                ))
+            }
         };
-        let per_caller = f.per_caller.as_ref().map(|r| Self::rate(r, "rate_limits.per_caller", cx)).transpose()?;
+        let per_caller = f
+            .per_caller
+            .as_ref()
+            .map(|r| Self::rate(r, "rate_limits.per_caller", cx))
+            .transpose()?;
         let mut by_caller = BTreeMap::new();
         for (name, r) in &f.callers {
             let key = format!("rate_limits.callers.{name}");
@@ -765,8 +783,12 @@ impl Config {
         let mut by_upstream = BTreeMap::new();
         for (name, r) in &f.upstreams {
             let key = format!("rate_limits.upstreams.{name}");
-            let api = Api::from_name(name)
-                .ok_or_else(|| cx.err(&key, "unknown upstream; expected one of payment, status, hpp"))?;
+            let api = Api::from_name(name).ok_or_else(|| {
+                cx.err(
+                    &key,
+                    "unknown upstream; expected one of payment, status, hpp",
+                )
+            })?;
             if !upstreams.contains_key(&api) {
                 return Err(cx.err(&key, format!("no [upstreams.{name}] section is configured")));
             }
@@ -776,20 +798,31 @@ impl Config {
         for (name, r) in &f.operations {
             let key = format!("rate_limits.operations.\"{name}\"");
             let op = routes::operation(name).ok_or_else(|| {
-                cx.err(&key, "unknown operation; expected a name such as \"payment.cancellations.create\"")
+                cx.err(
+                    &key,
+                    "unknown operation; expected a name such as \"payment.cancellations.create\"",
+                )
             })?;
             by_operation.insert(op.name, Self::rate(r, &key, cx)?);
         }
-        let secs = |v: Option<u64>, default: Duration, key: &str| -> Result<Duration, ConfigError> {
-            let d = v.map(Duration::from_secs).unwrap_or(default);
-            if d.is_zero() || d > Duration::from_secs(86_400) {
-                return Err(cx.err(key, "expected 1 to 86400 seconds"));
-            }
-            Ok(d)
-        };
-        let upstream_pause_default =
-            secs(f.upstream_pause_default_secs, d.upstream_pause_default, "rate_limits.upstream_pause_default_secs")?;
-        let upstream_pause_max = secs(f.upstream_pause_max_secs, d.upstream_pause_max, "rate_limits.upstream_pause_max_secs")?;
+        let secs =
+            |v: Option<u64>, default: Duration, key: &str| -> Result<Duration, ConfigError> {
+                let d = v.map(Duration::from_secs).unwrap_or(default);
+                if d.is_zero() || d > Duration::from_secs(86_400) {
+                    return Err(cx.err(key, "expected 1 to 86400 seconds"));
+                }
+                Ok(d)
+            };
+        let upstream_pause_default = secs(
+            f.upstream_pause_default_secs,
+            d.upstream_pause_default,
+            "rate_limits.upstream_pause_default_secs",
+        )?;
+        let upstream_pause_max = secs(
+            f.upstream_pause_max_secs,
+            d.upstream_pause_max,
+            "rate_limits.upstream_pause_max_secs",
+        )?;
         if upstream_pause_default > upstream_pause_max {
             return Err(cx.err(
                 "rate_limits.upstream_pause_default_secs",
@@ -814,7 +847,10 @@ impl Config {
             match v {
                 None => Ok(default),
                 Some(s) if s <= 7 * 86_400 => Ok(Duration::from_secs(s)),
-                Some(_) => Err(cx.err(format!("cache.{key}"), "expected 0 (do not cache) to 604800 seconds")),
+                Some(_) => Err(cx.err(
+                    format!("cache.{key}"),
+                    "expected 0 (do not cache) to 604800 seconds",
+                )),
             }
         };
         let max_bytes = c.max_bytes.unwrap_or(d.max_bytes);
@@ -826,9 +862,17 @@ impl Config {
             terminal_ttl: ttl(c.terminal_ttl_secs, d.terminal_ttl, "terminal_ttl_secs")?,
             changing_ttl: ttl(c.changing_ttl_secs, d.changing_ttl, "changing_ttl_secs")?,
             list_past_ttl: ttl(c.list_past_ttl_secs, d.list_past_ttl, "list_past_ttl_secs")?,
-            list_today_ttl: ttl(c.list_today_ttl_secs, d.list_today_ttl, "list_today_ttl_secs")?,
+            list_today_ttl: ttl(
+                c.list_today_ttl_secs,
+                d.list_today_ttl,
+                "list_today_ttl_secs",
+            )?,
             not_found_ttl: ttl(c.not_found_ttl_secs, d.not_found_ttl, "not_found_ttl_secs")?,
-            stale_if_error: ttl(c.stale_if_error_secs, d.stale_if_error, "stale_if_error_secs")?,
+            stale_if_error: ttl(
+                c.stale_if_error_secs,
+                d.stale_if_error,
+                "stale_if_error_secs",
+            )?,
         })
     }
 
@@ -985,7 +1029,11 @@ impl Config {
         let _ = match r.over_limit {
             OverLimit::Reject => writeln!(s, "\n[rate_limits]\nmode = \"reject\""),
             OverLimit::Queue { max_wait } => {
-                writeln!(s, "\n[rate_limits]\nmode = \"queue\"\nmax_wait_ms = {}", max_wait.as_millis())
+                writeln!(
+                    s,
+                    "\n[rate_limits]\nmode = \"queue\"\nmax_wait_ms = {}",
+                    max_wait.as_millis()
+                )
             }
         };
         let _ = writeln!(
@@ -995,7 +1043,11 @@ impl Config {
             r.upstream_pause_max.as_secs()
         );
         let rate = |s: &mut String, section: &str, rate: &Rate| {
-            let _ = writeln!(s, "[rate_limits.{section}]\nrate_per_sec = {}\nburst = {}", rate.per_sec, rate.burst);
+            let _ = writeln!(
+                s,
+                "[rate_limits.{section}]\nrate_per_sec = {}\nburst = {}",
+                rate.per_sec, rate.burst
+            );
         };
         if let Some(p) = &r.per_caller {
             rate(&mut s, "per_caller", p);

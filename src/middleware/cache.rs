@@ -100,9 +100,18 @@ pub struct CacheKey {
 
 impl CacheKey {
     /// A key for `path` and `query` (normalised) as seen by `partner` on `upstream`.
-    pub fn new(upstream: Api, partner: Option<Arc<str>>, path: &str, query: Option<&str>) -> CacheKey {
+    pub fn new(
+        upstream: Api,
+        partner: Option<Arc<str>>,
+        path: &str,
+        query: Option<&str>,
+    ) -> CacheKey {
         let query = query.map(normalise_query).unwrap_or_default();
-        let target = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+        let target = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
         CacheKey {
             upstream,
             partner,
@@ -145,11 +154,17 @@ pub struct Freshness {
 }
 
 fn transaction_id(record: &Value) -> Option<String> {
-    record.get("transaction_id").and_then(Value::as_str).map(str::to_owned)
+    record
+        .get("transaction_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 fn terminal_record(record: &Value) -> bool {
-    record.get("session_status").and_then(Value::as_str).is_some_and(is_terminal)
+    record
+        .get("session_status")
+        .and_then(Value::as_str)
+        .is_some_and(is_terminal)
 }
 
 /// Freshness of one Ratepay answer by its content; `None`: do not store it.
@@ -176,7 +191,11 @@ pub fn freshness(
             let record: Value = serde_json::from_slice(body).ok()?;
             record.get("session_id")?;
             Freshness {
-                ttl: if terminal_record(&record) { settings.terminal_ttl } else { settings.changing_ttl },
+                ttl: if terminal_record(&record) {
+                    settings.terminal_ttl
+                } else {
+                    settings.changing_ttl
+                },
                 transaction_ids: transaction_id(&record).into_iter().collect(),
             }
         }
@@ -186,7 +205,11 @@ pub fn freshness(
             let records: Vec<Value> = serde_json::from_slice(body).ok()?;
             let settled = day < today && records.iter().all(terminal_record);
             Freshness {
-                ttl: if settled { settings.list_past_ttl } else { settings.list_today_ttl },
+                ttl: if settled {
+                    settings.list_past_ttl
+                } else {
+                    settings.list_today_ttl
+                },
                 transaction_ids: records.iter().filter_map(transaction_id).collect(),
             }
         }
@@ -228,7 +251,13 @@ fn directive(headers: &HeaderMap) -> Directive {
 }
 
 /// Headers never stored: computed per answer, or not for a shared cache.
-const UNSTORED: [&str; 5] = ["age", "x-cache", "set-cookie", "ratelimit", "ratelimit-policy"];
+const UNSTORED: [&str; 5] = [
+    "age",
+    "x-cache",
+    "set-cookie",
+    "ratelimit",
+    "ratelimit-policy",
+];
 
 /// Ratepay's answer, buffered.
 #[derive(Debug, Clone)]
@@ -264,7 +293,8 @@ impl<I: Reference> Entry<I> {
     fn response(&self, now: I, cache: CacheStatus) -> GwResponse {
         let mut resp = self.answer.response(cache);
         let age = Duration::from(now.duration_since(self.stored_at)).as_secs() + self.base_age;
-        resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+        resp.headers_mut()
+            .insert(header::AGE, HeaderValue::from(age));
         resp
     }
 
@@ -289,7 +319,12 @@ impl<C: Clock> KeepUntil<C> {
 }
 
 impl<C: Clock> Expiry<CacheKey, Arc<Entry<C::Instant>>> for KeepUntil<C> {
-    fn expire_after_create(&self, _: &CacheKey, v: &Arc<Entry<C::Instant>>, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        v: &Arc<Entry<C::Instant>>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(self.left(v))
     }
 
@@ -346,7 +381,9 @@ struct CacheInner<C: Clock> {
 
 impl<C: Clock> Clone for SessionRecordCache<C> {
     fn clone(&self) -> Self {
-        SessionRecordCache { inner: self.inner.clone() }
+        SessionRecordCache {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -375,9 +412,12 @@ where
         let entries = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|k: &CacheKey, v: &Arc<Entry<C::Instant>>| {
-                v.weight.saturating_add(u32::try_from(k.bytes()).unwrap_or(u32::MAX))
+                v.weight
+                    .saturating_add(u32::try_from(k.bytes()).unwrap_or(u32::MAX))
             })
-            .expire_after(KeepUntil { clock: clock.clone() })
+            .expire_after(KeepUntil {
+                clock: clock.clone(),
+            })
             .support_invalidation_closures()
             .build();
         SessionRecordCache {
@@ -399,7 +439,7 @@ where
         if let Err(e) = self
             .inner
             .entries
-            .invalidate_entries_if(move |_k, v| v.transaction_ids.iter().any(|t| *t == id))
+            .invalidate_entries_if(move |_k, v| v.transaction_ids.contains(&id))
         {
             tracing::error!(error = %e, "session-record cache invalidation failed");
         }
@@ -493,14 +533,28 @@ where
             return Err(Uncached::Failed5xx(answer));
         }
         let today = OffsetDateTime::now_utc().date();
-        let fresh = match freshness(&self.inner.settings, operation, answer.status, &answer.body, query.as_deref(), today) {
+        let fresh = match freshness(
+            &self.inner.settings,
+            operation,
+            answer.status,
+            &answer.body,
+            query.as_deref(),
+            today,
+        ) {
             Some(f) if !no_store => f,
             _ => return Err(Uncached::Pass(answer)),
         };
         let now = self.inner.clock.now();
         let fresh_until = now + fresh.ttl.into();
-        let header_bytes: usize = answer.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 8).sum();
-        let weight = answer.body.len() + header_bytes + fresh.transaction_ids.iter().map(String::len).sum::<usize>() + 256;
+        let header_bytes: usize = answer
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 8)
+            .sum();
+        let weight = answer.body.len()
+            + header_bytes
+            + fresh.transaction_ids.iter().map(String::len).sum::<usize>()
+            + 256;
         Ok(Arc::new(Entry {
             answer,
             stored_at: now,
@@ -512,7 +566,13 @@ where
         }))
     }
 
-    async fn serve<S: Inner>(self, inner: S, req: GwRequest, key: CacheKey, operation: &'static str) -> Result<GwResponse, GatewayError> {
+    async fn serve<S: Inner>(
+        self,
+        inner: S,
+        req: GwRequest,
+        key: CacheKey,
+        operation: &'static str,
+    ) -> Result<GwResponse, GatewayError> {
         let clock = &self.inner.clock;
         let upstream = key.upstream;
         match directive(req.headers()) {
@@ -558,18 +618,20 @@ where
                 .try_get_with(key, async move {
                     match this.fetch(inner, req, operation, upstream).await {
                         // Put the stale entry back for every waiter (and later readers).
-                        Err(u) if u.stale_ok() => match stale.filter(|e| e.kept(this.inner.clock.now())) {
-                            Some(e) => Ok(e),
-                            None => Err(u),
-                        },
+                        Err(u) if u.stale_ok() => {
+                            match stale.filter(|e| e.kept(this.inner.clock.now())) {
+                                Some(e) => Ok(e),
+                                None => Err(u),
+                            }
+                        }
                         other => other,
                     }
                 })
                 .await
         });
-        let outcome = shared
-            .await
-            .map_err(|e| GatewayError::Internal(format!("session-record fetch task failed: {e}")))?;
+        let outcome = shared.await.map_err(|e| {
+            GatewayError::Internal(format!("session-record fetch task failed: {e}"))
+        })?;
         let now = clock.now();
         match outcome {
             Ok(entry) if entry.fresh(now) => Ok(entry.response(now, CacheStatus::Miss)),
@@ -592,7 +654,9 @@ pub struct SessionRecordCacheLayer<C: Clock = DefaultClock> {
 
 impl<C: Clock> Clone for SessionRecordCacheLayer<C> {
     fn clone(&self) -> Self {
-        SessionRecordCacheLayer { cache: self.cache.clone() }
+        SessionRecordCacheLayer {
+            cache: self.cache.clone(),
+        }
     }
 }
 
@@ -652,12 +716,18 @@ where
             return { inner }.call(req);
         };
         let operation = match req.extensions().get::<RequestContext>() {
-            Some(ctx) if req.method() == Method::GET && matches!(ctx.route.operation.name, RECORD_GET | RECORD_LIST) => {
+            Some(ctx)
+                if req.method() == Method::GET
+                    && matches!(ctx.route.operation.name, RECORD_GET | RECORD_LIST) =>
+            {
                 ctx.route.operation
             }
             _ => return { inner }.call(req),
         };
-        let partner = req.extensions().get::<Authenticated>().and_then(|a| a.partner.clone());
+        let partner = req
+            .extensions()
+            .get::<Authenticated>()
+            .and_then(|a| a.partner.clone());
         let key = CacheKey::new(operation.api, partner, req.uri().path(), req.uri().query());
         Box::pin(cache.serve(inner, req, key, operation.name))
     }
@@ -670,7 +740,9 @@ pub struct InvalidateOnCancellationLayer<C: Clock = DefaultClock> {
 
 impl<C: Clock> Clone for InvalidateOnCancellationLayer<C> {
     fn clone(&self) -> Self {
-        InvalidateOnCancellationLayer { cache: self.cache.clone() }
+        InvalidateOnCancellationLayer {
+            cache: self.cache.clone(),
+        }
     }
 }
 
@@ -789,7 +861,10 @@ mod tests {
     fn query_normalisation_sorts_and_drops_empty_pieces() {
         assert_eq!(normalise_query("b=2&a=1"), "a=1&b=2");
         assert_eq!(normalise_query("a=1&b=2&"), "a=1&b=2");
-        assert_eq!(normalise_query("&&createdDate=2024-01-01"), "createdDate=2024-01-01");
+        assert_eq!(
+            normalise_query("&&createdDate=2024-01-01"),
+            "createdDate=2024-01-01"
+        );
         assert_eq!(normalise_query("a=2&a=1&flag"), "a=1&a=2&flag");
         let p = "/pps/api/v1/session-record";
         assert_eq!(
@@ -809,26 +884,72 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, none);
         assert_ne!(none, empty);
-        assert_ne!(CacheKey::new(Api::Payment, Some(Arc::from("p-a")), p, None), a);
+        assert_ne!(
+            CacheKey::new(Api::Payment, Some(Arc::from("p-a")), p, None),
+            a
+        );
     }
 
     #[test]
     fn record_lifetime_follows_its_status() {
         let s = settings();
-        let ttl = |status: &str| freshness(&s, RECORD_GET, StatusCode::OK, record(status, None).as_bytes(), None, TODAY).map(|f| f.ttl);
+        let ttl = |status: &str| {
+            freshness(
+                &s,
+                RECORD_GET,
+                StatusCode::OK,
+                record(status, None).as_bytes(),
+                None,
+                TODAY,
+            )
+            .map(|f| f.ttl)
+        };
         for t in ["COMPLETED", "ERROR", "EXPIRED", "CANCELED"] {
             assert_eq!(ttl(t), Some(Duration::from_secs(600)), "{t}");
         }
-        for t in ["CREATED", "IN_PROGRESS", "OTP_PENDING", "FRAUD_CANCELLATION_REQUESTED", "SOMETHING_NEW"] {
+        for t in [
+            "CREATED",
+            "IN_PROGRESS",
+            "OTP_PENDING",
+            "FRAUD_CANCELLATION_REQUESTED",
+            "SOMETHING_NEW",
+        ] {
             assert_eq!(ttl(t), Some(Duration::from_secs(2)), "{t}");
         }
-        let f = freshness(&s, RECORD_GET, StatusCode::OK, record("COMPLETED", Some("tx-1")).as_bytes(), None, TODAY).unwrap();
+        let f = freshness(
+            &s,
+            RECORD_GET,
+            StatusCode::OK,
+            record("COMPLETED", Some("tx-1")).as_bytes(),
+            None,
+            TODAY,
+        )
+        .unwrap();
         assert_eq!(f.transaction_ids, ["tx-1"]);
         // Not a record, other statuses, and 5xx are never stored; 404 briefly.
-        assert_eq!(freshness(&s, RECORD_GET, StatusCode::OK, b"<html>", None, TODAY), None);
-        assert_eq!(freshness(&s, RECORD_GET, StatusCode::OK, b"{}", None, TODAY), None);
-        assert_eq!(freshness(&s, RECORD_GET, StatusCode::BAD_REQUEST, b"{}", None, TODAY), None);
-        assert_eq!(freshness(&s, RECORD_GET, StatusCode::SERVICE_UNAVAILABLE, b"{}", None, TODAY), None);
+        assert_eq!(
+            freshness(&s, RECORD_GET, StatusCode::OK, b"<html>", None, TODAY),
+            None
+        );
+        assert_eq!(
+            freshness(&s, RECORD_GET, StatusCode::OK, b"{}", None, TODAY),
+            None
+        );
+        assert_eq!(
+            freshness(&s, RECORD_GET, StatusCode::BAD_REQUEST, b"{}", None, TODAY),
+            None
+        );
+        assert_eq!(
+            freshness(
+                &s,
+                RECORD_GET,
+                StatusCode::SERVICE_UNAVAILABLE,
+                b"{}",
+                None,
+                TODAY
+            ),
+            None
+        );
         assert_eq!(
             freshness(&s, RECORD_GET, StatusCode::NOT_FOUND, b"{}", None, TODAY).map(|f| f.ttl),
             Some(Duration::from_secs(1))
@@ -838,24 +959,80 @@ mod tests {
             changing_ttl: Duration::ZERO,
             ..settings()
         };
-        assert_eq!(freshness(&off, RECORD_GET, StatusCode::OK, record("CREATED", None).as_bytes(), None, TODAY), None);
+        assert_eq!(
+            freshness(
+                &off,
+                RECORD_GET,
+                StatusCode::OK,
+                record("CREATED", None).as_bytes(),
+                None,
+                TODAY
+            ),
+            None
+        );
     }
 
     #[test]
     fn list_lifetime_follows_its_day_and_records() {
         let s = settings();
-        let done = format!("[{},{}]", record("COMPLETED", Some("t1")), record("EXPIRED", None));
-        let open = format!("[{},{}]", record("COMPLETED", Some("t1")), record("IN_PROGRESS", None));
-        let ttl = |body: &str, q: &str| freshness(&s, RECORD_LIST, StatusCode::OK, body.as_bytes(), Some(q), TODAY).map(|f| f.ttl);
-        assert_eq!(ttl(&done, "createdDate=2024-05-09"), Some(Duration::from_secs(300)), "past, settled");
-        assert_eq!(ttl("[]", "createdDate=2023-01-01"), Some(Duration::from_secs(300)), "past, empty");
-        assert_eq!(ttl(&open, "createdDate=2024-05-09"), Some(Duration::from_secs(3)), "past, still changing");
-        assert_eq!(ttl(&done, "createdDate=2024-05-10"), Some(Duration::from_secs(3)), "today");
-        assert_eq!(ttl(&done, "createdDate=2024-05-11"), Some(Duration::from_secs(3)), "future");
+        let done = format!(
+            "[{},{}]",
+            record("COMPLETED", Some("t1")),
+            record("EXPIRED", None)
+        );
+        let open = format!(
+            "[{},{}]",
+            record("COMPLETED", Some("t1")),
+            record("IN_PROGRESS", None)
+        );
+        let ttl = |body: &str, q: &str| {
+            freshness(
+                &s,
+                RECORD_LIST,
+                StatusCode::OK,
+                body.as_bytes(),
+                Some(q),
+                TODAY,
+            )
+            .map(|f| f.ttl)
+        };
+        assert_eq!(
+            ttl(&done, "createdDate=2024-05-09"),
+            Some(Duration::from_secs(300)),
+            "past, settled"
+        );
+        assert_eq!(
+            ttl("[]", "createdDate=2023-01-01"),
+            Some(Duration::from_secs(300)),
+            "past, empty"
+        );
+        assert_eq!(
+            ttl(&open, "createdDate=2024-05-09"),
+            Some(Duration::from_secs(3)),
+            "past, still changing"
+        );
+        assert_eq!(
+            ttl(&done, "createdDate=2024-05-10"),
+            Some(Duration::from_secs(3)),
+            "today"
+        );
+        assert_eq!(
+            ttl(&done, "createdDate=2024-05-11"),
+            Some(Duration::from_secs(3)),
+            "future"
+        );
         assert_eq!(ttl(&done, "createdDate=10.05.2024"), None, "bad date");
         assert_eq!(ttl(&done, "other=1"), None, "no date");
         assert_eq!(ttl("{}", "createdDate=2024-05-09"), None, "not a list");
-        let f = freshness(&s, RECORD_LIST, StatusCode::OK, done.as_bytes(), Some("createdDate=2024-05-09"), TODAY).unwrap();
+        let f = freshness(
+            &s,
+            RECORD_LIST,
+            StatusCode::OK,
+            done.as_bytes(),
+            Some("createdDate=2024-05-09"),
+            TODAY,
+        )
+        .unwrap();
         assert_eq!(f.transaction_ids, ["t1"]);
     }
 
@@ -872,20 +1049,25 @@ mod tests {
         assert_eq!(h(&[("cache-control", "No-Cache")]), Directive::NoCache);
         assert_eq!(h(&[("cache-control", "max-age=0")]), Directive::NoCache);
         assert_eq!(h(&[("pragma", "no-cache")]), Directive::NoCache);
-        assert_eq!(h(&[("cache-control", "no-cache, no-store")]), Directive::NoStore);
+        assert_eq!(
+            h(&[("cache-control", "no-cache, no-store")]),
+            Directive::NoStore
+        );
         assert_eq!(h(&[("cache-control", "max-age=60")]), Directive::Normal);
     }
+
+    type Scripted = Result<(u16, String), GatewayError>;
 
     /// A scripted Ratepay: each call takes the next answer (the last one repeats).
     #[derive(Clone)]
     struct Script {
-        answers: Arc<Mutex<VecDeque<Result<(u16, String), GatewayError>>>>,
+        answers: Arc<Mutex<VecDeque<Scripted>>>,
         calls: Arc<AtomicUsize>,
         gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     impl Script {
-        fn new(answers: Vec<Result<(u16, String), GatewayError>>) -> Script {
+        fn new(answers: Vec<Scripted>) -> Script {
             Script {
                 answers: Arc::new(Mutex::new(answers.into())),
                 calls: Arc::new(AtomicUsize::new(0)),
@@ -925,7 +1107,10 @@ mod tests {
                 let (status, body) = answer?;
                 let mut resp = GwResponse::new(body::full(body));
                 *resp.status_mut() = StatusCode::from_u16(status).unwrap();
-                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 Ok(resp)
             })
         }
@@ -952,10 +1137,19 @@ mod tests {
         }
     }
 
-    fn request(method: Method, path_and_query: &str, partner: Option<&str>, headers: &[(&'static str, &'static str)]) -> GwRequest {
+    fn request(
+        method: Method,
+        path_and_query: &str,
+        partner: Option<&str>,
+        headers: &[(&'static str, &'static str)],
+    ) -> GwRequest {
         let path = path_and_query.split('?').next().unwrap();
         let route = routes::match_route(&method, path).unwrap().unwrap();
-        let mut req = Request::builder().method(method).uri(path_and_query).body(Bytes::new()).unwrap();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .body(Bytes::new())
+            .unwrap();
         for (k, v) in headers {
             req.headers_mut().insert(*k, HeaderValue::from_static(v));
         }
@@ -970,7 +1164,12 @@ mod tests {
     }
 
     fn get(partner: Option<&str>) -> GwRequest {
-        request(Method::GET, &format!("/pps/api/v1/session-record/{SID}"), partner, &[])
+        request(
+            Method::GET,
+            &format!("/pps/api/v1/session-record/{SID}"),
+            partner,
+            &[],
+        )
     }
 
     struct Answer {
@@ -980,12 +1179,30 @@ mod tests {
         body: String,
     }
 
-    async fn call<S: Inner>(svc: &mut SessionRecordCacheService<S, FakeRelativeClock>, req: GwRequest) -> Result<Answer, GatewayError> {
+    async fn call<S: Inner>(
+        svc: &mut SessionRecordCacheService<S, FakeRelativeClock>,
+        req: GwRequest,
+    ) -> Result<Answer, GatewayError> {
         let resp = tower::ServiceExt::ready(svc).await?.call(req).await?;
-        let x_cache = resp.headers().get(&X_CACHE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-        let age = resp.headers().get(header::AGE).map(|v| v.to_str().unwrap().parse().unwrap());
+        let x_cache = resp
+            .headers()
+            .get(&X_CACHE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let age = resp
+            .headers()
+            .get(header::AGE)
+            .map(|v| v.to_str().unwrap().parse().unwrap());
         let status = resp.status().as_u16();
-        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let body = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
         Ok(Answer {
             status,
             x_cache,
@@ -994,7 +1211,14 @@ mod tests {
         })
     }
 
-    fn service(script: &Script, settings: CacheSettings) -> (SessionRecordCacheService<Script, FakeRelativeClock>, SessionRecordCache<FakeRelativeClock>, FakeRelativeClock) {
+    fn service(
+        script: &Script,
+        settings: CacheSettings,
+    ) -> (
+        SessionRecordCacheService<Script, FakeRelativeClock>,
+        SessionRecordCache<FakeRelativeClock>,
+        FakeRelativeClock,
+    ) {
         let clock = FakeRelativeClock::default();
         let cache = SessionRecordCache::with_clock(&settings, clock.clone());
         let svc = tower::Layer::layer(&SessionRecordCacheLayer::new(cache.clone()), script.clone());
@@ -1003,10 +1227,16 @@ mod tests {
 
     #[tokio::test]
     async fn changing_record_expires_after_its_short_lifetime_and_terminal_one_stays() {
-        let script = Script::new(vec![Ok((200, record("CREATED", None))), Ok((200, record("COMPLETED", Some("tx"))))]);
+        let script = Script::new(vec![
+            Ok((200, record("CREATED", None))),
+            Ok((200, record("COMPLETED", Some("tx")))),
+        ]);
         let (mut svc, _cache, clock) = service(&script, settings());
         let a = call(&mut svc, get(None)).await.unwrap();
-        assert_eq!((a.status, a.x_cache.as_str(), a.age), (200, "MISS", Some(0)));
+        assert_eq!(
+            (a.status, a.x_cache.as_str(), a.age),
+            (200, "MISS", Some(0))
+        );
         clock.advance(Duration::from_millis(1999));
         let a = call(&mut svc, get(None)).await.unwrap();
         assert_eq!((a.x_cache.as_str(), a.age), ("HIT", Some(1)));
@@ -1030,10 +1260,19 @@ mod tests {
     async fn partners_never_share_entries() {
         let script = Script::new(vec![Ok((200, record("COMPLETED", None)))]);
         let (mut svc, _cache, _clock) = service(&script, settings());
-        assert_eq!(call(&mut svc, get(Some("p-a"))).await.unwrap().x_cache, "MISS");
-        assert_eq!(call(&mut svc, get(Some("p-b"))).await.unwrap().x_cache, "MISS");
+        assert_eq!(
+            call(&mut svc, get(Some("p-a"))).await.unwrap().x_cache,
+            "MISS"
+        );
+        assert_eq!(
+            call(&mut svc, get(Some("p-b"))).await.unwrap().x_cache,
+            "MISS"
+        );
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "MISS");
-        assert_eq!(call(&mut svc, get(Some("p-a"))).await.unwrap().x_cache, "HIT");
+        assert_eq!(
+            call(&mut svc, get(Some("p-a"))).await.unwrap().x_cache,
+            "HIT"
+        );
         assert_eq!(script.calls(), 3);
     }
 
@@ -1070,7 +1309,10 @@ mod tests {
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "MISS");
         clock.advance(Duration::from_secs(5));
         let a = call(&mut svc, get(None)).await.unwrap();
-        assert_eq!((a.status, a.x_cache.as_str(), a.age), (200, "STALE", Some(5)));
+        assert_eq!(
+            (a.status, a.x_cache.as_str(), a.age),
+            (200, "STALE", Some(5))
+        );
         // Each later request tries Ratepay again; a timeout also falls back to the stale entry.
         let a = call(&mut svc, get(None)).await.unwrap();
         assert_eq!((a.status, a.x_cache.as_str()), (200, "STALE"));
@@ -1083,7 +1325,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_4xx_is_not_an_error_to_hide_behind_a_stale_entry() {
-        let script = Script::new(vec![Ok((200, record("CREATED", None))), Ok((403, "{}".into()))]);
+        let script = Script::new(vec![
+            Ok((200, record("CREATED", None))),
+            Ok((403, "{}".into())),
+        ]);
         let (mut svc, _cache, clock) = service(&script, settings());
         call(&mut svc, get(None)).await.unwrap();
         clock.advance(Duration::from_secs(3));
@@ -1099,16 +1344,33 @@ mod tests {
         ]);
         let (mut svc, _cache, _clock) = service(&script, settings());
         call(&mut svc, get(None)).await.unwrap();
-        let no_cache = |v| request(Method::GET, &format!("/pps/api/v1/session-record/{SID}"), None, &[("cache-control", v)]);
+        let no_cache = |v| {
+            request(
+                Method::GET,
+                &format!("/pps/api/v1/session-record/{SID}"),
+                None,
+                &[("cache-control", v)],
+            )
+        };
         let a = call(&mut svc, no_cache("no-cache")).await.unwrap();
         assert_eq!(a.x_cache, "BYPASS");
         assert!(a.body.contains("IN_PROGRESS"));
         let a = call(&mut svc, get(None)).await.unwrap();
         assert_eq!(a.x_cache, "HIT");
-        assert!(a.body.contains("IN_PROGRESS"), "no-cache refreshed the entry");
+        assert!(
+            a.body.contains("IN_PROGRESS"),
+            "no-cache refreshed the entry"
+        );
         let a = call(&mut svc, no_cache("no-store")).await.unwrap();
         assert!(a.body.contains("OTP_PENDING"));
-        assert!(call(&mut svc, get(None)).await.unwrap().body.contains("IN_PROGRESS"), "no-store stored nothing");
+        assert!(
+            call(&mut svc, get(None))
+                .await
+                .unwrap()
+                .body
+                .contains("IN_PROGRESS"),
+            "no-store stored nothing"
+        );
         assert_eq!(script.calls(), 3);
     }
 
@@ -1127,14 +1389,18 @@ mod tests {
                 self.0.fetch_add(1, Ordering::SeqCst);
                 Box::pin(async {
                     let mut resp = GwResponse::new(body::full(record("COMPLETED", None)));
-                    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+                    resp.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("private, no-store"),
+                    );
                     Ok(resp)
                 })
             }
         }
         let calls = Arc::new(AtomicUsize::new(0));
         let cache = SessionRecordCache::with_clock(&settings(), FakeRelativeClock::default());
-        let mut svc = tower::Layer::layer(&SessionRecordCacheLayer::new(cache), NoStore(calls.clone()));
+        let mut svc =
+            tower::Layer::layer(&SessionRecordCacheLayer::new(cache), NoStore(calls.clone()));
         for _ in 0..3 {
             assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "MISS");
         }
@@ -1149,7 +1415,8 @@ mod tests {
         let (svc, _cache, _clock) = service(&script, settings());
         // The first request leads, then hangs up while Ratepay is still answering.
         let mut leader_svc = svc.clone();
-        let leader = tokio::spawn(async move { call(&mut leader_svc, get(None)).await.map(|a| a.x_cache) });
+        let leader =
+            tokio::spawn(async move { call(&mut leader_svc, get(None)).await.map(|a| a.x_cache) });
         while script.calls() == 0 {
             tokio::task::yield_now().await;
         }
@@ -1157,7 +1424,9 @@ mod tests {
         let mut waiters = Vec::new();
         for _ in 0..100 {
             let mut s = svc.clone();
-            waiters.push(tokio::spawn(async move { call(&mut s, get(None)).await.map(|a| (a.status, a.x_cache)) }));
+            waiters.push(tokio::spawn(async move {
+                call(&mut s, get(None)).await.map(|a| (a.status, a.x_cache))
+            }));
         }
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -1184,17 +1453,30 @@ mod tests {
         );
         for i in 0..40 {
             let path = format!("/pps/api/v1/session-record/session{i:0>15}");
-            let a = call(&mut svc, request(Method::GET, &path, None, &[])).await.unwrap();
+            let a = call(&mut svc, request(Method::GET, &path, None, &[]))
+                .await
+                .unwrap();
             assert_eq!(a.status, 200);
         }
         cache.run_pending_tasks().await;
-        assert!(cache.weighted_size() <= 8 * 1024, "{} bytes", cache.weighted_size());
-        assert!(cache.entry_count() >= 4 && cache.entry_count() < 40, "{} entries", cache.entry_count());
+        assert!(
+            cache.weighted_size() <= 8 * 1024,
+            "{} bytes",
+            cache.weighted_size()
+        );
+        assert!(
+            cache.entry_count() >= 4 && cache.entry_count() < 40,
+            "{} entries",
+            cache.entry_count()
+        );
     }
 
     #[tokio::test]
     async fn cancellation_invalidates_the_transactions_records_only() {
-        let script = Script::new(vec![Ok((200, record("COMPLETED", Some("txAAAAAAAAAAAAAAAAAAA"))))]);
+        let script = Script::new(vec![Ok((
+            200,
+            record("COMPLETED", Some("txAAAAAAAAAAAAAAAAAAA")),
+        ))]);
         let (mut svc, cache, _clock) = service(&script, settings());
         call(&mut svc, get(None)).await.unwrap();
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "HIT");
@@ -1202,13 +1484,27 @@ mod tests {
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "HIT");
 
         // Through the layer: a failed cancellation keeps the entry, a 2xx one drops it.
-        let cancel_path = "/transaction/management/v2/transactions/txAAAAAAAAAAAAAAAAAAA/cancellations";
+        let cancel_path =
+            "/transaction/management/v2/transactions/txAAAAAAAAAAAAAAAAAAA/cancellations";
         let outcome = Script::new(vec![Ok((422, "{}".into())), Ok((201, "{}".into()))]);
-        let mut cancel = tower::Layer::layer(&InvalidateOnCancellationLayer::new(Some(cache.clone())), outcome);
-        let resp = tower::ServiceExt::ready(&mut cancel).await.unwrap().call(request(Method::POST, cancel_path, None, &[])).await.unwrap();
+        let mut cancel = tower::Layer::layer(
+            &InvalidateOnCancellationLayer::new(Some(cache.clone())),
+            outcome,
+        );
+        let resp = tower::ServiceExt::ready(&mut cancel)
+            .await
+            .unwrap()
+            .call(request(Method::POST, cancel_path, None, &[]))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 422);
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "HIT");
-        let resp = tower::ServiceExt::ready(&mut cancel).await.unwrap().call(request(Method::POST, cancel_path, None, &[])).await.unwrap();
+        let resp = tower::ServiceExt::ready(&mut cancel)
+            .await
+            .unwrap()
+            .call(request(Method::POST, cancel_path, None, &[]))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 201);
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "MISS");
         assert_eq!(script.calls(), 2);
@@ -1220,7 +1516,12 @@ mod tests {
         let (mut svc, _cache, _clock) = service(&script, settings());
         let path = "/transaction/management/v2/transactions/txAAAAAAAAAAAAAAAAAAA";
         for _ in 0..2 {
-            let resp = tower::ServiceExt::ready(&mut svc).await.unwrap().call(request(Method::GET, path, None, &[])).await.unwrap();
+            let resp = tower::ServiceExt::ready(&mut svc)
+                .await
+                .unwrap()
+                .call(request(Method::GET, path, None, &[]))
+                .await
+                .unwrap();
             assert!(resp.headers().get(&X_CACHE).is_none());
         }
         assert_eq!(script.calls(), 2);

@@ -112,7 +112,10 @@ impl Refusal {
 fn write_policy(headers: &mut HeaderMap, name: &str, rate: &Rate, remaining: u32, reset_secs: u64) {
     let policy = format!("\"{name}\";q={};w={}", rate.burst, quota_window(rate));
     let state = format!("\"{name}\";r={remaining};t={reset_secs}");
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
         headers.insert(RATELIMIT_POLICY.clone(), p);
         headers.insert(RATELIMIT.clone(), s);
     }
@@ -162,13 +165,21 @@ impl Headroom {
             name,
             rate,
             remaining,
-            reset: rate.period().saturating_mul(rate.burst.saturating_sub(remaining)),
+            reset: rate
+                .period()
+                .saturating_mul(rate.burst.saturating_sub(remaining)),
         }
     }
 
     /// Sets `RateLimit-Policy` and `RateLimit`.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        write_policy(headers, self.name, &self.rate, self.remaining, ceil_secs(self.reset));
+        write_policy(
+            headers,
+            self.name,
+            &self.rate,
+            self.remaining,
+            ceil_secs(self.reset),
+        );
     }
 }
 
@@ -213,7 +224,9 @@ pub struct RateLimits<C: Clock = DefaultClock> {
 
 impl<C: Clock> fmt::Debug for RateLimits<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimits").field("over_limit", &self.over_limit).finish_non_exhaustive()
+        f.debug_struct("RateLimits")
+            .field("over_limit", &self.over_limit)
+            .finish_non_exhaustive()
     }
 }
 
@@ -231,18 +244,32 @@ where
     /// Limits on `clock` (tests pass a `FakeRelativeClock`).
     pub fn with_clock(settings: &RateLimitSettings, clock: C) -> Self {
         let direct = |rate: &Rate| Limit {
-            limiter: RateLimiter::direct_with_clock(quota(rate), clock.clone()).with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::direct_with_clock(quota(rate), clock.clone())
+                .with_middleware::<StateInformationMiddleware>(),
             rate: *rate,
         };
         RateLimits {
             over_limit: settings.over_limit,
             per_caller: settings.per_caller.as_ref().map(|rate| Limit {
-                limiter: RateLimiter::dashmap_with_clock(quota(rate), clock.clone()).with_middleware::<StateInformationMiddleware>(),
+                limiter: RateLimiter::dashmap_with_clock(quota(rate), clock.clone())
+                    .with_middleware::<StateInformationMiddleware>(),
                 rate: *rate,
             }),
-            callers: settings.callers.iter().map(|(n, r)| (n.clone(), direct(r))).collect(),
-            upstreams: settings.upstreams.iter().map(|(a, r)| (*a, direct(r))).collect(),
-            operations: settings.operations.iter().map(|(o, r)| (*o, direct(r))).collect(),
+            callers: settings
+                .callers
+                .iter()
+                .map(|(n, r)| (n.clone(), direct(r)))
+                .collect(),
+            upstreams: settings
+                .upstreams
+                .iter()
+                .map(|(a, r)| (*a, direct(r)))
+                .collect(),
+            operations: settings
+                .operations
+                .iter()
+                .map(|(o, r)| (*o, direct(r)))
+                .collect(),
             pause_default: settings.upstream_pause_default,
             pause_max: settings.upstream_pause_max,
             paused_until: Mutex::new(BTreeMap::new()),
@@ -262,7 +289,9 @@ where
     /// Refused for `wait`: in queue mode within the budget a wait, else a refusal.
     fn over(&self, wait: Duration, waited: Duration, scope: Scope, rate: Option<Rate>) -> Decision {
         match self.over_limit {
-            OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => Decision::Wait(wait),
+            OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => {
+                Decision::Wait(wait)
+            }
             _ => Decision::Refuse(Refusal {
                 scope,
                 retry_after: wait,
@@ -274,7 +303,11 @@ where
     /// Checks (and on success spends from) the caller's budget. `waited`: time already queued.
     pub fn check_caller(&self, caller: &str, waited: Duration) -> Decision {
         let outcome = match self.callers.get(caller) {
-            Some(l) => l.limiter.check().map(|s| (s, l.rate)).map_err(|n| (n.earliest_possible(), l.rate)),
+            Some(l) => l
+                .limiter
+                .check()
+                .map(|s| (s, l.rate))
+                .map_err(|n| (n.earliest_possible(), l.rate)),
             None => match &self.per_caller {
                 Some(l) => l
                     .limiter
@@ -285,8 +318,15 @@ where
             },
         };
         match outcome {
-            Ok((snap, rate)) => Decision::Allow(Some(Headroom::from_snapshot("caller", rate, &snap))),
-            Err((at, rate)) => self.over(self.elapsed_until(at), waited, Scope::Caller(caller.to_owned()), Some(rate)),
+            Ok((snap, rate)) => {
+                Decision::Allow(Some(Headroom::from_snapshot("caller", rate, &snap)))
+            }
+            Err((at, rate)) => self.over(
+                self.elapsed_until(at),
+                waited,
+                Scope::Caller(caller.to_owned()),
+                Some(rate),
+            ),
         }
     }
 
@@ -300,7 +340,9 @@ where
         }
         let mut tightest: Option<Headroom> = None;
         let checks = [
-            self.operations.get(operation).map(|l| (l, Scope::Operation(operation))),
+            self.operations
+                .get(operation)
+                .map(|l| (l, Scope::Operation(operation))),
             self.upstreams.get(&api).map(|l| (l, Scope::Upstream(api))),
         ];
         for (limit, scope) in checks.into_iter().flatten() {
@@ -311,7 +353,14 @@ where
                         tightest = Some(h);
                     }
                 }
-                Err(n) => return self.over(self.elapsed_until(n.earliest_possible()), waited, scope, Some(limit.rate)),
+                Err(n) => {
+                    return self.over(
+                        self.elapsed_until(n.earliest_possible()),
+                        waited,
+                        scope,
+                        Some(limit.rate),
+                    )
+                }
             }
         }
         Decision::Allow(tightest)
@@ -320,7 +369,9 @@ where
     /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped; a default when
     /// absent). A shorter pause never shortens a longer one in force. Returns the pause applied.
     pub fn pause_upstream(&self, api: Api, retry_after: Option<Duration>) -> Duration {
-        let pause = retry_after.unwrap_or(self.pause_default).min(self.pause_max);
+        let pause = retry_after
+            .unwrap_or(self.pause_default)
+            .min(self.pause_max);
         let until = self.clock.now() + pause.into();
         let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         let slot = paused.entry(api).or_insert(until);
@@ -363,7 +414,9 @@ where
     /// Runs [`RateLimits::housekeep`] every `every` while the limits are alive (needs a runtime;
     /// without one it does nothing).
     pub fn spawn_housekeeping(self: &Arc<Self>, every: Duration) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let weak: Weak<Self> = Arc::downgrade(self);
         rt.spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -381,7 +434,9 @@ where
 }
 
 /// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
-async fn admit(mut check: impl FnMut(Duration) -> Decision) -> Result<Option<Headroom>, GatewayError> {
+async fn admit(
+    mut check: impl FnMut(Duration) -> Decision,
+) -> Result<Option<Headroom>, GatewayError> {
     let start = tokio::time::Instant::now();
     loop {
         match check(start.elapsed()) {
@@ -412,7 +467,9 @@ pub struct CallerRateLimitLayer<C: Clock = DefaultClock> {
 
 impl<C: Clock> Clone for CallerRateLimitLayer<C> {
     fn clone(&self) -> Self {
-        CallerRateLimitLayer { limits: self.limits.clone() }
+        CallerRateLimitLayer {
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -472,7 +529,9 @@ where
                 .extensions()
                 .get::<Authenticated>()
                 .map(|a| a.caller.name.clone())
-                .ok_or_else(|| GatewayError::Internal("caller missing before the rate limit".into()))?;
+                .ok_or_else(|| {
+                    GatewayError::Internal("caller missing before the rate limit".into())
+                })?;
             let headroom = admit(|waited| limits.check_caller(&caller, waited)).await?;
             let mut resp = inner.call(req).await?;
             // The caller paces itself by its own budget, not by whatever Ratepay reports.
@@ -491,7 +550,9 @@ pub struct UpstreamRateLimitLayer<C: Clock = DefaultClock> {
 
 impl<C: Clock> Clone for UpstreamRateLimitLayer<C> {
     fn clone(&self) -> Self {
-        UpstreamRateLimitLayer { limits: self.limits.clone() }
+        UpstreamRateLimitLayer {
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -611,10 +672,16 @@ mod tests {
         assert_eq!(r.retry_after_secs(), 1);
         // 300 ms later the wait is 200 ms; at 500 ms one more goes, then the next waits 500 ms.
         clock.advance(Duration::from_millis(300));
-        assert_eq!(refusal(l.check_caller("a", Duration::ZERO)).retry_after, Duration::from_millis(200));
+        assert_eq!(
+            refusal(l.check_caller("a", Duration::ZERO)).retry_after,
+            Duration::from_millis(200)
+        );
         clock.advance(Duration::from_millis(200));
         assert!(allowed(&l.check_caller("a", Duration::ZERO)));
-        assert_eq!(refusal(l.check_caller("a", Duration::ZERO)).retry_after, Duration::from_millis(500));
+        assert_eq!(
+            refusal(l.check_caller("a", Duration::ZERO)).retry_after,
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
@@ -654,7 +721,11 @@ mod tests {
         assert!(allowed(&l.check_caller("reporting", Duration::ZERO)));
         let r = refusal(l.check_caller("reporting", Duration::ZERO));
         assert_eq!(r.rate, Some(rate(1.0, 1)));
-        assert_eq!(l.tracked_callers(), 2, "overridden callers live outside the keyed limiter");
+        assert_eq!(
+            l.tracked_callers(),
+            2,
+            "overridden callers live outside the keyed limiter"
+        );
     }
 
     #[test]
@@ -663,7 +734,10 @@ mod tests {
         assert!(!l.limits_callers());
         for _ in 0..10_000 {
             assert_eq!(l.check_caller("a", Duration::ZERO), Decision::Allow(None));
-            assert_eq!(l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO), Decision::Allow(None));
+            assert_eq!(
+                l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO),
+                Decision::Allow(None)
+            );
         }
     }
 
@@ -678,17 +752,31 @@ mod tests {
         let op = "payment.cancellations.create";
         // The operation's budget (1) refuses first and names itself.
         assert!(allowed(&l.check_upstream(Api::Payment, op, Duration::ZERO)));
-        assert_eq!(refusal(l.check_upstream(Api::Payment, op, Duration::ZERO)).scope, Scope::Operation(op));
+        assert_eq!(
+            refusal(l.check_upstream(Api::Payment, op, Duration::ZERO)).scope,
+            Scope::Operation(op)
+        );
         // Another payment operation still has the API's second cell; then the API refuses.
-        assert!(allowed(&l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO)));
+        assert!(allowed(&l.check_upstream(
+            Api::Payment,
+            "payment.transactions.get",
+            Duration::ZERO
+        )));
         let r = refusal(l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO));
         assert_eq!(r.scope, Scope::Upstream(Api::Payment));
         assert_eq!(r.retry_after, Duration::from_secs(1));
         // Other APIs and the callers' budgets are untouched.
-        assert_eq!(l.check_upstream(Api::Hpp, "hpp.session_records.get", Duration::ZERO), Decision::Allow(None));
+        assert_eq!(
+            l.check_upstream(Api::Hpp, "hpp.session_records.get", Duration::ZERO),
+            Decision::Allow(None)
+        );
         assert!(allowed(&l.check_caller("a", Duration::ZERO)));
         clock.advance(Duration::from_secs(1));
-        assert!(allowed(&l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO)));
+        assert!(allowed(&l.check_upstream(
+            Api::Payment,
+            "payment.transactions.get",
+            Duration::ZERO
+        )));
     }
 
     #[test]
@@ -698,7 +786,9 @@ mod tests {
             operations: [("payment.captures.create", rate(1.0, 3))].into(),
             ..Default::default()
         });
-        let Decision::Allow(Some(h)) = l.check_upstream(Api::Payment, "payment.captures.create", Duration::ZERO) else {
+        let Decision::Allow(Some(h)) =
+            l.check_upstream(Api::Payment, "payment.captures.create", Duration::ZERO)
+        else {
             panic!("allowed with headroom")
         };
         assert_eq!((h.name, h.remaining), ("operation", 2));
@@ -720,8 +810,14 @@ mod tests {
         });
         assert!(allowed(&l.check_caller("a", Duration::ZERO)));
         // Next slot in 200 ms: within the 500 ms budget, so wait (and spend nothing).
-        assert_eq!(l.check_caller("a", Duration::ZERO), Decision::Wait(Duration::from_millis(200)));
-        assert_eq!(l.check_caller("a", Duration::ZERO), Decision::Wait(Duration::from_millis(200)));
+        assert_eq!(
+            l.check_caller("a", Duration::ZERO),
+            Decision::Wait(Duration::from_millis(200))
+        );
+        assert_eq!(
+            l.check_caller("a", Duration::ZERO),
+            Decision::Wait(Duration::from_millis(200))
+        );
         // Having waited 400 ms already, another 200 ms would exceed the budget: refuse.
         let r = refusal(l.check_caller("a", Duration::from_millis(400)));
         assert_eq!(r.retry_after, Duration::from_millis(200));
@@ -732,7 +828,10 @@ mod tests {
     #[test]
     fn ratepay_429_pauses_one_upstream_until_its_retry_after() {
         let (l, clock) = limits(RateLimitSettings::default());
-        assert_eq!(l.pause_upstream(Api::Payment, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(
+            l.pause_upstream(Api::Payment, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
         clock.advance(Duration::from_millis(2500));
         let r = refusal(l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO));
         assert_eq!(r.scope, Scope::Paused(Api::Payment));
@@ -740,12 +839,23 @@ mod tests {
         assert_eq!(r.retry_after_secs(), 28);
         assert_eq!(r.rate, None);
         // Other APIs go on; a shorter pause does not shorten the longer one.
-        assert!(allowed(&l.check_upstream(Api::Hpp, "hpp.session_records.get", Duration::ZERO)));
+        assert!(allowed(&l.check_upstream(
+            Api::Hpp,
+            "hpp.session_records.get",
+            Duration::ZERO
+        )));
         l.pause_upstream(Api::Payment, Some(Duration::from_secs(1)));
-        assert_eq!(l.paused_for(Api::Payment), Some(Duration::from_millis(27_500)));
+        assert_eq!(
+            l.paused_for(Api::Payment),
+            Some(Duration::from_millis(27_500))
+        );
         clock.advance(Duration::from_millis(27_500));
         assert_eq!(l.paused_for(Api::Payment), None);
-        assert!(allowed(&l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO)));
+        assert!(allowed(&l.check_upstream(
+            Api::Payment,
+            "payment.transactions.get",
+            Duration::ZERO
+        )));
     }
 
     #[test]
@@ -756,7 +866,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(l.pause_upstream(Api::Status, None), Duration::from_secs(2));
-        assert_eq!(l.pause_upstream(Api::Hpp, Some(Duration::from_secs(86_400))), Duration::from_secs(60));
+        assert_eq!(
+            l.pause_upstream(Api::Hpp, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(60)
+        );
         assert_eq!(l.paused_for(Api::Hpp), Some(Duration::from_secs(60)));
     }
 
@@ -767,7 +880,9 @@ mod tests {
             ..Default::default()
         });
         for i in 0..1000 {
-            assert!(allowed(&l.check_caller(&format!("caller-{i}"), Duration::ZERO)));
+            assert!(allowed(
+                &l.check_caller(&format!("caller-{i}"), Duration::ZERO)
+            ));
         }
         assert_eq!(l.tracked_callers(), 1000);
         l.housekeep();
@@ -782,9 +897,18 @@ mod tests {
     fn retry_after_parses_seconds_and_http_dates() {
         let now = OffsetDateTime::from_unix_timestamp(784_111_777).unwrap(); // Sun, 06 Nov 1994 08:49:37 GMT
         let v = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(parse_retry_after(&v("30"), now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after(&v("Sun, 06 Nov 1994 08:50:07 GMT"), now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after(&v("Sun, 06 Nov 1994 08:49:00 GMT"), now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(&v("30"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after(&v("Sun, 06 Nov 1994 08:50:07 GMT"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after(&v("Sun, 06 Nov 1994 08:49:00 GMT"), now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after(&v("soon"), now), None);
         assert_eq!(parse_retry_after(&v("-5"), now), None);
     }

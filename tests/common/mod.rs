@@ -201,13 +201,21 @@ impl Harness {
             .expect("sandbox starts");
         let dir = tempfile::tempdir().expect("tempdir");
         let text = config_text(dir.path(), &sandbox.url(), &opts);
-        let config = Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
+        let config =
+            Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
         let gateway = Gateway::build(&config).expect("gateway builds");
-        (Harness::serve_gateway(sandbox, dir, gateway.clone()).await, gateway)
+        (
+            Harness::serve_gateway(sandbox, dir, gateway.clone()).await,
+            gateway,
+        )
     }
 
     /// Serves an already built `gateway` (pointing at `sandbox`).
-    pub async fn serve_gateway(sandbox: SandboxHandle, dir: tempfile::TempDir, gateway: Gateway) -> Harness {
+    pub async fn serve_gateway(
+        sandbox: SandboxHandle,
+        dir: tempfile::TempDir,
+        gateway: Gateway,
+    ) -> Harness {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gw_url = format!("http://{}", proxy.local_addr().expect("addr"));
