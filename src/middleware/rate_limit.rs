@@ -434,12 +434,15 @@ where
 }
 
 /// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
+///
+/// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
+/// together never hold a request longer than `max_wait`.
 async fn admit(
+    received: std::time::Instant,
     mut check: impl FnMut(Duration) -> Decision,
 ) -> Result<Option<Headroom>, GatewayError> {
-    let start = tokio::time::Instant::now();
     loop {
-        match check(start.elapsed()) {
+        match check(received.elapsed()) {
             Decision::Allow(h) => return Ok(h),
             Decision::Refuse(r) => return Err(GatewayError::RateLimited(r)),
             Decision::Wait(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
@@ -532,7 +535,11 @@ where
                 .ok_or_else(|| {
                     GatewayError::Internal("caller missing before the rate limit".into())
                 })?;
-            let headroom = admit(|waited| limits.check_caller(&caller, waited)).await?;
+            let received = req
+                .extensions()
+                .get::<RequestContext>()
+                .map_or_else(std::time::Instant::now, |c| c.received);
+            let headroom = admit(received, |waited| limits.check_caller(&caller, waited)).await?;
             let mut resp = inner.call(req).await?;
             // The caller paces itself by its own budget, not by whatever Ratepay reports.
             if let Some(h) = headroom {
@@ -605,12 +612,15 @@ where
         let mut inner = take_ready(&mut self.inner);
         let limits = self.limits.clone();
         Box::pin(async move {
-            let op = req
+            let (op, received) = req
                 .extensions()
                 .get::<RequestContext>()
-                .map(|c| c.route.operation)
+                .map(|c| (c.route.operation, c.received))
                 .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-            admit(|waited| limits.check_upstream(op.api, op.name, waited)).await?;
+            admit(received, |waited| {
+                limits.check_upstream(op.api, op.name, waited)
+            })
+            .await?;
             let resp = inner.call(req).await?;
             if resp.status() == StatusCode::TOO_MANY_REQUESTS {
                 let asked = resp
