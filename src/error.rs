@@ -11,7 +11,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::{self, Body};
 
 /// Everything the gateway itself can refuse or fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone` so that one upstream failure can be shared by every request coalesced onto it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// The path carries a trick (encoding, dot segments, bad id).
     #[error("{0}")]
@@ -92,6 +94,9 @@ pub enum GatewayError {
     /// The audit log cannot record the call, so it is not forwarded (fail closed).
     #[error("the audit log cannot record this call, so it was not sent to Ratepay: {0}")]
     AuditUnavailable(String),
+    /// Over a gateway rate limit, or Ratepay's 429 pause on the upstream (429 + Retry-After).
+    #[error("{0}")]
+    RateLimited(crate::middleware::rate_limit::Refusal),
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -184,6 +189,18 @@ impl GatewayError {
                 "audit-unavailable",
                 "Audit log unavailable",
             ),
+            RateLimited(r) => match r.scope {
+                crate::middleware::rate_limit::Scope::Paused(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "upstream-paused",
+                    "Ratepay asked the gateway to slow down",
+                ),
+                _ => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Rate limit exceeded",
+                ),
+            },
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -205,6 +222,9 @@ impl GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ratepay-gateway\""),
             );
+        }
+        if let GatewayError::RateLimited(r) = self {
+            r.write_headers(resp.headers_mut());
         }
         resp
     }

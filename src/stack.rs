@@ -26,8 +26,10 @@ use crate::{
     metrics::{status_class, Metrics, OperationLabels, RequestLabels},
     middleware::{
         audit::AuditLayer,
+        cache::{InvalidateOnCancellationLayer, SessionRecordCache, SessionRecordCacheLayer},
         headers::HeadersLayer,
         idempotency::{IdempotencyLayer, IdempotencyStore},
+        rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
         retry::RetryLayer,
         token::InjectTokenLayer,
         GwRequest, GwResponse,
@@ -55,6 +57,8 @@ struct GatewayInner {
     tokens: Arc<BTreeMap<Api, TokenSource>>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    rate_limits: Arc<RateLimits>,
+    cache: Option<SessionRecordCache>,
 }
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,16 +92,34 @@ impl Gateway {
             .collect();
         let audit = open_audit(config).await?;
         let metrics = Metrics::new(tokens.clone(), audit.clone());
+        let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
+        rate_limits.spawn_housekeeping(Duration::from_secs(60));
+        let cache = config.cache.as_ref().map(SessionRecordCache::new);
+
         let stack = ServiceBuilder::new()
             // Who is calling and may it: before any work is spent on the request.
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
-            // Keys are scoped per caller, so this follows the caller layer; replays and 409s
-            // answer here, before the audit log and Ratepay.
+            // The caller's own budget, spent before any shared work: cache hits count too.
+            .layer(CallerRateLimitLayer::new(rate_limits.clone()))
+            // Session-record reads: after the policy (a caller only gets what it may call),
+            // before the budget toward Ratepay (hits spend none, and are served during a pause).
+            .layer(cache.clone().map_or_else(
+                SessionRecordCacheLayer::disabled,
+                SessionRecordCacheLayer::new,
+            ))
+            // Once Ratepay confirmed a cancellation, the transaction's cached records go.
+            .layer(InvalidateOnCancellationLayer::new(cache.clone()))
+            // Keys are scoped per caller, so this follows the caller layer; replays, waiting
+            // duplicates and 409s answer here without spending the budget toward Ratepay.
             .layer(IdempotencyLayer::new(
                 IdempotencyStore::new(&config.idempotency),
                 metrics.clone(),
             ))
-            // Intent durable before anything leaves; outcome after every retry is done.
+            // The budget toward Ratepay and Ratepay's own 429 pause: only calls about to leave.
+            // Its refusals are errors, never stored as idempotent answers.
+            .layer(UpstreamRateLimitLayer::new(rate_limits.clone()))
+            // Intent durable before anything leaves; outcome after every retry is done. After
+            // the limits, so a refused cancellation (it never left) writes no intent.
             .layer(AuditLayer::new(audit.clone(), &config.audit.operations))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
             .layer(HeadersLayer)
@@ -119,6 +141,8 @@ impl Gateway {
                 tokens,
                 audit,
                 metrics,
+                rate_limits,
+                cache,
             }),
         })
     }
@@ -136,6 +160,16 @@ impl Gateway {
     /// The audit log (stats, tests).
     pub fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
+    }
+
+    /// The rate-limit decisions (pauses, housekeeping, metrics).
+    pub fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.inner.rate_limits
+    }
+
+    /// The session-record cache, when enabled.
+    pub fn session_record_cache(&self) -> Option<&SessionRecordCache> {
+        self.inner.cache.as_ref()
     }
 
     /// Token sources per API (readiness and metrics).

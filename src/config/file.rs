@@ -49,6 +49,12 @@ pub struct FileConfig {
     /// `[audit]`.
     #[serde(default)]
     pub audit: AuditFile,
+    /// `[rate_limits]`: per caller, per upstream and per operation; Ratepay's 429 pause.
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
+    /// `[cache]`: the session-record cache (absent: no caching).
+    #[serde(default)]
+    pub cache: Option<CacheFile>,
 }
 
 /// `[idempotency]`.
@@ -225,4 +231,61 @@ pub struct LimitsFile {
     pub max_request_body_bytes: Option<usize>,
     /// Deadline for a whole request through the gateway, retries included.
     pub request_timeout_ms: Option<u64>,
+}
+
+/// `[rate_limits]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    /// `reject` (answer 429 at once) or `queue` (wait up to `max_wait_ms`, then 429).
+    pub mode: Option<String>,
+    /// Longest wait for a turn in queue mode.
+    pub max_wait_ms: Option<u64>,
+    /// Default limit of every caller.
+    pub per_caller: Option<RateFile>,
+    /// `[rate_limits.callers.<caller>]`: overrides of `per_caller`.
+    #[serde(default)]
+    pub callers: BTreeMap<String, RateFile>,
+    /// `[rate_limits.upstreams.<payment|status|hpp>]`: the budget toward each Ratepay API.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RateFile>,
+    /// `[rate_limits.operations."<operation>"]`: the budget toward Ratepay for one operation.
+    #[serde(default)]
+    pub operations: BTreeMap<String, RateFile>,
+    /// Pause after a Ratepay 429 that carries no usable `Retry-After`.
+    pub upstream_pause_default_secs: Option<u64>,
+    /// Longest pause a Ratepay `Retry-After` can impose.
+    pub upstream_pause_max_secs: Option<u64>,
+}
+
+/// One limit: a sustained rate and a burst.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    pub rate_per_sec: f64,
+    /// Requests allowed at once before the rate applies.
+    pub burst: u32,
+}
+
+/// `[cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Switch the cache off without removing the section.
+    pub enabled: Option<bool>,
+    /// Capacity in bytes (bodies, headers and keys).
+    pub max_bytes: Option<u64>,
+    /// Lifetime of a record in a terminal status (COMPLETED, ERROR, EXPIRED, CANCELED).
+    pub terminal_ttl_secs: Option<u64>,
+    /// Lifetime of a record that can still change (CREATED, IN_PROGRESS, ...).
+    pub changing_ttl_secs: Option<u64>,
+    /// Lifetime of a list for a past day whose records are all terminal.
+    pub list_past_ttl_secs: Option<u64>,
+    /// Lifetime of a list for today (or one holding records that can still change).
+    pub list_today_ttl_secs: Option<u64>,
+    /// Lifetime of a 404.
+    pub not_found_ttl_secs: Option<u64>,
+    /// How long past its lifetime an entry may still be served when Ratepay fails.
+    pub stale_if_error_secs: Option<u64>,
 }

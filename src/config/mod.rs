@@ -65,6 +65,10 @@ pub struct Config {
     pub retry: RetrySettings,
     /// Audit log.
     pub audit: AuditSettings,
+    /// Rate limits and Ratepay's 429 pause.
+    pub rate_limits: RateLimitSettings,
+    /// The session-record cache (`None`: off).
+    pub cache: Option<CacheSettings>,
 }
 
 /// `[audit]`, validated.
@@ -250,6 +254,100 @@ pub struct Limits {
     pub max_request_body_bytes: usize,
     /// Whole-request deadline.
     pub request_timeout: Duration,
+}
+
+/// One limit: a sustained rate and a burst (a GCRA bucket).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_sec: f64,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+impl Rate {
+    /// Time to earn one request.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.per_sec)
+    }
+}
+
+/// What happens to a request over a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// 429 at once.
+    Reject,
+    /// Wait for a turn up to `max_wait`, then 429 (shaping egress traffic).
+    Queue {
+        /// Longest wait.
+        max_wait: Duration,
+    },
+}
+
+/// `[rate_limits]`, validated. No limit configured means no limiting; the 429 pause always applies.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// Reject or queue.
+    pub over_limit: OverLimit,
+    /// Default limit of every caller.
+    pub per_caller: Option<Rate>,
+    /// Per-caller overrides by caller name.
+    pub callers: BTreeMap<String, Rate>,
+    /// Budget toward each Ratepay API.
+    pub upstreams: BTreeMap<Api, Rate>,
+    /// Budget toward Ratepay per operation.
+    pub operations: BTreeMap<&'static str, Rate>,
+    /// Pause after a Ratepay 429 without a usable `Retry-After`.
+    pub upstream_pause_default: Duration,
+    /// Cap of a pause that Ratepay's `Retry-After` asks for.
+    pub upstream_pause_max: Duration,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            over_limit: OverLimit::Reject,
+            per_caller: None,
+            callers: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            operations: BTreeMap::new(),
+            upstream_pause_default: Duration::from_secs(1),
+            upstream_pause_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[cache]`, validated: lifetimes of session-record entries by content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Capacity in bytes.
+    pub max_bytes: u64,
+    /// A record in a terminal status.
+    pub terminal_ttl: Duration,
+    /// A record that can still change.
+    pub changing_ttl: Duration,
+    /// A list for a past day whose records are all terminal.
+    pub list_past_ttl: Duration,
+    /// A list for today, or one holding records that can still change.
+    pub list_today_ttl: Duration,
+    /// A 404.
+    pub not_found_ttl: Duration,
+    /// How long past its lifetime an entry may be served when Ratepay fails.
+    pub stale_if_error: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: 64 << 20,
+            terminal_ttl: Duration::from_secs(600),
+            changing_ttl: Duration::from_secs(2),
+            list_past_ttl: Duration::from_secs(600),
+            list_today_ttl: Duration::from_secs(2),
+            not_found_ttl: Duration::from_secs(2),
+            stale_if_error: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Builds errors that name the file.
@@ -772,6 +870,12 @@ impl Config {
             operations: audit_ops,
         };
 
+        let rate_limits = Self::rate_limits(&f.rate_limits, cx, &upstreams, &callers, &limits)?;
+        let cache = match &f.cache {
+            Some(c) if c.enabled.unwrap_or(true) => Some(Self::cache(c, cx)?),
+            _ => None,
+        };
+
         let audiences = upstreams.values().map(|u| u.audience.clone()).collect();
         Ok(Config {
             source: path.to_path_buf(),
@@ -790,6 +894,178 @@ impl Config {
             idempotency,
             retry,
             audit,
+            rate_limits,
+            cache,
+        })
+    }
+
+    fn rate(r: &file::RateFile, key: &str, cx: &Ctx<'_>) -> Result<Rate, ConfigError> {
+        // Above 1e9/s the period would be below one nanosecond, which GCRA cannot represent.
+        if !r.rate_per_sec.is_finite() || r.rate_per_sec <= 0.0 || r.rate_per_sec > 1e9 {
+            return Err(cx.err(
+                format!("{key}.rate_per_sec"),
+                format!(
+                    "expected requests per second above 0 and at most 1e9 (e.g. 0.5 or 50), got {}",
+                    r.rate_per_sec
+                ),
+            ));
+        }
+        if r.burst == 0 {
+            return Err(cx.err(
+                format!("{key}.burst"),
+                "expected at least 1 (requests allowed at once)",
+            ));
+        }
+        Ok(Rate {
+            per_sec: r.rate_per_sec,
+            burst: r.burst,
+        })
+    }
+
+    fn rate_limits(
+        f: &file::RateLimitsFile,
+        cx: &Ctx<'_>,
+        upstreams: &BTreeMap<Api, Upstream>,
+        callers: &[CallerConfig],
+        limits: &Limits,
+    ) -> Result<RateLimitSettings, ConfigError> {
+        let d = RateLimitSettings::default();
+        let over_limit = match f.mode.as_deref().unwrap_or("reject") {
+            "reject" => {
+                if f.max_wait_ms.is_some() {
+                    return Err(cx.err(
+                        "rate_limits.max_wait_ms",
+                        "applies only with mode = \"queue\"",
+                    ));
+                }
+                OverLimit::Reject
+            }
+            "queue" => {
+                let max_wait = ms(f.max_wait_ms, 500);
+                if max_wait.is_zero() || max_wait >= limits.request_timeout {
+                    return Err(cx.err(
+                        "rate_limits.max_wait_ms",
+                        format!(
+                            "expected above 0 and below limits.request_timeout_ms ({})",
+                            limits.request_timeout.as_millis()
+                        ),
+                    ));
+                }
+                OverLimit::Queue { max_wait }
+            }
+            other => {
+                return Err(cx.err(
+                    "rate_limits.mode",
+                    format!("expected \"reject\" or \"queue\", got {other:?}"),
+                ))
+            }
+        };
+        let per_caller = f
+            .per_caller
+            .as_ref()
+            .map(|r| Self::rate(r, "rate_limits.per_caller", cx))
+            .transpose()?;
+        let mut by_caller = BTreeMap::new();
+        for (name, r) in &f.callers {
+            let key = format!("rate_limits.callers.{name}");
+            if !callers.iter().any(|c| &c.name == name) {
+                return Err(cx.err(&key, format!("no [callers.{name}] section is configured")));
+            }
+            by_caller.insert(name.clone(), Self::rate(r, &key, cx)?);
+        }
+        let mut by_upstream = BTreeMap::new();
+        for (name, r) in &f.upstreams {
+            let key = format!("rate_limits.upstreams.{name}");
+            let api = Api::from_name(name).ok_or_else(|| {
+                cx.err(
+                    &key,
+                    "unknown upstream; expected one of payment, status, hpp",
+                )
+            })?;
+            if !upstreams.contains_key(&api) {
+                return Err(cx.err(&key, format!("no [upstreams.{name}] section is configured")));
+            }
+            by_upstream.insert(api, Self::rate(r, &key, cx)?);
+        }
+        let mut by_operation = BTreeMap::new();
+        for (name, r) in &f.operations {
+            let key = format!("rate_limits.operations.\"{name}\"");
+            let op = routes::operation(name).ok_or_else(|| {
+                cx.err(
+                    &key,
+                    "unknown operation; expected a name such as \"payment.cancellations.create\"",
+                )
+            })?;
+            by_operation.insert(op.name, Self::rate(r, &key, cx)?);
+        }
+        let secs =
+            |v: Option<u64>, default: Duration, key: &str| -> Result<Duration, ConfigError> {
+                let d = v.map(Duration::from_secs).unwrap_or(default);
+                if d.is_zero() || d > Duration::from_secs(86_400) {
+                    return Err(cx.err(key, "expected 1 to 86400 seconds"));
+                }
+                Ok(d)
+            };
+        let upstream_pause_default = secs(
+            f.upstream_pause_default_secs,
+            d.upstream_pause_default,
+            "rate_limits.upstream_pause_default_secs",
+        )?;
+        let upstream_pause_max = secs(
+            f.upstream_pause_max_secs,
+            d.upstream_pause_max,
+            "rate_limits.upstream_pause_max_secs",
+        )?;
+        if upstream_pause_default > upstream_pause_max {
+            return Err(cx.err(
+                "rate_limits.upstream_pause_default_secs",
+                "must be at most rate_limits.upstream_pause_max_secs",
+            ));
+        }
+        Ok(RateLimitSettings {
+            over_limit,
+            per_caller,
+            callers: by_caller,
+            upstreams: by_upstream,
+            operations: by_operation,
+            upstream_pause_default,
+            upstream_pause_max,
+        })
+    }
+
+    fn cache(c: &file::CacheFile, cx: &Ctx<'_>) -> Result<CacheSettings, ConfigError> {
+        let d = CacheSettings::default();
+        // Zero switches one kind of entry off; a week bounds every deadline the cache computes.
+        let ttl = |v: Option<u64>, default: Duration, key: &str| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) if s <= 7 * 86_400 => Ok(Duration::from_secs(s)),
+                Some(_) => Err(cx.err(
+                    format!("cache.{key}"),
+                    "expected 0 (do not cache) to 604800 seconds",
+                )),
+            }
+        };
+        let max_bytes = c.max_bytes.unwrap_or(d.max_bytes);
+        if max_bytes < 1024 {
+            return Err(cx.err("cache.max_bytes", "expected at least 1024 bytes"));
+        }
+        Ok(CacheSettings {
+            max_bytes,
+            terminal_ttl: ttl(c.terminal_ttl_secs, d.terminal_ttl, "terminal_ttl_secs")?,
+            changing_ttl: ttl(c.changing_ttl_secs, d.changing_ttl, "changing_ttl_secs")?,
+            list_past_ttl: ttl(c.list_past_ttl_secs, d.list_past_ttl, "list_past_ttl_secs")?,
+            list_today_ttl: ttl(
+                c.list_today_ttl_secs,
+                d.list_today_ttl,
+                "list_today_ttl_secs",
+            )?,
+            not_found_ttl: ttl(c.not_found_ttl_secs, d.not_found_ttl, "not_found_ttl_secs")?,
+            stale_if_error: ttl(
+                c.stale_if_error_secs,
+                d.stale_if_error,
+                "stale_if_error_secs",
+            )?,
         })
     }
 
@@ -1003,6 +1279,60 @@ impl Config {
             self.audit.log.rotate_bytes,
             self.audit.log.rotate_daily
         );
+        let r = &self.rate_limits;
+        let _ = match r.over_limit {
+            OverLimit::Reject => writeln!(s, "\n[rate_limits]\nmode = \"reject\""),
+            OverLimit::Queue { max_wait } => {
+                writeln!(
+                    s,
+                    "\n[rate_limits]\nmode = \"queue\"\nmax_wait_ms = {}",
+                    max_wait.as_millis()
+                )
+            }
+        };
+        let _ = writeln!(
+            s,
+            "upstream_pause_default_secs = {}\nupstream_pause_max_secs = {}",
+            r.upstream_pause_default.as_secs(),
+            r.upstream_pause_max.as_secs()
+        );
+        let rate = |s: &mut String, section: &str, rate: &Rate| {
+            let _ = writeln!(
+                s,
+                "[rate_limits.{section}]\nrate_per_sec = {}\nburst = {}",
+                rate.per_sec, rate.burst
+            );
+        };
+        if let Some(p) = &r.per_caller {
+            rate(&mut s, "per_caller", p);
+        }
+        for (name, p) in &r.callers {
+            rate(&mut s, &format!("callers.{name}"), p);
+        }
+        for (api, p) in &r.upstreams {
+            rate(&mut s, &format!("upstreams.{}", api.name()), p);
+        }
+        for (op, p) in &r.operations {
+            rate(&mut s, &format!("operations.\"{op}\""), p);
+        }
+        match &self.cache {
+            None => {
+                let _ = writeln!(s, "\n[cache]\nenabled = false");
+            }
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "\n[cache]\nenabled = true\nmax_bytes = {}\nterminal_ttl_secs = {}\nchanging_ttl_secs = {}\nlist_past_ttl_secs = {}\nlist_today_ttl_secs = {}\nnot_found_ttl_secs = {}\nstale_if_error_secs = {}",
+                    c.max_bytes,
+                    c.terminal_ttl.as_secs(),
+                    c.changing_ttl.as_secs(),
+                    c.list_past_ttl.as_secs(),
+                    c.list_today_ttl.as_secs(),
+                    c.not_found_ttl.as_secs(),
+                    c.stale_if_error.as_secs()
+                );
+            }
+        }
         s
     }
 }

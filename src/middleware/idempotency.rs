@@ -267,7 +267,10 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
             let task = tokio::spawn(async move {
                 let mut inner = inner;
                 let resp = inner.call(req).await?;
-                if resp.status().is_server_error() {
+                // A 5xx is re-executed by Ratepay on retry; a 429 only asked to slow down. Neither
+                // is a final answer to store.
+                if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS
+                {
                     drop(guard);
                     return Ok(resp);
                 }

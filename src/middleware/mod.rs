@@ -5,8 +5,10 @@
 //! can hash, audit and replay them; response bodies stream.
 
 pub mod audit;
+pub mod cache;
 pub mod headers;
 pub mod idempotency;
+pub mod rate_limit;
 pub mod retry;
 pub mod token;
 

@@ -211,6 +211,31 @@ impl Harness {
     /// Serves `config` (already pointing at `sandbox`).
     pub async fn serve(sandbox: SandboxHandle, dir: tempfile::TempDir, config: Config) -> Harness {
         let gateway = Gateway::build(&config).await.expect("gateway builds");
+        Harness::serve_gateway(sandbox, dir, gateway).await
+    }
+
+    /// Sandbox + gateway with `opts`; also returns the gateway (a cheap clone) to inspect it.
+    pub async fn with_gateway(opts: Options) -> (Harness, Gateway) {
+        let sandbox = sandbox::spawn(sandbox_config(opts.token_lifetime))
+            .await
+            .expect("sandbox starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config_text(dir.path(), &sandbox.url(), &opts);
+        let config =
+            Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
+        let gateway = Gateway::build(&config).await.expect("gateway builds");
+        (
+            Harness::serve_gateway(sandbox, dir, gateway.clone()).await,
+            gateway,
+        )
+    }
+
+    /// Serves an already built `gateway` (pointing at `sandbox`).
+    pub async fn serve_gateway(
+        sandbox: SandboxHandle,
+        dir: tempfile::TempDir,
+        gateway: Gateway,
+    ) -> Harness {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gw_url = format!("http://{}", proxy.local_addr().expect("addr"));

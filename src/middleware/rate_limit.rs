@@ -1,0 +1,925 @@
+//! Rate limits: each caller's budget, the budget toward each Ratepay API and operation, and
+//! the pause that a 429 from Ratepay imposes on that API.
+//!
+//! Two layers share one decision struct, [`RateLimits`]:
+//! - [`CallerRateLimitLayer`] sits right after the caller policy, before the cache: a caller's
+//!   budget counts every request it makes, cache hits included.
+//! - [`UpstreamRateLimitLayer`] sits after the cache, before idempotency: only requests that are
+//!   about to reach Ratepay spend the upstream and operation budgets, and cache hits are still
+//!   served while Ratepay has asked the gateway to back off.
+//!
+//! Over a limit a request is refused with 429, `Retry-After` (seconds, rounded up) and the
+//! IETF draft's `RateLimit-Policy` / `RateLimit` headers, or, in queue mode, waits for its turn
+//! up to `max_wait` first. Decisions are synchronous calls on a governor GCRA limiter with an
+//! injectable clock ([`governor::clock::FakeRelativeClock`] in tests); the services only sleep.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use governor::{
+    clock::{Clock, DefaultClock, Reference},
+    middleware::{StateInformationMiddleware, StateSnapshot},
+    state::{keyed::DashMapStateStore, InMemoryState, NotKeyed},
+    Quota, RateLimiter,
+};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
+
+use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use crate::{
+    config::{OverLimit, Rate, RateLimitSettings},
+    context::{Authenticated, RequestContext},
+    error::GatewayError,
+    routes::Api,
+};
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
+type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
+
+/// Which limit refused (or paced) a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// A caller's own budget.
+    Caller(String),
+    /// The gateway's budget toward one Ratepay API.
+    Upstream(Api),
+    /// The gateway's budget toward Ratepay for one operation.
+    Operation(&'static str),
+    /// Ratepay answered 429 on this API; the gateway holds calls until its Retry-After passed.
+    Paused(Api),
+}
+
+impl Scope {
+    /// The policy name in `RateLimit-Policy` / `RateLimit` (never caller data).
+    pub fn policy_name(&self) -> &'static str {
+        match self {
+            Scope::Caller(_) => "caller",
+            Scope::Upstream(_) => "upstream",
+            Scope::Operation(_) => "operation",
+            Scope::Paused(_) => "upstream-pause",
+        }
+    }
+}
+
+/// A refused request: which limit, how long until a retry can succeed, and the limit's rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The limit that refused.
+    pub scope: Scope,
+    /// Earliest time a retry can be admitted.
+    pub retry_after: Duration,
+    /// The configured rate (`None` for a pause).
+    pub rate: Option<Rate>,
+}
+
+/// Whole seconds, rounded up (`Retry-After` must not invite a retry that is still too early).
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `q` and `w` of a GCRA bucket: the burst, and the seconds it takes to earn it all back.
+fn quota_window(rate: &Rate) -> u64 {
+    ceil_secs(rate.period().saturating_mul(rate.burst)).max(1)
+}
+
+impl Refusal {
+    /// `Retry-After` in seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after).max(1)
+    }
+
+    /// `Retry-After`, and for a configured limit `RateLimit-Policy` and `RateLimit` (`r=0`).
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let secs = self.retry_after_secs();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Some(rate) = &self.rate {
+            let name = self.scope.policy_name();
+            write_policy(headers, name, rate, 0, secs);
+        }
+    }
+}
+
+fn write_policy(headers: &mut HeaderMap, name: &str, rate: &Rate, remaining: u32, reset_secs: u64) {
+    let policy = format!("\"{name}\";q={};w={}", rate.burst, quota_window(rate));
+    let state = format!("\"{name}\";r={remaining};t={reset_secs}");
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy),
+        HeaderValue::from_str(&state),
+    ) {
+        headers.insert(RATELIMIT_POLICY.clone(), p);
+        headers.insert(RATELIMIT.clone(), s);
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.retry_after_secs();
+        let rate = |f: &mut fmt::Formatter<'_>| match &self.rate {
+            Some(r) => write!(f, " of {} requests/s (burst {})", r.per_sec, r.burst),
+            None => Ok(()),
+        };
+        match &self.scope {
+            Scope::Caller(c) => write!(f, "caller '{c}' is over its rate limit")?,
+            Scope::Upstream(a) => write!(f, "the gateway's budget toward the {} API is used up", a.name())?,
+            Scope::Operation(o) => write!(f, "the gateway's budget toward Ratepay for {o} is used up")?,
+            Scope::Paused(a) => {
+                return write!(
+                    f,
+                    "Ratepay answered 429 on the {} API; the gateway holds calls to it for {secs} more s instead of adding load",
+                    a.name()
+                )
+            }
+        }
+        rate(f)?;
+        write!(f, "; retry after {secs} s")
+    }
+}
+
+/// Room left under the tightest limit that admitted a request (for the `RateLimit` headers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Headroom {
+    /// Policy name.
+    pub name: &'static str,
+    /// The configured rate.
+    pub rate: Rate,
+    /// Requests that could still go at once.
+    pub remaining: u32,
+    /// Time until the whole burst is available again.
+    pub reset: Duration,
+}
+
+impl Headroom {
+    fn from_snapshot(name: &'static str, rate: Rate, snap: &StateSnapshot) -> Headroom {
+        let remaining = snap.remaining_burst_capacity();
+        Headroom {
+            name,
+            rate,
+            remaining,
+            reset: rate
+                .period()
+                .saturating_mul(rate.burst.saturating_sub(remaining)),
+        }
+    }
+
+    /// Sets `RateLimit-Policy` and `RateLimit`.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        write_policy(
+            headers,
+            self.name,
+            &self.rate,
+            self.remaining,
+            ceil_secs(self.reset),
+        );
+    }
+}
+
+/// What to do with one request now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Go ahead; headroom of the tightest limit checked, if any was configured.
+    Allow(Option<Headroom>),
+    /// Queue mode: sleep this long and ask again (nothing was spent).
+    Wait(Duration),
+    /// Refuse with 429.
+    Refuse(Refusal),
+}
+
+/// One configured limit.
+struct Limit<L> {
+    limiter: L,
+    rate: Rate,
+}
+
+fn quota(rate: &Rate) -> Quota {
+    // Validation keeps the period at 1 ns or more and the burst at 1 or more.
+    let burst = std::num::NonZeroU32::new(rate.burst).unwrap_or(std::num::NonZeroU32::MIN);
+    Quota::with_period(rate.period().max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
+/// The rate-limit decisions of one gateway: GCRA buckets per caller, per upstream API and per
+/// operation, and the pauses Ratepay's 429s impose. Synchronous and clock-injectable.
+pub struct RateLimits<C: Clock = DefaultClock> {
+    clock: C,
+    over_limit: OverLimit,
+    per_caller: Option<Limit<Keyed<C>>>,
+    callers: HashMap<String, Limit<Direct<C>>>,
+    upstreams: BTreeMap<Api, Limit<Direct<C>>>,
+    operations: HashMap<&'static str, Limit<Direct<C>>>,
+    pause_default: Duration,
+    pause_max: Duration,
+    paused_until: Mutex<BTreeMap<Api, C::Instant>>,
+}
+
+impl<C: Clock> fmt::Debug for RateLimits<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("over_limit", &self.over_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimits<DefaultClock> {
+    /// Limits on the monotonic clock.
+    pub fn new(settings: &RateLimitSettings) -> Self {
+        RateLimits::with_clock(settings, DefaultClock::default())
+    }
+}
+
+impl<C> RateLimits<C>
+where
+    C: Clock + Clone,
+{
+    /// Limits on `clock` (tests pass a `FakeRelativeClock`).
+    pub fn with_clock(settings: &RateLimitSettings, clock: C) -> Self {
+        let direct = |rate: &Rate| Limit {
+            limiter: RateLimiter::direct_with_clock(quota(rate), clock.clone())
+                .with_middleware::<StateInformationMiddleware>(),
+            rate: *rate,
+        };
+        RateLimits {
+            over_limit: settings.over_limit,
+            per_caller: settings.per_caller.as_ref().map(|rate| Limit {
+                limiter: RateLimiter::dashmap_with_clock(quota(rate), clock.clone())
+                    .with_middleware::<StateInformationMiddleware>(),
+                rate: *rate,
+            }),
+            callers: settings
+                .callers
+                .iter()
+                .map(|(n, r)| (n.clone(), direct(r)))
+                .collect(),
+            upstreams: settings
+                .upstreams
+                .iter()
+                .map(|(a, r)| (*a, direct(r)))
+                .collect(),
+            operations: settings
+                .operations
+                .iter()
+                .map(|(o, r)| (*o, direct(r)))
+                .collect(),
+            pause_default: settings.upstream_pause_default,
+            pause_max: settings.upstream_pause_max,
+            paused_until: Mutex::new(BTreeMap::new()),
+            clock,
+        }
+    }
+
+    /// Whether any caller limit is configured (else the caller layer is a pass-through).
+    pub fn limits_callers(&self) -> bool {
+        self.per_caller.is_some() || !self.callers.is_empty()
+    }
+
+    fn elapsed_until(&self, later: C::Instant) -> Duration {
+        later.duration_since(self.clock.now()).into()
+    }
+
+    /// Refused for `wait`: in queue mode within the budget a wait, else a refusal.
+    fn over(&self, wait: Duration, waited: Duration, scope: Scope, rate: Option<Rate>) -> Decision {
+        match self.over_limit {
+            OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => {
+                Decision::Wait(wait)
+            }
+            _ => Decision::Refuse(Refusal {
+                scope,
+                retry_after: wait,
+                rate,
+            }),
+        }
+    }
+
+    /// Checks (and on success spends from) the caller's budget. `waited`: time already queued.
+    pub fn check_caller(&self, caller: &str, waited: Duration) -> Decision {
+        let outcome = match self.callers.get(caller) {
+            Some(l) => l
+                .limiter
+                .check()
+                .map(|s| (s, l.rate))
+                .map_err(|n| (n.earliest_possible(), l.rate)),
+            None => match &self.per_caller {
+                Some(l) => l
+                    .limiter
+                    .check_key(&caller.to_owned())
+                    .map(|s| (s, l.rate))
+                    .map_err(|n| (n.earliest_possible(), l.rate)),
+                None => return Decision::Allow(None),
+            },
+        };
+        match outcome {
+            Ok((snap, rate)) => {
+                Decision::Allow(Some(Headroom::from_snapshot("caller", rate, &snap)))
+            }
+            Err((at, rate)) => self.over(
+                self.elapsed_until(at),
+                waited,
+                Scope::Caller(caller.to_owned()),
+                Some(rate),
+            ),
+        }
+    }
+
+    /// Checks the pause on `api`, then spends from the operation's and the API's budgets.
+    ///
+    /// Governor spends on success only, so a refusal by the API's budget after the operation's
+    /// admitted costs that one operation cell: a refused request still counts as an attempt.
+    pub fn check_upstream(&self, api: Api, operation: &'static str, waited: Duration) -> Decision {
+        if let Some(left) = self.paused_for(api) {
+            return self.over(left, waited, Scope::Paused(api), None);
+        }
+        let mut tightest: Option<Headroom> = None;
+        let checks = [
+            self.operations
+                .get(operation)
+                .map(|l| (l, Scope::Operation(operation))),
+            self.upstreams.get(&api).map(|l| (l, Scope::Upstream(api))),
+        ];
+        for (limit, scope) in checks.into_iter().flatten() {
+            match limit.limiter.check() {
+                Ok(snap) => {
+                    let h = Headroom::from_snapshot(scope.policy_name(), limit.rate, &snap);
+                    if tightest.as_ref().is_none_or(|t| h.remaining < t.remaining) {
+                        tightest = Some(h);
+                    }
+                }
+                Err(n) => {
+                    return self.over(
+                        self.elapsed_until(n.earliest_possible()),
+                        waited,
+                        scope,
+                        Some(limit.rate),
+                    )
+                }
+            }
+        }
+        Decision::Allow(tightest)
+    }
+
+    /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped; a default when
+    /// absent). A shorter pause never shortens a longer one in force. Returns the pause applied.
+    pub fn pause_upstream(&self, api: Api, retry_after: Option<Duration>) -> Duration {
+        let pause = retry_after
+            .unwrap_or(self.pause_default)
+            .min(self.pause_max);
+        let until = self.clock.now() + pause.into();
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = paused.entry(api).or_insert(until);
+        if *slot < until {
+            *slot = until;
+        }
+        pause
+    }
+
+    /// Time left on a pause of `api`, if one is in force.
+    pub fn paused_for(&self, api: Api) -> Option<Duration> {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *paused.get(&api)?;
+        let now = self.clock.now();
+        if until <= now {
+            paused.remove(&api);
+            return None;
+        }
+        Some(until.duration_since(now).into())
+    }
+
+    /// Drops caller states indistinguishable from fresh ones and returns their memory.
+    pub fn housekeep(&self) {
+        if let Some(l) = &self.per_caller {
+            l.limiter.retain_recent();
+            l.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Callers with state in the default per-caller limiter.
+    pub fn tracked_callers(&self) -> usize {
+        self.per_caller.as_ref().map_or(0, |l| l.limiter.len())
+    }
+}
+
+impl<C> RateLimits<C>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    /// Runs [`RateLimits::housekeep`] every `every` while the limits are alive (needs a runtime;
+    /// without one it does nothing).
+    pub fn spawn_housekeeping(self: &Arc<Self>, every: Duration) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Self> = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(limits) => limits.housekeep(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
+///
+/// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
+/// together never hold a request longer than `max_wait`.
+async fn admit(
+    received: std::time::Instant,
+    mut check: impl FnMut(Duration) -> Decision,
+) -> Result<Option<Headroom>, GatewayError> {
+    loop {
+        match check(received.elapsed()) {
+            Decision::Allow(h) => return Ok(h),
+            Decision::Refuse(r) => return Err(GatewayError::RateLimited(r)),
+            Decision::Wait(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
+        }
+    }
+}
+
+/// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`.
+pub fn parse_retry_after(value: &HeaderValue, now: OffsetDateTime) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let fmt = format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = PrimitiveDateTime::parse(text, fmt).ok()?.assume_utc();
+    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+}
+
+/// Layer for [`CallerRateLimit`].
+pub struct CallerRateLimitLayer<C: Clock = DefaultClock> {
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<C: Clock> Clone for CallerRateLimitLayer<C> {
+    fn clone(&self) -> Self {
+        CallerRateLimitLayer {
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<C: Clock> CallerRateLimitLayer<C> {
+    /// Enforces the caller limits of `limits`.
+    pub fn new(limits: Arc<RateLimits<C>>) -> Self {
+        CallerRateLimitLayer { limits }
+    }
+}
+
+impl<S, C: Clock> tower::Layer<S> for CallerRateLimitLayer<C> {
+    type Service = CallerRateLimit<S, C>;
+    fn layer(&self, inner: S) -> CallerRateLimit<S, C> {
+        CallerRateLimit {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// Spends from the caller's budget; 429 (or a wait in queue mode) when it is used up.
+pub struct CallerRateLimit<S, C: Clock = DefaultClock> {
+    inner: S,
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
+    fn clone(&self) -> Self {
+        CallerRateLimit {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<S, C> tower::Service<GwRequest> for CallerRateLimit<S, C>
+where
+    S: Inner,
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    type Response = GwResponse;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GwRequest) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        if !self.limits.limits_callers() {
+            return inner.call(req);
+        }
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let caller = req
+                .extensions()
+                .get::<Authenticated>()
+                .map(|a| a.caller.name.clone())
+                .ok_or_else(|| {
+                    GatewayError::Internal("caller missing before the rate limit".into())
+                })?;
+            let received = req
+                .extensions()
+                .get::<RequestContext>()
+                .map_or_else(std::time::Instant::now, |c| c.received);
+            let headroom = admit(received, |waited| limits.check_caller(&caller, waited)).await?;
+            let mut resp = inner.call(req).await?;
+            // The caller paces itself by its own budget, not by whatever Ratepay reports.
+            if let Some(h) = headroom {
+                h.write_headers(resp.headers_mut());
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// Layer for [`UpstreamRateLimit`].
+pub struct UpstreamRateLimitLayer<C: Clock = DefaultClock> {
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<C: Clock> Clone for UpstreamRateLimitLayer<C> {
+    fn clone(&self) -> Self {
+        UpstreamRateLimitLayer {
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<C: Clock> UpstreamRateLimitLayer<C> {
+    /// Enforces the upstream and operation limits of `limits` and Ratepay's 429 pauses.
+    pub fn new(limits: Arc<RateLimits<C>>) -> Self {
+        UpstreamRateLimitLayer { limits }
+    }
+}
+
+impl<S, C: Clock> tower::Layer<S> for UpstreamRateLimitLayer<C> {
+    type Service = UpstreamRateLimit<S, C>;
+    fn layer(&self, inner: S) -> UpstreamRateLimit<S, C> {
+        UpstreamRateLimit {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// Spends from the budgets toward Ratepay; holds an API paused after Ratepay's 429.
+pub struct UpstreamRateLimit<S, C: Clock = DefaultClock> {
+    inner: S,
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<S: Clone, C: Clock> Clone for UpstreamRateLimit<S, C> {
+    fn clone(&self) -> Self {
+        UpstreamRateLimit {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<S, C> tower::Service<GwRequest> for UpstreamRateLimit<S, C>
+where
+    S: Inner,
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    type Response = GwResponse;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GwRequest) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            let (op, received) = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| (c.route.operation, c.received))
+                .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+            admit(received, |waited| {
+                limits.check_upstream(op.api, op.name, waited)
+            })
+            .await?;
+            let resp = inner.call(req).await?;
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                let asked = resp
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
+                let pause = limits.pause_upstream(op.api, asked);
+                tracing::warn!(
+                    upstream = op.api.name(),
+                    operation = op.name,
+                    pause_ms = pause.as_millis() as u64,
+                    "ratepay answered 429; holding calls to this API"
+                );
+            }
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    fn rate(per_sec: f64, burst: u32) -> Rate {
+        Rate { per_sec, burst }
+    }
+
+    fn limits(settings: RateLimitSettings) -> (RateLimits<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (RateLimits::with_clock(&settings, clock.clone()), clock)
+    }
+
+    fn refusal(d: Decision) -> Refusal {
+        match d {
+            Decision::Refuse(r) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn allowed(d: &Decision) -> bool {
+        matches!(d, Decision::Allow(_))
+    }
+
+    #[test]
+    fn burst_then_exact_retry_after() {
+        // 2 per second, burst 3: three go at once, the fourth must wait one period (500 ms).
+        let (l, clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(2.0, 3)),
+            ..Default::default()
+        });
+        for i in 0..3 {
+            assert!(allowed(&l.check_caller("a", Duration::ZERO)), "request {i}");
+        }
+        let r = refusal(l.check_caller("a", Duration::ZERO));
+        assert_eq!(r.scope, Scope::Caller("a".into()));
+        assert_eq!(r.retry_after, Duration::from_millis(500));
+        assert_eq!(r.retry_after_secs(), 1);
+        // 300 ms later the wait is 200 ms; at 500 ms one more goes, then the next waits 500 ms.
+        clock.advance(Duration::from_millis(300));
+        assert_eq!(
+            refusal(l.check_caller("a", Duration::ZERO)).retry_after,
+            Duration::from_millis(200)
+        );
+        clock.advance(Duration::from_millis(200));
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        assert_eq!(
+            refusal(l.check_caller("a", Duration::ZERO)).retry_after,
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn slow_rates_round_retry_after_up_to_whole_seconds() {
+        // One per 10 s, burst 1: after 2.5 s the wait is 7.5 s, announced as 8.
+        let (l, clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(0.1, 1)),
+            ..Default::default()
+        });
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        clock.advance(Duration::from_millis(2500));
+        let r = refusal(l.check_caller("a", Duration::ZERO));
+        assert_eq!(r.retry_after, Duration::from_millis(7500));
+        assert_eq!(r.retry_after_secs(), 8);
+        let mut h = HeaderMap::new();
+        r.write_headers(&mut h);
+        assert_eq!(h[header::RETRY_AFTER], "8");
+        assert_eq!(h[&RATELIMIT_POLICY], "\"caller\";q=1;w=10");
+        assert_eq!(h[&RATELIMIT], "\"caller\";r=0;t=8");
+        assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
+        assert_eq!(ceil_secs(Duration::from_nanos(3_000_000_001)), 4);
+    }
+
+    #[test]
+    fn callers_are_independent_and_overrides_apply() {
+        let (l, _clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(1.0, 2)),
+            callers: [("reporting".to_owned(), rate(1.0, 1))].into(),
+            ..Default::default()
+        });
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        refusal(l.check_caller("a", Duration::ZERO));
+        // b has its own bucket; reporting its own smaller one.
+        assert!(allowed(&l.check_caller("b", Duration::ZERO)));
+        assert!(allowed(&l.check_caller("b", Duration::ZERO)));
+        assert!(allowed(&l.check_caller("reporting", Duration::ZERO)));
+        let r = refusal(l.check_caller("reporting", Duration::ZERO));
+        assert_eq!(r.rate, Some(rate(1.0, 1)));
+        assert_eq!(
+            l.tracked_callers(),
+            2,
+            "overridden callers live outside the keyed limiter"
+        );
+    }
+
+    #[test]
+    fn no_limits_configured_means_no_limiting() {
+        let (l, _clock) = limits(RateLimitSettings::default());
+        assert!(!l.limits_callers());
+        for _ in 0..10_000 {
+            assert_eq!(l.check_caller("a", Duration::ZERO), Decision::Allow(None));
+            assert_eq!(
+                l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO),
+                Decision::Allow(None)
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_and_operation_budgets_are_independent_of_callers_and_each_other() {
+        let (l, clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(1.0, 1)),
+            upstreams: [(Api::Payment, rate(1.0, 2))].into(),
+            operations: [("payment.cancellations.create", rate(1.0, 1))].into(),
+            ..Default::default()
+        });
+        let op = "payment.cancellations.create";
+        // The operation's budget (1) refuses first and names itself.
+        assert!(allowed(&l.check_upstream(Api::Payment, op, Duration::ZERO)));
+        assert_eq!(
+            refusal(l.check_upstream(Api::Payment, op, Duration::ZERO)).scope,
+            Scope::Operation(op)
+        );
+        // Another payment operation still has the API's second cell; then the API refuses.
+        assert!(allowed(&l.check_upstream(
+            Api::Payment,
+            "payment.transactions.get",
+            Duration::ZERO
+        )));
+        let r = refusal(l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO));
+        assert_eq!(r.scope, Scope::Upstream(Api::Payment));
+        assert_eq!(r.retry_after, Duration::from_secs(1));
+        // Other APIs and the callers' budgets are untouched.
+        assert_eq!(
+            l.check_upstream(Api::Hpp, "hpp.session_records.get", Duration::ZERO),
+            Decision::Allow(None)
+        );
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        clock.advance(Duration::from_secs(1));
+        assert!(allowed(&l.check_upstream(
+            Api::Payment,
+            "payment.transactions.get",
+            Duration::ZERO
+        )));
+    }
+
+    #[test]
+    fn headroom_reports_the_tightest_limit() {
+        let (l, _clock) = limits(RateLimitSettings {
+            upstreams: [(Api::Payment, rate(10.0, 10))].into(),
+            operations: [("payment.captures.create", rate(1.0, 3))].into(),
+            ..Default::default()
+        });
+        let Decision::Allow(Some(h)) =
+            l.check_upstream(Api::Payment, "payment.captures.create", Duration::ZERO)
+        else {
+            panic!("allowed with headroom")
+        };
+        assert_eq!((h.name, h.remaining), ("operation", 2));
+        assert_eq!(h.reset, Duration::from_secs(1));
+        let mut headers = HeaderMap::new();
+        h.write_headers(&mut headers);
+        assert_eq!(headers[&RATELIMIT_POLICY], "\"operation\";q=3;w=3");
+        assert_eq!(headers[&RATELIMIT], "\"operation\";r=2;t=1");
+    }
+
+    #[test]
+    fn queue_mode_waits_within_max_wait_and_refuses_beyond_it() {
+        let (l, clock) = limits(RateLimitSettings {
+            over_limit: OverLimit::Queue {
+                max_wait: Duration::from_millis(500),
+            },
+            per_caller: Some(rate(5.0, 1)),
+            ..Default::default()
+        });
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        // Next slot in 200 ms: within the 500 ms budget, so wait (and spend nothing).
+        assert_eq!(
+            l.check_caller("a", Duration::ZERO),
+            Decision::Wait(Duration::from_millis(200))
+        );
+        assert_eq!(
+            l.check_caller("a", Duration::ZERO),
+            Decision::Wait(Duration::from_millis(200))
+        );
+        // Having waited 400 ms already, another 200 ms would exceed the budget: refuse.
+        let r = refusal(l.check_caller("a", Duration::from_millis(400)));
+        assert_eq!(r.retry_after, Duration::from_millis(200));
+        clock.advance(Duration::from_millis(200));
+        assert!(allowed(&l.check_caller("a", Duration::from_millis(200))));
+    }
+
+    #[test]
+    fn ratepay_429_pauses_one_upstream_until_its_retry_after() {
+        let (l, clock) = limits(RateLimitSettings::default());
+        assert_eq!(
+            l.pause_upstream(Api::Payment, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        clock.advance(Duration::from_millis(2500));
+        let r = refusal(l.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO));
+        assert_eq!(r.scope, Scope::Paused(Api::Payment));
+        assert_eq!(r.retry_after, Duration::from_millis(27_500));
+        assert_eq!(r.retry_after_secs(), 28);
+        assert_eq!(r.rate, None);
+        // Other APIs go on; a shorter pause does not shorten the longer one.
+        assert!(allowed(&l.check_upstream(
+            Api::Hpp,
+            "hpp.session_records.get",
+            Duration::ZERO
+        )));
+        l.pause_upstream(Api::Payment, Some(Duration::from_secs(1)));
+        assert_eq!(
+            l.paused_for(Api::Payment),
+            Some(Duration::from_millis(27_500))
+        );
+        clock.advance(Duration::from_millis(27_500));
+        assert_eq!(l.paused_for(Api::Payment), None);
+        assert!(allowed(&l.check_upstream(
+            Api::Payment,
+            "payment.transactions.get",
+            Duration::ZERO
+        )));
+    }
+
+    #[test]
+    fn pauses_use_the_default_without_retry_after_and_are_capped() {
+        let (l, _clock) = limits(RateLimitSettings {
+            upstream_pause_default: Duration::from_secs(2),
+            upstream_pause_max: Duration::from_secs(60),
+            ..Default::default()
+        });
+        assert_eq!(l.pause_upstream(Api::Status, None), Duration::from_secs(2));
+        assert_eq!(
+            l.pause_upstream(Api::Hpp, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(l.paused_for(Api::Hpp), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn idle_callers_are_dropped_by_housekeeping() {
+        let (l, clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(10.0, 5)),
+            ..Default::default()
+        });
+        for i in 0..1000 {
+            assert!(allowed(
+                &l.check_caller(&format!("caller-{i}"), Duration::ZERO)
+            ));
+        }
+        assert_eq!(l.tracked_callers(), 1000);
+        l.housekeep();
+        assert_eq!(l.tracked_callers(), 1000, "recent states stay");
+        // Once their buckets have refilled, the states are indistinguishable from fresh ones.
+        clock.advance(Duration::from_secs(1));
+        l.housekeep();
+        assert_eq!(l.tracked_callers(), 0);
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_http_dates() {
+        let now = OffsetDateTime::from_unix_timestamp(784_111_777).unwrap(); // Sun, 06 Nov 1994 08:49:37 GMT
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(
+            parse_retry_after(&v("30"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after(&v("Sun, 06 Nov 1994 08:50:07 GMT"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after(&v("Sun, 06 Nov 1994 08:49:00 GMT"), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after(&v("soon"), now), None);
+        assert_eq!(parse_retry_after(&v("-5"), now), None);
+    }
+}
