@@ -172,7 +172,11 @@ operations = ["*"]
 partner = "p-bench"
 
 [cache]
+
+[audit]
+path = "{audit}"
 "#,
+        audit = dir.join("audit.jsonl").display(),
         client = sandbox::DEFAULT_CLIENT_ID,
         secret = secret.display(),
         payment = a.payment,
@@ -197,7 +201,7 @@ async fn run() {
         Path::new("bench.toml"),
     )
     .expect("config");
-    let gateway = Gateway::build(&config).expect("gateway");
+    let gateway = Gateway::build(&config).await.expect("gateway");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gw_addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
