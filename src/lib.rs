@@ -6,16 +6,23 @@
 //! ```text
 //! listener (server)  → edge: request id, deadline, body limit, route (stack, routes)
 //!   → caller: authenticate, policy, X-Partner (callers)
+//!   → caller rate limit, session-record cache, cancellation invalidation
+//!     (middleware::rate_limit, middleware::cache)
+//!   → idempotency keys (middleware::idempotency)
+//!   → upstream rate limit and Ratepay 429 pause (middleware::rate_limit)
+//!   → audit intent/outcome for cancellations (middleware::audit, audit)
 //!   → header hygiene + X-Partner (middleware::headers)
 //!   → Ratepay token, 401 → refresh + one replay (middleware::token, token)
+//!   → retry: GETs and keyed POSTs (middleware::retry)
 //!   → upstream client over rustls (proxy, client) → Ratepay or the sandbox (sandbox)
 //! ```
 //!
 //! Module map: [`config`] file schema and validated config; [`server`] listeners and drain;
 //! [`stack`] layer order and the edge; [`routes`] the operation table; [`callers`] caller auth,
 //! policy and gateway-issued JWTs; [`token`] Ratepay token source; [`middleware`] one file per
-//! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`sandbox`] the
-//! local Ratepay simulator.
+//! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`audit`] the
+//! hash-chained audit log; [`metrics`] Prometheus metrics; [`sandbox`] the local Ratepay
+//! simulator.
 
 pub mod audit;
 pub mod body;
