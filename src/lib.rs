@@ -35,6 +35,7 @@ pub mod error;
 pub mod metrics;
 pub mod middleware;
 pub mod proxy;
+pub mod recovery;
 pub mod routes;
 pub mod sandbox;
 pub mod server;

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 
 use crate::{
-    audit::{AuditEntry, AuditLog, Outcome, OutcomeKind},
+    audit::{AuditLog, AuditRecord},
     body::{self, Body},
     callers::{layer::CallerPolicyLayer, Callers},
     client::{self, HttpClient},
@@ -35,6 +35,7 @@ use crate::{
         GwRequest, GwResponse,
     },
     proxy::Proxy,
+    recovery,
     routes::{self, Api},
     token::{http_fetch::HttpFetcher, TokenSource},
 };
@@ -90,7 +91,21 @@ impl Gateway {
             .iter()
             .map(|(api, u)| (*api, u.url.clone()))
             .collect();
-        let audit = open_audit(config).await?;
+        let (audit, open_intents) = open_audit(config).await?;
+        // Close what a previous run left open, asking Ratepay before the listeners open.
+        let ratepay = match (
+            config.upstreams.get(&Api::Payment),
+            tokens.get(&Api::Payment),
+        ) {
+            (Some(u), Some(token)) => Some(recovery::Ratepay {
+                client: &client,
+                origin: &u.url,
+                token,
+                timeout: config.upstream_client.request_timeout,
+            }),
+            _ => None,
+        };
+        recovery::recover(&audit, &open_intents, ratepay.as_ref()).await?;
         let metrics = Metrics::new(tokens.clone(), audit.clone());
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
         rate_limits.spawn_housekeeping(Duration::from_secs(60));
@@ -386,7 +401,7 @@ fn token_sources(config: &Config, client: &HttpClient) -> BTreeMap<Api, TokenSou
 }
 
 /// Opens the audit log (creating its directory) and closes what a previous run left open.
-async fn open_audit(config: &Config) -> Result<AuditLog, BuildError> {
+async fn open_audit(config: &Config) -> Result<(AuditLog, Vec<AuditRecord>), BuildError> {
     let path = &config.audit.log.path;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -401,30 +416,7 @@ async fn open_audit(config: &Config) -> Result<AuditLog, BuildError> {
             "audit log had a torn last record (crash during a write); it was cut away"
         );
     }
-    recover(&log, &recovery.open_intents).await?;
-    Ok(log)
-}
-
-/// Closes intents without an outcome (the gateway died mid-call) with an `unknown` outcome, so
-/// the security team sees every such call; they are settled by asking Ratepay for the
-/// transaction's cancellations (the `error` field says so).
-pub async fn recover(log: &AuditLog, open: &[crate::audit::AuditRecord]) -> Result<(), BuildError> {
-    for rec in open {
-        let Some(mut outcome) = Outcome::for_open_intent(rec, OutcomeKind::Unknown) else {
-            continue;
-        };
-        outcome.error = Some("the gateway stopped before the outcome was recorded; check the transaction's cancellations at Ratepay".into());
-        log.append(AuditEntry::Outcome(outcome))
-            .await
-            .map_err(|e| BuildError(format!("closing an open audit intent: {e}")))?;
-    }
-    if !open.is_empty() {
-        tracing::warn!(
-            count = open.len(),
-            "closed audit intents left open by a previous run as outcome=unknown"
-        );
-    }
-    Ok(())
+    Ok((log, recovery.open_intents))
 }
 
 /// A plain-text or JSON response for the admin endpoints.

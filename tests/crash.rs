@@ -91,6 +91,11 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
                 open.insert(rec["seq"].as_u64().unwrap(), true);
             } else {
                 open.remove(&rec["intent_seq"].as_u64().unwrap());
+                if rec["outcome"] == "unknown" {
+                    // Recovery asked Ratepay and wrote down what it lists.
+                    let error = rec["error"].as_str().unwrap_or("");
+                    assert!(error.contains("Ratepay lists"), "{error}");
+                }
             }
         }
     }
