@@ -130,10 +130,19 @@ impl IdempotencyStore {
         let slots = moka::future::Cache::builder()
             .time_to_live(settings.ttl)
             .max_capacity(settings.max_bytes)
-            // Weighed by what a slot can hold: its key plus a stored answer of at most
-            // MAX_STORED_BODY; the estimate is fixed at insertion (moka weighs once).
-            .weigher(|k: &(Arc<str>, Arc<str>), _v: &Arc<Slot>| {
-                (k.0.len() + k.1.len() + 1024)
+            // Weighed by what a slot holds: its key plus, once completed, the stored answer.
+            // moka weighs at insertion, so a completed slot is inserted again (see `call`).
+            .weigher(|k: &(Arc<str>, Arc<str>), v: &Arc<Slot>| {
+                let stored = v.done.try_lock().ok().and_then(|g| {
+                    g.as_ref().map(|s| {
+                        s.body.len()
+                            + s.headers
+                                .iter()
+                                .map(|(n, v)| n.as_str().len() + v.len())
+                                .sum::<usize>()
+                    })
+                });
+                (k.0.len() + k.1.len() + 256 + stored.unwrap_or(0))
                     .try_into()
                     .unwrap_or(u32::MAX)
             })
@@ -243,7 +252,7 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
             let slot_key = (Arc::<str>::from(auth.caller.name.as_str()), key.clone());
             let slot = store
                 .slots
-                .get_with(slot_key, async move {
+                .get_with(slot_key.clone(), async move {
                     Arc::new(Slot {
                         fingerprint: fp,
                         done: Arc::new(tokio::sync::Mutex::new(None)),
@@ -262,6 +271,7 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
                 return Ok(replay(stored, &key));
             }
             let key2 = key.clone();
+            let slot = slot.clone();
             // The upstream call and the storing run on their own task: if this caller hangs up,
             // the call still completes and its answer is stored for the retry.
             let task = tokio::spawn(async move {
@@ -293,6 +303,8 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
                     body: bytes.clone(),
                 });
                 drop(guard);
+                // Re-insert the same slot so moka weighs the stored answer against max_bytes.
+                store.slots.insert(slot_key, slot).await;
                 Ok(GwResponse::from_parts(parts, body::full(bytes)))
             });
             let mut resp = task
@@ -307,6 +319,40 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stored_answers_count_against_max_bytes() {
+        let store = IdempotencyStore::new(&IdempotencySettings {
+            ttl: Duration::from_secs(60),
+            max_bytes: 100_000,
+        });
+        for i in 0..50 {
+            let stored = Stored {
+                status: StatusCode::CREATED,
+                headers: HeaderMap::new(),
+                body: Bytes::from(vec![b'x'; 10_000]),
+            };
+            let slot = Arc::new(Slot {
+                fingerprint: [0; 32],
+                done: Arc::new(tokio::sync::Mutex::new(Some(stored))),
+            });
+            store
+                .slots
+                .insert((Arc::from("c"), Arc::from(i.to_string())), slot)
+                .await;
+        }
+        store.slots.run_pending_tasks().await;
+        assert!(
+            store.slots.weighted_size() <= 100_000,
+            "{}",
+            store.slots.weighted_size()
+        );
+        assert!(
+            store.len() <= 10,
+            "10 KB answers under a 100 KB bound: {}",
+            store.len()
+        );
+    }
 
     #[test]
     fn keys_are_validated() {
