@@ -60,3 +60,107 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ReadErr
     }
     Ok(buf.freeze())
 }
+
+/// The upstream stopped sending mid-body for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream stalled mid-body: no data for {} ms", .0.as_millis())]
+pub struct Stalled(pub std::time::Duration);
+
+pin_project_lite::pin_project! {
+    /// A streamed body that fails with [`Stalled`] when no frame arrives within `idle`, so an
+    /// upstream that stops mid-body cannot hold a caller's connection forever.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: std::time::Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`; the clock starts now.
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        IdleTimeout {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::{future::Future, task::Poll};
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_the_idle_timeout() {
+        let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            http_body::Frame::data(Bytes::from("{")),
+        )]);
+        let stream = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        let mut body = Box::pin(IdleTimeout::new(
+            http_body_util::StreamBody::new(stream),
+            Duration::from_secs(10),
+        ));
+        let started = tokio::time::Instant::now();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from("{"));
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("stalled"), "{err}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "fails exactly at the idle timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_body_passes_through() {
+        let body = IdleTimeout::new(
+            http_body_util::Full::new(Bytes::from("ok")),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            read_limited(boxed(body), 10).await.unwrap(),
+            Bytes::from("ok")
+        );
+    }
+}

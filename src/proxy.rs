@@ -36,6 +36,7 @@ struct ProxyInner {
     client: HttpClient,
     origins: BTreeMap<Api, Uri>,
     request_timeout: Duration,
+    body_idle_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 impl std::fmt::Debug for Proxy {
@@ -52,6 +53,7 @@ impl Proxy {
         client: HttpClient,
         origins: BTreeMap<Api, Uri>,
         request_timeout: Duration,
+        body_idle_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
@@ -59,6 +61,7 @@ impl Proxy {
                 client,
                 origins,
                 request_timeout,
+                body_idle_timeout,
                 metrics,
             }),
         }
@@ -156,6 +159,8 @@ impl tower::Service<GwRequest> for Proxy {
             };
             let (mut parts, incoming) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // Streamed through; an upstream that goes silent mid-body ends it with an error.
+            let incoming = body::IdleTimeout::new(incoming, inner.body_idle_timeout);
             Ok(GwResponse::from_parts(parts, body::boxed(incoming)))
         })
     }

@@ -146,6 +146,7 @@ impl Gateway {
                 client,
                 origins,
                 config.upstream_client.request_timeout,
+                config.upstream_client.body_idle_timeout,
                 metrics.clone(),
             ));
         Ok(Gateway {

@@ -157,6 +157,8 @@ pub struct UpstreamClientFile {
     pub request_timeout_ms: Option<u64>,
     /// Idle pooled connections are closed after this.
     pub pool_idle_timeout_secs: Option<u64>,
+    /// Fail a streamed upstream answer that sends nothing for this long mid-body.
+    pub body_idle_timeout_ms: Option<u64>,
     /// Extra PEM CA bundle trusted in addition to the webpki roots.
     pub ca_file: Option<String>,
 }

@@ -137,6 +137,8 @@ pub struct UpstreamClientConfig {
     pub request_timeout: Duration,
     /// Pool idle timeout.
     pub pool_idle_timeout: Duration,
+    /// Longest silence from an upstream mid-body.
+    pub body_idle_timeout: Duration,
     /// Extra CA bundle.
     pub ca_file: Option<PathBuf>,
 }
@@ -614,6 +616,7 @@ impl Config {
             connect_timeout: ms(uc.connect_timeout_ms, 2_000),
             request_timeout: ms(uc.request_timeout_ms, 10_000),
             pool_idle_timeout: Duration::from_secs(uc.pool_idle_timeout_secs.unwrap_or(90)),
+            body_idle_timeout: ms(uc.body_idle_timeout_ms, 10_000),
             ca_file: match &uc.ca_file {
                 Some(p) => {
                     cx.read_file("upstream_client.ca_file", p)?;
@@ -622,7 +625,10 @@ impl Config {
                 None => None,
             },
         };
-        if upstream_client.connect_timeout.is_zero() || upstream_client.request_timeout.is_zero() {
+        if upstream_client.connect_timeout.is_zero()
+            || upstream_client.request_timeout.is_zero()
+            || upstream_client.body_idle_timeout.is_zero()
+        {
             return Err(cx.err("upstream_client", "timeouts must be greater than zero"));
         }
 
@@ -1213,9 +1219,10 @@ impl Config {
         let c = &self.upstream_client;
         let _ = writeln!(
             s,
-            "\n[upstream_client]\nconnect_timeout_ms = {}\nrequest_timeout_ms = {}\npool_idle_timeout_secs = {}\nca_file = {:?}",
+            "\n[upstream_client]\nconnect_timeout_ms = {}\nrequest_timeout_ms = {}\nbody_idle_timeout_ms = {}\npool_idle_timeout_secs = {}\nca_file = {:?}",
             c.connect_timeout.as_millis(),
             c.request_timeout.as_millis(),
+            c.body_idle_timeout.as_millis(),
             c.pool_idle_timeout.as_secs(),
             c.ca_file
         );
