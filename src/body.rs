@@ -19,11 +19,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-/// An empty body.
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
 /// Boxes any body whose error converts into [`BoxError`].
 pub fn boxed<B>(body: B) -> Body
 where

@@ -58,7 +58,6 @@ struct GatewayInner {
     tokens: Arc<BTreeMap<Api, TokenSource>>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
-    rate_limits: Arc<RateLimits>,
     cache: Option<SessionRecordCache>,
 }
 impl std::fmt::Debug for Gateway {
@@ -157,7 +156,6 @@ impl Gateway {
                 tokens,
                 audit,
                 metrics,
-                rate_limits,
                 cache,
             }),
         })
@@ -171,16 +169,6 @@ impl Gateway {
     /// The metrics registry (admin `/metrics`).
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
-    }
-
-    /// The audit log (stats, tests).
-    pub fn audit_log(&self) -> &AuditLog {
-        &self.inner.audit
-    }
-
-    /// The rate-limit decisions (pauses, housekeeping, metrics).
-    pub fn rate_limits(&self) -> &Arc<RateLimits> {
-        &self.inner.rate_limits
     }
 
     /// The session-record cache, when enabled.

@@ -15,9 +15,8 @@ use crate::{context::Authenticated, error::GatewayError};
 /// `X-Partner`.
 pub static X_PARTNER: HeaderName = HeaderName::from_static("x-partner");
 
-/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus credentials and
-/// internal addressing.
-const STRIPPED: &[&str] = &[
+/// Headers that describe one connection, never forwarded in either direction (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -27,6 +26,11 @@ const STRIPPED: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+];
+
+/// Request headers that are not hop-by-hop but must not reach Ratepay: the caller's
+/// credentials, internal addressing, and what the gateway sets itself.
+const CALLER_ONLY: &[&str] = &[
     "authorization",
     "cookie",
     "host",
@@ -51,16 +55,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(n);
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
     }
 }
 
@@ -93,7 +89,7 @@ impl<S: Inner> tower::Service<GwRequest> for Headers<S> {
     fn call(&mut self, mut req: GwRequest) -> Self::Future {
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        for n in STRIPPED {
+        for n in CALLER_ONLY {
             headers.remove(*n);
         }
         let partner = req

@@ -169,11 +169,6 @@ impl TokenSource {
         }
     }
 
-    /// The audience this source serves.
-    pub fn audience(&self) -> &str {
-        &self.inner.audience
-    }
-
     /// Counters.
     pub fn stats(&self) -> &TokenStats {
         &self.inner.stats
