@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod proxy;
 pub mod recovery;
+pub mod reload;
 pub mod routes;
 pub mod sandbox;
 pub mod server;

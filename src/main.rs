@@ -8,6 +8,7 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Du
 use clap::{Parser, Subcommand, ValueEnum};
 use ratepay_gateway::{
     config::Config,
+    reload::{ConfigSource, LiveGateway},
     sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig},
     server,
     stack::Gateway,
@@ -137,6 +138,31 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reloads the configuration on every SIGHUP (serialised; a refused file is logged).
+fn spawn_sighup_reloads(live: LiveGateway) -> Option<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => Some(tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = live.reload_and_log().await;
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; use POST /reload");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = live;
+        None
+    }
+}
+
 fn sandbox_config_for(config: &Config) -> Option<SandboxConfig> {
     let settings = config.sandbox.as_ref()?;
     let defaults = SandboxConfig::default();
@@ -175,17 +201,29 @@ async fn serve(
         config.listen.admin = Some(a);
     }
     // The embedded sandbox must be up before the gateway fetches its first token.
-    let _sandbox = match sandbox_config_for(&config) {
+    let (_sandbox, sandbox_base) = match sandbox_config_for(&config) {
         Some(sc) => {
             let handle = sandbox::spawn(sc).await?;
             announce("sandbox", handle.addr);
             let base: http::Uri = format!("http://{}", handle.addr).parse()?;
             config.point_at_sandbox(&base);
-            Some(handle)
+            (Some(handle), Some(base))
         }
-        None => None,
+        None => (None, None),
     };
     let gateway = Gateway::build(&config).await?;
+    let live = LiveGateway::new(
+        gateway,
+        Some(ConfigSource {
+            path: config_path.clone(),
+            // A reloaded file still talks to the sandbox this process started.
+            adjust: Box::new(move |c| {
+                if let Some(base) = &sandbox_base {
+                    c.point_at_sandbox(base);
+                }
+            }),
+        }),
+    );
     let proxy = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot bind the proxy listener {}: {e}",
@@ -203,17 +241,18 @@ async fn serve(
         }
         None => None,
     };
+    let _reloads = spawn_sighup_reloads(live.clone());
     tracing::info!(config = %config_path.display(), "ratepay-gateway started");
     server::run(
         proxy,
         admin,
-        gateway.clone(),
+        live.clone(),
         config.listen.shutdown_grace,
         shutdown_signal(),
     )
     .await;
     // In-flight requests are done: write and sync what the audit log still holds.
-    gateway.shutdown().await;
+    live.current().shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

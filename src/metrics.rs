@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -25,6 +26,13 @@ use prometheus_client::{
 };
 
 use crate::{audit::AuditLog, routes::Api, token::TokenSource};
+
+/// Labels of `ratepay_gateway_config_reloads`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `refused`.
+    pub result: &'static str,
+}
 
 /// Labels of `ratepay_gateway_requests`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +72,8 @@ pub struct UpstreamOnly {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The token sources the gauges read (swapped on reload).
+    tokens: Arc<ArcSwap<BTreeMap<Api, TokenSource>>>,
     /// Requests answered, by operation, caller and status class.
     pub requests: Family<RequestLabels, Counter>,
     /// Gateway latency per operation (seconds).
@@ -80,6 +90,8 @@ pub struct Metrics {
     pub idempotency_replays: Counter,
     /// Idempotency-Key reuse with another request (409).
     pub idempotency_conflicts: Counter,
+    /// Configuration reloads by result.
+    pub reloads: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -90,6 +102,7 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// A registry with every metric, plus token and audit state read at scrape time.
     pub fn new(tokens: Arc<BTreeMap<Api, TokenSource>>, audit: AuditLog) -> Arc<Metrics> {
+        let tokens = Arc::new(ArcSwap::new(tokens));
         let mut registry = Registry::with_prefix("ratepay_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<OperationLabels, Histogram>::new_with_constructor(
@@ -139,9 +152,19 @@ impl Metrics {
             "Idempotency-Key reused for another request",
             idempotency_conflicts.clone(),
         );
-        registry.register_collector(Box::new(StateCollector { tokens, audit }));
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, POST /reload) by result",
+            reloads.clone(),
+        );
+        registry.register_collector(Box::new(StateCollector {
+            tokens: tokens.clone(),
+            audit,
+        }));
         Arc::new(Metrics {
             registry,
+            tokens,
             requests,
             request_duration,
             in_flight,
@@ -150,7 +173,13 @@ impl Metrics {
             retries,
             idempotency_replays,
             idempotency_conflicts,
+            reloads,
         })
+    }
+
+    /// Points the token gauges at the token sources of a reloaded configuration.
+    pub fn set_token_sources(&self, tokens: Arc<BTreeMap<Api, TokenSource>>) {
+        self.tokens.store(tokens);
     }
 
     /// The Prometheus text exposition.
@@ -171,7 +200,7 @@ pub fn status_class(status: u16) -> String {
 /// Token and audit state, read when scraped.
 #[derive(Debug)]
 struct StateCollector {
-    tokens: Arc<BTreeMap<Api, TokenSource>>,
+    tokens: Arc<ArcSwap<BTreeMap<Api, TokenSource>>>,
     audit: AuditLog,
 }
 
@@ -192,7 +221,7 @@ impl Collector for StateCollector {
         ];
         for (name, help, read) in counters {
             let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (api, t) in self.tokens.iter() {
+            for (api, t) in self.tokens.load().iter() {
                 let labels = UpstreamOnly {
                     upstream: api.name().to_owned(),
                 };
@@ -205,7 +234,7 @@ impl Collector for StateCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (api, t) in self.tokens.iter() {
+        for (api, t) in self.tokens.load().iter() {
             let labels = UpstreamOnly {
                 upstream: api.name().to_owned(),
             };

@@ -16,17 +16,34 @@ use tokio::net::TcpListener;
 
 use crate::{
     body::Body,
-    stack::{simple, Gateway, READY_TOKEN_WAIT},
+    reload::LiveGateway,
+    stack::{simple, READY_TOKEN_WAIT},
 };
+
+/// An RFC 9457 problem from the admin listener.
+fn problem_json(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    simple(
+        status,
+        "application/problem+json",
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
 
 /// Serves the proxy (and admin) listeners until `shutdown`, then drains for up to `grace`.
 pub async fn run(
     proxy: TcpListener,
     admin: Option<TcpListener>,
-    gateway: Gateway,
+    gateway: impl Into<LiveGateway>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let gateway: LiveGateway = gateway.into();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut tasks = tokio::task::JoinSet::new();
@@ -37,7 +54,8 @@ pub async fn run(
             stop_rx.clone(),
             graceful.clone(),
             move |req, peer| {
-                let gw = gw.clone();
+                // The gateway current at arrival serves the whole request, reload or not.
+                let gw = gw.current();
                 async move { gw.handle(req, peer).await }
             },
         ));
@@ -121,8 +139,28 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// `/healthz`, `/readyz` on the admin listener.
-async fn admin_handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+/// `/healthz`, `/readyz`, `/metrics` and `POST /reload` on the admin listener.
+async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/reload" {
+        if req.method() != http::Method::POST {
+            return simple(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST /reload\n",
+            );
+        }
+        return match live.reload_and_log().await {
+            Ok(report) => simple(StatusCode::OK, "text/plain", format!("{report}\n")),
+            Err(reason) => problem_json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Configuration reload refused",
+                &format!(
+                    "{reason}; the running configuration stays. Fix the file and reload again."
+                ),
+            ),
+        };
+    }
+    let gw = live.current();
     match req.uri().path() {
         "/healthz" => simple(StatusCode::OK, "text/plain", "ok\n"),
         "/metrics" => simple(
@@ -156,7 +194,7 @@ async fn admin_handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
         _ => simple(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz, /readyz or /metrics\n",
+            "not found; try /healthz, /readyz, /metrics or POST /reload\n",
         ),
     }
 }

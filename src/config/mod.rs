@@ -144,7 +144,7 @@ pub struct UpstreamClientConfig {
 }
 
 /// `[tokens]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenSettings {
     /// Fraction of the lifetime after which to refresh.
     pub refresh_at_fraction: f64,
@@ -287,7 +287,7 @@ pub enum OverLimit {
 }
 
 /// `[rate_limits]`, validated. No limit configured means no limiting; the 429 pause always applies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitSettings {
     /// Reject or queue.
     pub over_limit: OverLimit,

@@ -40,7 +40,7 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 const MAX_STORED_BODY: usize = 256 * 1024;
 
 /// Settings of the idempotency layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencySettings {
     /// How long a completed answer is kept (Ratepay: 24 h).
     pub ttl: Duration,

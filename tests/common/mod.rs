@@ -8,6 +8,7 @@ use std::{path::Path, time::Duration};
 
 use ratepay_gateway::{
     config::Config,
+    reload::LiveGateway,
     sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig, SandboxHandle},
     server,
     stack::Gateway,
@@ -234,8 +235,9 @@ impl Harness {
     pub async fn serve_gateway(
         sandbox: SandboxHandle,
         dir: tempfile::TempDir,
-        gateway: Gateway,
+        gateway: impl Into<LiveGateway>,
     ) -> Harness {
+        let gateway: LiveGateway = gateway.into();
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gw_url = format!("http://{}", proxy.local_addr().expect("addr"));
@@ -253,7 +255,7 @@ impl Harness {
                 },
             )
             .await;
-            gw.shutdown().await;
+            gw.current().shutdown().await;
         });
         Harness {
             sandbox,
