@@ -5,7 +5,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{atomic::AtomicU32, Arc},
+    sync::{
+        atomic::{AtomicU32, AtomicU64},
+        Arc,
+    },
     time::Instant,
 };
 
@@ -22,8 +25,19 @@ pub struct RequestContext {
     pub source: SocketAddr,
     /// When the gateway received the request.
     pub received: Instant,
+    /// Counters the inner layers fill in and the edge reads (access log, metrics).
+    pub stats: Arc<RequestStats>,
+}
+
+/// What inner layers report back to the edge about one request.
+#[derive(Debug, Default)]
+pub struct RequestStats {
     /// Upstream attempts made so far (the proxy counts; audit and access log read).
-    pub attempts: Arc<AtomicU32>,
+    pub attempts: AtomicU32,
+    /// Time spent queued by the rate limits (queue mode), in microseconds.
+    pub queued_us: AtomicU64,
+    /// The caller, once authenticated (also when its request is refused later).
+    pub caller: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Set by the caller layer once the caller is known and allowed.

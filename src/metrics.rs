@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -14,7 +15,9 @@ use std::{
 use arc_swap::ArcSwap;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    },
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -34,38 +37,55 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A configured name as a label value, shared rather than copied on every request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
 /// Labels of `ratepay_gateway_requests`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Operation name or `-` (unrouted).
-    pub operation: String,
+    pub operation: &'static str,
     /// Caller name or `-` (unauthenticated).
-    pub caller: String,
+    pub caller: Name,
     /// `2xx`, `4xx`, ...
-    pub status: String,
+    pub status: &'static str,
 }
 
 /// Labels with an operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     /// Operation name.
-    pub operation: String,
+    pub operation: &'static str,
 }
 
 /// Labels with an upstream and a status class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     /// `payment`, `status`, `hpp`.
-    pub upstream: String,
+    pub upstream: &'static str,
     /// `2xx`, ..., or `error` for transport failures.
-    pub status: String,
+    pub status: &'static str,
+}
+
+/// Labels of the rate-limit rejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    /// `caller`, `upstream`, `operation` or `paused` (Ratepay's 429 pause).
+    pub scope: &'static str,
 }
 
 /// Labels with only an upstream.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamOnly {
     /// `payment`, `status`, `hpp`.
-    pub upstream: String,
+    pub upstream: &'static str,
 }
 
 /// Every metric the gateway records.
@@ -92,6 +112,16 @@ pub struct Metrics {
     pub idempotency_conflicts: Counter,
     /// Configuration reloads by result.
     pub reloads: Family<ResultLabels, Counter>,
+    /// Requests refused by a rate limit, by scope.
+    pub rate_limit_rejections: Family<ScopeLabels, Counter>,
+    /// Time requests spent queued by the rate limits (queue mode; only requests that waited).
+    pub rate_limit_queue_wait: Histogram,
+    /// Session-record cache answers by result (`hit`, `miss`, `stale`, `bypass`).
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    /// Bytes held by the session-record cache (set when scraped).
+    pub cache_bytes: Gauge,
+    /// Entries in the session-record cache (set when scraped).
+    pub cache_entries: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -158,6 +188,36 @@ impl Metrics {
             "Configuration reloads (SIGHUP, POST /reload) by result",
             reloads.clone(),
         );
+        let rate_limit_rejections = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limit_rejections",
+            "Requests refused by a rate limit (429), by scope",
+            rate_limit_rejections.clone(),
+        );
+        let rate_limit_queue_wait = latency_histogram();
+        registry.register(
+            "rate_limit_queue_wait_seconds",
+            "Time requests waited for a rate-limit slot (queue mode)",
+            rate_limit_queue_wait.clone(),
+        );
+        let cache_lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Session-record reads by cache result (hit, miss, stale, bypass)",
+            cache_lookups.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the session-record cache",
+            cache_bytes.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the session-record cache",
+            cache_entries.clone(),
+        );
         registry.register_collector(Box::new(StateCollector {
             tokens: tokens.clone(),
             audit,
@@ -174,6 +234,11 @@ impl Metrics {
             idempotency_replays,
             idempotency_conflicts,
             reloads,
+            rate_limit_rejections,
+            rate_limit_queue_wait,
+            cache_lookups,
+            cache_bytes,
+            cache_entries,
         })
     }
 
@@ -193,8 +258,14 @@ impl Metrics {
 }
 
 /// `2xx`, `4xx`, ...
-pub fn status_class(status: u16) -> String {
-    format!("{}xx", status / 100)
+pub fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Token and audit state, read when scraped.
@@ -223,7 +294,7 @@ impl Collector for StateCollector {
             let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (api, t) in self.tokens.load().iter() {
                 let labels = UpstreamOnly {
-                    upstream: api.name().to_owned(),
+                    upstream: api.name(),
                 };
                 ConstCounter::new(read(t)).encode(e.encode_family(&labels)?)?;
             }
@@ -236,7 +307,7 @@ impl Collector for StateCollector {
         )?;
         for (api, t) in self.tokens.load().iter() {
             let labels = UpstreamOnly {
-                upstream: api.name().to_owned(),
+                upstream: api.name(),
             };
             let secs = t.expires_in().unwrap_or(Duration::ZERO).as_secs() as i64;
             ConstGauge::new(secs).encode(e.encode_family(&labels)?)?;

@@ -101,7 +101,8 @@ impl tower::Service<GwRequest> for Proxy {
                 .get::<RequestContext>()
                 .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
             let api = ctx.route.operation.api;
-            ctx.attempts
+            ctx.stats
+                .attempts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let upstream = api.name();
             let origin = inner
@@ -128,17 +129,15 @@ impl tower::Service<GwRequest> for Proxy {
                 tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await;
             let m = &inner.metrics;
             m.upstream_duration
-                .get_or_create(&UpstreamOnly {
-                    upstream: upstream.to_owned(),
-                })
+                .get_or_create(&UpstreamOnly { upstream })
                 .observe(started.elapsed().as_secs_f64());
             let class = match &result {
                 Ok(Ok(r)) => status_class(r.status().as_u16()),
-                _ => "error".to_owned(),
+                _ => "error",
             };
             m.upstream_responses
                 .get_or_create(&UpstreamLabels {
-                    upstream: upstream.to_owned(),
+                    upstream,
                     status: class,
                 })
                 .inc();

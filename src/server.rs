@@ -163,11 +163,20 @@ async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Bo
     let gw = live.current();
     match req.uri().path() {
         "/healthz" => simple(StatusCode::OK, "text/plain", "ok\n"),
-        "/metrics" => simple(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics().encode(),
-        ),
+        "/metrics" => {
+            let m = gw.metrics();
+            if let Some(cache) = gw.session_record_cache() {
+                // moka counts lazily; settle pending inserts so the gauges are current.
+                cache.run_pending_tasks().await;
+                m.cache_bytes.set(cache.weighted_size() as i64);
+                m.cache_entries.set(cache.entry_count() as i64);
+            }
+            simple(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                m.encode(),
+            )
+        }
         "/readyz" => {
             let mut problems = Vec::new();
             for (api, source) in gw.token_sources() {

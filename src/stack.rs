@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -22,12 +22,16 @@ use crate::{
     callers::{layer::CallerPolicyLayer, Callers},
     client::{self, HttpClient},
     config::{Config, Limits},
-    context::{Authenticated, RequestContext},
+    context::{RequestContext, RequestStats},
     error::GatewayError,
-    metrics::{status_class, Metrics, OperationLabels, RequestLabels},
+    metrics::{
+        status_class, Metrics, Name, OperationLabels, RequestLabels, ResultLabels, ScopeLabels,
+    },
     middleware::{
         audit::AuditLayer,
-        cache::{InvalidateOnCancellationLayer, SessionRecordCache, SessionRecordCacheLayer},
+        cache::{
+            InvalidateOnCancellationLayer, SessionRecordCache, SessionRecordCacheLayer, X_CACHE,
+        },
         headers::HeadersLayer,
         idempotency::{IdempotencyLayer, IdempotencyStore},
         rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
@@ -317,13 +321,13 @@ impl Gateway {
         // Decremented on every path, including a caller hanging up mid-request.
         let _in_flight = InFlight(&metrics.in_flight);
         let request_id = request_id(req.headers());
-        let attempts: Arc<std::sync::atomic::AtomicU32> = Arc::default();
+        let stats: Arc<RequestStats> = Arc::default();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let deadline = self.inner.limits.request_timeout;
         let result = match tokio::time::timeout(
             deadline,
-            self.route_and_call(req, source, &request_id, received, attempts.clone()),
+            self.route_and_call(req, source, &request_id, received, stats.clone()),
         )
         .await
         {
@@ -333,8 +337,19 @@ impl Gateway {
         let (mut resp, operation) = match result {
             Ok((resp, op)) => (resp, op),
             Err((e, op)) => {
-                if let GatewayError::Internal(detail) = &e {
-                    tracing::error!(request_id = %request_id, detail = %detail, "internal error");
+                match &e {
+                    GatewayError::Internal(detail) => {
+                        tracing::error!(request_id = %request_id, detail = %detail, "internal error");
+                    }
+                    GatewayError::RateLimited(r) => {
+                        metrics
+                            .rate_limit_rejections
+                            .get_or_create(&ScopeLabels {
+                                scope: r.scope.policy_name(),
+                            })
+                            .inc();
+                    }
+                    _ => {}
                 }
                 (e.to_response(&request_id), op)
             }
@@ -342,27 +357,41 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
-        let caller = resp
-            .extensions()
-            .get::<Authenticated>()
-            .map(|a| a.caller.name.clone());
+        let caller = stats.caller.get().cloned();
         let latency = received.elapsed();
+        let queued_us = stats.queued_us.load(Ordering::Relaxed);
+        if queued_us > 0 {
+            metrics
+                .rate_limit_queue_wait
+                .observe(queued_us as f64 / 1_000_000.0);
+        }
+        let cache = resp
+            .headers()
+            .get(&X_CACHE)
+            .and_then(|v| cache_result(v.as_bytes()));
+        if let Some(result) = cache {
+            metrics
+                .cache_lookups
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
         metrics
             .requests
             .get_or_create(&RequestLabels {
-                operation: operation.unwrap_or("-").to_owned(),
-                caller: caller.clone().unwrap_or_else(|| "-".into()),
+                operation: operation.unwrap_or("-"),
+                caller: Name(caller.clone().unwrap_or_else(|| Arc::from("-"))),
                 status: status_class(resp.status().as_u16()),
             })
             .inc();
-        if let Some(op) = operation {
+        if let Some(operation) = operation {
             metrics
                 .request_duration
-                .get_or_create(&OperationLabels {
-                    operation: op.to_owned(),
-                })
+                .get_or_create(&OperationLabels { operation })
                 .observe(latency.as_secs_f64());
         }
+        // Bytes of the response body when known before it is streamed (buffered answers,
+        // problems, cache hits, upstreams that sent Content-Length).
+        let bytes = http_body::Body::size_hint(resp.body()).exact();
         tracing::info!(
             target: "ratepay_gateway::access",
             request_id = %request_id,
@@ -371,8 +400,12 @@ impl Gateway {
             operation = operation.unwrap_or("-"),
             caller = caller.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
-                        latency_us = latency.as_micros() as u64,
-            upstream_attempts = attempts.load(std::sync::atomic::Ordering::Relaxed),"request"
+            latency_us = latency.as_micros() as u64,
+            upstream_attempts = stats.attempts.load(Ordering::Relaxed),
+            cache = cache.unwrap_or("-"),
+            bytes,
+            queued_us,
+            "request"
         );
         resp
     }
@@ -383,7 +416,7 @@ impl Gateway {
         source: SocketAddr,
         request_id: &Arc<str>,
         received: Instant,
-        attempts: Arc<std::sync::atomic::AtomicU32>,
+        stats: Arc<RequestStats>,
     ) -> Result<(GwResponse, Option<&'static str>), (GatewayError, Option<&'static str>)>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -439,7 +472,7 @@ impl Gateway {
             route,
             source,
             received,
-            attempts,
+            stats,
         });
         let svc = self.inner.stack.clone();
         svc.oneshot(req).await.map(|r| (r, op)).map_err(|e| (e, op))
@@ -459,6 +492,17 @@ impl Gateway {
             // A body error is the caller's connection failing; say so without internals.
             Err(e) => Err(GatewayError::BodyRead(e.to_string())),
         }
+    }
+}
+
+/// The `X-Cache` value as a metrics label.
+fn cache_result(value: &[u8]) -> Option<&'static str> {
+    match value {
+        b"HIT" => Some("hit"),
+        b"MISS" => Some("miss"),
+        b"STALE" => Some("stale"),
+        b"BYPASS" => Some("bypass"),
+        _ => None,
     }
 }
 

@@ -281,6 +281,20 @@ async fn queue_mode_waits_for_a_turn_then_serves_and_refuses_what_cannot_fit() {
         started.elapsed()
     );
     assert_eq!(h.op_count("hpp.session_records.get").await, 3);
+    // Two of the three waited; the wait shows in the metrics.
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ratepay_gateway_rate_limit_queue_wait_seconds_count 2"),
+        "{metrics}"
+    );
 
     // reader's next turn is 2 s away, beyond max_wait: refused at once, not after waiting.
     assert_eq!(

@@ -81,9 +81,9 @@ async fn metrics_are_present_and_move_with_traffic() {
         "unrouted 404"
     );
     assert_eq!(
-        requests("operation=\"payment.transactions.get\",caller=\"-\",status=\"4xx\""),
+        requests("operation=\"payment.transactions.get\",caller=\"reader\",status=\"4xx\""),
         Some(1.0),
-        "403"
+        "403: the caller is known, its call is not allowed"
     );
     assert_eq!(
         metric(&after, "ratepay_gateway_idempotency_replays_total"),
@@ -229,4 +229,65 @@ async fn admin_endpoints_answer() {
             .status(),
         404
     );
+}
+
+#[tokio::test]
+async fn cache_and_rate_limit_metrics_move() {
+    let h = Harness::with(common::Options {
+        extra_toml: "[cache]\n[rate_limits.callers.reader]\nrate_per_sec = 0.1\nburst = 1\n".into(),
+        ..common::Options::default()
+    })
+    .await;
+    let r = h
+        .req(Method::POST, "/pps/api/v1/session", keys::FULL)
+        .json(&json!({
+            "order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
+                           "buyer": {"contact": {"email": "b@example.com"}}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    let sid = r.json::<serde_json::Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/pps/api/v1/session-record/{sid}");
+    let status = |key: &'static str| {
+        let rb = h.req(Method::GET, &path, key);
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(keys::FULL).await, 200); // miss
+    assert_eq!(status(keys::FULL).await, 200); // hit
+    assert_eq!(status(keys::READER).await, 200); // hit (same partner), spends reader's burst
+    assert_eq!(status(keys::READER).await, 429); // reader's budget is spent
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = |name: &str| metric(&text, name);
+    assert_eq!(
+        m("ratepay_gateway_cache_lookups_total{result=\"miss\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        m("ratepay_gateway_cache_lookups_total{result=\"hit\"}"),
+        Some(2.0)
+    );
+    assert_eq!(m("ratepay_gateway_cache_entries"), Some(1.0));
+    assert!(m("ratepay_gateway_cache_bytes").unwrap() > 100.0);
+    assert_eq!(
+        m("ratepay_gateway_rate_limit_rejections_total{scope=\"caller\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        m("ratepay_gateway_requests_total{operation=\"hpp.session_records.get\",caller=\"reader\",status=\"4xx\"}"),
+        Some(1.0)
+    );
+    h.stop().await;
 }

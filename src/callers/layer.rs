@@ -63,9 +63,11 @@ impl<S> CallerPolicy<S> {
             .get(&op.api)
             .ok_or(GatewayError::NoUpstream(op.api.name()))?;
         let caller = self.callers.authenticate(req.headers(), audience)?;
+        // Known from here on, for the access log and metrics even if refused below.
+        let _ = ctx.stats.caller.set(caller.name.clone());
         if !caller.may_call(op) {
             return Err(GatewayError::Forbidden {
-                caller: caller.name.clone(),
+                caller: caller.name.to_string(),
                 operation: op.name,
             });
         }
@@ -95,13 +97,8 @@ impl<S: Inner> tower::Service<GwRequest> for CallerPolicy<S> {
             Ok(a) => a,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        req.extensions_mut().insert(auth.clone());
-        let fut = take_ready(&mut self.inner).call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            // The edge's access log names the caller.
-            resp.extensions_mut().insert(auth);
-            Ok(resp)
-        })
+        req.extensions_mut().insert(auth);
+        // The inner future is already boxed: hand it on as it is.
+        take_ready(&mut self.inner).call(req)
     }
 }

@@ -23,7 +23,7 @@ pub use issuer::Issuer;
 /// One internal caller and its policy.
 pub struct Caller {
     /// Name from the configuration.
-    pub name: String,
+    pub name: Arc<str>,
     operations: Vec<String>,
     partner: PartnerPolicy,
 }
@@ -104,7 +104,7 @@ impl Callers {
         };
         for cc in &config.callers {
             let caller = Arc::new(Caller {
-                name: cc.name.clone(),
+                name: Arc::from(cc.name.as_str()),
                 operations: cc.operations.clone(),
                 partner: cc.partner.clone(),
             });

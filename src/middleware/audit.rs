@@ -82,7 +82,7 @@ fn intent(req: &GwRequest) -> Result<Intent, GatewayError> {
     let fields = CancellationFields::from_body(req.body());
     Ok(Intent {
         request_id: ctx.request_id.to_string(),
-        caller: auth.caller.name.clone(),
+        caller: auth.caller.name.to_string(),
         source: ctx.source.ip(),
         operation: ctx.route.operation.name.to_owned(),
         ratepay_transaction_id: ctx.route.params.transaction_id.clone().unwrap_or_default(),
@@ -122,7 +122,7 @@ impl<S: Inner> tower::Service<GwRequest> for Audit<S> {
             let attempts = req
                 .extensions()
                 .get::<RequestContext>()
-                .map(|c| c.attempts.clone());
+                .map(|c| c.stats.clone());
             let appended = log
                 .append(AuditEntry::Intent(intent.clone()))
                 .await
@@ -133,7 +133,7 @@ impl<S: Inner> tower::Service<GwRequest> for Audit<S> {
             let started = Instant::now();
             let result = inner.call(req).await;
             let mut outcome = intent.outcome(appended.seq, OutcomeKind::Unknown);
-            outcome.attempts = attempts.map_or(0, |a| a.load(Ordering::Relaxed));
+            outcome.attempts = attempts.map_or(0, |s| s.attempts.load(Ordering::Relaxed));
             outcome.latency_ms = started.elapsed().as_millis() as u64;
             let response = match result {
                 Ok(resp) => {

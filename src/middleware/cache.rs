@@ -1158,7 +1158,7 @@ mod tests {
             route,
             source: "127.0.0.1:1".parse().unwrap(),
             received: std::time::Instant::now(),
-            attempts: Arc::default(),
+            stats: Arc::default(),
         });
         req.extensions_mut().insert(authenticated(partner));
         req

@@ -249,7 +249,7 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
             req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), up);
             let fp = fingerprint(&req, auth.partner.as_deref());
 
-            let slot_key = (Arc::<str>::from(auth.caller.name.as_str()), key.clone());
+            let slot_key = (auth.caller.name.clone(), key.clone());
             let slot = store
                 .slots
                 .get_with(slot_key.clone(), async move {

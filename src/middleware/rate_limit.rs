@@ -437,17 +437,32 @@ where
 ///
 /// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
 /// together never hold a request longer than `max_wait`.
+/// Time spent queued is added to the request's stats (access log, metrics).
 async fn admit(
-    received: std::time::Instant,
+    req: &GwRequest,
     mut check: impl FnMut(Duration) -> Decision,
 ) -> Result<Option<Headroom>, GatewayError> {
-    loop {
+    let ctx = req.extensions().get::<RequestContext>();
+    let received = ctx.map_or_else(std::time::Instant::now, |c| c.received);
+    let mut queued = Duration::ZERO;
+    let result = loop {
         match check(received.elapsed()) {
-            Decision::Allow(h) => return Ok(h),
-            Decision::Refuse(r) => return Err(GatewayError::RateLimited(r)),
-            Decision::Wait(d) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
+            Decision::Allow(h) => break Ok(h),
+            Decision::Refuse(r) => break Err(GatewayError::RateLimited(r)),
+            Decision::Wait(d) => {
+                let d = d.max(Duration::from_millis(1));
+                tokio::time::sleep(d).await;
+                queued += d;
+            }
         }
+    };
+    if let (Some(ctx), false) = (ctx, queued.is_zero()) {
+        ctx.stats.queued_us.fetch_add(
+            queued.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
+    result
 }
 
 /// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`.
@@ -535,11 +550,7 @@ where
                 .ok_or_else(|| {
                     GatewayError::Internal("caller missing before the rate limit".into())
                 })?;
-            let received = req
-                .extensions()
-                .get::<RequestContext>()
-                .map_or_else(std::time::Instant::now, |c| c.received);
-            let headroom = admit(received, |waited| limits.check_caller(&caller, waited)).await?;
+            let headroom = admit(&req, |waited| limits.check_caller(&caller, waited)).await?;
             let mut resp = inner.call(req).await?;
             // The caller paces itself by its own budget, not by whatever Ratepay reports.
             if let Some(h) = headroom {
@@ -612,12 +623,12 @@ where
         let mut inner = take_ready(&mut self.inner);
         let limits = self.limits.clone();
         Box::pin(async move {
-            let (op, received) = req
+            let op = req
                 .extensions()
                 .get::<RequestContext>()
-                .map(|c| (c.route.operation, c.received))
+                .map(|c| c.route.operation)
                 .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-            admit(received, |waited| {
+            admit(&req, |waited| {
                 limits.check_upstream(op.api, op.name, waited)
             })
             .await?;

@@ -221,9 +221,7 @@ impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
                         drop(result);
                         metrics
                             .retries
-                            .get_or_create(&UpstreamOnly {
-                                upstream: upstream.to_owned(),
-                            })
+                            .get_or_create(&UpstreamOnly { upstream })
                             .inc();
                         tokio::time::sleep(wait).await;
                         next = Some(spare);
