@@ -291,3 +291,57 @@ async fn cache_and_rate_limit_metrics_move() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_flips_when_the_token_endpoint_fails_past_the_tokens_life() {
+    // 4 s Ratepay tokens; the gateway would refresh after 3 s, but the endpoint will fail.
+    let h = Harness::with(common::Options {
+        token_lifetime: Duration::from_secs(4),
+        tokens_toml: "refresh_margin_secs = 1\nretry_initial_ms = 50\nretry_max_ms = 200".into(),
+        ..common::Options::default()
+    })
+    .await;
+    let ready = || async {
+        let r = h
+            .http
+            .get(format!("{}/readyz", h.admin))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200, "a token is obtainable");
+    h.fault(json!({"operation": "oauth.token", "status": 503}))
+        .await;
+    assert_eq!(ready().await.0, 200, "the current token still lives");
+    // Still ready while the current token lives; not ready once it expired. The poll only
+    // paces the checks; the flip itself comes from the token's expiry.
+    let started = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, body) = ready().await;
+        if status != 200 {
+            break (status, body);
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never flipped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503);
+    assert!(body.contains("not ready"), "{body}");
+    assert!(body.contains("payment"), "names the upstream: {body}");
+    assert!(body.contains("503"), "says why: {body}");
+    // Proxied calls say the same, as a problem.
+    let r = h
+        .req(Method::GET, &format!("{TX_PATH}/any"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The endpoint recovers: ready again without a restart.
+    h.http
+        .delete(format!("{}/_sandbox/faults", h.sandbox.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready().await.0, 200);
+    h.stop().await;
+}
