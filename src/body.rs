@@ -61,25 +61,40 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ReadErr
 #[error("the upstream stalled mid-body: no data for {} ms", .0.as_millis())]
 pub struct Stalled(pub std::time::Duration);
 
+/// The upstream sent more than the configured maximum.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream answer is larger than {0} bytes (limits.max_response_body_bytes)")]
+pub struct TooLarge(pub u64);
+
 pin_project_lite::pin_project! {
-    /// A streamed body that fails with [`Stalled`] when no frame arrives within `idle`, so an
-    /// upstream that stops mid-body cannot hold a caller's connection forever.
+    /// A streamed upstream body that fails with [`Stalled`] when no frame arrives within `idle`,
+    /// so an upstream that stops mid-body cannot hold a caller's connection forever, and with
+    /// [`TooLarge`] once more than its byte limit arrived.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
         sleep: tokio::time::Sleep,
         idle: std::time::Duration,
+        remaining: u64,
+        limit: u64,
     }
 }
 
 impl<B> IdleTimeout<B> {
-    /// Wraps `inner`; the clock starts now.
+    /// Wraps `inner`; the clock starts now. No byte limit.
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        IdleTimeout::limited(inner, idle, u64::MAX)
+    }
+
+    /// Wraps `inner` with an idle timeout and a byte limit.
+    pub fn limited(inner: B, idle: std::time::Duration, limit: u64) -> Self {
         IdleTimeout {
             inner,
             sleep: tokio::time::sleep(idle),
             idle,
+            remaining: limit,
+            limit,
         }
     }
 }
@@ -100,6 +115,16 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
+                if let Some(Ok(f)) = &frame {
+                    if let Some(data) = f.data_ref() {
+                        let len = data.len() as u64;
+                        if len > *this.remaining {
+                            *this.remaining = 0;
+                            return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
+                        }
+                        *this.remaining -= len;
+                    }
+                }
                 let next = tokio::time::Instant::now() + *this.idle;
                 this.sleep.as_mut().reset(next);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -144,6 +169,35 @@ mod tests {
             started.elapsed(),
             Duration::from_secs(10),
             "fails exactly at the idle timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_over_the_limit_fails_once_the_limit_is_passed() {
+        let frames =
+            futures_util::stream::iter(["0123", "4567", "89"].map(|s| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(s)))
+            }));
+        let body = IdleTimeout::limited(
+            http_body_util::StreamBody::new(frames),
+            Duration::from_secs(1),
+            9,
+        );
+        let err = read_limited(boxed(body), 100).await.unwrap_err();
+        assert!(err.to_string().contains("larger than 9 bytes"), "{err}");
+        let frames =
+            futures_util::stream::iter(["0123", "4567", "8"].map(|s| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(s)))
+            }));
+        let body = IdleTimeout::limited(
+            http_body_util::StreamBody::new(frames),
+            Duration::from_secs(1),
+            9,
+        );
+        assert_eq!(
+            read_limited(boxed(body), 100).await.unwrap().len(),
+            9,
+            "exactly the limit"
         );
     }
 

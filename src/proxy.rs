@@ -37,6 +37,7 @@ struct ProxyInner {
     origins: BTreeMap<Api, Uri>,
     request_timeout: Duration,
     body_idle_timeout: Duration,
+    max_response_bytes: u64,
     metrics: Arc<Metrics>,
 }
 impl std::fmt::Debug for Proxy {
@@ -54,6 +55,7 @@ impl Proxy {
         origins: BTreeMap<Api, Uri>,
         request_timeout: Duration,
         body_idle_timeout: Duration,
+        max_response_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
@@ -62,6 +64,7 @@ impl Proxy {
                 origins,
                 request_timeout,
                 body_idle_timeout,
+                max_response_bytes,
                 metrics,
             }),
         }
@@ -157,9 +160,26 @@ impl tower::Service<GwRequest> for Proxy {
                 }
             };
             let (mut parts, incoming) = resp.into_parts();
+            // An answer that announces more than the limit is refused before any of it is read.
+            let declared = http_body::Body::size_hint(&incoming).upper();
+            if let Some(len) = declared.filter(|len| *len > inner.max_response_bytes) {
+                return Err(GatewayError::UpstreamUnreachable {
+                    upstream,
+                    reason: format!(
+                        "it answered with {len} bytes, more than the {} bytes allowed by \
+                         limits.max_response_body_bytes",
+                        inner.max_response_bytes
+                    ),
+                });
+            }
             strip_hop_by_hop(&mut parts.headers);
-            // Streamed through; an upstream that goes silent mid-body ends it with an error.
-            let incoming = body::IdleTimeout::new(incoming, inner.body_idle_timeout);
+            // Streamed through; an upstream that goes silent mid-body or sends more than the
+            // limit ends it with an error.
+            let incoming = body::IdleTimeout::limited(
+                incoming,
+                inner.body_idle_timeout,
+                inner.max_response_bytes,
+            );
             Ok(GwResponse::from_parts(parts, body::boxed(incoming)))
         })
     }

@@ -270,6 +270,7 @@ impl Gateway {
                 origins,
                 config.upstream_client.request_timeout,
                 config.upstream_client.body_idle_timeout,
+                config.limits.max_response_body_bytes,
                 metrics.clone(),
             ));
         Ok(Gateway {

@@ -515,3 +515,27 @@ async fn oversized_bodies_are_refused_with_413() {
     problem(r, 413).await;
     assert_eq!(h.upstream_total().await, 0);
 }
+
+#[tokio::test]
+async fn upstream_answers_over_the_size_limit_are_refused_with_a_problem() {
+    let h = Harness::with(Options {
+        limits_toml: "max_response_body_bytes = 64".into(),
+        ..Options::default()
+    })
+    .await;
+    // An authorization answer is a few hundred bytes: more than 64.
+    let r = h
+        .req(Method::POST, TX_PATH, keys::FULL)
+        .json(&common::authorize_body(10.0))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 502).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("limits.max_response_body_bytes"),
+        "says which setting: {detail}"
+    );
+    assert!(detail.contains("64 bytes"), "{detail}");
+    h.stop().await;
+}

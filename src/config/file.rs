@@ -233,6 +233,8 @@ pub struct LimitsFile {
     pub max_request_body_bytes: Option<usize>,
     /// Deadline for a whole request through the gateway, retries included.
     pub request_timeout_ms: Option<u64>,
+    /// Largest upstream answer passed on or buffered (cache, idempotency, audit).
+    pub max_response_body_bytes: Option<u64>,
 }
 
 /// `[rate_limits]`.

@@ -256,6 +256,8 @@ pub struct Limits {
     pub max_request_body_bytes: usize,
     /// Whole-request deadline.
     pub request_timeout: Duration,
+    /// Largest upstream answer (declared or streamed).
+    pub max_response_body_bytes: u64,
 }
 
 /// One limit: a sustained rate and a burst (a GCRA bucket).
@@ -773,11 +775,16 @@ impl Config {
         let limits = Limits {
             max_request_body_bytes: f.limits.max_request_body_bytes.unwrap_or(1 << 20),
             request_timeout: ms(f.limits.request_timeout_ms, 30_000),
+            max_response_body_bytes: f.limits.max_response_body_bytes.unwrap_or(4 << 20),
         };
-        if limits.max_request_body_bytes == 0 || limits.request_timeout.is_zero() {
+        if limits.max_request_body_bytes == 0
+            || limits.request_timeout.is_zero()
+            || limits.max_response_body_bytes == 0
+        {
             return Err(cx.err(
                 "limits",
-                "max_request_body_bytes and request_timeout_ms must be greater than zero",
+                "max_request_body_bytes, max_response_body_bytes and request_timeout_ms must be \
+                 greater than zero",
             ));
         }
 
@@ -1259,9 +1266,11 @@ impl Config {
         }
         let _ = writeln!(
             s,
-            "\n[limits]\nmax_request_body_bytes = {}\nrequest_timeout_ms = {}",
+            "\n[limits]\nmax_request_body_bytes = {}\nrequest_timeout_ms = {}\n\
+             max_response_body_bytes = {}",
             self.limits.max_request_body_bytes,
-            self.limits.request_timeout.as_millis()
+            self.limits.request_timeout.as_millis(),
+            self.limits.max_response_body_bytes
         );
         let _ = writeln!(
             s,

@@ -45,6 +45,8 @@ pub struct Options {
     pub audit_toml: String,
     /// Lines of the `[retry]` section.
     pub retry_toml: String,
+    /// Extra lines of the `[limits]` section.
+    pub limits_toml: String,
     pub extra_toml: String,
 }
 
@@ -56,6 +58,7 @@ impl Default for Options {
             tokens_toml: String::new(),
             audit_toml: String::new(),
             retry_toml: "initial_backoff_ms = 10\nmax_backoff_ms = 50".into(),
+            limits_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -150,6 +153,7 @@ partner = "p-fixed"
 [limits]
 max_request_body_bytes = 65536
 request_timeout_ms = 20000
+{limits}
 
 [audit]
 path = "{audit_path}"
@@ -166,6 +170,7 @@ path = "{audit_path}"
         audit_path = dir.join("audit.jsonl").display(),
         audit = opts.audit_toml,
         retry = opts.retry_toml,
+        limits = opts.limits_toml,
         full = sha(keys::FULL),
         chooser = sha(keys::CHOOSER),
         reader = sha(keys::READER),
