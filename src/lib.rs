@@ -40,4 +40,5 @@ pub mod routes;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod tls;
 pub mod token;

@@ -3,6 +3,11 @@
 //! [`run`] takes bound listeners (binding and signals stay in main.rs; tests bind port 0) and
 //! serves until `shutdown` resolves: then it stops accepting, lets in-flight requests finish
 //! within the grace period, and returns.
+//!
+//! The proxy listener may serve TLS ([`Listener::tls`]): the handshake runs on the connection's
+//! own task under a deadline, so a slow client never holds up the accept loop, and the client
+//! certificate's identities (mTLS) ride in every request's extensions as `Arc<PeerIdentity>`.
+//! A plain-TCP listener takes exactly the path it took before TLS existed.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,11 +22,46 @@ use tokio::net::TcpListener;
 use crate::{
     body::Body,
     stack::{simple, Gateway, READY_TOKEN_WAIT},
+    tls::{PeerIdentity, ServerTls},
 };
+
+/// A bound listener and, when it serves TLS, its acceptor. A `TcpListener` converts into a
+/// plain one, so `run(tcp_listener, ...)` keeps working.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Listener {
+    /// Plain HTTP/1.1 and h2c.
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+
+    /// TLS (and mTLS, as `tls` was configured); HTTP/1.1 and h2 by ALPN.
+    pub fn tls(tcp: TcpListener, tls: ServerTls) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(Arc::new(tls)),
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener::plain(tcp)
+    }
+}
 
 /// Serves the proxy (and admin) listeners until `shutdown`, then drains for up to `grace`.
 pub async fn run(
-    proxy: TcpListener,
+    proxy: impl Into<Listener>,
     admin: Option<TcpListener>,
     gateway: Gateway,
     grace: Duration,
@@ -33,7 +73,7 @@ pub async fn run(
     {
         let gw = gateway.clone();
         tasks.spawn(accept_loop(
-            proxy,
+            proxy.into(),
             stop_rx.clone(),
             graceful.clone(),
             move |req, peer| {
@@ -45,7 +85,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let gw = gateway.clone();
         tasks.spawn(accept_loop(
-            admin,
+            Listener::plain(admin),
             stop_rx.clone(),
             graceful.clone(),
             move |req, _peer| {
@@ -72,7 +112,7 @@ pub async fn run(
 }
 
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    listener: Listener,
     mut stop: tokio::sync::watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     handler: F,
@@ -90,6 +130,8 @@ async fn accept_loop<F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    let Listener { tcp: listener, tls } = listener;
+    let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -105,20 +147,51 @@ async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(tls) = &tls else {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs on the connection's task, under its own deadline. The watcher is
+        // taken now, so a shutdown that starts mid-handshake still waits for (and then
+        // gracefully closes) this connection.
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let Some((stream, identity)) = tls.handshake(stream, peer).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                let req = with_identity(req, identity.as_ref());
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
             }
         });
     }
+}
+
+/// Hands the connection's certificate identities to the request (a pointer copy per request).
+fn with_identity<B>(mut req: Request<B>, identity: Option<&Arc<PeerIdentity>>) -> Request<B> {
+    if let Some(identity) = identity {
+        req.extensions_mut().insert(identity.clone());
+    }
+    req
 }
 
 /// `/healthz`, `/readyz` on the admin listener.

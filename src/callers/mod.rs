@@ -4,7 +4,8 @@
 //! operation outside the caller's policy or an X-Partner it does not own is 403, and neither
 //! reaches Ratepay. A caller presents `Authorization: Bearer <credential>`, either a static API
 //! key (kept only as its SHA-256) or a JWT issued by the gateway's own `/oauth/token`
-//! ([`issuer`]).
+//! ([`issuer`]), or, on an mTLS listener, a client certificate whose SPIFFE ID or DNS SAN is
+//! configured for it ([`Callers::authenticate_with_peer`] has the rule when both are present).
 
 pub mod issuer;
 pub mod layer;
@@ -17,6 +18,7 @@ use crate::{
     config::{sha256, CallersConfig, PartnerPolicy},
     error::GatewayError,
     routes::Operation,
+    tls::{CertIdentity, PeerIdentity},
 };
 pub use issuer::Issuer;
 
@@ -80,6 +82,7 @@ pub struct Callers {
     by_key_hash: HashMap<[u8; 32], Arc<Caller>>,
     by_name: HashMap<String, Arc<Caller>>,
     clients: HashMap<String, ([u8; 32], Arc<Caller>)>,
+    by_cert: HashMap<CertIdentity, Arc<Caller>>,
     issuer: Option<Issuer>,
     audiences: Vec<String>,
 }
@@ -99,6 +102,7 @@ impl Callers {
             by_key_hash: HashMap::new(),
             by_name: HashMap::new(),
             clients: HashMap::new(),
+            by_cert: HashMap::new(),
             issuer: config.issuer.as_ref().map(Issuer::new).transpose()?,
             audiences: config.audiences.clone(),
         };
@@ -114,6 +118,9 @@ impl Callers {
             if let Some((id, secret_hash)) = &cc.client {
                 c.clients.insert(id.clone(), (*secret_hash, caller.clone()));
             }
+            for id in &cc.client_cert {
+                c.by_cert.insert(id.clone(), caller.clone());
+            }
             c.by_name.insert(cc.name.clone(), caller);
         }
         Ok(c)
@@ -121,6 +128,78 @@ impl Callers {
 
     /// Authenticates the caller from its `Authorization` header, for a route with `audience`.
     pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        audience: &str,
+    ) -> Result<Arc<Caller>, GatewayError> {
+        self.authenticate_with_peer(headers, None, audience)
+    }
+
+    /// Authenticates the caller from the connection's verified client certificate (`peer`, on
+    /// an mTLS listener) and the `Authorization` header.
+    ///
+    /// The rule: a certificate identity that maps to a caller identifies it; an `Authorization`
+    /// header sent as well must authenticate the same caller (401 `credential-conflict`
+    /// otherwise). A certificate that maps to no caller leaves the header to decide; without a
+    /// header that is 401 `unknown-client-certificate`, naming the identities presented.
+    pub fn authenticate_with_peer(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+        audience: &str,
+    ) -> Result<Arc<Caller>, GatewayError> {
+        let by_cert = match peer {
+            Some(p) => self.caller_for_certificate(p)?,
+            None => None,
+        };
+        let has_header = headers.contains_key(http::header::AUTHORIZATION);
+        match (by_cert, peer) {
+            (Some(cert_caller), _) if !has_header => Ok(cert_caller),
+            (Some(cert_caller), _) => {
+                let header_caller = self.authenticate_header(headers, audience)?;
+                if header_caller.name == cert_caller.name {
+                    Ok(cert_caller)
+                } else {
+                    Err(GatewayError::CredentialConflict(format!(
+                        "the client certificate identifies caller '{}' but the Authorization header authenticates caller '{}'; send one credential, or both for the same caller",
+                        cert_caller.name, header_caller.name
+                    )))
+                }
+            }
+            (None, Some(p)) if !has_header => Err(GatewayError::UnknownCertificate(format!(
+                "the client certificate presented ({}) maps to no configured caller; add its identity to a caller's client_cert, or send 'Authorization: Bearer <credential>'",
+                p.describe()
+            ))),
+            (None, _) => self.authenticate_header(headers, audience),
+        }
+    }
+
+    /// The caller the certificate's identities map to; an error when they map to two callers.
+    fn caller_for_certificate(
+        &self,
+        peer: &PeerIdentity,
+    ) -> Result<Option<Arc<Caller>>, GatewayError> {
+        if self.by_cert.is_empty() {
+            return Ok(None);
+        }
+        let mut found: Option<&Arc<Caller>> = None;
+        for id in &peer.identities {
+            if let Some(c) = self.by_cert.get(id) {
+                match found {
+                    Some(f) if f.name != c.name => {
+                        return Err(GatewayError::CredentialConflict(format!(
+                            "the client certificate carries identities of two callers, '{}' and '{}'; issue one certificate per caller",
+                            f.name, c.name
+                        )))
+                    }
+                    _ => found = Some(c),
+                }
+            }
+        }
+        Ok(found.cloned())
+    }
+
+    fn authenticate_header(
         &self,
         headers: &HeaderMap,
         audience: &str,
