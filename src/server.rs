@@ -163,12 +163,16 @@ async fn accept_loop<F, Fut>(
             });
             continue;
         };
-        // The handshake runs on the connection's task, under its own deadline. The watcher is
-        // taken now, so a shutdown that starts mid-handshake still waits for (and then
-        // gracefully closes) this connection.
+        // The handshake runs on the connection's task, under its own deadline; a shutdown
+        // closes a connection still in its handshake (no request was sent on it yet).
         let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            let Some((stream, identity)) = tls.handshake(stream, peer).await else {
+            let handshake = tokio::select! {
+                h = tls.handshake(stream, peer) => h,
+                _ = stop.wait_for(|stopping| *stopping) => None,
+            };
+            let Some((stream, identity)) = handshake else {
                 return;
             };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -99,11 +99,20 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 
-    let pem = std::fs::read(cert_file)
-        .map_err(|e| err("cert_file", format!("cannot read {}: {e}", cert_file.display())))?;
+    let pem = std::fs::read(cert_file).map_err(|e| {
+        err(
+            "cert_file",
+            format!("cannot read {}: {e}", cert_file.display()),
+        )
+    })?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err("cert_file", format!("{}: not valid PEM: {e}", cert_file.display())))?;
+        .map_err(|e| {
+            err(
+                "cert_file",
+                format!("{}: not valid PEM: {e}", cert_file.display()),
+            )
+        })?;
     if chain.is_empty() {
         return Err(err(
             "cert_file",
@@ -115,10 +124,12 @@ pub fn server_config(
     }
 
     // Held as a secret so the bytes are zeroized when dropped; parse errors never quote them.
-    let key_pem = SecretSlice::from(
-        std::fs::read(key_file)
-            .map_err(|e| err("key_file", format!("cannot read {}: {e}", key_file.display())))?,
-    );
+    let key_pem = SecretSlice::from(std::fs::read(key_file).map_err(|e| {
+        err(
+            "key_file",
+            format!("cannot read {}: {e}", key_file.display()),
+        )
+    })?);
     let key = PrivateKeyDer::from_pem_slice(key_pem.expose_secret()).map_err(|e| {
         let why = match e {
             rustls::pki_types::pem::Error::NoItemsFound => "holds no PEM private key",
@@ -319,9 +330,9 @@ fn validate_spiffe(rest: &str) -> Result<(), String> {
     };
     if domain.is_empty()
         || domain.len() > 255
-        || !domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        || !domain.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
     {
         return Err(format!(
             "{full:?}: the trust domain must be 1 to 255 characters of a-z, 0-9, '.', '-', '_'"
@@ -446,7 +457,9 @@ mod tests {
             "spiffe://example.org/ns/payments/sa/checkout"
         );
         assert_eq!(
-            CertIdentity::parse("spiffe://example.org").unwrap().to_string(),
+            CertIdentity::parse("spiffe://example.org")
+                .unwrap()
+                .to_string(),
             "spiffe://example.org"
         );
         let d = CertIdentity::parse("dns:Checkout.Internal").unwrap();
@@ -480,16 +493,16 @@ mod tests {
     #[test]
     fn sans_are_read_from_a_certificate() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["Checkout.Internal".to_owned()])
-            .unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["Checkout.Internal".to_owned()]).unwrap();
         params.subject_alt_names.push(rcgen::SanType::URI(
             "spiffe://example.org/ns/payments/sa/checkout"
                 .try_into()
                 .unwrap(),
         ));
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::URI("https://not-spiffe.example".try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "https://not-spiffe.example".try_into().unwrap(),
+        ));
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));

@@ -1079,23 +1079,22 @@ impl Config {
     }
 
     fn listen_tls(t: &file::ListenTlsFile, cx: &Ctx<'_>) -> Result<TlsSettings, ConfigError> {
-        let client_auth = match (t.client_auth.as_deref(), &t.client_ca_file) {
-            (None, None) => ClientAuth::Off,
-            (None | Some("required"), Some(_)) => ClientAuth::Required,
-            (Some("optional"), Some(_)) => ClientAuth::Optional,
-            (Some("required" | "optional"), None) => {
-                return Err(cx.err(
+        let client_auth =
+            match (t.client_auth.as_deref(), &t.client_ca_file) {
+                (None, None) => ClientAuth::Off,
+                (None | Some("required"), Some(_)) => ClientAuth::Required,
+                (Some("optional"), Some(_)) => ClientAuth::Optional,
+                (Some("required" | "optional"), None) => return Err(cx.err(
                     "listen.tls.client_auth",
                     "client_auth needs client_ca_file (the CAs trusted for client certificates)",
-                ))
-            }
-            (Some(other), _) => {
-                return Err(cx.err(
-                    "listen.tls.client_auth",
-                    format!("expected \"required\" or \"optional\", got {other:?}"),
-                ))
-            }
-        };
+                )),
+                (Some(other), _) => {
+                    return Err(cx.err(
+                        "listen.tls.client_auth",
+                        format!("expected \"required\" or \"optional\", got {other:?}"),
+                    ))
+                }
+            };
         let handshake_timeout = ms(t.handshake_timeout_ms, 10_000);
         if handshake_timeout.is_zero() || handshake_timeout > Duration::from_secs(300) {
             return Err(cx.err(
