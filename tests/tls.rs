@@ -377,8 +377,16 @@ async fn authorize(
     tls: &Arc<rustls::ClientConfig>,
     headers: &[(&str, &str)],
 ) -> Result<Answer, String> {
+    authorize_at(gw.addr, tls, headers).await
+}
+
+async fn authorize_at(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    headers: &[(&str, &str)],
+) -> Result<Answer, String> {
     send(
-        gw.addr,
+        addr,
         tls.clone(),
         Method::POST,
         TX_PATH,
@@ -689,6 +697,58 @@ async fn a_stalled_handshake_is_closed_at_its_deadline() {
         .expect("the gateway closes a stalled handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_serves_mtls_from_its_configuration_file() {
+    use common::process::{gateway_config, spawn, BIN, KEY};
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (_sandbox, addrs) = spawn(&["sandbox", "--listen", "127.0.0.1:0"], &["sandbox"]);
+    let cfg = gateway_config(dir.path(), &addrs["sandbox"]);
+    let files = write_pki(dir.path(), &pki);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[listen.tls]\n{files}client_ca_file = \"{}\"\nclient_auth = \"optional\"\n\n{}",
+        dir.path().join("ca.pem").display(),
+        "[callers.checkout]\nclient_cert = [\"spiffe://example.org/ns/payments/sa/checkout\"]\noperations = [\"*\"]\npartner = \"p-cert\"\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+
+    let check = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        out.contains("server-key.pem") && out.contains("client_auth = \"optional\""),
+        "{out}"
+    );
+    assert!(!out.contains(&key_body(&pki.server.key_pem)[..40]), "{out}");
+
+    let (_gateway, addrs) = spawn(&["serve", "--config", cfg.to_str().unwrap()], &["proxy"]);
+    let addr: SocketAddr = addrs["proxy"].parse().unwrap();
+    let by_cert = client(&pki, Some(&pki.checkout), &[b"h2", b"http/1.1"]);
+    let r = authorize_at(addr, &by_cert, &[]).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json());
+    let by_key = client(&pki, None, &[b"http/1.1"]);
+    let auth = bearer(KEY);
+    let r = authorize_at(addr, &by_key, &[("authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json());
+    let foreign = client(&pki, Some(&pki.foreign), &[b"http/1.1"]);
+    let err = authorize_at(addr, &foreign, &[("authorization", &auth)])
+        .await
+        .err()
+        .expect("no HTTP answer");
+    assert!(err.contains("UnknownCA"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
