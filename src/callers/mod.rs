@@ -148,14 +148,14 @@ impl Callers {
         peer: Option<&PeerIdentity>,
         audience: &str,
     ) -> Result<Arc<Caller>, GatewayError> {
-        let by_cert = match peer {
-            Some(p) => self.caller_for_certificate(p)?,
-            None => None,
+        // No certificate (plain TCP, TLS without mTLS, or `optional`): exactly the header path.
+        let Some(peer) = peer else {
+            return self.authenticate_header(headers, audience);
         };
         let has_header = headers.contains_key(http::header::AUTHORIZATION);
-        match (by_cert, peer) {
-            (Some(cert_caller), _) if !has_header => Ok(cert_caller),
-            (Some(cert_caller), _) => {
+        match self.caller_for_certificate(peer)? {
+            Some(cert_caller) if !has_header => Ok(cert_caller),
+            Some(cert_caller) => {
                 let header_caller = self.authenticate_header(headers, audience)?;
                 if header_caller.name == cert_caller.name {
                     Ok(cert_caller)
@@ -166,11 +166,11 @@ impl Callers {
                     )))
                 }
             }
-            (None, Some(p)) if !has_header => Err(GatewayError::UnknownCertificate(format!(
+            None if !has_header => Err(GatewayError::UnknownCertificate(format!(
                 "the client certificate presented ({}) maps to no configured caller; add its identity to a caller's client_cert, or send 'Authorization: Bearer <credential>'",
-                p.describe()
+                peer.describe()
             ))),
-            (None, _) => self.authenticate_header(headers, audience),
+            None => self.authenticate_header(headers, audience),
         }
     }
 
@@ -305,6 +305,107 @@ mod tests {
             operations: ops.iter().map(|s| s.to_string()).collect(),
             partner,
         }
+    }
+
+    fn registry() -> Callers {
+        use crate::config::{sha256, CallerConfig};
+        let caller = |name: &str, key: &[u8], ids: &[&str]| CallerConfig {
+            name: name.into(),
+            api_key_sha256: Some(sha256(key)),
+            client: None,
+            operations: vec!["*".into()],
+            partner: PartnerPolicy::None,
+            client_cert: ids
+                .iter()
+                .map(|i| CertIdentity::parse(i).unwrap())
+                .collect(),
+        };
+        Callers::new(&CallersConfig {
+            callers: vec![
+                caller(
+                    "a",
+                    b"key-a",
+                    &["spiffe://example.org/sa/a", "dns:a.internal"],
+                ),
+                caller("b", b"key-b", &["dns:b.internal"]),
+            ],
+            issuer: None,
+            audiences: vec![],
+        })
+        .unwrap()
+    }
+
+    fn peer(ids: &[&str]) -> PeerIdentity {
+        PeerIdentity {
+            identities: ids
+                .iter()
+                .map(|i| CertIdentity::parse(i).unwrap())
+                .collect(),
+        }
+    }
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn certificate_identity_and_header_rule() {
+        let c = registry();
+        let none = HeaderMap::new();
+        let auth = |h: &HeaderMap, p: Option<&PeerIdentity>| {
+            c.authenticate_with_peer(h, p, "aud")
+                .map(|c| c.name.clone())
+        };
+        let a_cert = peer(&["spiffe://example.org/sa/a"]);
+        assert_eq!(auth(&none, Some(&a_cert)).unwrap(), "a");
+        assert_eq!(auth(&bearer("key-a"), Some(&a_cert)).unwrap(), "a");
+        assert!(matches!(
+            auth(&bearer("key-b"), Some(&a_cert)),
+            Err(GatewayError::CredentialConflict(_))
+        ));
+        assert!(matches!(
+            auth(&bearer("wrong"), Some(&a_cert)),
+            Err(GatewayError::Unauthenticated(_))
+        ));
+        assert_eq!(auth(&none, Some(&peer(&["dns:b.internal"]))).unwrap(), "b");
+
+        let stranger = peer(&["dns:x.internal", "spiffe://example.org/sa/x"]);
+        match auth(&none, Some(&stranger)) {
+            Err(GatewayError::UnknownCertificate(m)) => {
+                assert!(
+                    m.contains("dns:x.internal, spiffe://example.org/sa/x"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(auth(&bearer("key-b"), Some(&stranger)).unwrap(), "b");
+
+        // One certificate carrying two callers' identities identifies neither.
+        assert!(matches!(
+            auth(&none, Some(&peer(&["dns:a.internal", "dns:b.internal"]))),
+            Err(GatewayError::CredentialConflict(_))
+        ));
+        // Two identities of the same caller are fine.
+        assert_eq!(
+            auth(
+                &none,
+                Some(&peer(&["dns:a.internal", "spiffe://example.org/sa/a"]))
+            )
+            .unwrap(),
+            "a"
+        );
+        // Without a certificate, exactly as before.
+        assert_eq!(auth(&bearer("key-a"), None).unwrap(), "a");
+        assert!(matches!(
+            auth(&none, None),
+            Err(GatewayError::Unauthenticated(_))
+        ));
     }
 
     #[test]
