@@ -751,6 +751,65 @@ async fn the_binary_serves_mtls_from_its_configuration_file() {
     assert!(err.contains("UnknownCA"), "{err}");
 }
 
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// TRACE logs of TLS traffic (refusals included) name what was refused, never the key.
+/// `#[tokio::test]` runs on one thread, so the thread's default subscriber sees every task.
+#[tokio::test]
+async fn tls_logs_name_refusals_but_never_the_key() {
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let pki = pki();
+    let gw = TlsGateway::start(&pki, "client_ca", &mtls_callers()).await;
+    let ok = client(&pki, Some(&pki.checkout), &[b"h2"]);
+    assert_eq!(authorize(&gw, &ok, &[]).await.unwrap().status, 201);
+    let foreign = client(&pki, Some(&pki.foreign), &[b"http/1.1"]);
+    assert!(authorize(&gw, &foreign, &[]).await.is_err());
+    let none = client(&pki, None, &[b"http/1.1"]);
+    assert!(authorize(&gw, &none, &[]).await.is_err());
+    gw.stop().await;
+
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.matches("TLS handshake refused: client certificate")
+            .count()
+            >= 2,
+        "{logs}"
+    );
+    assert!(
+        logs.contains("caller=\"checkout\"") || logs.contains("caller=checkout"),
+        "{logs}"
+    );
+    assert!(!logs.contains("PRIVATE KEY"));
+    for leaf in [&pki.server, &pki.checkout, &pki.foreign] {
+        let body = key_body(&leaf.key_pem);
+        for start in (0..body.len() - 24).step_by(12) {
+            assert!(
+                !logs.contains(&body[start..start + 24]),
+                "key material in logs"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
