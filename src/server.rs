@@ -190,7 +190,7 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// Hands the connection's certificate identities to the request (a pointer copy per request).
+/// Hands the connection's certificate identities to the request (TLS connections only).
 fn with_identity<B>(mut req: Request<B>, identity: Option<&Arc<PeerIdentity>>) -> Request<B> {
     if let Some(identity) = identity {
         req.extensions_mut().insert(identity.clone());
