@@ -38,6 +38,12 @@ pub enum GatewayError {
     /// Missing or unknown caller credential.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A verified client certificate whose identities map to no caller, and no other credential.
+    #[error("{0}")]
+    UnknownCertificate(String),
+    /// The client certificate and the Authorization header name different callers.
+    #[error("{0}")]
+    CredentialConflict(String),
     /// The caller may not call this operation.
     #[error("caller '{caller}' may not call {operation}")]
     Forbidden {
@@ -137,6 +143,16 @@ impl GatewayError {
                 "unauthenticated",
                 "Caller not authenticated",
             ),
+            UnknownCertificate(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unknown-client-certificate",
+                "Client certificate maps to no caller",
+            ),
+            CredentialConflict(_) => (
+                StatusCode::UNAUTHORIZED,
+                "credential-conflict",
+                "Conflicting caller credentials",
+            ),
             Forbidden { .. } => (
                 StatusCode::FORBIDDEN,
                 "operation-forbidden",
@@ -217,7 +233,11 @@ impl GatewayError {
             other => other.to_string(),
         };
         let mut resp = problem(status, slug, title, &detail, request_id);
-        if let GatewayError::Unauthenticated(_) | GatewayError::InvalidClient(_) = self {
+        if let GatewayError::Unauthenticated(_)
+        | GatewayError::InvalidClient(_)
+        | GatewayError::UnknownCertificate(_)
+        | GatewayError::CredentialConflict(_) = self
+        {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ratepay-gateway\""),

@@ -4,7 +4,7 @@
 //! their policy, injects Ratepay's OAuth tokens and forwards to Ratepay. The request's way:
 //!
 //! ```text
-//! listener (server)  → edge: request id, deadline, body limit, route (stack, routes)
+//! listener (server; TLS/mTLS: tls)  → edge: request id, deadline, body limit, route (stack, routes)
 //!   → caller: authenticate, policy, X-Partner (callers)
 //!   → caller rate limit, session-record cache, cancellation invalidation
 //!     (middleware::rate_limit, middleware::cache)
@@ -18,6 +18,7 @@
 //! ```
 //!
 //! Module map: [`config`] file schema and validated config; [`server`] listeners and drain;
+//! [`tls`] inbound TLS/mTLS and client-certificate identities;
 //! [`stack`] layer order and the edge; [`routes`] the operation table; [`callers`] caller auth,
 //! policy and gateway-issued JWTs; [`token`] Ratepay token source; [`middleware`] one file per
 //! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`audit`] the
@@ -41,4 +42,5 @@ pub mod routes;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod tls;
 pub mod token;

@@ -12,6 +12,7 @@ use ratepay_gateway::{
     sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig},
     server,
     stack::Gateway,
+    tls::ServerTls,
 };
 use tokio::net::TcpListener;
 
@@ -231,6 +232,20 @@ async fn serve(
         )
     })?;
     announce("proxy", proxy.local_addr()?);
+    let proxy = match &config.listen.tls {
+        Some(t) => {
+            // Paths only: the key itself is never logged.
+            tracing::info!(
+                cert_file = %t.cert_file.display(),
+                key_file = %t.key_file.display(),
+                client_ca_file = t.client_ca_file.as_ref().map(|p| p.display().to_string()),
+                client_auth = t.client_auth.name(),
+                "proxy listener serves TLS"
+            );
+            server::Listener::tls(proxy, ServerTls::new(t))
+        }
+        None => server::Listener::plain(proxy),
+    };
     let admin = match config.listen.admin {
         Some(a) => {
             let l = TcpListener::bind(a)

@@ -3,6 +3,11 @@
 //! [`run`] takes bound listeners (binding and signals stay in main.rs; tests bind port 0) and
 //! serves until `shutdown` resolves: then it stops accepting, lets in-flight requests finish
 //! within the grace period, and returns.
+//!
+//! The proxy listener may serve TLS ([`Listener::tls`]): the handshake runs on the connection's
+//! own task under a deadline, so a slow client never holds up the accept loop, and the client
+//! certificate's identities (mTLS) ride in every request's extensions as `Arc<PeerIdentity>`.
+//! A plain-TCP listener takes exactly the path it took before TLS existed.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -18,6 +23,7 @@ use crate::{
     body::Body,
     reload::LiveGateway,
     stack::{simple, READY_TOKEN_WAIT},
+    tls::{PeerIdentity, ServerTls},
 };
 
 /// An RFC 9457 problem from the admin listener.
@@ -35,9 +41,43 @@ fn problem_json(status: StatusCode, title: &str, detail: &str) -> Response<Body>
     )
 }
 
+/// A bound listener and, when it serves TLS, its acceptor. A `TcpListener` converts into a
+/// plain one, so `run(tcp_listener, ...)` keeps working.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+}
+
+impl Listener {
+    /// Plain HTTP/1.1 and h2c.
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
+
+    /// TLS (and mTLS, as `tls` was configured); HTTP/1.1 and h2 by ALPN.
+    pub fn tls(tcp: TcpListener, tls: ServerTls) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(Arc::new(tls)),
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener::plain(tcp)
+    }
+}
+
 /// Serves the proxy (and admin) listeners until `shutdown`, then drains for up to `grace`.
 pub async fn run(
-    proxy: TcpListener,
+    proxy: impl Into<Listener>,
     admin: Option<TcpListener>,
     gateway: impl Into<LiveGateway>,
     grace: Duration,
@@ -50,7 +90,7 @@ pub async fn run(
     {
         let gw = gateway.clone();
         tasks.spawn(accept_loop(
-            proxy,
+            proxy.into(),
             stop_rx.clone(),
             graceful.clone(),
             move |req, peer| {
@@ -63,7 +103,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let gw = gateway.clone();
         tasks.spawn(accept_loop(
-            admin,
+            Listener::plain(admin),
             stop_rx.clone(),
             graceful.clone(),
             move |req, _peer| {
@@ -90,7 +130,7 @@ pub async fn run(
 }
 
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
+    listener: Listener,
     mut stop: tokio::sync::watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     handler: F,
@@ -108,6 +148,8 @@ async fn accept_loop<F, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    let Listener { tcp: listener, tls } = listener;
+    let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -123,20 +165,55 @@ async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(tls) = &tls else {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake runs on the connection's task, under its own deadline; a shutdown
+        // closes a connection still in its handshake (no request was sent on it yet).
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+        let mut stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let handshake = tokio::select! {
+                h = tls.handshake(stream, peer) => h,
+                _ = stop.wait_for(|stopping| *stopping) => None,
+            };
+            let Some((stream, identity)) = handshake else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                let req = with_identity(req, identity.as_ref());
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
             }
         });
     }
+}
+
+/// Hands the connection's certificate identities to the request (TLS connections only).
+fn with_identity<B>(mut req: Request<B>, identity: Option<&Arc<PeerIdentity>>) -> Request<B> {
+    if let Some(identity) = identity {
+        req.extensions_mut().insert(identity.clone());
+    }
+    req
 }
 
 /// `/healthz`, `/readyz`, `/metrics` and `POST /reload` on the admin listener.

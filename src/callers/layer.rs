@@ -13,6 +13,7 @@ use crate::{
     error::GatewayError,
     middleware::{headers::X_PARTNER, take_ready, BoxFuture, GwRequest, GwResponse, Inner},
     routes::Api,
+    tls::PeerIdentity,
 };
 
 /// Layer for [`CallerPolicy`].
@@ -62,7 +63,14 @@ impl<S> CallerPolicy<S> {
             .audiences
             .get(&op.api)
             .ok_or(GatewayError::NoUpstream(op.api.name()))?;
-        let caller = self.callers.authenticate(req.headers(), audience)?;
+        // Present only on TLS connections where the client sent a (verified) certificate.
+        let peer = req
+            .extensions()
+            .get::<Arc<PeerIdentity>>()
+            .map(|p| p.as_ref());
+        let caller = self
+            .callers
+            .authenticate_with_peer(req.headers(), peer, audience)?;
         // Known from here on, for the access log and metrics even if refused below.
         let _ = ctx.stats.caller.set(caller.name.clone());
         if !caller.may_call(op) {

@@ -4,7 +4,8 @@
 //! operation outside the caller's policy or an X-Partner it does not own is 403, and neither
 //! reaches Ratepay. A caller presents `Authorization: Bearer <credential>`, either a static API
 //! key (kept only as its SHA-256) or a JWT issued by the gateway's own `/oauth/token`
-//! ([`issuer`]).
+//! ([`issuer`]), or, on an mTLS listener, a client certificate whose SPIFFE ID or DNS SAN is
+//! configured for it ([`Callers::authenticate_with_peer`] has the rule when both are present).
 
 pub mod issuer;
 pub mod layer;
@@ -17,6 +18,7 @@ use crate::{
     config::{sha256, CallersConfig, PartnerPolicy},
     error::GatewayError,
     routes::Operation,
+    tls::{CertIdentity, PeerIdentity},
 };
 pub use issuer::Issuer;
 
@@ -80,6 +82,7 @@ pub struct Callers {
     by_key_hash: HashMap<[u8; 32], Arc<Caller>>,
     by_name: HashMap<String, Arc<Caller>>,
     clients: HashMap<String, ([u8; 32], Arc<Caller>)>,
+    by_cert: HashMap<CertIdentity, Arc<Caller>>,
     issuer: Option<Issuer>,
     audiences: Vec<String>,
 }
@@ -99,6 +102,7 @@ impl Callers {
             by_key_hash: HashMap::new(),
             by_name: HashMap::new(),
             clients: HashMap::new(),
+            by_cert: HashMap::new(),
             issuer: config.issuer.as_ref().map(Issuer::new).transpose()?,
             audiences: config.audiences.clone(),
         };
@@ -114,6 +118,9 @@ impl Callers {
             if let Some((id, secret_hash)) = &cc.client {
                 c.clients.insert(id.clone(), (*secret_hash, caller.clone()));
             }
+            for id in &cc.client_cert {
+                c.by_cert.insert(id.clone(), caller.clone());
+            }
             c.by_name.insert(cc.name.clone(), caller);
         }
         Ok(c)
@@ -121,6 +128,78 @@ impl Callers {
 
     /// Authenticates the caller from its `Authorization` header, for a route with `audience`.
     pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        audience: &str,
+    ) -> Result<Arc<Caller>, GatewayError> {
+        self.authenticate_with_peer(headers, None, audience)
+    }
+
+    /// Authenticates the caller from the connection's verified client certificate (`peer`, on
+    /// an mTLS listener) and the `Authorization` header.
+    ///
+    /// The rule: a certificate identity that maps to a caller identifies it; an `Authorization`
+    /// header sent as well must authenticate the same caller (401 `credential-conflict`
+    /// otherwise). A certificate that maps to no caller leaves the header to decide; without a
+    /// header that is 401 `unknown-client-certificate`, naming the identities presented.
+    pub fn authenticate_with_peer(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerIdentity>,
+        audience: &str,
+    ) -> Result<Arc<Caller>, GatewayError> {
+        // No certificate (plain TCP, TLS without mTLS, or `optional`): exactly the header path.
+        let Some(peer) = peer else {
+            return self.authenticate_header(headers, audience);
+        };
+        let has_header = headers.contains_key(http::header::AUTHORIZATION);
+        match self.caller_for_certificate(peer)? {
+            Some(cert_caller) if !has_header => Ok(cert_caller),
+            Some(cert_caller) => {
+                let header_caller = self.authenticate_header(headers, audience)?;
+                if header_caller.name == cert_caller.name {
+                    Ok(cert_caller)
+                } else {
+                    Err(GatewayError::CredentialConflict(format!(
+                        "the client certificate identifies caller '{}' but the Authorization header authenticates caller '{}'; send one credential, or both for the same caller",
+                        cert_caller.name, header_caller.name
+                    )))
+                }
+            }
+            None if !has_header => Err(GatewayError::UnknownCertificate(format!(
+                "the client certificate presented ({}) maps to no configured caller; add its identity to a caller's client_cert, or send 'Authorization: Bearer <credential>'",
+                peer.describe()
+            ))),
+            None => self.authenticate_header(headers, audience),
+        }
+    }
+
+    /// The caller the certificate's identities map to; an error when they map to two callers.
+    fn caller_for_certificate(
+        &self,
+        peer: &PeerIdentity,
+    ) -> Result<Option<Arc<Caller>>, GatewayError> {
+        if self.by_cert.is_empty() {
+            return Ok(None);
+        }
+        let mut found: Option<&Arc<Caller>> = None;
+        for id in &peer.identities {
+            if let Some(c) = self.by_cert.get(id) {
+                match found {
+                    Some(f) if f.name != c.name => {
+                        return Err(GatewayError::CredentialConflict(format!(
+                            "the client certificate carries identities of two callers, '{}' and '{}'; issue one certificate per caller",
+                            f.name, c.name
+                        )))
+                    }
+                    _ => found = Some(c),
+                }
+            }
+        }
+        Ok(found.cloned())
+    }
+
+    fn authenticate_header(
         &self,
         headers: &HeaderMap,
         audience: &str,
@@ -226,6 +305,107 @@ mod tests {
             operations: ops.iter().map(|s| s.to_string()).collect(),
             partner,
         }
+    }
+
+    fn registry() -> Callers {
+        use crate::config::{sha256, CallerConfig};
+        let caller = |name: &str, key: &[u8], ids: &[&str]| CallerConfig {
+            name: name.into(),
+            api_key_sha256: Some(sha256(key)),
+            client: None,
+            operations: vec!["*".into()],
+            partner: PartnerPolicy::None,
+            client_cert: ids
+                .iter()
+                .map(|i| CertIdentity::parse(i).unwrap())
+                .collect(),
+        };
+        Callers::new(&CallersConfig {
+            callers: vec![
+                caller(
+                    "a",
+                    b"key-a",
+                    &["spiffe://example.org/sa/a", "dns:a.internal"],
+                ),
+                caller("b", b"key-b", &["dns:b.internal"]),
+            ],
+            issuer: None,
+            audiences: vec![],
+        })
+        .unwrap()
+    }
+
+    fn peer(ids: &[&str]) -> PeerIdentity {
+        PeerIdentity {
+            identities: ids
+                .iter()
+                .map(|i| CertIdentity::parse(i).unwrap())
+                .collect(),
+        }
+    }
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn certificate_identity_and_header_rule() {
+        let c = registry();
+        let none = HeaderMap::new();
+        let auth = |h: &HeaderMap, p: Option<&PeerIdentity>| {
+            c.authenticate_with_peer(h, p, "aud")
+                .map(|c| c.name.to_string())
+        };
+        let a_cert = peer(&["spiffe://example.org/sa/a"]);
+        assert_eq!(auth(&none, Some(&a_cert)).unwrap(), "a");
+        assert_eq!(auth(&bearer("key-a"), Some(&a_cert)).unwrap(), "a");
+        assert!(matches!(
+            auth(&bearer("key-b"), Some(&a_cert)),
+            Err(GatewayError::CredentialConflict(_))
+        ));
+        assert!(matches!(
+            auth(&bearer("wrong"), Some(&a_cert)),
+            Err(GatewayError::Unauthenticated(_))
+        ));
+        assert_eq!(auth(&none, Some(&peer(&["dns:b.internal"]))).unwrap(), "b");
+
+        let stranger = peer(&["dns:x.internal", "spiffe://example.org/sa/x"]);
+        match auth(&none, Some(&stranger)) {
+            Err(GatewayError::UnknownCertificate(m)) => {
+                assert!(
+                    m.contains("dns:x.internal, spiffe://example.org/sa/x"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(auth(&bearer("key-b"), Some(&stranger)).unwrap(), "b");
+
+        // One certificate carrying two callers' identities identifies neither.
+        assert!(matches!(
+            auth(&none, Some(&peer(&["dns:a.internal", "dns:b.internal"]))),
+            Err(GatewayError::CredentialConflict(_))
+        ));
+        // Two identities of the same caller are fine.
+        assert_eq!(
+            auth(
+                &none,
+                Some(&peer(&["dns:a.internal", "spiffe://example.org/sa/a"]))
+            )
+            .unwrap(),
+            "a"
+        );
+        // Without a certificate, exactly as before.
+        assert_eq!(auth(&bearer("key-a"), None).unwrap(), "a");
+        assert!(matches!(
+            auth(&none, None),
+            Err(GatewayError::Unauthenticated(_))
+        ));
     }
 
     #[test]

@@ -105,6 +105,24 @@ pub struct ListenFile {
     pub admin: Option<String>,
     /// Graceful shutdown deadline for in-flight requests.
     pub shutdown_grace_ms: Option<u64>,
+    /// `[listen.tls]`: TLS (and mTLS) on the proxy listener; absent: plain HTTP.
+    pub tls: Option<ListenTlsFile>,
+}
+
+/// `[listen.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTlsFile {
+    /// PEM certificate chain, the server certificate first.
+    pub cert_file: String,
+    /// PEM private key of the certificate (PKCS#8, RSA or SEC1).
+    pub key_file: String,
+    /// PEM bundle of the CAs trusted for client certificates; set: mTLS.
+    pub client_ca_file: Option<String>,
+    /// `required` (default with `client_ca_file`) or `optional`.
+    pub client_auth: Option<String>,
+    /// Longest time a connection may take to complete the handshake.
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// `[sandbox]`.
@@ -223,6 +241,9 @@ pub struct CallerFile {
     pub partner: Option<String>,
     /// X-Partner values this caller may choose with its own X-Partner header.
     pub partners: Option<Vec<String>>,
+    /// Client certificate identities (mTLS) that identify this caller:
+    /// `"spiffe://trust-domain/path"` (a URI SAN) or `"dns:host.name"` (a DNS SAN).
+    pub client_cert: Option<Vec<String>>,
 }
 
 /// `[limits]`.

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     middleware::{idempotency::IdempotencySettings, retry::RetrySettings},
     routes::{self, Api},
+    tls::{CertIdentity, ClientAuth, TlsSettings},
 };
 use file::FileConfig;
 
@@ -89,6 +90,8 @@ pub struct ListenConfig {
     pub admin: Option<SocketAddr>,
     /// How long in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// TLS on the proxy listener (`None`: plain HTTP).
+    pub tls: Option<TlsSettings>,
 }
 
 /// `[sandbox]`, validated.
@@ -236,6 +239,8 @@ pub struct CallerConfig {
     pub operations: Vec<String>,
     /// X-Partner policy.
     pub partner: PartnerPolicy,
+    /// Client certificate identities (mTLS) that identify this caller.
+    pub client_cert: Vec<CertIdentity>,
 }
 
 /// Callers and the gateway's JWT issuer.
@@ -530,6 +535,12 @@ impl Config {
                 Some(a) => Some(cx.addr("listen.admin", a)?),
             },
             shutdown_grace: ms(f.listen.shutdown_grace_ms, 10_000),
+            tls: f
+                .listen
+                .tls
+                .as_ref()
+                .map(|t| Self::listen_tls(t, cx))
+                .transpose()?,
         };
 
         let sandbox = match f.sandbox {
@@ -676,6 +687,11 @@ impl Config {
         let mut callers = Vec::new();
         let mut seen_keys = HashSet::new();
         let mut seen_clients = HashSet::new();
+        let mut seen_identities: BTreeMap<CertIdentity, &str> = BTreeMap::new();
+        let mtls = listen
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth != ClientAuth::Off);
         for (name, c) in &f.callers {
             let key = format!("callers.{name}");
             if !valid_caller_name(name) {
@@ -718,8 +734,30 @@ impl Config {
                 (Some(_), None) => return Err(cx.err(format!("{key}.client_secret"), "a client_id needs client_secret_sha256, client_secret_env or client_secret_file")),
                 (None, Some(_)) => return Err(cx.err(format!("{key}.client_id"), "a client secret is set but no client_id")),
             };
-            if api_key_sha256.is_none() && client.is_none() {
-                return Err(cx.err(&key, "the caller has no credential: set api_key_sha256/_env/_file or client_id with a client secret"));
+            let mut client_cert = Vec::new();
+            for text in c.client_cert.iter().flatten() {
+                let id = CertIdentity::parse(text)
+                    .map_err(|e| cx.err(format!("{key}.client_cert"), e))?;
+                if let Some(other) = seen_identities.insert(id.clone(), name.as_str()) {
+                    return Err(cx.err(
+                        format!("{key}.client_cert"),
+                        if other == name {
+                            format!("{id} is listed twice")
+                        } else {
+                            format!("{id} is already the identity of caller '{other}'; one certificate identity maps to one caller")
+                        },
+                    ));
+                }
+                client_cert.push(id);
+            }
+            if !client_cert.is_empty() && !mtls {
+                return Err(cx.err(
+                    format!("{key}.client_cert"),
+                    "client certificate identities need mTLS on the proxy listener: set [listen.tls] with client_ca_file",
+                ));
+            }
+            if api_key_sha256.is_none() && client.is_none() && client_cert.is_empty() {
+                return Err(cx.err(&key, "the caller has no credential: set api_key_sha256/_env/_file, client_id with a client secret, or client_cert"));
             }
             for op in &c.operations {
                 let ok = op == "*"
@@ -769,6 +807,7 @@ impl Config {
                 client,
                 operations: c.operations.clone(),
                 partner,
+                client_cert,
             });
         }
 
@@ -1046,6 +1085,50 @@ impl Config {
         })
     }
 
+    fn listen_tls(t: &file::ListenTlsFile, cx: &Ctx<'_>) -> Result<TlsSettings, ConfigError> {
+        let client_auth =
+            match (t.client_auth.as_deref(), &t.client_ca_file) {
+                (None, None) => ClientAuth::Off,
+                (None | Some("required"), Some(_)) => ClientAuth::Required,
+                (Some("optional"), Some(_)) => ClientAuth::Optional,
+                (Some("required" | "optional"), None) => return Err(cx.err(
+                    "listen.tls.client_auth",
+                    "client_auth needs client_ca_file (the CAs trusted for client certificates)",
+                )),
+                (Some(other), _) => {
+                    return Err(cx.err(
+                        "listen.tls.client_auth",
+                        format!("expected \"required\" or \"optional\", got {other:?}"),
+                    ))
+                }
+            };
+        let handshake_timeout = ms(t.handshake_timeout_ms, 10_000);
+        if handshake_timeout.is_zero() || handshake_timeout > Duration::from_secs(300) {
+            return Err(cx.err(
+                "listen.tls.handshake_timeout_ms",
+                "expected 1 to 300000 milliseconds",
+            ));
+        }
+        let cert_file = PathBuf::from(&t.cert_file);
+        let key_file = PathBuf::from(&t.key_file);
+        let client_ca_file = t.client_ca_file.as_ref().map(PathBuf::from);
+        let server_config = crate::tls::server_config(
+            &cert_file,
+            &key_file,
+            client_ca_file.as_deref(),
+            client_auth,
+        )
+        .map_err(|e| cx.err(format!("listen.tls.{}", e.key), e.message))?;
+        Ok(TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file,
+            client_auth,
+            handshake_timeout,
+            server_config,
+        })
+    }
+
     fn cache(c: &file::CacheFile, cx: &Ctx<'_>) -> Result<CacheSettings, ConfigError> {
         let d = CacheSettings::default();
         // Zero switches one kind of entry off; a week bounds every deadline the cache computes.
@@ -1197,6 +1280,18 @@ impl Config {
             "shutdown_grace_ms = {}",
             self.listen.shutdown_grace.as_millis()
         );
+        if let Some(t) = &self.listen.tls {
+            // Paths only: the key itself is never printed.
+            let _ = writeln!(
+                s,
+                "\n[listen.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nclient_auth = \"{}\"\nhandshake_timeout_ms = {}",
+                t.cert_file,
+                t.key_file,
+                t.client_ca_file,
+                t.client_auth.name(),
+                t.handshake_timeout.as_millis()
+            );
+        }
         if let Some(sb) = &self.sandbox {
             let _ = writeln!(
                 s,
@@ -1255,11 +1350,12 @@ impl Config {
         for c in &self.callers.callers {
             let _ = writeln!(
                 s,
-                "\n[callers.{}]\napi_key = \"{}\"\nclient_id = {:?}\nclient_secret = \"{}\"\noperations = {:?}\npartner = {:?}",
+                "\n[callers.{}]\napi_key = \"{}\"\nclient_id = {:?}\nclient_secret = \"{}\"\nclient_cert = {:?}\noperations = {:?}\npartner = {:?}",
                 c.name,
                 if c.api_key_sha256.is_some() { "[REDACTED]" } else { "none" },
                 c.client.as_ref().map(|(id, _)| id),
                 if c.client.is_some() { "[REDACTED]" } else { "none" },
+                c.client_cert.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
                 c.operations,
                 c.partner
             );

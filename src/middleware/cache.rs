@@ -1124,6 +1124,7 @@ mod tests {
                 client: None,
                 operations: vec!["*".into()],
                 partner: PartnerPolicy::None,
+                client_cert: vec![],
             }],
             issuer: None,
             audiences: vec![],
