@@ -109,6 +109,15 @@ impl Gateway {
         let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
         rate_limits.spawn_housekeeping(Duration::from_secs(60));
         let cache = config.cache.as_ref().map(SessionRecordCache::new);
+        let audited: &[&'static str] = if config.audit.enabled {
+            &config.audit.operations
+        } else {
+            tracing::warn!(
+                "audit.enabled = false: cancellations are forwarded WITHOUT audit records \
+                 (meant only for the load benchmark's baseline)"
+            );
+            &[]
+        };
 
         let stack = ServiceBuilder::new()
             // Who is calling and may it: before any work is spent on the request.
@@ -134,7 +143,7 @@ impl Gateway {
             .layer(UpstreamRateLimitLayer::new(rate_limits.clone()))
             // Intent durable before anything leaves; outcome after every retry is done. After
             // the limits, so a refused cancellation (it never left) writes no intent.
-            .layer(AuditLayer::new(audit.clone(), &config.audit.operations))
+            .layer(AuditLayer::new(audit.clone(), audited))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
             .layer(HeadersLayer)
             // Ratepay's token last, so no layer above ever sees it; 401 → refresh + one replay.
