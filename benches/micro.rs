@@ -151,11 +151,7 @@ fn rate_limit(c: &mut Criterion) {
     });
     g.bench_function("upstream_direct", |b| {
         b.iter(|| {
-            let d = limits.check_upstream(
-                Api::Payment,
-                "payment.transactions.get",
-                Duration::ZERO,
-            );
+            let d = limits.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO);
             assert!(matches!(d, Decision::Allow(_)));
             d
         })
@@ -343,6 +339,12 @@ fn audit(c: &mut Criterion) {
 }
 
 criterion_group!(
-    benches, caller_auth, route_match, rate_limit, token, cache, audit
+    benches,
+    caller_auth,
+    route_match,
+    rate_limit,
+    token,
+    cache,
+    audit
 );
 criterion_main!(benches);
