@@ -1,40 +1,72 @@
-//! Load benchmark: the sandbox and the gateway in-process on loopback, a tokio load generator
-//! with N HTTP/1.1 keep-alive connections, a fixed duration per case.
+//! Load benchmark: the gateway as its own process in front of a minimal static upstream, driven
+//! by an in-bench tokio load generator over N HTTP/1.1 keep-alive connections.
 //!
 //! ```sh
-//! cargo bench --bench load                          # 32 connections, 5 s per case
-//! BENCH_CONNECTIONS=64 BENCH_SECS=3 cargo bench --bench load
+//! cargo bench --bench load                                  # everything, about 1.5 min
+//! BENCH_SECS=5 BENCH_CONNECTIONS=64 BENCH_RATE=4000 cargo bench --bench load
+//! BENCH_CASES=direct,uncached cargo bench --bench load      # a subset
+//! BENCH_PERF=/tmp/gw.perf cargo bench --bench load          # perf record the gateway (uncached)
 //! ```
 //!
-//! Cases: straight to the sandbox (GET transaction, Ratepay's own bearer token), through the
-//! gateway uncached (GET transaction: caller auth, policy, headers, token, proxy), and through
-//! the gateway on session-record cache hits. Generator, gateway and sandbox share the machine's
-//! cores, so the figures compare cases rather than measure a deployment.
+//! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
+//! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,nginx,
+//! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
+//! phase; needs `perf`).
+//!
+//! The static upstream answers every path at once: `POST /oauth/token` a JWT-shaped token, any
+//! other POST a 201 cancellation, any GET a fixed terminal session record. It checks no token, so
+//! what the cases add over "direct" is the gateway's (or nginx's) own cost. Each case runs two
+//! phases with the same generator and connection count:
+//!
+//! - saturation (closed loop): every connection sends its next request as soon as the previous
+//!   answer is read; latency from send to the end of the answer;
+//! - fixed rate (open loop): a pacer thread schedules `BENCH_RATE` requests per second spread over
+//!   the connections; latency is measured from the scheduled time, so a stall shows up in the
+//!   latency of every request it delayed (no coordinated omission).
+//!
+//! The gateway runs as `ratepay-gateway serve` (release binary) with its access log on stderr
+//! redirected to a file; its RSS, peak RSS (VmHWM, reset per phase through `clear_refs`) and CPU
+//! time per request come from `/proc`. nginx, when installed, runs as a peer on the same upstream
+//! (`worker_processes auto`: one worker per core, as the gateway runs one tokio worker per core).
+//! The upstream and the generator share this process; everything shares the machine's cores, so
+//! the figures compare cases within one run rather than measure a deployment.
 
 use std::{
+    io::{BufRead, BufReader},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, client::conn::http1 as client_http1, server::conn::http1};
 use hyper_util::rt::TokioIo;
-use ratepay_gateway::{
-    config::Config,
-    sandbox::{self, SandboxConfig},
-    server,
-    stack::Gateway,
-};
-use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 const API_KEY: &str = "bench-key-0001";
-const TX_PATH: &str = "/transaction/management/v2/transactions";
-/// At most this many latencies are kept per connection (bounds memory on fast machines).
-const MAX_SAMPLES_PER_CONNECTION: usize = 1 << 20;
+/// What nginx and the direct case send in place of the gateway's Ratepay token.
+const STATIC_BEARER: &str = "Bearer bench-static-token";
+const PARTNER: &str = "p-bench";
+const TX_PATH: &str = "/transaction/management/v2/transactions/bench-tx-0001";
+const CANCEL_PATH: &str = "/transaction/management/v2/transactions/bench-tx-0001/cancellations";
+const RECORD_PATH: &str = "/pps/api/v1/session-record/bench-session-0001";
+const CANCEL_BODY: &str = r#"{"gross_amount":10.00,"partner_operation_id":"op-bench"}"#;
+/// A terminal record (long lifetime in the cache) of another transaction than the cancellations
+/// act on, so cancellations never invalidate it.
+const RECORD: &str = r#"{"session_id":"bench-session-0001","transaction_id":"bench-tx-record","partner_transaction_id":"order-0001","session_status":"COMPLETED","created_date":"2026-11-21T08:00:00+01:00","updated_date":"2026-11-21T08:01:00+01:00"}"#;
+const CANCELLATION: &str = r#"{"_links":{"self":{"href":"/transaction/management/v2/transactions/bench-tx-0001/cancellations/bench-cancellation"}},"created":"2026-11-21T08:02:00+01:00","ratepay_cancellation_id":"bench-cancellation"}"#;
+/// Distinct session records held for the memory case.
+const FILL_RECORDS: usize = 100_000;
+/// At most this many latencies are kept per connection and phase.
+const MAX_SAMPLES_PER_CONNECTION: usize = 1 << 21;
+const MIB: f64 = 1024.0 * 1024.0;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -43,110 +75,480 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-struct Report {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
+// ---------------------------------------------------------------------------------------------
+// The static upstream
+
+/// Requests the static upstream answered, by kind.
+#[derive(Default)]
+struct UpstreamStats {
+    tokens: AtomicU64,
+    gets: AtomicU64,
+    posts: AtomicU64,
 }
 
-impl Report {
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
+impl UpstreamStats {
+    fn calls(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed) + self.posts.load(Ordering::Relaxed)
     }
 }
 
-/// Runs `connections` connections, each sending GET `path` (with `auth`, and `partner` as
-/// X-Partner when given) back to back until `duration` is over.
-async fn load(
+/// Ratepay's token answer: a JWT-shaped token (the gateway reads its `exp`), valid one hour.
+fn token_answer() -> Bytes {
+    ratepay_gateway::crypto::install_providers();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "bench", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(b"bench-upstream"),
+    )
+    .expect("jwt");
+    Bytes::from(
+        serde_json::to_vec(
+            &serde_json::json!({"access_token": jwt, "token_type": "Bearer", "expires_in": 3600}),
+        )
+        .expect("json"),
+    )
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    stats: Arc<UpstreamStats>,
+    token: Bytes,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let post = req.method() == Method::POST;
+    let is_token = req.uri().path() == "/oauth/token";
+    let _ = req.into_body().collect().await;
+    let (status, body) = match (post, is_token) {
+        (true, true) => {
+            stats.tokens.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::OK, token)
+        }
+        (true, false) => {
+            stats.posts.fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::CREATED,
+                Bytes::from_static(CANCELLATION.as_bytes()),
+            )
+        }
+        (false, _) => {
+            stats.gets.fetch_add(1, Ordering::Relaxed);
+            (StatusCode::OK, Bytes::from_static(RECORD.as_bytes()))
+        }
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// Starts the static upstream on a loopback port.
+async fn static_upstream() -> (SocketAddr, Arc<UpstreamStats>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stats = Arc::new(UpstreamStats::default());
+    let token = token_answer();
+    let s = stats.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (stats, token) = (s.clone(), token.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    answer(req, stats.clone(), token.clone())
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, stats)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator
+
+/// What one case sends.
+#[derive(Clone)]
+struct Target {
     addr: SocketAddr,
-    path: &str,
-    auth: &str,
-    partner: Option<&'static str>,
-    connections: usize,
-    duration: Duration,
-) -> Report {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    /// A fresh `Idempotency-Key` on every request, so every POST goes upstream.
+    keyed: bool,
+}
+
+static PHASE: AtomicU64 = AtomicU64::new(0);
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+impl Target {
+    fn get(addr: SocketAddr, path: &str, auth: &str, partner: bool) -> Target {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(auth).expect("auth"),
+        );
+        if partner {
+            headers.insert("x-partner", HeaderValue::from_static(PARTNER));
+        }
+        headers.insert(header::HOST, HeaderValue::from_static("ratepay.bench"));
+        Target {
+            addr,
+            method: Method::GET,
+            path: path.to_owned(),
+            headers,
+            body: Bytes::new(),
+            keyed: false,
+        }
+    }
+
+    fn cancellation(addr: SocketAddr) -> Target {
+        let mut t = Target::get(addr, CANCEL_PATH, &format!("Bearer {API_KEY}"), false);
+        t.method = Method::POST;
+        t.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        t.body = Bytes::from_static(CANCEL_BODY.as_bytes());
+        t.keyed = true;
+        t
+    }
+
+    fn request(&self, phase: u64, connection: usize, seq: u64) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.path.parse().expect("path");
+        *req.headers_mut() = self.headers.clone();
+        if self.keyed {
+            let key = format!("bench-{phase}-{connection}-{seq}");
+            req.headers_mut().insert(
+                IDEMPOTENCY_KEY.clone(),
+                HeaderValue::from_str(&key).expect("key"),
+            );
+        }
+        req
+    }
+}
+
+type Sender = client_http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Option<Sender> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = client_http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    Some(send)
+}
+
+/// How one exchange went.
+enum Exchange {
+    /// 2xx, body read.
+    Ok,
+    /// Another status, or the body broke off.
+    Failed,
+    /// The connection is gone (nothing may have been sent: reconnect).
+    Closed,
+}
+
+async fn exchange(send: &mut Sender, req: Request<Full<Bytes>>) -> Exchange {
+    if send.ready().await.is_err() {
+        return Exchange::Closed;
+    }
+    match send.send_request(req).await {
+        Ok(resp) => {
+            let ok = resp.status().is_success();
+            if resp.into_body().collect().await.is_ok() && ok {
+                Exchange::Ok
+            } else {
+                Exchange::Failed
+            }
+        }
+        Err(_) => Exchange::Closed,
+    }
+}
+
+/// The outcome of one phase.
+#[derive(Default)]
+struct Run {
+    ok: usize,
+    errors: usize,
+    elapsed: Duration,
+    /// Sorted.
+    latencies_ns: Vec<u64>,
+    /// Open loop: how late the pacer thread itself was (p50), included in the latencies.
+    pacer_late_p50: Option<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_us(&self, p: f64) -> Option<f64> {
+        if self.latencies_ns.is_empty() {
+            return None;
+        }
+        let i = ((self.latencies_ns.len() - 1) as f64 * p).round() as usize;
+        Some(self.latencies_ns[i] as f64 / 1000.0)
+    }
+
+    fn merge(parts: Vec<(Vec<u64>, usize)>, elapsed: Duration) -> Run {
+        let mut latencies_ns = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+        let mut errors = 0;
+        for (l, e) in parts {
+            latencies_ns.extend(l);
+            errors += e;
+        }
+        latencies_ns.sort_unstable();
+        Run {
+            ok: latencies_ns.len(),
+            errors,
+            elapsed,
+            latencies_ns,
+            pacer_late_p50: None,
+        }
+    }
+}
+
+async fn connect_all(addr: SocketAddr, connections: usize) -> (Vec<Sender>, usize) {
+    let mut sends = Vec::with_capacity(connections);
+    let mut failed = 0;
+    for _ in 0..connections {
+        match connect(addr).await {
+            Some(s) => sends.push(s),
+            None => failed += 1,
+        }
+    }
+    (sends, failed)
+}
+
+/// Saturation: each connection sends back to back until `duration` is over.
+async fn closed_loop(target: &Target, connections: usize, duration: Duration) -> Run {
+    let phase = PHASE.fetch_add(1, Ordering::Relaxed);
+    let (sends, failed) = connect_all(target.addr, connections).await;
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let path = path.to_owned();
-        let auth = HeaderValue::from_str(auth).expect("auth header");
+    for (c, mut send) in sends.into_iter().enumerate() {
+        let target = target.clone();
         tasks.spawn(async move {
-            let mut latencies = Vec::with_capacity(64 * 1024);
-            let mut errors = 0usize;
-            let Ok(stream) = TcpStream::connect(addr).await else {
-                return (latencies, 1);
-            };
-            let _ = stream.set_nodelay(true);
-            let Ok((mut send, conn)) = http1::handshake(TokioIo::new(stream)).await else {
-                return (latencies, 1);
-            };
-            tokio::spawn(conn);
+            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut errors = 0;
+            let mut seq = 0;
             while Instant::now() < deadline {
-                if send.ready().await.is_err() {
-                    errors += 1;
-                    break;
-                }
-                let mut req = Request::get(path.as_str())
-                    .header(header::HOST, addr.to_string())
-                    .header(header::AUTHORIZATION, auth.clone())
-                    .body(Empty::<Bytes>::new())
-                    .expect("request");
-                if let Some(p) = partner {
-                    req.headers_mut()
-                        .insert("x-partner", HeaderValue::from_static(p));
-                }
+                let req = target.request(phase, c, seq);
+                seq += 1;
                 let t0 = Instant::now();
-                match send.send_request(req).await {
-                    Ok(resp) => {
-                        let ok = resp.status().is_success();
-                        let body_ok = resp.into_body().collect().await.is_ok();
-                        if ok && body_ok {
-                            if latencies.len() < MAX_SAMPLES_PER_CONNECTION {
-                                latencies.push(
-                                    u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX),
-                                );
-                            }
-                        } else {
-                            errors += 1;
-                        }
+                match exchange(&mut send, req).await {
+                    Exchange::Ok if latencies.len() < MAX_SAMPLES_PER_CONNECTION => {
+                        latencies.push(t0.elapsed().as_nanos() as u64)
                     }
-                    Err(_) => {
+                    Exchange::Ok => {}
+                    Exchange::Failed => errors += 1,
+                    Exchange::Closed => {
                         errors += 1;
-                        break;
+                        match connect(target.addr).await {
+                            Some(s) => send = s,
+                            None => break,
+                        }
                     }
                 }
             }
             (latencies, errors)
         });
     }
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut parts = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        let (l, e) = done.expect("load task");
-        all.extend(l);
-        errors += e;
+        parts.push(done.expect("load task"));
     }
-    let elapsed = started.elapsed();
-    all.sort_unstable();
-    Report {
-        requests: all.len(),
-        errors,
-        elapsed,
-        latencies_us: all,
+    let mut run = Run::merge(parts, started.elapsed());
+    run.errors += failed;
+    run
+}
+
+/// Fixed rate: a pacer thread schedules `rate` requests per second round-robin over the
+/// connections; each latency runs from the scheduled time to the end of the answer.
+async fn open_loop(target: &Target, connections: usize, rate: f64, duration: Duration) -> Run {
+    let phase = PHASE.fetch_add(1, Ordering::Relaxed);
+    let (sends, failed) = connect_all(target.addr, connections).await;
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let start = Instant::now() + Duration::from_millis(20);
+    // Requests not answered by then count as errors (the target could not keep the rate).
+    let hard_deadline = start + duration + Duration::from_secs(5);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut queues = Vec::with_capacity(sends.len());
+    for (c, mut send) in sends.into_iter().enumerate() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        queues.push(tx);
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 14);
+            let mut errors = 0;
+            let mut seq = 0;
+            while let Some(scheduled) = rx.recv().await {
+                if Instant::now() > hard_deadline {
+                    errors += 1;
+                    continue;
+                }
+                let req = target.request(phase, c, seq);
+                seq += 1;
+                match exchange(&mut send, req).await {
+                    Exchange::Ok if latencies.len() < MAX_SAMPLES_PER_CONNECTION => {
+                        latencies.push(scheduled.elapsed().as_nanos() as u64)
+                    }
+                    Exchange::Ok => {}
+                    Exchange::Failed => errors += 1,
+                    Exchange::Closed => {
+                        errors += 1;
+                        match connect(target.addr).await {
+                            Some(s) => send = s,
+                            None => {
+                                errors += rx.len();
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let pacer = std::thread::spawn(move || {
+        let mut late = Vec::with_capacity(total as usize);
+        if queues.is_empty() {
+            return late;
+        }
+        for i in 0..total {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            late.push(at.elapsed());
+            let _ = queues[(i % queues.len() as u64) as usize].send(at);
+        }
+        late
+    });
+    let mut late = tokio::task::spawn_blocking(move || pacer.join().expect("pacer"))
+        .await
+        .expect("pacer task");
+    let mut parts = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        parts.push(done.expect("load task"));
+    }
+    let mut run = Run::merge(parts, start.elapsed());
+    run.errors += failed;
+    // The rate asked for, over the nominal duration (the drain afterwards is not idle time).
+    run.elapsed = duration;
+    late.sort_unstable();
+    run.pacer_late_p50 = late.get(late.len() / 2).copied();
+    run
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: the gateway and nginx, and what /proc says about them
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    name: &'static str,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
-fn gateway_config(dir: &Path, sandbox_url: &str) -> String {
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM lets nginx's master stop its workers; the gateway drains and exits.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        for _ in 0..60 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process and its direct children (nginx's workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Bytes summed over the tree, for `VmRSS:` or `VmHWM:`.
+fn tree_bytes(pid: u32, field: &str) -> Option<u64> {
+    process_tree(pid)
+        .into_iter()
+        .map(|p| status_kib(p, field).map(|k| k * 1024))
+        .sum()
+}
+
+/// Resets the peak RSS (VmHWM) of the tree to the current RSS.
+fn reset_peak(pid: u32) {
+    for p in process_tree(pid) {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+}
+
+/// User + system CPU time of the tree.
+fn tree_cpu(pid: u32) -> Option<Duration> {
+    let ticks: u64 = process_tree(pid)
+        .into_iter()
+        .map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum::<Option<u64>>()?;
+    // USER_HZ is 100 on every Linux architecture we run on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn gateway_toml(dir: &Path, upstream: SocketAddr, audit_enabled: bool) -> String {
     let secret = dir.join("ratepay-secret");
-    std::fs::write(&secret, sandbox::DEFAULT_CLIENT_SECRET).expect("secret file");
+    std::fs::write(&secret, "bench-secret").expect("secret file");
     let key_hash = hex::encode(ratepay_gateway::config::sha256(API_KEY.as_bytes()));
-    let a = sandbox::SandboxAudiences::integration();
     format!(
         r#"
 [listen]
@@ -154,192 +556,696 @@ proxy = "127.0.0.1:0"
 admin = "off"
 
 [credentials.default]
-token_url = "{sandbox_url}/oauth/token"
-client_id = "{client}"
+token_url = "http://{upstream}/oauth/token"
+client_id = "bench"
 client_secret_file = "{secret}"
 
 [upstreams.payment]
-url = "{sandbox_url}"
-audience = "{payment}"
+url = "http://{upstream}"
+audience = "bench-payment"
 
 [upstreams.hpp]
-url = "{sandbox_url}"
-audience = "{hpp}"
+url = "http://{upstream}"
+audience = "bench-hpp"
 
 [callers.bench]
 api_key_sha256 = "{key_hash}"
 operations = ["*"]
-partner = "p-bench"
+partner = "{PARTNER}"
+
+# Limits far above any load this machine can make: the checks run, nothing is refused.
+[rate_limits.per_caller]
+rate_per_sec = 10000000
+burst = 1000000
+
+[rate_limits.upstreams.payment]
+rate_per_sec = 10000000
+burst = 1000000
+
+[rate_limits.upstreams.hpp]
+rate_per_sec = 10000000
+burst = 1000000
 
 [cache]
+max_bytes = 536870912
 
 [audit]
 path = "{audit}"
+enabled = {audit_enabled}
 "#,
-        audit = dir.join("audit.jsonl").display(),
-        client = sandbox::DEFAULT_CLIENT_ID,
         secret = secret.display(),
-        payment = a.payment,
-        hpp = a.hpp,
+        audit = dir.join("audit").join("audit.jsonl").display(),
     )
 }
 
-async fn run() {
-    let connections = env_or("BENCH_CONNECTIONS", 32) as usize;
-    let duration = Duration::from_secs(env_or("BENCH_SECS", 5));
-
-    let sb = sandbox::spawn(SandboxConfig {
-        session_step: None,
-        seed: Some(1),
-        ..SandboxConfig::default()
+/// Starts `ratepay-gateway serve` on `config` in `dir` (stderr, the access log included, goes
+/// to `dir/gateway.log`); returns it and its proxy address once it announced it.
+async fn spawn_gateway(dir: &Path, config: String) -> (Proc, SocketAddr) {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).expect("config");
+    let log = dir.join("gateway.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ratepay-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn the gateway");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Proc {
+        child,
+        name: "the gateway",
+    };
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.strip_prefix("ratepay-gateway listening proxy ")
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+        });
+        // Keep draining stdout so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        addr
     })
     .await
-    .expect("sandbox");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::from_toml(
-        &gateway_config(dir.path(), &sb.url()),
-        Path::new("bench.toml"),
-    )
-    .expect("config");
-    let gateway = Gateway::build(&config).await.expect("gateway");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let gw_addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        listener,
-        None,
-        gateway,
-        Duration::from_secs(2),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-
-    // Setup through the gateway: a transaction, and a completed session record (cacheable).
-    let http = reqwest::Client::new();
-    let gw = format!("http://{gw_addr}");
-    let tx: Value = http
-        .post(format!("{gw}{TX_PATH}"))
-        .bearer_auth(API_KEY)
-        .json(
-            &json!({"currency": "EUR", "buyer": {"first_name": "B", "last_name": "B",
-               "contact": {"email": "b@example.com"}}, "shop_baskets": [{"gross_amount": 10.0}]}),
-        )
-        .send()
-        .await
-        .expect("authorize")
-        .json()
-        .await
-        .expect("json");
-    let tx = tx["ratepay_transaction_id"]
-        .as_str()
-        .expect("transaction id")
-        .to_owned();
-    let session: Value = http
-        .post(format!("{gw}/pps/api/v1/session"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR"}}))
-        .send()
-        .await
-        .expect("session")
-        .json()
-        .await
-        .expect("json");
-    let sid = session["session_id"]
-        .as_str()
-        .expect("session id")
-        .to_owned();
-    http.post(format!("{}/_sandbox/sessions/{sid}", sb.url()))
-        .json(&json!({"session_status": "COMPLETED"}))
-        .send()
-        .await
-        .expect("set status");
-    // Ratepay's own token, for the straight-to-sandbox case.
-    let token: Value = http
-        .post(format!("{}/oauth/token", sb.url()))
-        .json(&json!({"client_id": sandbox::DEFAULT_CLIENT_ID, "client_secret": sandbox::DEFAULT_CLIENT_SECRET,
-                      "audience": sandbox::SandboxAudiences::integration().payment, "grant_type": "client_credentials"}))
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
-    let ratepay_bearer = format!(
-        "Bearer {}",
-        token["access_token"].as_str().expect("access token")
-    );
-    let sb_addr: SocketAddr = sb
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("sandbox addr");
-    let upstream_calls = |http: reqwest::Client, url: String| async move {
-        let v: Value = http
-            .get(format!("{url}/_sandbox/stats"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["requests_total"].as_u64()
+    .expect("reader");
+    let Some(addr) = addr else {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("the gateway did not start:\n{tail}");
     };
+    (proc, addr)
+}
 
-    let sid_path = format!("/pps/api/v1/session-record/{sid}");
-    let tx_path = format!("{TX_PATH}/{tx}");
-    // The sandbox keys transactions by partner: the direct case sends the X-Partner the
-    // gateway adds for the bench caller.
-    let caller = format!("Bearer {API_KEY}");
-    let cases = [
-        (
-            "sandbox direct: GET transaction",
-            sb_addr,
-            &tx_path,
-            &ratepay_bearer,
-            Some("p-bench"),
-        ),
-        (
-            "gateway uncached: GET transaction",
-            gw_addr,
-            &tx_path,
-            &caller,
-            None,
-        ),
-        (
-            "gateway cache hit: GET session record",
-            gw_addr,
-            &sid_path,
-            &caller,
-            None,
-        ),
-    ];
-    println!(
-        "\nload: {connections} connections, {} s per case (HTTP/1.1 keep-alive, loopback)\n",
-        duration.as_secs()
+fn find_nginx() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    // As root, workers would drop to `nobody` and could not write the cache in this directory.
+    let user = if running_as_root() { "user root;" } else { "" };
+    format!(
+        r#"
+{user}
+daemon off;
+master_process on;
+# One worker per core, as the gateway runs one tokio worker thread per core.
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {d}/access.log;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy_temp;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=records:16m max_size=512m inactive=10m use_temp_path=off;
+    upstream ratepay {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {listen};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Authorization "{STATIC_BEARER}";
+        proxy_set_header X-Partner "{PARTNER}";
+        location / {{
+            proxy_pass http://ratepay;
+        }}
+        location /pps/api/v1/session-record/ {{
+            proxy_pass http://ratepay;
+            proxy_cache records;
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// Starts nginx on a free loopback port in front of `upstream`.
+async fn spawn_nginx(nginx: &Path, dir: &Path, upstream: SocketAddr) -> Option<(Proc, SocketAddr)> {
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        l.local_addr().ok()?
+    };
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, listen, upstream)).ok()?;
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut proc = Proc {
+        child,
+        name: "nginx",
+    };
+    for _ in 0..100 {
+        if TcpStream::connect(listen).await.is_ok() {
+            return Some((proc, listen));
+        }
+        if matches!(proc.child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
     );
-    println!(
-        "{:<40} {:>9} {:>10} {:>9} {:>9} {:>7} {:>10}",
-        "case", "requests", "req/s", "p50 ms", "p99 ms", "errors", "upstream"
-    );
-    for (name, addr, path, auth, partner) in cases {
-        let before = upstream_calls(http.clone(), sb.url()).await.unwrap_or(0);
-        let r = load(addr, path, auth, partner, connections, duration).await;
-        let after = upstream_calls(http.clone(), sb.url()).await.unwrap_or(0);
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases and the report
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Saturation,
+    FixedRate,
+}
+
+/// One printed line.
+struct Row {
+    case: &'static str,
+    mode: Mode,
+    run: Run,
+    /// RSS of the measured process (tree) after the phase, and its peak during the phase.
+    rss: Option<u64>,
+    peak: Option<u64>,
+    cpu_per_request: Option<Duration>,
+    upstream_calls: u64,
+}
+
+struct Bench {
+    secs: Duration,
+    connections: usize,
+    rate: f64,
+    cases: Vec<String>,
+    perf: Option<PathBuf>,
+    stats: Arc<UpstreamStats>,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Bench {
+    fn wants(&self, case: &str) -> bool {
+        self.cases.iter().any(|c| c == case)
+    }
+
+    fn row(&self, case: &str, mode: Mode) -> Option<&Row> {
+        self.rows.iter().find(|r| r.case == case && r.mode == mode)
+    }
+
+    fn direct(&self, mode: Mode) -> Option<&Row> {
+        self.row(DIRECT, mode)
+    }
+
+    /// Runs one phase of `case` against `target`, measuring the process `pid` when given.
+    async fn phase(&mut self, case: &'static str, mode: Mode, target: &Target, pid: Option<u32>) {
+        if let Some(p) = pid {
+            reset_peak(p);
+        }
+        let cpu0 = pid.and_then(tree_cpu);
+        let calls0 = self.stats.calls();
+        let perf = match (&self.perf, case, mode) {
+            (Some(file), UNCACHED, Mode::Saturation) => pid.and_then(|p| start_perf(file, p)),
+            _ => None,
+        };
+        let run = match mode {
+            Mode::Saturation => closed_loop(target, self.connections, self.secs).await,
+            Mode::FixedRate => open_loop(target, self.connections, self.rate, self.secs).await,
+        };
+        if let Some(perf) = perf {
+            stop_perf(perf);
+        }
+        let cpu1 = pid.and_then(tree_cpu);
+        let row = Row {
+            case,
+            mode,
+            rss: pid.and_then(|p| tree_bytes(p, "VmRSS:")),
+            peak: pid.and_then(|p| tree_bytes(p, "VmHWM:")),
+            cpu_per_request: match (cpu0, cpu1) {
+                (Some(a), Some(b)) if run.ok > 0 => Some((b - a) / run.ok as u32),
+                _ => None,
+            },
+            upstream_calls: self.stats.calls() - calls0,
+            run,
+        };
+        self.print(&row);
+        self.rows.push(row);
+    }
+
+    /// A short unmeasured warm-up, then saturation, then the fixed rate.
+    async fn case(&mut self, case: &'static str, target: &Target, pid: Option<u32>) {
+        let _ = closed_loop(target, self.connections, Duration::from_millis(300)).await;
+        self.phase(case, Mode::Saturation, target, pid).await;
+        self.phase(case, Mode::FixedRate, target, pid).await;
+    }
+
+    fn print_header(&self) {
         println!(
-            "{:<40} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10}",
-            name,
-            r.requests,
-            r.requests as f64 / r.elapsed.as_secs_f64(),
-            r.percentile_ms(0.50),
-            r.percentile_ms(0.99),
-            r.errors,
-            after.saturating_sub(before)
+            "\n{:<44} {:>10} {:>9} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "case",
+            "phase",
+            "req/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "errors",
+            "×direct",
+            "+p50 µs",
+            "RSS MiB",
+            "peak MiB",
+            "cpu µs/r",
+            "upstream"
         );
     }
-    println!("\n(upstream: calls the sandbox received during the case)");
-    let _ = stop.send(());
-    let _ = server.await;
+
+    fn print(&self, r: &Row) {
+        let opt = |v: Option<f64>, prec: usize| match v {
+            Some(v) if v.is_finite() => format!("{v:.prec$}"),
+            _ => "-".into(),
+        };
+        let ratio = match (r.mode, self.direct(Mode::Saturation)) {
+            (Mode::Saturation, Some(d)) if r.case != DIRECT => Some(r.run.rate() / d.run.rate()),
+            _ => None,
+        };
+        let added = match (r.mode, self.direct(Mode::FixedRate)) {
+            (Mode::FixedRate, Some(d)) if r.case != DIRECT => r
+                .run
+                .percentile_us(0.5)
+                .zip(d.run.percentile_us(0.5))
+                .map(|(a, b)| a - b),
+            _ => None,
+        };
+        let phase = match r.mode {
+            Mode::Saturation => "saturation".to_owned(),
+            Mode::FixedRate => format!("{:.0}/s", self.rate),
+        };
+        println!(
+            "{:<44} {:>10} {:>9.0} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            r.case,
+            phase,
+            r.run.rate(),
+            opt(r.run.percentile_us(0.5), 0),
+            opt(r.run.percentile_us(0.99), 0),
+            opt(r.run.percentile_us(0.999), 0),
+            r.run.errors,
+            opt(ratio, 2),
+            opt(added, 0),
+            opt(r.rss.map(|b| b as f64 / MIB), 1),
+            opt(r.peak.map(|b| b as f64 / MIB), 1),
+            opt(r.cpu_per_request.map(|d| d.as_nanos() as f64 / 1000.0), 1),
+            r.upstream_calls,
+        );
+    }
+}
+
+const DIRECT: &str = "direct: GET straight to the upstream";
+const UNCACHED: &str = "gateway uncached: GET transaction";
+const UNCACHED_AGAIN: &str = "gateway uncached, again (steady state)";
+const CACHED: &str = "gateway cache hit: GET session record";
+const AUDITED: &str = "gateway POST cancellation, audited";
+const UNAUDITED: &str = "gateway POST cancellation, audit off";
+const NGINX_PASS: &str = "nginx proxy_pass: GET transaction";
+const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
+
+fn start_perf(file: &Path, pid: u32) -> Option<Child> {
+    Command::new("perf")
+        .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("perf record did not start: {e}"))
+        .ok()
+}
+
+fn stop_perf(mut perf: Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+}
+
+/// Fills the cache with `FILL_RECORDS` distinct session records over the bench connections.
+async fn fill(addr: SocketAddr, connections: usize) -> (usize, usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let next = next.clone();
+        tasks.spawn(async move {
+            let (mut ok, mut errors) = (0, 0);
+            let Some(mut send) = connect(addr).await else {
+                return (0, 1);
+            };
+            let auth = format!("Bearer {API_KEY}");
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= FILL_RECORDS {
+                    break;
+                }
+                let t = Target::get(
+                    addr,
+                    &format!("/pps/api/v1/session-record/fill-{i:06}"),
+                    &auth,
+                    false,
+                );
+                match exchange(&mut send, t.request(0, 0, 0)).await {
+                    Exchange::Ok => ok += 1,
+                    Exchange::Failed => errors += 1,
+                    Exchange::Closed => {
+                        errors += 1;
+                        match connect(addr).await {
+                            Some(s) => send = s,
+                            None => break,
+                        }
+                    }
+                }
+            }
+            (ok, errors)
+        });
+    }
+    let mut total = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (ok, errors) = done.expect("fill task");
+        total.0 += ok;
+        total.1 += errors;
+    }
+    total
+}
+
+/// How many of `sample` filled records (spread over the range) are answered from the cache.
+async fn sampled_hits(addr: SocketAddr, sample: usize) -> usize {
+    let Some(mut send) = connect(addr).await else {
+        return 0;
+    };
+    let mut hits = 0;
+    for k in 0..sample {
+        let i = k * (FILL_RECORDS / sample);
+        let req = Target::get(
+            addr,
+            &format!("/pps/api/v1/session-record/fill-{i:06}"),
+            &format!("Bearer {API_KEY}"),
+            false,
+        )
+        .request(0, 0, 0);
+        if send.ready().await.is_err() {
+            break;
+        }
+        if let Ok(resp) = send.send_request(req).await {
+            let hit = resp.headers().get("x-cache").is_some_and(|v| v == "HIT");
+            let _ = resp.into_body().collect().await;
+            hits += usize::from(hit);
+        }
+    }
+    hits
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / MIB))
+}
+
+async fn run() {
+    let mut bench = Bench {
+        secs: Duration::from_secs(env_or("BENCH_SECS", 3)),
+        connections: env_or("BENCH_CONNECTIONS", 32) as usize,
+        rate: env_or("BENCH_RATE", 2000) as f64,
+        cases: std::env::var("BENCH_CASES")
+            .unwrap_or_else(|_| "direct,uncached,cached,audited,unaudited,nginx,memory".into())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .collect(),
+        perf: std::env::var_os("BENCH_PERF").map(PathBuf::from),
+        stats: Arc::new(UpstreamStats::default()),
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let (upstream, stats) = static_upstream().await;
+    bench.stats = stats;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nload: {} connections (HTTP/1.1 keep-alive, loopback), {} s per phase, fixed rate {} req/s; \
+         {} cores; load average before: {}",
+        bench.connections,
+        bench.secs.as_secs(),
+        bench.rate,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    bench.print_header();
+
+    let caller = format!("Bearer {API_KEY}");
+    if bench.wants("direct") {
+        let t = Target::get(upstream, TX_PATH, STATIC_BEARER, true);
+        bench.case(DIRECT, &t, None).await;
+    }
+
+    // Gateway A: audit on; the GET cases, the steady-state repeat and the audited POSTs.
+    let mut idle_rss = None;
+    let mut steady = None;
+    if ["uncached", "cached", "audited"]
+        .iter()
+        .any(|c| bench.wants(c))
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gw, addr) = spawn_gateway(dir.path(), gateway_toml(dir.path(), upstream, true)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idle_rss = tree_bytes(gw.pid(), "VmRSS:");
+        bench.notes.push(format!(
+            "gateway A (audit on) pid {}: idle RSS after start {}",
+            gw.pid(),
+            mib(idle_rss)
+        ));
+        if bench.wants("uncached") {
+            let t = Target::get(addr, TX_PATH, &caller, false);
+            bench.case(UNCACHED, &t, Some(gw.pid())).await;
+        }
+        if bench.wants("cached") {
+            let t = Target::get(addr, RECORD_PATH, &caller, false);
+            bench.case(CACHED, &t, Some(gw.pid())).await;
+        }
+        if bench.wants("uncached") {
+            let t = Target::get(addr, TX_PATH, &caller, false);
+            let before = tree_bytes(gw.pid(), "VmRSS:");
+            bench
+                .phase(UNCACHED_AGAIN, Mode::Saturation, &t, Some(gw.pid()))
+                .await;
+            let after = tree_bytes(gw.pid(), "VmRSS:");
+            steady = before.zip(after);
+        }
+        if bench.wants("audited") {
+            bench
+                .case(AUDITED, &Target::cancellation(addr), Some(gw.pid()))
+                .await;
+        }
+        drop(gw);
+    }
+
+    // Gateway B: the same configuration with audit off.
+    if bench.wants("unaudited") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gw, addr) = spawn_gateway(dir.path(), gateway_toml(dir.path(), upstream, false)).await;
+        bench
+            .case(UNAUDITED, &Target::cancellation(addr), Some(gw.pid()))
+            .await;
+        drop(gw);
+    }
+
+    if bench.wants("nginx") {
+        match find_nginx() {
+            None => bench
+                .notes
+                .push("nginx: not installed, peer cases skipped".into()),
+            Some(nginx) => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                match spawn_nginx(&nginx, dir.path(), upstream).await {
+                    None => bench.notes.push("nginx: did not start, skipped".into()),
+                    Some((proc, addr)) => {
+                        let pid = proc.pid();
+                        bench.notes.push(format!(
+                            "nginx ({}): {} processes (master + workers), idle RSS {}",
+                            nginx.display(),
+                            process_tree(pid).len(),
+                            mib(tree_bytes(pid, "VmRSS:"))
+                        ));
+                        let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+                        bench.case(NGINX_PASS, &t, Some(pid)).await;
+                        let t = Target::get(addr, RECORD_PATH, "Bearer caller-credential", false);
+                        bench.case(NGINX_CACHE, &t, Some(pid)).await;
+                        drop(proc);
+                    }
+                }
+            }
+        }
+    }
+
+    // Gateway C: memory holding many cached records.
+    let mut filled = None;
+    if bench.wants("memory") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gw, addr) = spawn_gateway(dir.path(), gateway_toml(dir.path(), upstream, true)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = tree_bytes(gw.pid(), "VmRSS:");
+        idle_rss = idle_rss.or(idle);
+        reset_peak(gw.pid());
+        let gets0 = bench.stats.gets.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let (ok, errors) = fill(addr, bench.connections).await;
+        let took = started.elapsed();
+        // Let moka's maintenance settle, then read.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let hits = sampled_hits(addr, 1000).await;
+        let rss = tree_bytes(gw.pid(), "VmRSS:");
+        let peak = tree_bytes(gw.pid(), "VmHWM:");
+        bench.notes.push(format!(
+            "gateway C: idle RSS {}; {FILL_RECORDS} distinct session records fetched in {:.1} s \
+             ({ok} ok, {errors} errors, {} upstream GETs): RSS {}, peak {}; {hits}/1000 sampled \
+             records answered from the cache",
+            mib(idle),
+            took.as_secs_f64(),
+            bench.stats.gets.load(Ordering::Relaxed) - gets0,
+            mib(rss),
+            mib(peak),
+        ));
+        filled = rss.map(|r| (r, hits));
+        drop(gw);
+    }
+
+    println!();
+    for n in &bench.notes {
+        println!("{n}");
+    }
+    if let Some(late) = bench.rows.iter().filter_map(|r| r.run.pacer_late_p50).max() {
+        println!(
+            "open-loop pacer: sends left up to {} µs (p50) after their scheduled time; \
+             included in the fixed-rate latencies of every case",
+            late.as_micros()
+        );
+    }
+    println!(
+        "columns: ×direct = req/s over the direct case's (saturation); +p50 = p50 minus the \
+         direct case's p50 at the same fixed rate; RSS/peak/cpu of the gateway (nginx: master + \
+         workers) during the phase; upstream = calls the static upstream answered"
+    );
+    targets(&bench, idle_rss, steady, filled);
+}
+
+fn targets(
+    bench: &Bench,
+    idle_rss: Option<u64>,
+    steady: Option<(u64, u64)>,
+    filled: Option<(u64, usize)>,
+) {
+    let rate = |case: &str| bench.row(case, Mode::Saturation).map(|r| r.run.rate());
+    let p50 = |case: &str| {
+        bench
+            .row(case, Mode::FixedRate)
+            .and_then(|r| r.run.percentile_us(0.5))
+    };
+    let check = |name: &str, measured: Option<(bool, String)>| {
+        let (verdict, detail) = match measured {
+            Some((true, d)) => ("PASS", d),
+            Some((false, d)) => ("FAIL", d),
+            None => ("n/a ", "not measured in this run".into()),
+        };
+        println!("  {verdict}  {name:<52} {detail}");
+    };
+    println!("\ntargets (same run):");
+    check(
+        "uncached ≥ 0.5 × direct",
+        rate(UNCACHED)
+            .zip(rate(DIRECT))
+            .map(|(g, d)| (g >= 0.5 * d, format!("{:.2} ×", g / d))),
+    );
+    check(
+        "uncached ≥ 1.3 × nginx proxy_pass",
+        rate(UNCACHED)
+            .zip(rate(NGINX_PASS))
+            .map(|(g, n)| (g >= 1.3 * n, format!("{:.2} ×", g / n))),
+    );
+    check(
+        &format!("added p50 at {:.0} req/s ≤ 100 µs", bench.rate),
+        p50(UNCACHED)
+            .zip(p50(DIRECT))
+            .map(|(g, d)| (g - d <= 100.0, format!("{:.0} µs", g - d))),
+    );
+    check(
+        "cache hits ≥ 0.9 × direct",
+        rate(CACHED)
+            .zip(rate(DIRECT))
+            .map(|(c, d)| (c >= 0.9 * d, format!("{:.2} ×", c / d))),
+    );
+    check(
+        "audited ≥ 0.5 × audit-off POST",
+        rate(AUDITED)
+            .zip(rate(UNAUDITED))
+            .map(|(a, u)| (a >= 0.5 * u, format!("{:.2} ×", a / u))),
+    );
+    check(
+        "idle RSS ≤ 20 MiB",
+        idle_rss.map(|b| (b as f64 <= 20.0 * MIB, mib(Some(b)))),
+    );
+    check(
+        &format!("RSS holding {FILL_RECORDS} cached records ≤ 128 MiB"),
+        filled.map(|(b, hits)| {
+            (
+                b as f64 <= 128.0 * MIB && hits == 1000,
+                format!("{} ({hits}/1000 sampled hits)", mib(Some(b))),
+            )
+        }),
+    );
+    check(
+        "no growth over a steady run (≤ 1 MiB, repeat)",
+        steady.map(|(before, after)| {
+            let growth = after as f64 - before as f64;
+            (
+                growth <= MIB,
+                format!("{:+.2} MiB over the repeated uncached phase", growth / MIB),
+            )
+        }),
+    );
+    let fixed: Vec<&Row> = bench
+        .rows
+        .iter()
+        .filter(|r| r.mode == Mode::FixedRate)
+        .collect();
+    check(
+        "zero errors below saturation (fixed-rate phases)",
+        (!fixed.is_empty()).then(|| {
+            let errors: usize = fixed.iter().map(|r| r.run.errors).sum();
+            (errors == 0, format!("{errors} errors"))
+        }),
+    );
+    println!();
 }
 
 fn main() {

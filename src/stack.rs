@@ -237,6 +237,15 @@ impl Gateway {
             .iter()
             .map(|(api, u)| (*api, u.url.clone()))
             .collect();
+        let audited: &[&'static str] = if config.audit.enabled {
+            &config.audit.operations
+        } else {
+            tracing::warn!(
+                "audit.enabled = false: cancellations are forwarded WITHOUT audit records \
+                 (meant only for the load benchmark's baseline)"
+            );
+            &[]
+        };
         let stack = ServiceBuilder::new()
             // Who is calling and may it: before any work is spent on the request.
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
@@ -258,7 +267,7 @@ impl Gateway {
             .layer(UpstreamRateLimitLayer::new(rate_limits.clone()))
             // Intent durable before anything leaves; outcome after every retry is done. After
             // the limits, so a refused cancellation (it never left) writes no intent.
-            .layer(AuditLayer::new(audit.clone(), &config.audit.operations))
+            .layer(AuditLayer::new(audit.clone(), audited))
             // Strip caller credentials and hop-by-hop headers; set the decided X-Partner.
             .layer(HeadersLayer)
             // Ratepay's token last, so no layer above ever sees it; 401 → refresh + one replay.

@@ -152,3 +152,18 @@ fn redacted_output_never_contains_secrets() {
     }
     assert!(text.contains("[REDACTED]"));
 }
+
+#[test]
+fn cancellations_are_audited_unless_audit_is_switched_off() {
+    let e = err(&format!("{BASE}\n[audit]\noperations = []\n"));
+    assert!(e.contains("audit.operations"), "{e}");
+    let c = Config::from_toml(
+        &format!("{BASE}\n[audit]\nenabled = false\n"),
+        Path::new("bench.toml"),
+    )
+    .expect("audit.enabled = false is accepted");
+    assert!(!c.audit.enabled);
+    let c = Config::from_toml(BASE, Path::new("default.toml")).unwrap();
+    assert!(c.audit.enabled);
+    assert_eq!(c.audit.operations, ["payment.cancellations.create"]);
+}

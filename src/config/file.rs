@@ -87,6 +87,8 @@ pub struct RetryFile {
 pub struct AuditFile {
     /// The active log file.
     pub path: Option<String>,
+    /// `false`: audit nothing, not even cancellations (the load benchmark's audit-off baseline).
+    pub enabled: Option<bool>,
     /// Operations audited (default: cancellations).
     pub operations: Option<Vec<String>>,
     /// Rotate when the active file reaches this size.

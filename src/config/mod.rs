@@ -77,7 +77,9 @@ pub struct Config {
 pub struct AuditSettings {
     /// Log file settings.
     pub log: crate::audit::AuditConfig,
-    /// Audited operations.
+    /// `false` only for the load benchmark's baseline: nothing is audited, cancellations included.
+    pub enabled: bool,
+    /// Audited operations (ignored when not `enabled`).
     pub operations: Vec<&'static str>,
 }
 
@@ -900,7 +902,8 @@ impl Config {
                 }
             }
         }
-        if !audit_ops.contains(&"payment.cancellations.create") {
+        let audit_enabled = f.audit.enabled.unwrap_or(true);
+        if audit_enabled && !audit_ops.contains(&"payment.cancellations.create") {
             return Err(cx.err(
                 "audit.operations",
                 "payment.cancellations.create is always audited; list it too",
@@ -919,6 +922,7 @@ impl Config {
         }
         let audit = AuditSettings {
             log,
+            enabled: audit_enabled,
             operations: audit_ops,
         };
 
@@ -1385,8 +1389,9 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "\n[audit]\npath = {:?}\noperations = {:?}\nrotate_bytes = {:?}\nrotate_daily = {}",
+            "\n[audit]\npath = {:?}\nenabled = {}\noperations = {:?}\nrotate_bytes = {:?}\nrotate_daily = {}",
             self.audit.log.path,
+            self.audit.enabled,
             self.audit.operations,
             self.audit.log.rotate_bytes,
             self.audit.log.rotate_daily

@@ -1,0 +1,351 @@
+//! Criterion micro-benchmarks of the per-request work, each piece alone, in-process:
+//!
+//! ```sh
+//! cargo bench --bench micro                  # all groups
+//! cargo bench --bench micro -- route_match   # one group (criterion's name filter)
+//! ```
+//!
+//! - `caller_auth`: API key lookup (SHA-256 + map) and gateway JWT verification (HS256).
+//! - `route_match`: `routes::match_route` on the paths the load benchmark uses.
+//! - `rate_limit`: the caller and upstream GCRA checks with a limit far above the load.
+//! - `token`: a warm `TokenSource::bearer()`, and the token layer around a no-op inner service
+//!   (bearer, request copy kept for a 401 replay, header insertion).
+//! - `cache`: a session-record cache hit through the cache layer (key, lookup, response build).
+//! - `audit`: one intent appended and synced (`fdatasync`) to a file on disk, and 32 concurrent
+//!   appends that share syncs; the same on tmpfs (`/dev/shm`, where the sync costs nothing)
+//!   when present, to separate the sync from the rest.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use ratepay_gateway::{
+    audit::{AuditConfig, AuditEntry, AuditLog, Intent},
+    body,
+    callers::{Callers, Issuer},
+    config::{
+        sha256, CacheSettings, CallerConfig, CallersConfig, IssuerConfig, PartnerPolicy, Rate,
+        RateLimitSettings, SigningKey, TokenSettings,
+    },
+    context::{Authenticated, RequestContext},
+    error::GatewayError,
+    middleware::{
+        cache::{SessionRecordCache, SessionRecordCacheLayer},
+        rate_limit::{Decision, RateLimits},
+        token::InjectTokenLayer,
+        GwRequest, GwResponse,
+    },
+    routes::{self, Api},
+    token::{FetchFuture, FetchToken, Fetched, TokenSource},
+};
+use secrecy::SecretString;
+use tower::{util::BoxCloneSyncService, Layer, Service, ServiceExt};
+
+const API_KEY: &str = "bench-key-0001";
+const AUDIENCE: &str = "bench-payment";
+const TX_PATH: &str = "/transaction/management/v2/transactions/bench-tx-0001";
+const CANCEL_PATH: &str = "/transaction/management/v2/transactions/bench-tx-0001/cancellations";
+const RECORD_PATH: &str = "/pps/api/v1/session-record/bench-session-0001";
+const RECORD: &str = r#"{"session_id":"bench-session-0001","transaction_id":"bench-tx-record","session_status":"COMPLETED","created_date":"2026-11-21T08:00:00+01:00","updated_date":"2026-11-21T08:01:00+01:00"}"#;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn callers() -> (Callers, String) {
+    ratepay_gateway::crypto::install_providers();
+    let issuer = IssuerConfig {
+        key: SigningKey::Hs256(SecretString::from("k".repeat(32))),
+        issuer: "ratepay-gateway".into(),
+        lifetime: Duration::from_secs(900),
+    };
+    let jwt = Issuer::new(&issuer)
+        .expect("issuer")
+        .issue("bench", AUDIENCE)
+        .expect("jwt")
+        .0;
+    let config = CallersConfig {
+        callers: vec![CallerConfig {
+            name: "bench".into(),
+            api_key_sha256: Some(sha256(API_KEY.as_bytes())),
+            client: None,
+            operations: vec!["*".into()],
+            partner: PartnerPolicy::Fixed("p-bench".into()),
+            client_cert: Vec::new(),
+        }],
+        issuer: Some(issuer),
+        audiences: vec![AUDIENCE.into()],
+    };
+    (Callers::new(&config).expect("callers"), jwt)
+}
+
+fn bearer_headers(credential: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {credential}")).expect("header"),
+    );
+    h
+}
+
+fn caller_auth(c: &mut Criterion) {
+    let (callers, jwt) = callers();
+    let key = bearer_headers(API_KEY);
+    let token = bearer_headers(&jwt);
+    let mut g = c.benchmark_group("caller_auth");
+    g.bench_function("api_key", |b| {
+        b.iter(|| callers.authenticate(&key, AUDIENCE).expect("caller"))
+    });
+    g.bench_function("gateway_jwt_hs256", |b| {
+        b.iter(|| callers.authenticate(&token, AUDIENCE).expect("caller"))
+    });
+    g.finish();
+}
+
+fn route_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match");
+    for (name, method, path) in [
+        ("get_transaction", Method::GET, TX_PATH),
+        ("post_cancellation", Method::POST, CANCEL_PATH),
+        ("get_session_record", Method::GET, RECORD_PATH),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                routes::match_route(&method, std::hint::black_box(path))
+                    .expect("valid")
+                    .expect("known")
+            })
+        });
+    }
+    g.finish();
+}
+
+fn rate_limit(c: &mut Criterion) {
+    let far_above = Rate {
+        per_sec: 1e8,
+        burst: 1_000_000,
+    };
+    let settings = RateLimitSettings {
+        per_caller: Some(far_above),
+        upstreams: [(Api::Payment, far_above)].into_iter().collect(),
+        ..RateLimitSettings::default()
+    };
+    let limits = RateLimits::new(&settings);
+    let mut g = c.benchmark_group("rate_limit");
+    g.bench_function("caller_keyed", |b| {
+        b.iter(|| {
+            let d = limits.check_caller("bench", Duration::ZERO);
+            assert!(matches!(d, Decision::Allow(_)));
+            d
+        })
+    });
+    g.bench_function("upstream_direct", |b| {
+        b.iter(|| {
+            let d = limits.check_upstream(Api::Payment, "payment.transactions.get", Duration::ZERO);
+            assert!(matches!(d, Decision::Allow(_)));
+            d
+        })
+    });
+    g.finish();
+}
+
+/// Hands out the same JWT-shaped token every time.
+struct StaticToken;
+
+impl FetchToken for StaticToken {
+    fn fetch(&self) -> FetchFuture {
+        Box::pin(async {
+            Ok(Fetched {
+                access_token: SecretString::from(
+                    "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjQxMDI0NDQ4MDB9.c2lnbmF0dXJl".to_owned(),
+                ),
+                expires_in: Duration::from_secs(3600),
+            })
+        })
+    }
+}
+
+/// The innermost service of these benchmarks: answers `body` with 200 at once.
+fn answering(body: &'static str) -> BoxCloneSyncService<GwRequest, GwResponse, GatewayError> {
+    BoxCloneSyncService::new(tower::service_fn(move |_req: GwRequest| async move {
+        let mut resp = Response::new(body::full(Bytes::from_static(body.as_bytes())));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok::<_, GatewayError>(resp)
+    }))
+}
+
+/// A routed, authenticated request as the inner layers see it.
+fn routed(callers: &Callers, method: Method, path: &str) -> GwRequest {
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {API_KEY}"))
+        .body(Bytes::new())
+        .expect("request");
+    let caller = callers
+        .authenticate(req.headers(), AUDIENCE)
+        .expect("caller");
+    let partner = caller.partner_for(None).expect("partner");
+    let source: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    req.extensions_mut().insert(RequestContext {
+        request_id: Arc::from("0193a5f0-0000-7000-8000-000000000000"),
+        route: routes::match_route(&method, path)
+            .expect("valid")
+            .expect("known"),
+        source,
+        received: Instant::now(),
+        stats: Arc::default(),
+    });
+    req.extensions_mut()
+        .insert(Authenticated { caller, partner });
+    req
+}
+
+fn token(c: &mut Criterion) {
+    let rt = runtime();
+    let (callers, _) = callers();
+    let (source, svc) = rt.block_on(async {
+        let source = TokenSource::new(
+            AUDIENCE.into(),
+            Box::new(StaticToken),
+            TokenSettings::default(),
+        );
+        source.bearer().await.expect("first token");
+        let sources = Arc::new(BTreeMap::from([(Api::Payment, source.clone())]));
+        let svc = InjectTokenLayer::new(sources).layer(answering(RECORD));
+        (source, svc)
+    });
+    let mut g = c.benchmark_group("token");
+    g.bench_function("bearer_warm", |b| {
+        b.to_async(&rt)
+            .iter(|| async { source.bearer().await.expect("bearer") })
+    });
+    g.bench_function("inject_layer", |b| {
+        b.to_async(&rt).iter_batched(
+            || routed(&callers, Method::GET, TX_PATH),
+            |req| {
+                let svc = svc.clone();
+                async move { svc.oneshot(req).await.expect("response") }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn cache(c: &mut Criterion) {
+    let rt = runtime();
+    let (callers, _) = callers();
+    let svc = rt.block_on(async {
+        let cache = SessionRecordCache::new(&CacheSettings::default());
+        let mut svc = SessionRecordCacheLayer::new(cache).layer(answering(RECORD));
+        // The first call stores the record; every later one is a hit.
+        let resp = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(routed(&callers, Method::GET, RECORD_PATH))
+            .await
+            .expect("miss");
+        assert_eq!(resp.headers()["x-cache"], "MISS");
+        svc
+    });
+    let mut g = c.benchmark_group("cache");
+    g.bench_function("session_record_hit", |b| {
+        b.to_async(&rt).iter_batched(
+            || routed(&callers, Method::GET, RECORD_PATH),
+            |req| {
+                let svc = svc.clone();
+                async move {
+                    let resp = svc.oneshot(req).await.expect("hit");
+                    debug_assert_eq!(resp.headers()["x-cache"], "HIT");
+                    resp
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn intent(n: u64) -> AuditEntry {
+    AuditEntry::Intent(Intent {
+        request_id: format!("0193a5f0-0000-7000-8000-{n:012}"),
+        caller: "bench".into(),
+        source: "127.0.0.1".parse().expect("ip"),
+        operation: "payment.cancellations.create".into(),
+        ratepay_transaction_id: "bench-tx-0001".into(),
+        partner: Some("p-bench".into()),
+        gross_amount: Some("10.00".into()),
+        partner_operation_id: Some(format!("op-{n}")),
+        partner_shop_id: None,
+        idempotency_key: Some(format!("{n:064x}")),
+    })
+}
+
+fn audit_on(c: &mut Criterion, rt: &tokio::runtime::Runtime, label: &str, dir: &Path) {
+    let log = rt.block_on(async {
+        AuditLog::open(AuditConfig::new(dir.join("audit.jsonl")))
+            .await
+            .expect("audit log")
+            .0
+    });
+    let mut g = c.benchmark_group("audit");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(4));
+    let n = std::sync::atomic::AtomicU64::new(0);
+    let next = || n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    g.bench_function(format!("append_sync_{label}"), |b| {
+        b.to_async(rt)
+            .iter(|| async { log.append(intent(next())).await.expect("append") })
+    });
+    g.bench_function(format!("append_sync_x32_concurrent_{label}"), |b| {
+        b.to_async(rt).iter(|| async {
+            let appends: Vec<_> = (0..32).map(|_| log.append(intent(next()))).collect();
+            for r in futures_util::future::join_all(appends).await {
+                r.expect("append");
+            }
+        })
+    });
+    g.finish();
+    rt.block_on(log.close());
+}
+
+fn audit(c: &mut Criterion) {
+    let rt = runtime();
+    // On the target directory's file system (a real disk here), not /tmp, which may be tmpfs.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "target".into());
+    let disk = tempfile::tempdir_in(&target).expect("tempdir on disk");
+    audit_on(c, &rt, "disk", disk.path());
+    if Path::new("/dev/shm").is_dir() {
+        let shm = tempfile::tempdir_in("/dev/shm").expect("tempdir on tmpfs");
+        audit_on(c, &rt, "tmpfs", shm.path());
+    }
+}
+
+criterion_group!(
+    benches,
+    caller_auth,
+    route_match,
+    rate_limit,
+    token,
+    cache,
+    audit
+);
+criterion_main!(benches);
