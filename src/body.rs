@@ -28,6 +28,20 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// A copy of `headers` whose values own their bytes. Header values parsed by hyper share the
+/// connection's read buffer; storing them for long would keep that whole buffer alive.
+pub fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy =
+            http::HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+                .unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
+}
+
 /// Why [`read_limited`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

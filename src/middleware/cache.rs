@@ -277,9 +277,69 @@ impl Buffered {
     }
 }
 
+/// An answer as the cache keeps it: the body and every header value copied into one allocation
+/// of its own (hyper's parsed values share the connection's read buffer, which must not stay
+/// pinned for minutes), headers as a plain list rather than a `HeaderMap`.
+struct StoredAnswer {
+    status: StatusCode,
+    headers: Box<[(HeaderName, HeaderValue)]>,
+    body: Bytes,
+}
+
+impl StoredAnswer {
+    fn new(answer: &Buffered) -> Self {
+        let total =
+            answer.body.len() + answer.headers.values().map(HeaderValue::len).sum::<usize>();
+        let mut buf = bytes::BytesMut::with_capacity(total);
+        buf.extend_from_slice(&answer.body);
+        let mut ranges = Vec::with_capacity(answer.headers.len());
+        for (name, value) in &answer.headers {
+            let start = buf.len();
+            buf.extend_from_slice(value.as_bytes());
+            ranges.push((name.clone(), start..buf.len(), value.is_sensitive()));
+        }
+        let all = buf.freeze();
+        let headers = ranges
+            .into_iter()
+            .filter_map(|(name, range, sensitive)| {
+                let mut value = HeaderValue::from_maybe_shared(all.slice(range)).ok()?;
+                value.set_sensitive(sensitive);
+                Some((name, value))
+            })
+            .collect();
+        StoredAnswer {
+            status: answer.status,
+            headers,
+            body: all.slice(..answer.body.len()),
+        }
+    }
+
+    fn response(&self, cache: CacheStatus) -> GwResponse {
+        let mut resp = GwResponse::new(body::full(self.body.clone()));
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.reserve(self.headers.len() + 2);
+        for (name, value) in self.headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(X_CACHE.clone(), cache.header());
+        resp
+    }
+
+    /// Bytes of the body and headers, for the cache's weigher.
+    fn bytes(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 8)
+                .sum::<usize>()
+    }
+}
+
 /// One stored answer and the times that govern it (on the cache's clock).
 pub struct Entry<I> {
-    answer: Buffered,
+    answer: StoredAnswer,
     stored_at: I,
     fresh_until: I,
     keep_until: I,
@@ -544,17 +604,11 @@ where
             Some(f) if !no_store => f,
             _ => return Err(Uncached::Pass(answer)),
         };
+        let answer = StoredAnswer::new(&answer);
         let now = self.inner.clock.now();
         let fresh_until = now + fresh.ttl.into();
-        let header_bytes: usize = answer
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 8)
-            .sum();
-        let weight = answer.body.len()
-            + header_bytes
-            + fresh.transaction_ids.iter().map(String::len).sum::<usize>()
-            + 256;
+        let weight =
+            answer.bytes() + fresh.transaction_ids.iter().map(String::len).sum::<usize>() + 256;
         Ok(Arc::new(Entry {
             answer,
             stored_at: now,

@@ -294,13 +294,14 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
                         })
                     }
                 };
-                let mut headers = parts.headers.clone();
+                // Stored for a day: copied out of hyper's read buffer (see `detached_headers`).
+                let mut headers = body::detached_headers(&parts.headers);
                 // Per-request headers are not part of the stored answer.
                 headers.remove(crate::stack::X_REQUEST_ID.clone());
                 *guard = Some(Stored {
                     status: parts.status,
                     headers,
-                    body: bytes.clone(),
+                    body: Bytes::copy_from_slice(&bytes),
                 });
                 drop(guard);
                 // Re-insert the same slot so moka weighs the stored answer against max_bytes.
