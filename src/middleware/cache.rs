@@ -277,63 +277,66 @@ impl Buffered {
     }
 }
 
-/// An answer as the cache keeps it: the body and every header value copied into one allocation
-/// of its own (hyper's parsed values share the connection's read buffer, which must not stay
-/// pinned for minutes), headers as a plain list rather than a `HeaderMap`.
+/// An answer as the cache keeps it: body and headers serialised into one allocation of its own
+/// (hyper's parsed values share the connection's read buffer, which must not stay pinned for
+/// minutes). Headers are rebuilt per hit from slices of that buffer: well-known names resolve
+/// to constants and values share the buffer, so a hit allocates only the response's map.
 struct StoredAnswer {
     status: StatusCode,
-    headers: Box<[(HeaderName, HeaderValue)]>,
-    body: Bytes,
+    /// The body, then for each header: name, `\0`, value, `\0`.
+    buf: Bytes,
+    body_len: usize,
 }
 
 impl StoredAnswer {
     fn new(answer: &Buffered) -> Self {
-        let total =
-            answer.body.len() + answer.headers.values().map(HeaderValue::len).sum::<usize>();
-        let mut buf = bytes::BytesMut::with_capacity(total);
+        let headers: usize = answer
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 2)
+            .sum();
+        let mut buf = bytes::BytesMut::with_capacity(answer.body.len() + headers);
         buf.extend_from_slice(&answer.body);
-        let mut ranges = Vec::with_capacity(answer.headers.len());
         for (name, value) in &answer.headers {
-            let start = buf.len();
+            // Header names and values never contain NUL (http refuses them).
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b"\0");
             buf.extend_from_slice(value.as_bytes());
-            ranges.push((name.clone(), start..buf.len(), value.is_sensitive()));
+            buf.extend_from_slice(b"\0");
         }
-        let all = buf.freeze();
-        let headers = ranges
-            .into_iter()
-            .filter_map(|(name, range, sensitive)| {
-                let mut value = HeaderValue::from_maybe_shared(all.slice(range)).ok()?;
-                value.set_sensitive(sensitive);
-                Some((name, value))
-            })
-            .collect();
         StoredAnswer {
             status: answer.status,
-            headers,
-            body: all.slice(..answer.body.len()),
+            buf: buf.freeze(),
+            body_len: answer.body.len(),
         }
     }
 
     fn response(&self, cache: CacheStatus) -> GwResponse {
-        let mut resp = GwResponse::new(body::full(self.body.clone()));
+        let mut resp = GwResponse::new(body::full(self.buf.slice(..self.body_len)));
         *resp.status_mut() = self.status;
-        let headers = resp.headers_mut();
-        headers.reserve(self.headers.len() + 2);
-        for (name, value) in self.headers.iter() {
-            headers.append(name.clone(), value.clone());
+        let out = resp.headers_mut();
+        let mut rest = self.body_len;
+        let mut fields = self.buf[self.body_len..].split(|b| *b == 0);
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let value_start = rest + name.len() + 1;
+            rest = value_start + value.len() + 1;
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(
+                    self.buf.slice(value_start..value_start + value.len()),
+                ),
+            ) else {
+                continue;
+            };
+            out.append(name, value);
         }
-        headers.insert(X_CACHE.clone(), cache.header());
+        out.insert(X_CACHE.clone(), cache.header());
         resp
     }
 
-    /// Bytes of the body and headers, for the cache's weigher.
+    /// Bytes held, for the cache's weigher.
     fn bytes(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 8)
-                .sum::<usize>()
+        self.buf.len()
     }
 }
 
