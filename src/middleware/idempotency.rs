@@ -113,8 +113,12 @@ struct Slot {
 /// The store, shared by every clone of the layer.
 #[derive(Clone)]
 pub struct IdempotencyStore {
-    slots: moka::future::Cache<(Arc<str>, Arc<str>), Arc<Slot>>,
+    // Behind one Arc: the layer is cloned per request and a moka handle is several.
+    slots: Arc<Slots>,
 }
+
+/// Slots by (caller, key).
+type Slots = moka::future::Cache<(Arc<str>, Arc<str>), Arc<Slot>>;
 
 impl std::fmt::Debug for IdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +151,9 @@ impl IdempotencyStore {
                     .unwrap_or(u32::MAX)
             })
             .build();
-        IdempotencyStore { slots }
+        IdempotencyStore {
+            slots: Arc::new(slots),
+        }
     }
 
     /// Number of keys held (eviction is lazy; for metrics and tests).
