@@ -28,18 +28,74 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A copy of `headers` whose values own their bytes. Header values parsed by hyper share the
-/// connection's read buffer; storing them for long would keep that whole buffer alive.
-pub fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy =
-            http::HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
-                .unwrap_or_else(|_| value.clone());
-        copy.set_sensitive(value.is_sensitive());
-        out.append(name.clone(), copy);
+/// An answer kept for a long time (cache, idempotency store): body and headers serialised into
+/// one allocation of its own. Hyper's parsed body and header values share the connection's read
+/// buffer, which must not stay pinned; and one buffer costs far less than a `HeaderMap` per
+/// entry. Headers are rebuilt per use from slices of the buffer: well-known names resolve to
+/// constants and values share the buffer, so a use allocates only the response's map.
+#[derive(Debug)]
+pub struct StoredAnswer {
+    status: http::StatusCode,
+    /// The body, then for each header: name, `\0`, value, `\0`.
+    buf: Bytes,
+    body_len: usize,
+}
+
+impl StoredAnswer {
+    /// Copies `status`, `headers` and `body`.
+    pub fn new(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Self {
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 2)
+            .sum();
+        let mut buf = bytes::BytesMut::with_capacity(body.len() + header_bytes);
+        buf.extend_from_slice(body);
+        for (name, value) in headers {
+            // Header names and values never contain NUL (http refuses them).
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b"\0");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\0");
+        }
+        StoredAnswer {
+            status,
+            buf: buf.freeze(),
+            body_len: body.len(),
+        }
     }
-    out
+
+    /// The answer as a response.
+    pub fn response(&self) -> http::Response<Body> {
+        let mut resp = http::Response::new(full(self.buf.slice(..self.body_len)));
+        *resp.status_mut() = self.status;
+        let out = resp.headers_mut();
+        let mut at = self.body_len;
+        let mut fields = self.buf[self.body_len..].split(|b| *b == 0);
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let value_at = at + name.len() + 1;
+            at = value_at + value.len() + 1;
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_maybe_shared(
+                    self.buf.slice(value_at..value_at + value.len()),
+                ),
+            ) else {
+                continue;
+            };
+            out.append(name, value);
+        }
+        resp
+    }
+
+    /// The status.
+    pub fn status(&self) -> http::StatusCode {
+        self.status
+    }
+
+    /// Bytes held (body and headers).
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Why [`read_limited`] stopped.
@@ -212,6 +268,27 @@ mod tests {
             read_limited(boxed(body), 100).await.unwrap().len(),
             9,
             "exactly the limit"
+        );
+    }
+
+    #[test]
+    fn a_stored_answer_gives_back_status_headers_and_body() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        headers.append("x-multi", "a".parse().unwrap());
+        headers.append("x-multi", "b".parse().unwrap());
+        headers.insert("x-empty", "".parse().unwrap());
+        let stored = StoredAnswer::new(http::StatusCode::CREATED, &headers, b"{\"ok\":1}");
+        let resp = stored.response();
+        assert_eq!(resp.status(), http::StatusCode::CREATED);
+        assert_eq!(resp.headers(), &headers);
+        assert_eq!(
+            http_body::Body::size_hint(resp.body()).exact(),
+            Some(8),
+            "body length"
         );
     }
 

@@ -277,72 +277,9 @@ impl Buffered {
     }
 }
 
-/// An answer as the cache keeps it: body and headers serialised into one allocation of its own
-/// (hyper's parsed values share the connection's read buffer, which must not stay pinned for
-/// minutes). Headers are rebuilt per hit from slices of that buffer: well-known names resolve
-/// to constants and values share the buffer, so a hit allocates only the response's map.
-struct StoredAnswer {
-    status: StatusCode,
-    /// The body, then for each header: name, `\0`, value, `\0`.
-    buf: Bytes,
-    body_len: usize,
-}
-
-impl StoredAnswer {
-    fn new(answer: &Buffered) -> Self {
-        let headers: usize = answer
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 2)
-            .sum();
-        let mut buf = bytes::BytesMut::with_capacity(answer.body.len() + headers);
-        buf.extend_from_slice(&answer.body);
-        for (name, value) in &answer.headers {
-            // Header names and values never contain NUL (http refuses them).
-            buf.extend_from_slice(name.as_str().as_bytes());
-            buf.extend_from_slice(b"\0");
-            buf.extend_from_slice(value.as_bytes());
-            buf.extend_from_slice(b"\0");
-        }
-        StoredAnswer {
-            status: answer.status,
-            buf: buf.freeze(),
-            body_len: answer.body.len(),
-        }
-    }
-
-    fn response(&self, cache: CacheStatus) -> GwResponse {
-        let mut resp = GwResponse::new(body::full(self.buf.slice(..self.body_len)));
-        *resp.status_mut() = self.status;
-        let out = resp.headers_mut();
-        let mut rest = self.body_len;
-        let mut fields = self.buf[self.body_len..].split(|b| *b == 0);
-        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-            let value_start = rest + name.len() + 1;
-            rest = value_start + value.len() + 1;
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_maybe_shared(
-                    self.buf.slice(value_start..value_start + value.len()),
-                ),
-            ) else {
-                continue;
-            };
-            out.append(name, value);
-        }
-        out.insert(X_CACHE.clone(), cache.header());
-        resp
-    }
-
-    /// Bytes held, for the cache's weigher.
-    fn bytes(&self) -> usize {
-        self.buf.len()
-    }
-}
-
 /// One stored answer and the times that govern it (on the cache's clock).
 pub struct Entry<I> {
-    answer: StoredAnswer,
+    answer: body::StoredAnswer,
     stored_at: I,
     fresh_until: I,
     keep_until: I,
@@ -354,7 +291,8 @@ pub struct Entry<I> {
 
 impl<I: Reference> Entry<I> {
     fn response(&self, now: I, cache: CacheStatus) -> GwResponse {
-        let mut resp = self.answer.response(cache);
+        let mut resp = self.answer.response();
+        resp.headers_mut().insert(X_CACHE.clone(), cache.header());
         let age = Duration::from(now.duration_since(self.stored_at)).as_secs() + self.base_age;
         resp.headers_mut()
             .insert(header::AGE, HeaderValue::from(age));
@@ -607,7 +545,7 @@ where
             Some(f) if !no_store => f,
             _ => return Err(Uncached::Pass(answer)),
         };
-        let answer = StoredAnswer::new(&answer);
+        let answer = body::StoredAnswer::new(answer.status, &answer.headers, &answer.body);
         let now = self.inner.clock.now();
         let fresh_until = now + fresh.ttl.into();
         let weight =

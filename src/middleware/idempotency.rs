@@ -20,8 +20,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
@@ -96,12 +95,7 @@ fn fingerprint(req: &GwRequest, partner: Option<&str>) -> [u8; 32] {
 }
 
 /// A completed answer kept for replays.
-#[derive(Clone)]
-struct Stored {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
+type Stored = body::StoredAnswer;
 
 /// One (caller, key): its fingerprint and, once completed with a final answer, that answer.
 struct Slot {
@@ -137,15 +131,11 @@ impl IdempotencyStore {
             // Weighed by what a slot holds: its key plus, once completed, the stored answer.
             // moka weighs at insertion, so a completed slot is inserted again (see `call`).
             .weigher(|k: &(Arc<str>, Arc<str>), v: &Arc<Slot>| {
-                let stored = v.done.try_lock().ok().and_then(|g| {
-                    g.as_ref().map(|s| {
-                        s.body.len()
-                            + s.headers
-                                .iter()
-                                .map(|(n, v)| n.as_str().len() + v.len())
-                                .sum::<usize>()
-                    })
-                });
+                let stored = v
+                    .done
+                    .try_lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().map(Stored::bytes));
                 (k.0.len() + k.1.len() + 256 + stored.unwrap_or(0))
                     .try_into()
                     .unwrap_or(u32::MAX)
@@ -205,9 +195,7 @@ fn echo_key(resp: &mut GwResponse, key: &str) {
 }
 
 fn replay(stored: &Stored, key: &str) -> GwResponse {
-    let mut resp = GwResponse::new(body::full(stored.body.clone()));
-    *resp.status_mut() = stored.status;
-    *resp.headers_mut() = stored.headers.clone();
+    let mut resp = stored.response();
     resp.headers_mut().insert(
         IDEMPOTENT_REPLAYED.clone(),
         HeaderValue::from_static("true"),
@@ -300,15 +288,11 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
                         })
                     }
                 };
-                // Stored for a day: copied out of hyper's read buffer (see `detached_headers`).
-                let mut headers = body::detached_headers(&parts.headers);
                 // Per-request headers are not part of the stored answer.
+                let mut headers = parts.headers.clone();
                 headers.remove(crate::stack::X_REQUEST_ID.clone());
-                *guard = Some(Stored {
-                    status: parts.status,
-                    headers,
-                    body: Bytes::copy_from_slice(&bytes),
-                });
+                // Stored for a day, in its own compact copy.
+                *guard = Some(Stored::new(parts.status, &headers, &bytes));
                 drop(guard);
                 // Re-insert the same slot so moka weighs the stored answer against max_bytes.
                 store.slots.insert(slot_key, slot).await;
@@ -326,6 +310,7 @@ impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[tokio::test]
     async fn stored_answers_count_against_max_bytes() {
@@ -334,11 +319,7 @@ mod tests {
             max_bytes: 100_000,
         });
         for i in 0..50 {
-            let stored = Stored {
-                status: StatusCode::CREATED,
-                headers: HeaderMap::new(),
-                body: Bytes::from(vec![b'x'; 10_000]),
-            };
+            let stored = Stored::new(StatusCode::CREATED, &HeaderMap::new(), &[b'x'; 10_000]);
             let slot = Arc::new(Slot {
                 fingerprint: [0; 32],
                 done: Arc::new(tokio::sync::Mutex::new(Some(stored))),
