@@ -136,7 +136,9 @@ impl IdempotencyStore {
                     .try_lock()
                     .ok()
                     .and_then(|g| g.as_ref().map(Stored::bytes));
-                (k.0.len() + k.1.len() + 256 + stored.unwrap_or(0))
+                // Slot, lock and moka's bookkeeping: about 1 KiB per key as measured by the
+                // load benchmark (94k stored answers took 122 MiB).
+                (k.0.len() + k.1.len() + 1024 + stored.unwrap_or(0))
                     .try_into()
                     .unwrap_or(u32::MAX)
             })
