@@ -3,28 +3,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use common::{keys, Harness, Options};
+use common::{keys, Harness, LogBuffer, Options};
 use reqwest::Method;
-use serde_json::{json, Value};
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use serde_json::Value;
 
 #[tokio::test]
 async fn access_records_carry_caller_operation_cache_result_and_bytes() {
-    let buf = Buffer::default();
+    let buf = LogBuffer::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .json()
@@ -39,20 +24,7 @@ async fn access_records_carry_caller_operation_cache_result_and_bytes() {
         ..Options::default()
     })
     .await;
-    let r = h
-        .req(Method::POST, "/pps/api/v1/session", keys::FULL)
-        .json(&json!({
-            "order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
-                           "buyer": {"contact": {"email": "b@example.com"}}}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let sid = r.json::<Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = h.session(keys::FULL, None).await;
     let mut answers = Vec::new();
     for _ in 0..2 {
         let r = h
@@ -75,7 +47,7 @@ async fn access_records_carry_caller_operation_cache_result_and_bytes() {
         .unwrap();
     h.stop().await;
 
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let text = buf.text();
     let records: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))

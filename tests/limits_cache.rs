@@ -35,25 +35,6 @@ fn header(r: &Response, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Creates an HPP session through the gateway as `key` (with `partner` if given).
-async fn session(h: &Harness, key: &str, partner: Option<&str>) -> String {
-    let mut rb = h
-        .req(Method::POST, "/pps/api/v1/session", key)
-        .json(&json!({
-            "order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
-                           "buyer": {"contact": {"email": "b@example.com"}}}
-        }));
-    if let Some(p) = partner {
-        rb = rb.header("x-partner", p);
-    }
-    let r = rb.send().await.expect("session create");
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.expect("json")["session_id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
-}
-
 /// Sets a session's status in the sandbox (sticks).
 async fn set_status(h: &Harness, sid: &str, status: &str) {
     let r = h
@@ -282,15 +263,7 @@ async fn queue_mode_waits_for_a_turn_then_serves_and_refuses_what_cannot_fit() {
     );
     assert_eq!(h.op_count("hpp.session_records.get").await, 3);
     // Two of the three waited; the wait shows in the metrics.
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.scrape_metrics().await;
     assert!(
         metrics.contains("ratepay_gateway_rate_limit_queue_wait_seconds_count 2"),
         "{metrics}"
@@ -372,7 +345,7 @@ async fn cache_hits_spend_no_upstream_budget_and_are_served_during_a_pause() {
         "[cache]\n[rate_limits.upstreams.hpp]\nrate_per_sec = 0.1\nburst = 3\n",
     ))
     .await;
-    let sid = session(&h, keys::FULL, None).await; // spends one
+    let sid = h.session(keys::FULL, None).await; // spends one
     set_status(&h, &sid, "COMPLETED").await;
     assert_eq!(read(&h, &sid, keys::FULL, &[]).await.1, "MISS"); // spends one
     for _ in 0..5 {
@@ -400,7 +373,7 @@ async fn cache_hits_spend_no_upstream_budget_and_are_served_during_a_pause() {
 #[tokio::test]
 async fn five_hundred_concurrent_misses_cause_one_upstream_call() {
     let h = Harness::with(opts("[cache]\n")).await;
-    let sid = session(&h, keys::FULL, None).await;
+    let sid = h.session(keys::FULL, None).await;
     set_status(&h, &sid, "COMPLETED").await;
     let path = format!("{RECORD}/{sid}");
     let sends: Vec<_> = (0..500)
@@ -426,7 +399,7 @@ async fn changing_records_expire_quickly_and_terminal_ones_stay() {
         "[cache]\nchanging_ttl_secs = 1\nterminal_ttl_secs = 600\n",
     ))
     .await;
-    let sid = session(&h, keys::FULL, None).await;
+    let sid = h.session(keys::FULL, None).await;
     let (status, x_cache, age, body) = read(&h, &sid, keys::FULL, &[]).await;
     assert_eq!((status, x_cache.as_str(), age.as_str()), (200, "MISS", "0"));
     assert_eq!(body["session_status"], "CREATED");
@@ -460,7 +433,7 @@ async fn changing_records_expire_quickly_and_terminal_ones_stay() {
 #[tokio::test]
 async fn partner_b_never_receives_partner_a_cached_record() {
     let h = Harness::with(opts("[cache]\n")).await;
-    let sid = session(&h, keys::CHOOSER, Some("p-a")).await;
+    let sid = h.session(keys::CHOOSER, Some("p-a")).await;
     set_status(&h, &sid, "COMPLETED").await;
     let as_a = [("x-partner", "p-a")];
     assert_eq!(read(&h, &sid, keys::CHOOSER, &as_a).await.1, "MISS");
@@ -485,7 +458,7 @@ async fn partner_b_never_receives_partner_a_cached_record() {
 #[tokio::test]
 async fn callers_get_cached_answers_only_for_operations_their_policy_allows() {
     let h = Harness::with(opts("[cache]\n[callers.payments_only]\napi_key_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\noperations = [\"payment.*\"]\npartner = \"p-fixed\"\n")).await;
-    let sid = session(&h, keys::FULL, None).await;
+    let sid = h.session(keys::FULL, None).await;
     set_status(&h, &sid, "COMPLETED").await;
     assert_eq!(read(&h, &sid, keys::FULL, &[]).await.1, "MISS");
     // "test" hashes to the key above; same partner as `full`, but no HPP operations.
@@ -501,7 +474,7 @@ async fn callers_get_cached_answers_only_for_operations_their_policy_allows() {
 #[tokio::test]
 async fn no_cache_fetches_fresh_and_refreshes_the_entry() {
     let h = Harness::with(opts("[cache]\n")).await;
-    let sid = session(&h, keys::FULL, None).await;
+    let sid = h.session(keys::FULL, None).await;
     set_status(&h, &sid, "COMPLETED").await;
     assert_eq!(read(&h, &sid, keys::FULL, &[]).await.1, "MISS");
     set_status(&h, &sid, "ERROR").await;
@@ -529,7 +502,7 @@ async fn stale_record_is_served_while_ratepay_fails() {
         "[cache]\nchanging_ttl_secs = 1\nstale_if_error_secs = 300\n",
     ))
     .await;
-    let sid = session(&h, keys::FULL, None).await;
+    let sid = h.session(keys::FULL, None).await;
     assert_eq!(read(&h, &sid, keys::FULL, &[]).await.1, "MISS");
     h.fault(json!({"operation": "hpp.session_records.get", "status": 503}))
         .await;
@@ -562,7 +535,7 @@ async fn byte_capacity_is_respected() {
     let (h, gw) = Harness::with_gateway(opts("[cache]\nmax_bytes = 4096\n")).await;
     let mut sids = Vec::new();
     for _ in 0..20 {
-        let sid = session(&h, keys::FULL, None).await;
+        let sid = h.session(keys::FULL, None).await;
         set_status(&h, &sid, "COMPLETED").await;
         assert_eq!(read(&h, &sid, keys::FULL, &[]).await.0, 200);
         sids.push(sid);
@@ -586,7 +559,7 @@ async fn byte_capacity_is_respected() {
 #[tokio::test]
 async fn a_cancellation_invalidates_the_transactions_cached_records() {
     let h = Harness::with(opts("[cache]\nlist_today_ttl_secs = 600\n")).await;
-    let sid = session(&h, keys::FULL, None).await;
+    let sid = h.session(keys::FULL, None).await;
     set_status(&h, &sid, "COMPLETED").await;
     let (_, x_cache, _, body) = read(&h, &sid, keys::FULL, &[]).await;
     assert_eq!(x_cache, "MISS");

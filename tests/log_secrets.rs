@@ -3,28 +3,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use common::{keys, Harness, TX_PATH};
+use common::{keys, Harness, LogBuffer, TX_PATH};
 use reqwest::Method;
 use serde_json::json;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn trace_logs_contain_no_secret_and_no_token() {
-    let buf = Buffer::default();
+    let buf = LogBuffer::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -95,7 +80,7 @@ async fn trace_logs_contain_no_secret_and_no_token() {
         .unwrap();
     h.stop().await;
 
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = buf.text();
     assert!(logs.lines().count() > 20, "the scan saw real log output");
     assert!(
         logs.contains("ratepay_gateway::access"),

@@ -5,33 +5,17 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{
-    keys,
+    keys, metric,
     process::{authorize, gateway_config, spawn, BIN, KEY},
     Harness, TX_PATH,
 };
 use reqwest::Method;
 use serde_json::json;
 
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_are_present_and_move_with_traffic() {
     let h = Harness::start().await;
-    let scrape = || async {
-        h.http
-            .get(format!("{}/metrics", h.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || h.scrape_metrics();
     let before = scrape().await;
     assert!(before.contains("ratepay_gateway_in_flight_requests"));
     assert_eq!(
@@ -238,19 +222,7 @@ async fn cache_and_rate_limit_metrics_move() {
         ..common::Options::default()
     })
     .await;
-    let r = h
-        .req(Method::POST, "/pps/api/v1/session", keys::FULL)
-        .json(&json!({
-            "order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
-                           "buyer": {"contact": {"email": "b@example.com"}}}
-        }))
-        .send()
-        .await
-        .unwrap();
-    let sid = r.json::<serde_json::Value>().await.unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = h.session(keys::FULL, None).await;
     let path = format!("/pps/api/v1/session-record/{sid}");
     let status = |key: &'static str| {
         let rb = h.req(Method::GET, &path, key);
@@ -260,15 +232,7 @@ async fn cache_and_rate_limit_metrics_move() {
     assert_eq!(status(keys::FULL).await, 200); // hit
     assert_eq!(status(keys::READER).await, 200); // hit (same partner), spends reader's burst
     assert_eq!(status(keys::READER).await, 429); // reader's budget is spent
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.scrape_metrics().await;
     let m = |name: &str| metric(&text, name);
     assert_eq!(
         m("ratepay_gateway_cache_lookups_total{result=\"miss\"}"),

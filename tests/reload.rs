@@ -13,9 +13,9 @@ use std::{
 };
 
 use common::{
-    config_text, keys,
+    config_text, keys, metric,
     process::{gateway_config, spawn, BIN, KEY},
-    sandbox_config, Harness, Options, RATEPAY_SECRET, TX_PATH,
+    sandbox_config, sha, Harness, Options, RATEPAY_SECRET, TX_PATH,
 };
 use ratepay_gateway::{
     config::Config,
@@ -27,10 +27,6 @@ use reqwest::Method;
 
 const ROTATED_KEY: &str = "full-key-rotated-0009";
 const NEW_SECRET: &str = "rotated-ratepay-secret-77aa";
-
-fn sha(s: &str) -> String {
-    hex::encode(ratepay_gateway::config::sha256(s.as_bytes()))
-}
 
 /// Sandbox (accepting the original and the rotated Ratepay secret) and a gateway started from
 /// a file in the harness's directory, reloadable through the admin listener.
@@ -135,15 +131,7 @@ async fn reload_swaps_a_caller_key_and_refuses_a_broken_file() {
     assert_eq!(r.status(), 422);
     assert_eq!(get_tx(&h, &tx, ROTATED_KEY).await, 200);
 
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.scrape_metrics().await;
     assert!(
         metrics.contains("ratepay_gateway_config_reloads_total{result=\"ok\"} 1"),
         "{metrics}"
@@ -262,13 +250,6 @@ async fn rotating_the_ratepay_secret_drops_no_request() {
     h.stop().await;
 }
 
-fn admin_metric(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Waits until the process counted `n` reloads with `result` (it answers SIGHUP by itself).
 async fn wait_for_reloads(http: &reqwest::Client, admin: &str, result: &str, n: f64) {
     let line = format!("ratepay_gateway_config_reloads_total{{result=\"{result}\"}}");
@@ -281,7 +262,7 @@ async fn wait_for_reloads(http: &reqwest::Client, admin: &str, result: &str, n: 
             .text()
             .await
             .unwrap();
-        if admin_metric(&text, &line) == Some(n) {
+        if metric(&text, &line) == Some(n) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -11,7 +11,7 @@ mod common;
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use common::{authorize_body, keys, Options, TX_PATH};
+use common::{authorize_body, keys, LogBuffer, Options, TX_PATH};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -751,19 +751,6 @@ async fn the_binary_serves_mtls_from_its_configuration_file() {
     assert!(err.contains("UnknownCA"), "{err}");
 }
 
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// TRACE logs of TLS traffic (refusals included) name what was refused, never the key.
 /// `#[tokio::test]` runs on one thread, so the thread's default subscriber sees every task.
 #[tokio::test]
@@ -787,7 +774,7 @@ async fn tls_logs_name_refusals_but_never_the_key() {
     assert!(authorize(&gw, &none, &[]).await.is_err());
     gw.stop().await;
 
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = buf.text();
     assert!(
         logs.matches("TLS handshake refused: client certificate")
             .count()

@@ -75,7 +75,8 @@ pub struct Harness {
     task: Option<JoinHandle<()>>,
 }
 
-fn sha(s: &str) -> String {
+/// Hex SHA-256, as `api_key_sha256` wants it.
+pub fn sha(s: &str) -> String {
     hex::encode(ratepay_gateway::config::sha256(s.as_bytes()))
 }
 
@@ -392,4 +393,66 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     assert!(body["request_id"].as_str().is_some());
     body
+}
+
+/// An in-memory log sink for a tracing subscriber (`with_writer(move || buf.clone())`).
+#[derive(Clone, Default)]
+pub struct LogBuffer(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The value of the first Prometheus line starting with `line_start` (name and labels).
+pub fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Harness {
+    /// The admin listener's `/metrics` text.
+    pub async fn scrape_metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Creates an HPP session through the gateway as `key` (with `partner` if given).
+    pub async fn session(&self, key: &str, partner: Option<&str>) -> String {
+        let mut rb = self
+            .req(reqwest::Method::POST, "/pps/api/v1/session", key)
+            .json(&json!({
+                "order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
+                               "buyer": {"contact": {"email": "b@example.com"}}}
+            }));
+        if let Some(p) = partner {
+            rb = rb.header("x-partner", p);
+        }
+        let r = rb.send().await.expect("session create");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.expect("json")["session_id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
 }
