@@ -146,6 +146,8 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: tokio::time::Sleep,
         idle: std::time::Duration,
+        // Data arrived since the timer was last armed: re-arm from now before waiting.
+        progressed: bool,
         remaining: u64,
         limit: u64,
     }
@@ -163,6 +165,7 @@ impl<B> IdleTimeout<B> {
             inner,
             sleep: tokio::time::sleep(idle),
             idle,
+            progressed: false,
             remaining: limit,
             limit,
         }
@@ -195,14 +198,21 @@ where
                         *this.remaining -= len;
                     }
                 }
-                let next = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(next);
+                // The timer is only touched when the body has to be waited for: a body that
+                // arrives in one go (most of Ratepay's answers) never arms it.
+                *this.progressed = true;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if std::mem::take(this.progressed) {
+                    let next = tokio::time::Instant::now() + *this.idle;
+                    this.sleep.as_mut().reset(next);
+                }
+                match this.sleep.poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(*this.idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
