@@ -5,8 +5,6 @@
 //! HTTP/1.1, so HTTP/2 is used where Ratepay offers it. Plain `http://` is allowed for the
 //! embedded sandbox on loopback.
 
-use std::io::BufReader;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
@@ -26,21 +24,12 @@ pub fn build(config: &UpstreamClientConfig) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut BufReader::new(pem.as_slice())) {
-            let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        let certs = crate::tls::pem_certificates(path)
+            .map_err(|e| format!("upstream_client.ca_file: {e}"))?;
+        for cert in certs {
             roots
                 .add(cert)
                 .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!(
-                "CA file {} holds no PEM certificate",
-                path.display()
-            ));
         }
     }
     let tls = rustls::ClientConfig::builder()

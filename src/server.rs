@@ -15,7 +15,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
 use tokio::net::TcpListener;
 
@@ -25,21 +28,6 @@ use crate::{
     stack::{simple, READY_TOKEN_WAIT},
     tls::{PeerIdentity, ServerTls},
 };
-
-/// An RFC 9457 problem from the admin listener.
-fn problem_json(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    simple(
-        status,
-        "application/problem+json",
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
-}
 
 /// A bound listener and, when it serves TLS, its acceptor. A `TcpListener` converts into a
 /// plain one, so `run(tcp_listener, ...)` keeps working.
@@ -164,56 +152,54 @@ async fn accept_loop<F, Fut>(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        let (handler, builder, watcher) = (handler.clone(), builder.clone(), graceful.watcher());
         let Some(tls) = &tls else {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
-                }
-            });
+            tokio::spawn(serve(stream, peer, None, builder, watcher, handler));
             continue;
         };
         // The handshake runs on the connection's task, under its own deadline; a shutdown
         // closes a connection still in its handshake (no request was sent on it yet).
-        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+        let tls = tls.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let handshake = tokio::select! {
                 h = tls.handshake(stream, peer) => h,
                 _ = stop.wait_for(|stopping| *stopping) => None,
             };
-            let Some((stream, identity)) = handshake else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let handler = handler.clone();
-                let req = with_identity(req, identity.as_ref());
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+            if let Some((stream, identity)) = handshake {
+                serve(stream, peer, identity, builder, watcher, handler).await;
             }
         });
     }
 }
 
-/// Hands the connection's certificate identities to the request (TLS connections only).
-fn with_identity<B>(mut req: Request<B>, identity: Option<&Arc<PeerIdentity>>) -> Request<B> {
-    if let Some(identity) = identity {
-        req.extensions_mut().insert(identity.clone());
+/// Serves one connection (plain, or after its TLS handshake) until it closes. The client
+/// certificate's identities, when there are any, ride in every request's extensions.
+async fn serve<I, F, Fut>(
+    io: I,
+    peer: SocketAddr,
+    identity: Option<Arc<PeerIdentity>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    handler: F,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        if let Some(identity) = &identity {
+            req.extensions_mut().insert(identity.clone());
+        }
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
     }
-    req
 }
 
 /// `/healthz`, `/readyz`, `/metrics` and `POST /reload` on the admin listener.
@@ -228,12 +214,14 @@ async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Bo
         }
         return match live.reload_and_log().await {
             Ok(report) => simple(StatusCode::OK, "text/plain", format!("{report}\n")),
-            Err(reason) => problem_json(
+            Err(reason) => crate::error::problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
+                "reload-refused",
                 "Configuration reload refused",
                 &format!(
                     "{reason}; the running configuration stays. Fix the file and reload again."
                 ),
+                &uuid::Uuid::now_v7().to_string(),
             ),
         };
     }

@@ -30,7 +30,8 @@ use crate::{
     middleware::{
         audit::AuditLayer,
         cache::{
-            InvalidateOnCancellationLayer, SessionRecordCache, SessionRecordCacheLayer, X_CACHE,
+            CacheStatus, InvalidateOnCancellationLayer, SessionRecordCache,
+            SessionRecordCacheLayer, X_CACHE,
         },
         headers::HeadersLayer,
         idempotency::{IdempotencyLayer, IdempotencyStore},
@@ -378,7 +379,8 @@ impl Gateway {
         let cache = resp
             .headers()
             .get(&X_CACHE)
-            .and_then(|v| cache_result(v.as_bytes()));
+            .and_then(CacheStatus::from_header)
+            .map(CacheStatus::label);
         if let Some(result) = cache {
             metrics
                 .cache_lookups
@@ -502,17 +504,6 @@ impl Gateway {
             // A body error is the caller's connection failing; say so without internals.
             Err(e) => Err(GatewayError::BodyRead(e.to_string())),
         }
-    }
-}
-
-/// The `X-Cache` value as a metrics label.
-fn cache_result(value: &[u8]) -> Option<&'static str> {
-    match value {
-        b"HIT" => Some("hit"),
-        b"MISS" => Some("miss"),
-        b"STALE" => Some("stale"),
-        b"BYPASS" => Some("bypass"),
-        _ => None,
     }
 }
 

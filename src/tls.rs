@@ -89,6 +89,20 @@ fn err(key: &'static str, message: impl Into<String>) -> TlsConfigError {
     }
 }
 
+/// The certificates of a PEM file, in file order; an error names the file and says whether it
+/// could not be read, is not valid PEM or holds no certificate. (Server chains, client CAs and
+/// the upstream client's extra CAs are all read this way.)
+pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM CERTIFICATE block", path.display()));
+    }
+    Ok(certs)
+}
+
 /// Builds the rustls server configuration: the certificate chain and its key (which must match),
 /// the client certificate verifier for `client_auth`, ALPN `h2` and `http/1.1`.
 pub fn server_config(
@@ -99,29 +113,12 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 
-    let pem = std::fs::read(cert_file).map_err(|e| {
+    let chain = pem_certificates(cert_file).map_err(|m| {
         err(
             "cert_file",
-            format!("cannot read {}: {e}", cert_file.display()),
+            format!("{m} (expected the server certificate, then its intermediates)"),
         )
     })?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            err(
-                "cert_file",
-                format!("{}: not valid PEM: {e}", cert_file.display()),
-            )
-        })?;
-    if chain.is_empty() {
-        return Err(err(
-            "cert_file",
-            format!(
-                "{} holds no PEM CERTIFICATE block (expected the server certificate, then its intermediates)",
-                cert_file.display()
-            ),
-        ));
-    }
 
     // Held as a secret so the bytes are zeroized when dropped; parse errors never quote them.
     let key_pem = SecretSlice::from(std::fs::read(key_file).map_err(|e| {
@@ -147,32 +144,14 @@ pub fn server_config(
     let verifier = match (client_auth, client_ca_file) {
         (ClientAuth::Off, _) | (_, None) => WebPkiClientVerifier::no_client_auth(),
         (auth, Some(ca_file)) => {
-            let pem = std::fs::read(ca_file).map_err(|e| {
-                err(
-                    "client_ca_file",
-                    format!("cannot read {}: {e}", ca_file.display()),
-                )
-            })?;
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| {
-                    err(
-                        "client_ca_file",
-                        format!("{}: not valid PEM: {e}", ca_file.display()),
-                    )
-                })?;
+            for cert in pem_certificates(ca_file).map_err(|m| err("client_ca_file", m))? {
                 roots.add(cert).map_err(|e| {
                     err(
                         "client_ca_file",
                         format!("{}: not a usable CA certificate: {e}", ca_file.display()),
                     )
                 })?;
-            }
-            if roots.is_empty() {
-                return Err(err(
-                    "client_ca_file",
-                    format!("{} holds no PEM CERTIFICATE block", ca_file.display()),
-                ));
             }
             let builder =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());

@@ -77,13 +77,41 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    fn header(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
+    const ALL: [CacheStatus; 4] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Bypass,
+        CacheStatus::Stale,
+    ];
+
+    fn header_str(self) -> &'static str {
+        match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Bypass => "BYPASS",
             CacheStatus::Stale => "STALE",
-        })
+        }
+    }
+
+    fn header(self) -> HeaderValue {
+        HeaderValue::from_static(self.header_str())
+    }
+
+    /// The status an `X-Cache` value this layer wrote stands for.
+    pub fn from_header(value: &HeaderValue) -> Option<CacheStatus> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.header_str().as_bytes() == value.as_bytes())
+    }
+
+    /// The name in metrics and access records.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Stale => "stale",
+        }
     }
 }
 
