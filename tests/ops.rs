@@ -186,33 +186,15 @@ async fn sigterm_under_load_answers_every_in_flight_request_and_leaves_a_verifia
 #[tokio::test]
 async fn admin_endpoints_answer() {
     let h = Harness::start().await;
-    assert_eq!(
-        h.http
-            .get(format!("{}/healthz", h.admin))
+    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/nope", 404)] {
+        let r = h
+            .http
+            .get(format!("{}{path}", h.admin))
             .send()
             .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        h.http
-            .get(format!("{}/readyz", h.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        h.http
-            .get(format!("{}/nope", h.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
 }
 
 #[tokio::test]
