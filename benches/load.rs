@@ -900,7 +900,7 @@ const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
 
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
     Command::new("perf")
-        .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

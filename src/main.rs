@@ -99,19 +99,16 @@ fn audit_verify(files: Vec<PathBuf>) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr from a writer thread: request threads only format and queue a line
-/// (never dropped: a full queue makes them wait), and the writer flushes a batch per wake-up
-/// instead of one write per line. Keep the guard until exit; dropping it flushes.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr from a writer thread: request threads only format a line and append it to
+/// a shared batch (never dropped: a stuck stderr makes them wait), and the writer thread
+/// writes a batch every few milliseconds (see `log_writer`). Keep the guard until exit;
+/// dropping it writes out what is pending.
+fn init_tracing(format: LogFormat) -> ratepay_gateway::log_writer::LogGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Bounds the queue (about 5 MiB of lines) if stderr falls behind.
-        .buffered_lines_limit(16 * 1024)
-        .thread_name("ratepay-gateway-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) =
+        ratepay_gateway::log_writer::batched(std::io::stderr(), Default::default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
