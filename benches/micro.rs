@@ -40,13 +40,13 @@ use ratepay_gateway::{
         cache::{SessionRecordCache, SessionRecordCacheLayer},
         rate_limit::{Decision, RateLimits},
         token::InjectTokenLayer,
-        GwRequest, GwResponse,
+        GwRequest, GwResponse, Handler,
     },
     routes::{self, Api},
     token::{FetchFuture, FetchToken, Fetched, TokenSource},
 };
 use secrecy::SecretString;
-use tower::{util::BoxCloneSyncService, Layer, Service, ServiceExt};
+use tower::Layer;
 
 const API_KEY: &str = "bench-key-0001";
 const AUDIENCE: &str = "bench-payment";
@@ -177,15 +177,22 @@ impl FetchToken for StaticToken {
 }
 
 /// The innermost service of these benchmarks: answers `body` with 200 at once.
-fn answering(body: &'static str) -> BoxCloneSyncService<GwRequest, GwResponse, GatewayError> {
-    BoxCloneSyncService::new(tower::service_fn(move |_req: GwRequest| async move {
-        let mut resp = Response::new(body::full(Bytes::from_static(body.as_bytes())));
+/// The innermost handler: answers `body` at once.
+struct Answering(&'static str);
+
+impl Handler for Answering {
+    async fn handle(&self, _req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let mut resp = Response::new(body::full(Bytes::from_static(self.0.as_bytes())));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        Ok::<_, GatewayError>(resp)
-    }))
+        Ok(resp)
+    }
+}
+
+fn answering(body: &'static str) -> Answering {
+    Answering(body)
 }
 
 /// A routed, authenticated request as the inner layers see it.
@@ -237,10 +244,7 @@ fn token(c: &mut Criterion) {
     g.bench_function("inject_layer", |b| {
         b.to_async(&rt).iter_batched(
             || routed(&callers, Method::GET, TX_PATH),
-            |req| {
-                let svc = svc.clone();
-                async move { svc.oneshot(req).await.expect("response") }
-            },
+            |req| async { svc.handle(req).await.expect("response") },
             BatchSize::SmallInput,
         )
     });
@@ -252,13 +256,10 @@ fn cache(c: &mut Criterion) {
     let (callers, _) = callers();
     let svc = rt.block_on(async {
         let cache = SessionRecordCache::new(&CacheSettings::default());
-        let mut svc = SessionRecordCacheLayer::new(cache).layer(answering(RECORD));
+        let svc = SessionRecordCacheLayer::new(cache).layer(answering(RECORD));
         // The first call stores the record; every later one is a hit.
         let resp = svc
-            .ready()
-            .await
-            .expect("ready")
-            .call(routed(&callers, Method::GET, RECORD_PATH))
+            .handle(routed(&callers, Method::GET, RECORD_PATH))
             .await
             .expect("miss");
         assert_eq!(resp.headers()["x-cache"], "MISS");
@@ -268,13 +269,10 @@ fn cache(c: &mut Criterion) {
     g.bench_function("session_record_hit", |b| {
         b.to_async(&rt).iter_batched(
             || routed(&callers, Method::GET, RECORD_PATH),
-            |req| {
-                let svc = svc.clone();
-                async move {
-                    let resp = svc.oneshot(req).await.expect("hit");
-                    debug_assert_eq!(resp.headers()["x-cache"], "HIT");
-                    resp
-                }
+            |req| async {
+                let resp = svc.handle(req).await.expect("hit");
+                debug_assert_eq!(resp.headers()["x-cache"], "HIT");
+                resp
             },
             BatchSize::SmallInput,
         )

@@ -6,12 +6,7 @@
 //! missed response deadline 504, both naming the upstream; hop-by-hop response headers are
 //! removed and everything else passes through unchanged.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use http::{uri::PathAndQuery, Request, Uri};
 use http_body_util::Full;
@@ -22,7 +17,7 @@ use crate::{
     context::RequestContext,
     error::GatewayError,
     metrics::{status_class, Metrics, UpstreamLabels, UpstreamOnly},
-    middleware::{headers::strip_hop_by_hop, BoxFuture, GwRequest, GwResponse},
+    middleware::{headers::strip_hop_by_hop, GwRequest, GwResponse, Handler},
     routes::Api,
 };
 
@@ -87,100 +82,86 @@ pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
     msg
 }
 
-impl tower::Service<GwRequest> for Proxy {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let ctx = req
-                .extensions()
-                .get::<RequestContext>()
-                .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-            let api = ctx.route.operation.api;
-            ctx.stats
-                .attempts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let upstream = api.name();
-            let origin = inner
-                .origins
-                .get(&api)
-                .ok_or(GatewayError::NoUpstream(upstream))?;
-            let (parts, bytes) = req.into_parts();
-            let mut uri = origin.clone().into_parts();
-            uri.path_and_query = Some(
-                parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            );
-            let uri = Uri::from_parts(uri)
-                .map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
-            let mut out = Request::new(Full::new(bytes));
-            *out.method_mut() = parts.method;
-            *out.uri_mut() = uri;
-            *out.headers_mut() = parts.headers;
-            let started = std::time::Instant::now();
-            let result =
-                tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await;
-            let m = &inner.metrics;
-            m.upstream_duration
-                .get_or_create(&UpstreamOnly { upstream })
-                .observe(started.elapsed().as_secs_f64());
-            let class = match &result {
-                Ok(Ok(r)) => status_class(r.status().as_u16()),
-                _ => "error",
-            };
-            m.upstream_responses
-                .get_or_create(&UpstreamLabels {
-                    upstream,
-                    status: class,
-                })
-                .inc();
-            let resp = match result {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    return Err(GatewayError::UpstreamUnreachable {
-                        upstream,
-                        reason: describe_client_error(&e),
-                    })
-                }
-                Err(_) => {
-                    return Err(GatewayError::UpstreamTimeout {
-                        upstream,
-                        timeout_ms: inner.request_timeout.as_millis(),
-                    })
-                }
-            };
-            let (mut parts, incoming) = resp.into_parts();
-            // An answer that announces more than the limit is refused before any of it is read.
-            let declared = http_body::Body::size_hint(&incoming).upper();
-            if let Some(len) = declared.filter(|len| *len > inner.max_response_bytes) {
+impl Handler for Proxy {
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let inner = &*self.inner;
+        let ctx = req
+            .extensions()
+            .get::<RequestContext>()
+            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        let api = ctx.route.operation.api;
+        ctx.stats
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let upstream = api.name();
+        let origin = inner
+            .origins
+            .get(&api)
+            .ok_or(GatewayError::NoUpstream(upstream))?;
+        let (parts, bytes) = req.into_parts();
+        let mut uri = origin.clone().into_parts();
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri = Uri::from_parts(uri)
+            .map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
+        let mut out = Request::new(Full::new(bytes));
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers;
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await;
+        let m = &inner.metrics;
+        m.upstream_duration
+            .get_or_create(&UpstreamOnly { upstream })
+            .observe(started.elapsed().as_secs_f64());
+        let class = match &result {
+            Ok(Ok(r)) => status_class(r.status().as_u16()),
+            _ => "error",
+        };
+        m.upstream_responses
+            .get_or_create(&UpstreamLabels {
+                upstream,
+                status: class,
+            })
+            .inc();
+        let resp = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 return Err(GatewayError::UpstreamUnreachable {
                     upstream,
-                    reason: format!(
-                        "it answered with {len} bytes, more than the {} bytes allowed by \
-                         limits.max_response_body_bytes",
-                        inner.max_response_bytes
-                    ),
-                });
+                    reason: describe_client_error(&e),
+                })
             }
-            strip_hop_by_hop(&mut parts.headers);
-            // Streamed through; an upstream that goes silent mid-body or sends more than the
-            // limit ends it with an error.
-            let incoming = body::IdleTimeout::limited(
-                incoming,
-                inner.body_idle_timeout,
-                inner.max_response_bytes,
-            );
-            Ok(GwResponse::from_parts(parts, body::boxed(incoming)))
-        })
+            Err(_) => {
+                return Err(GatewayError::UpstreamTimeout {
+                    upstream,
+                    timeout_ms: inner.request_timeout.as_millis(),
+                })
+            }
+        };
+        let (mut parts, incoming) = resp.into_parts();
+        // An answer that announces more than the limit is refused before any of it is read.
+        let declared = http_body::Body::size_hint(&incoming).upper();
+        if let Some(len) = declared.filter(|len| *len > inner.max_response_bytes) {
+            return Err(GatewayError::UpstreamUnreachable {
+                upstream,
+                reason: format!(
+                    "it answered with {len} bytes, more than the {} bytes allowed by \
+                         limits.max_response_body_bytes",
+                    inner.max_response_bytes
+                ),
+            });
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        // Streamed through; an upstream that goes silent mid-body or sends more than the
+        // limit ends it with an error.
+        let incoming =
+            body::IdleTimeout::limited(incoming, inner.body_idle_timeout, inner.max_response_bytes);
+        Ok(GwResponse::from_parts(parts, body::boxed(incoming)))
     }
 }

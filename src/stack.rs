@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use secrecy::ExposeSecret;
-use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 use crate::{
     audit::{AuditLog, AuditRecord},
@@ -38,7 +38,7 @@ use crate::{
         rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
         retry::RetryLayer,
         token::InjectTokenLayer,
-        GwRequest, GwResponse,
+        BoxHandler, GwResponse,
     },
     proxy::Proxy,
     recovery,
@@ -49,7 +49,7 @@ use crate::{
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-type Stack = BoxCloneSyncService<GwRequest, GwResponse, GatewayError>;
+type Stack = Box<dyn BoxHandler>;
 
 /// A ready-to-serve gateway built from one configuration. Cheap to clone.
 #[derive(Clone)]
@@ -285,7 +285,7 @@ impl Gateway {
             ));
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
-                stack: BoxCloneSyncService::new(stack),
+                stack: Box::new(stack),
                 callers,
                 limits: config.limits.clone(),
                 tokens,
@@ -486,8 +486,12 @@ impl Gateway {
             received,
             stats,
         });
-        let svc = self.inner.stack.clone();
-        svc.oneshot(req).await.map(|r| (r, op)).map_err(|e| (e, op))
+        self.inner
+            .stack
+            .handle_boxed(req)
+            .await
+            .map(|r| (r, op))
+            .map_err(|e| (e, op))
     }
 
     async fn read_body<B>(&self, body: B) -> Result<Bytes, GatewayError>

@@ -1,17 +1,13 @@
 //! The caller layer: authenticate, check the operation against the caller's policy, decide the
 //! X-Partner. Runs right after routing; refusals never reach Ratepay.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::Callers;
 use crate::{
     context::{Authenticated, RequestContext},
     error::GatewayError,
-    middleware::{headers::X_PARTNER, take_ready, BoxFuture, GwRequest, GwResponse, Inner},
+    middleware::{headers::X_PARTNER, GwRequest, GwResponse, Handler},
     routes::Api,
     tls::PeerIdentity,
 };
@@ -91,22 +87,10 @@ impl<S> CallerPolicy<S> {
     }
 }
 
-impl<S: Inner> tower::Service<GwRequest> for CallerPolicy<S> {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: GwRequest) -> Self::Future {
-        let auth = match self.decide(&req) {
-            Ok(a) => a,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
+impl<S: Handler> Handler for CallerPolicy<S> {
+    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let auth = self.decide(&req)?;
         req.extensions_mut().insert(auth);
-        // The inner future is already boxed: hand it on as it is.
-        take_ready(&mut self.inner).call(req)
+        self.inner.handle(req).await
     }
 }

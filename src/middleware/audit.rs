@@ -9,11 +9,10 @@
 use std::{
     collections::HashSet,
     sync::{atomic::Ordering, Arc},
-    task::{Context, Poll},
     time::Instant,
 };
 
-use super::{idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{idempotency::IDEMPOTENCY_KEY, GwRequest, GwResponse, Handler};
 use crate::{
     audit::{
         ratepay_cancellation_id, AuditEntry, AuditLog, CancellationFields, Intent, OutcomeKind,
@@ -98,90 +97,79 @@ fn intent(req: &GwRequest) -> Result<Intent, GatewayError> {
     })
 }
 
-impl<S: Inner> tower::Service<GwRequest> for Audit<S> {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+impl<S: Handler> Handler for Audit<S> {
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let audited = req
             .extensions()
             .get::<RequestContext>()
             .is_some_and(|c| self.operations.contains(c.route.operation.name));
         if !audited {
-            return inner.call(req);
+            return self.inner.handle(req).await;
         }
-        let log = self.log.clone();
-        Box::pin(async move {
-            let intent = intent(&req)?;
-            let attempts = req
-                .extensions()
-                .get::<RequestContext>()
-                .map(|c| c.stats.clone());
-            let appended = log
-                .append(AuditEntry::Intent(intent.clone()))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "audit intent not written; refusing the call");
-                    GatewayError::AuditUnavailable(e.to_string())
-                })?;
-            let started = Instant::now();
-            let result = inner.call(req).await;
-            let mut outcome = intent.outcome(appended.seq, OutcomeKind::Unknown);
-            outcome.attempts = attempts.map_or(0, |s| s.attempts.load(Ordering::Relaxed));
-            outcome.latency_ms = started.elapsed().as_millis() as u64;
-            let response = match result {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    let read = body::read_limited(body, MAX_AUDITED_BODY).await;
-                    outcome.status = Some(parts.status.as_u16());
-                    match read {
-                        Ok(bytes) => {
-                            outcome.ratepay_cancellation_id = ratepay_cancellation_id(&bytes);
-                            outcome.outcome = if parts.status.is_success() {
-                                OutcomeKind::Success
-                            } else {
-                                OutcomeKind::Failure
-                            };
-                            if !parts.status.is_success() {
-                                outcome.error =
-                                    Some(format!("ratepay answered {}", parts.status.as_u16()));
-                            }
-                            Ok(GwResponse::from_parts(parts, body::full(bytes)))
+        let log = &self.log;
+        let intent = intent(&req)?;
+        let attempts = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.stats.clone());
+        let appended = log
+            .append(AuditEntry::Intent(intent.clone()))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit intent not written; refusing the call");
+                GatewayError::AuditUnavailable(e.to_string())
+            })?;
+        let started = Instant::now();
+        let result = self.inner.handle(req).await;
+        let mut outcome = intent.outcome(appended.seq, OutcomeKind::Unknown);
+        outcome.attempts = attempts.map_or(0, |s| s.attempts.load(Ordering::Relaxed));
+        outcome.latency_ms = started.elapsed().as_millis() as u64;
+        let response = match result {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let read = body::read_limited(body, MAX_AUDITED_BODY).await;
+                outcome.status = Some(parts.status.as_u16());
+                match read {
+                    Ok(bytes) => {
+                        outcome.ratepay_cancellation_id = ratepay_cancellation_id(&bytes);
+                        outcome.outcome = if parts.status.is_success() {
+                            OutcomeKind::Success
+                        } else {
+                            OutcomeKind::Failure
+                        };
+                        if !parts.status.is_success() {
+                            outcome.error =
+                                Some(format!("ratepay answered {}", parts.status.as_u16()));
                         }
-                        Err(e) => {
-                            // The status arrived but the body broke off: the money may have moved.
-                            outcome.error = Some(format!("reading ratepay's answer failed: {e}"));
-                            Err(GatewayError::UpstreamUnreachable {
-                                upstream: "payment",
-                                reason: "the answer broke off while being read".into(),
-                            })
-                        }
+                        Ok(GwResponse::from_parts(parts, body::full(bytes)))
+                    }
+                    Err(e) => {
+                        // The status arrived but the body broke off: the money may have moved.
+                        outcome.error = Some(format!("reading ratepay's answer failed: {e}"));
+                        Err(GatewayError::UpstreamUnreachable {
+                            upstream: "payment",
+                            reason: "the answer broke off while being read".into(),
+                        })
                     }
                 }
-                Err(e) => {
-                    // Never sent (no token) is a failure; a transport error leaves it unknown.
-                    outcome.outcome = match e {
-                        GatewayError::TokenUnavailable { .. } | GatewayError::NoUpstream(_) => {
-                            OutcomeKind::Failure
-                        }
-                        _ => OutcomeKind::Unknown,
-                    };
-                    outcome.error = Some(e.to_string());
-                    Err(e)
-                }
-            };
-            if let Err(e) = log.append(AuditEntry::Outcome(outcome)).await {
-                // The call already happened; answering it is right. The open intent is closed as
-                // `unknown` by the recovery at the next start.
-                tracing::error!(error = %e, intent_seq = appended.seq, "audit outcome not written");
             }
-            response
-        })
+            Err(e) => {
+                // Never sent (no token) is a failure; a transport error leaves it unknown.
+                outcome.outcome = match e {
+                    GatewayError::TokenUnavailable { .. } | GatewayError::NoUpstream(_) => {
+                        OutcomeKind::Failure
+                    }
+                    _ => OutcomeKind::Unknown,
+                };
+                outcome.error = Some(e.to_string());
+                Err(e)
+            }
+        };
+        if let Err(e) = log.append(AuditEntry::Outcome(outcome)).await {
+            // The call already happened; answering it is right. The open intent is closed as
+            // `unknown` by the recovery at the next start.
+            tracing::error!(error = %e, intent_seq = appended.seq, "audit outcome not written");
+        }
+        response
     }
 }

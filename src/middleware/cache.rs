@@ -20,12 +20,7 @@
 //! - [`SessionRecordCache::invalidate_transaction`] drops the records of a cancelled
 //!   transaction; [`InvalidateOnCancellationLayer`] calls it after a 2xx cancellation.
 
-use std::{
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -34,9 +29,8 @@ use http_body_util::BodyExt;
 use moka::{future::Cache, ops::compute::Op, Expiry};
 use serde_json::Value;
 use time::{macros::format_description, Date, OffsetDateTime};
-use tower::ServiceExt;
 
-use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{GwRequest, GwResponse, Handler};
 use crate::{
     body,
     config::CacheSettings,
@@ -514,15 +508,15 @@ where
     }
 
     /// Calls Ratepay and decides what to keep.
-    async fn fetch<S: Inner>(
+    async fn fetch<S: Handler>(
         &self,
-        inner: S,
+        inner: &S,
         req: GwRequest,
         operation: &'static str,
         upstream: Api,
     ) -> Result<Arc<Entry<C::Instant>>, Uncached> {
         let query = req.uri().query().map(str::to_owned);
-        let resp = match inner.oneshot(req).await {
+        let resp = match inner.handle(req).await {
             Ok(r) => r,
             Err(error) => {
                 let stale_ok = matches!(
@@ -594,9 +588,9 @@ where
         }))
     }
 
-    async fn serve<S: Inner>(
-        self,
-        inner: S,
+    async fn serve<S: Handler>(
+        &self,
+        inner: &Arc<S>,
         req: GwRequest,
         key: CacheKey,
         operation: &'static str,
@@ -606,7 +600,7 @@ where
         match directive(req.headers()) {
             Directive::Normal => {}
             d => {
-                let fetched = self.fetch(inner, req, operation, upstream).await;
+                let fetched = self.fetch(&**inner, req, operation, upstream).await;
                 return match fetched {
                     Ok(entry) => {
                         if d == Directive::NoCache {
@@ -640,11 +634,12 @@ where
 
         let this = self.clone();
         let stale = cached.clone();
+        let inner = inner.clone();
         let shared = tokio::spawn(async move {
             let entries = this.inner.entries.clone();
             entries
                 .try_get_with(key, async move {
-                    match this.fetch(inner, req, operation, upstream).await {
+                    match this.fetch(&*inner, req, operation, upstream).await {
                         // Put the stale entry back for every waiter (and later readers).
                         Err(u) if u.stale_ok() => {
                             match stale.filter(|e| e.kept(this.inner.clock.now())) {
@@ -704,7 +699,7 @@ impl<S, C: Clock> tower::Layer<S> for SessionRecordCacheLayer<C> {
     type Service = SessionRecordCacheService<S, C>;
     fn layer(&self, inner: S) -> Self::Service {
         SessionRecordCacheService {
-            inner,
+            inner: Arc::new(inner),
             cache: self.cache.clone(),
         }
     }
@@ -712,11 +707,12 @@ impl<S, C: Clock> tower::Layer<S> for SessionRecordCacheLayer<C> {
 
 /// Answers session-record reads from the cache; everything else passes through.
 pub struct SessionRecordCacheService<S, C: Clock = DefaultClock> {
-    inner: S,
+    /// Shared with the fetch task that concurrent misses wait on together.
+    inner: Arc<S>,
     cache: Option<SessionRecordCache<C>>,
 }
 
-impl<S: Clone, C: Clock> Clone for SessionRecordCacheService<S, C> {
+impl<S, C: Clock> Clone for SessionRecordCacheService<S, C> {
     fn clone(&self) -> Self {
         SessionRecordCacheService {
             inner: self.inner.clone(),
@@ -725,23 +721,14 @@ impl<S: Clone, C: Clock> Clone for SessionRecordCacheService<S, C> {
     }
 }
 
-impl<S, C> tower::Service<GwRequest> for SessionRecordCacheService<S, C>
+impl<S, C> Handler for SessionRecordCacheService<S, C>
 where
-    S: Inner,
+    S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let inner = take_ready(&mut self.inner);
-        let Some(cache) = self.cache.clone() else {
-            return { inner }.call(req);
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let Some(cache) = &self.cache else {
+            return self.inner.handle(req).await;
         };
         let operation = match req.extensions().get::<RequestContext>() {
             Some(ctx)
@@ -750,14 +737,14 @@ where
             {
                 ctx.route.operation
             }
-            _ => return { inner }.call(req),
+            _ => return self.inner.handle(req).await,
         };
         let partner = req
             .extensions()
             .get::<Authenticated>()
             .and_then(|a| a.partner.clone());
         let key = CacheKey::new(operation.api, partner, req.uri().path(), req.uri().query());
-        Box::pin(cache.serve(inner, req, key, operation.name))
+        cache.serve(&self.inner, req, key, operation.name).await
     }
 }
 
@@ -806,37 +793,25 @@ impl<S: Clone, C: Clock> Clone for InvalidateOnCancellation<S, C> {
     }
 }
 
-impl<S, C> tower::Service<GwRequest> for InvalidateOnCancellation<S, C>
+impl<S, C> Handler for InvalidateOnCancellation<S, C>
 where
-    S: Inner,
+    S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let transaction = req
             .extensions()
             .get::<RequestContext>()
             .filter(|c| c.route.operation.name == CANCELLATION)
             .and_then(|c| c.route.params.transaction_id.clone());
-        let (Some(cache), Some(transaction)) = (self.cache.clone(), transaction) else {
-            return inner.call(req);
+        let (Some(cache), Some(transaction)) = (&self.cache, transaction) else {
+            return self.inner.handle(req).await;
         };
-        let fut = inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            if resp.status().is_success() {
-                cache.invalidate_transaction(&transaction);
-            }
-            Ok(resp)
-        })
+        let resp = self.inner.handle(req).await?;
+        if resp.status().is_success() {
+            cache.invalidate_transaction(&transaction);
+        }
+        Ok(resp)
     }
 }
 
@@ -853,7 +828,6 @@ mod tests {
     use governor::clock::FakeRelativeClock;
     use http::Request;
     use time::macros::date;
-    use tower::Service;
 
     use super::*;
     use crate::{
@@ -1108,16 +1082,8 @@ mod tests {
         }
     }
 
-    impl tower::Service<GwRequest> for Script {
-        type Response = GwResponse;
-        type Error = GatewayError;
-        type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _req: GwRequest) -> Self::Future {
+    impl Handler for Script {
+        async fn handle(&self, _req: GwRequest) -> Result<GwResponse, GatewayError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let answer = {
                 let mut a = self.answers.lock().unwrap();
@@ -1127,20 +1093,17 @@ mod tests {
                     a.front().cloned().unwrap()
                 }
             };
-            let gate = self.gate.clone();
-            Box::pin(async move {
-                if let Some(g) = gate {
-                    let _permit = g.acquire().await.unwrap();
-                }
-                let (status, body) = answer?;
-                let mut resp = GwResponse::new(body::full(body));
-                *resp.status_mut() = StatusCode::from_u16(status).unwrap();
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                Ok(resp)
-            })
+            if let Some(g) = &self.gate {
+                let _permit = g.acquire().await.unwrap();
+            }
+            let (status, body) = answer?;
+            let mut resp = GwResponse::new(body::full(body));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
         }
     }
 
@@ -1209,11 +1172,11 @@ mod tests {
         body: String,
     }
 
-    async fn call<S: Inner>(
+    async fn call<S: Handler>(
         svc: &mut SessionRecordCacheService<S, FakeRelativeClock>,
         req: GwRequest,
     ) -> Result<Answer, GatewayError> {
-        let resp = tower::ServiceExt::ready(svc).await?.call(req).await?;
+        let resp = svc.handle(req).await?;
         let x_cache = resp
             .headers()
             .get(&X_CACHE)
@@ -1408,23 +1371,15 @@ mod tests {
     async fn ratepay_no_store_is_obeyed() {
         #[derive(Clone)]
         struct NoStore(Arc<AtomicUsize>);
-        impl tower::Service<GwRequest> for NoStore {
-            type Response = GwResponse;
-            type Error = GatewayError;
-            type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-                Poll::Ready(Ok(()))
-            }
-            fn call(&mut self, _: GwRequest) -> Self::Future {
+        impl Handler for NoStore {
+            async fn handle(&self, _: GwRequest) -> Result<GwResponse, GatewayError> {
                 self.0.fetch_add(1, Ordering::SeqCst);
-                Box::pin(async {
-                    let mut resp = GwResponse::new(body::full(record("COMPLETED", None)));
-                    resp.headers_mut().insert(
-                        header::CACHE_CONTROL,
-                        HeaderValue::from_static("private, no-store"),
-                    );
-                    Ok(resp)
-                })
+                let mut resp = GwResponse::new(body::full(record("COMPLETED", None)));
+                resp.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                );
+                Ok(resp)
             }
         }
         let calls = Arc::new(AtomicUsize::new(0));
@@ -1517,22 +1472,18 @@ mod tests {
         let cancel_path =
             "/transaction/management/v2/transactions/txAAAAAAAAAAAAAAAAAAA/cancellations";
         let outcome = Script::new(vec![Ok((422, "{}".into())), Ok((201, "{}".into()))]);
-        let mut cancel = tower::Layer::layer(
+        let cancel = tower::Layer::layer(
             &InvalidateOnCancellationLayer::new(Some(cache.clone())),
             outcome,
         );
-        let resp = tower::ServiceExt::ready(&mut cancel)
-            .await
-            .unwrap()
-            .call(request(Method::POST, cancel_path, None, &[]))
+        let resp = cancel
+            .handle(request(Method::POST, cancel_path, None, &[]))
             .await
             .unwrap();
         assert_eq!(resp.status(), 422);
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "HIT");
-        let resp = tower::ServiceExt::ready(&mut cancel)
-            .await
-            .unwrap()
-            .call(request(Method::POST, cancel_path, None, &[]))
+        let resp = cancel
+            .handle(request(Method::POST, cancel_path, None, &[]))
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);
@@ -1543,13 +1494,11 @@ mod tests {
     #[tokio::test]
     async fn other_operations_pass_through_untouched() {
         let script = Script::new(vec![Ok((200, "{}".into()))]);
-        let (mut svc, _cache, _clock) = service(&script, settings());
+        let (svc, _cache, _clock) = service(&script, settings());
         let path = "/transaction/management/v2/transactions/txAAAAAAAAAAAAAAAAAAA";
         for _ in 0..2 {
-            let resp = tower::ServiceExt::ready(&mut svc)
-                .await
-                .unwrap()
-                .call(request(Method::GET, path, None, &[]))
+            let resp = svc
+                .handle(request(Method::GET, path, None, &[]))
                 .await
                 .unwrap();
             assert!(resp.headers().get(&X_CACHE).is_none());

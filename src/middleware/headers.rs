@@ -5,11 +5,9 @@
 //! adds Ratepay's Authorization). Nothing the caller authenticated with, and nothing about the
 //! internal network, leaves the gateway.
 
-use std::task::{Context, Poll};
-
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{GwRequest, GwResponse, Handler};
 use crate::{context::Authenticated, error::GatewayError};
 
 /// `X-Partner`.
@@ -77,16 +75,8 @@ pub struct Headers<S> {
     inner: S,
 }
 
-impl<S: Inner> tower::Service<GwRequest> for Headers<S> {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: GwRequest) -> Self::Future {
+impl<S: Handler> Handler for Headers<S> {
+    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         for n in CALLER_ONLY {
@@ -102,15 +92,13 @@ impl<S: Inner> tower::Service<GwRequest> for Headers<S> {
                     req.headers_mut().insert(X_PARTNER.clone(), v);
                 }
                 Err(_) => {
-                    return Box::pin(async {
-                        Err(GatewayError::Internal(
-                            "configured partner is not a header value".into(),
-                        ))
-                    })
+                    return Err(GatewayError::Internal(
+                        "configured partner is not a header value".into(),
+                    ))
                 }
             }
         }
-        take_ready(&mut self.inner).call(req)
+        self.inner.handle(req).await
     }
 }
 

@@ -14,16 +14,12 @@
 //! key with another method, path, partner or body is 409 without reaching Ratepay. The upstream
 //! call runs on its own task so a caller hanging up cannot cut a money call off halfway.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{GwRequest, GwResponse, Handler};
 use crate::{
     body,
     context::{Authenticated, RequestContext},
@@ -176,7 +172,7 @@ impl<S> tower::Layer<S> for IdempotencyLayer {
     type Service = Idempotency<S>;
     fn layer(&self, inner: S) -> Idempotency<S> {
         Idempotency {
-            inner,
+            inner: Arc::new(inner),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
         }
@@ -186,7 +182,8 @@ impl<S> tower::Layer<S> for IdempotencyLayer {
 /// See the module docs.
 #[derive(Clone, Debug)]
 pub struct Idempotency<S> {
-    inner: S,
+    /// Shared with the task that completes a call after its caller hung up.
+    inner: Arc<S>,
     store: IdempotencyStore,
     metrics: Arc<Metrics>,
 }
@@ -206,106 +203,91 @@ fn replay(stored: &Stored, key: &str) -> GwResponse {
     resp
 }
 
-impl<S: Inner> tower::Service<GwRequest> for Idempotency<S> {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: GwRequest) -> Self::Future {
+impl<S: Handler> Handler for Idempotency<S> {
+    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
         let creating = req
             .extensions()
             .get::<RequestContext>()
             .is_some_and(|c| c.route.operation.creating);
-        let inner = take_ready(&mut self.inner);
         if !creating {
-            let mut inner = inner;
-            return inner.call(req);
+            return self.inner.handle(req).await;
         }
         let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let auth = req
-                .extensions()
-                .get::<Authenticated>()
-                .cloned()
-                .ok_or_else(|| {
-                    GatewayError::Internal("caller missing before idempotency".into())
-                })?;
-            let key: Arc<str> = match req.headers().get(&IDEMPOTENCY_KEY) {
-                Some(v) => Arc::from(validate_key(v.as_bytes())?),
-                None => Arc::from(uuid::Uuid::new_v4().to_string()),
-            };
-            let up = upstream_key(&auth.caller.name, &key);
-            let up = HeaderValue::from_str(&up)
-                .map_err(|_| GatewayError::Internal("upstream key".into()))?;
-            req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), up);
-            let fp = fingerprint(&req, auth.partner.as_deref());
+        let metrics = &self.metrics;
+        let inner = self.inner.clone();
+        let auth = req
+            .extensions()
+            .get::<Authenticated>()
+            .cloned()
+            .ok_or_else(|| GatewayError::Internal("caller missing before idempotency".into()))?;
+        let key: Arc<str> = match req.headers().get(&IDEMPOTENCY_KEY) {
+            Some(v) => Arc::from(validate_key(v.as_bytes())?),
+            None => Arc::from(uuid::Uuid::new_v4().to_string()),
+        };
+        let up = upstream_key(&auth.caller.name, &key);
+        let up = HeaderValue::from_str(&up)
+            .map_err(|_| GatewayError::Internal("upstream key".into()))?;
+        req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), up);
+        let fp = fingerprint(&req, auth.partner.as_deref());
 
-            let slot_key = (auth.caller.name.clone(), key.clone());
-            let slot = store
-                .slots
-                .get_with(slot_key.clone(), async move {
-                    Arc::new(Slot {
-                        fingerprint: fp,
-                        done: Arc::new(tokio::sync::Mutex::new(None)),
-                    })
+        let slot_key = (auth.caller.name.clone(), key.clone());
+        let slot = store
+            .slots
+            .get_with(slot_key.clone(), async move {
+                Arc::new(Slot {
+                    fingerprint: fp,
+                    done: Arc::new(tokio::sync::Mutex::new(None)),
                 })
-                .await;
-            if slot.fingerprint != fp {
-                metrics.idempotency_conflicts.inc();
-                return Err(GatewayError::IdempotencyConflict);
-            }
-            // Duplicates in flight queue here until the first completes.
-            let mut guard = slot.done.clone().lock_owned().await;
-            if let Some(stored) = guard.as_ref() {
-                tracing::debug!(caller = %auth.caller.name, "idempotent replay");
-                metrics.idempotency_replays.inc();
-                return Ok(replay(stored, &key));
-            }
-            let key2 = key.clone();
-            let slot = slot.clone();
-            // The upstream call and the storing run on their own task: if this caller hangs up,
-            // the call still completes and its answer is stored for the retry.
-            let task = tokio::spawn(async move {
-                let mut inner = inner;
-                let resp = inner.call(req).await?;
-                // A 5xx is re-executed by Ratepay on retry; a 429 only asked to slow down. Neither
-                // is a final answer to store.
-                if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS
-                {
-                    drop(guard);
-                    return Ok(resp);
-                }
-                let (parts, body) = resp.into_parts();
-                let bytes = match body::read_limited(body, MAX_STORED_BODY).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Err(GatewayError::UpstreamUnreachable {
-                            upstream: "payment",
-                            reason: format!("reading the answer failed: {e}"),
-                        })
-                    }
-                };
-                // Per-request headers are not part of the stored answer.
-                let mut headers = parts.headers.clone();
-                headers.remove(crate::stack::X_REQUEST_ID.clone());
-                // Stored for a day, in its own compact copy.
-                *guard = Some(Stored::new(parts.status, &headers, &bytes));
+            })
+            .await;
+        if slot.fingerprint != fp {
+            metrics.idempotency_conflicts.inc();
+            return Err(GatewayError::IdempotencyConflict);
+        }
+        // Duplicates in flight queue here until the first completes.
+        let mut guard = slot.done.clone().lock_owned().await;
+        if let Some(stored) = guard.as_ref() {
+            tracing::debug!(caller = %auth.caller.name, "idempotent replay");
+            metrics.idempotency_replays.inc();
+            return Ok(replay(stored, &key));
+        }
+        let key2 = key.clone();
+        let slot = slot.clone();
+        // The upstream call and the storing run on their own task: if this caller hangs up,
+        // the call still completes and its answer is stored for the retry.
+        let task = tokio::spawn(async move {
+            let resp = inner.handle(req).await?;
+            // A 5xx is re-executed by Ratepay on retry; a 429 only asked to slow down. Neither
+            // is a final answer to store.
+            if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS {
                 drop(guard);
-                // Re-insert the same slot so moka weighs the stored answer against max_bytes.
-                store.slots.insert(slot_key, slot).await;
-                Ok(GwResponse::from_parts(parts, body::full(bytes)))
-            });
-            let mut resp = task
-                .await
-                .map_err(|e| GatewayError::Internal(format!("idempotent call task: {e}")))??;
-            echo_key(&mut resp, &key2);
-            Ok(resp)
-        })
+                return Ok(resp);
+            }
+            let (parts, body) = resp.into_parts();
+            let bytes = match body::read_limited(body, MAX_STORED_BODY).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return Err(GatewayError::UpstreamUnreachable {
+                        upstream: "payment",
+                        reason: format!("reading the answer failed: {e}"),
+                    })
+                }
+            };
+            // Per-request headers are not part of the stored answer.
+            let mut headers = parts.headers.clone();
+            headers.remove(crate::stack::X_REQUEST_ID.clone());
+            // Stored for a day, in its own compact copy.
+            *guard = Some(Stored::new(parts.status, &headers, &bytes));
+            drop(guard);
+            // Re-insert the same slot so moka weighs the stored answer against max_bytes.
+            store.slots.insert(slot_key, slot).await;
+            Ok(GwResponse::from_parts(parts, body::full(bytes)))
+        });
+        let mut resp = task
+            .await
+            .map_err(|e| GatewayError::Internal(format!("idempotent call task: {e}")))??;
+        echo_key(&mut resp, &key2);
+        Ok(resp)
     }
 }
 

@@ -23,38 +23,37 @@ use crate::{body::Body, error::GatewayError};
 pub type GwRequest = Request<Bytes>;
 /// The response type inside the stack.
 pub type GwResponse = Response<Body>;
-/// Boxed future used by the layers.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// Boxed future (the one box per request, at the edge; see [`BoxHandler`]).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Bound shared by every inner service.
-pub trait Inner:
-    tower::Service<
-        GwRequest,
-        Response = GwResponse,
-        Error = GatewayError,
-        Future = BoxFuture<Result<GwResponse, GatewayError>>,
-    > + Clone
-    + Send
-    + 'static
-{
+/// One layer of the request path, called through `&self`.
+///
+/// Why not `tower::Service`: its `call(&mut self)` makes every layer clone the rest of the
+/// stack into its own `'static` boxed future (tower's readiness contract), which the load
+/// benchmark measured as dozens of service clones, reference-count round trips and a heap
+/// allocation per layer on every request. Every layer here is always ready and keeps its state
+/// behind `Arc`s, so a shared reference is all a call needs: the layers still compose with
+/// `tower::Layer` and `ServiceBuilder`, and the whole stack's future is one value, boxed once.
+/// A layer that must outlive its caller (a fetch shared by waiters, a call that completes after
+/// the caller hung up) keeps its inner handler in an `Arc` and moves a clone into its task.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `req`, or says why not.
+    fn handle(
+        &self,
+        req: GwRequest,
+    ) -> impl Future<Output = Result<GwResponse, GatewayError>> + Send + '_;
 }
 
-impl<S> Inner for S where
-    S: tower::Service<
-            GwRequest,
-            Response = GwResponse,
-            Error = GatewayError,
-            Future = BoxFuture<Result<GwResponse, GatewayError>>,
-        > + Clone
-        + Send
-        + 'static
-{
+/// [`Handler`] behind a pointer: what the edge holds.
+pub trait BoxHandler: Send + Sync + 'static {
+    /// [`Handler::handle`] with its future boxed.
+    fn handle_boxed(&self, req: GwRequest) -> BoxFuture<'_, Result<GwResponse, GatewayError>>;
 }
 
-/// Takes the ready service out of `slot`, leaving a fresh clone (tower's readiness contract).
-pub fn take_ready<S: Clone>(slot: &mut S) -> S {
-    let clone = slot.clone();
-    std::mem::replace(slot, clone)
+impl<H: Handler> BoxHandler for H {
+    fn handle_boxed(&self, req: GwRequest) -> BoxFuture<'_, Result<GwResponse, GatewayError>> {
+        Box::pin(self.handle(req))
+    }
 }
 
 /// A copy of a buffered request, for a replay or a retry.

@@ -17,7 +17,6 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex, Weak},
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -30,7 +29,7 @@ use governor::{
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
 
-use super::{take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{GwRequest, GwResponse, Handler};
 use crate::{
     config::{OverLimit, Rate, RateLimitSettings},
     context::{Authenticated, RequestContext},
@@ -523,41 +522,27 @@ impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
     }
 }
 
-impl<S, C> tower::Service<GwRequest> for CallerRateLimit<S, C>
+impl<S, C> Handler for CallerRateLimit<S, C>
 where
-    S: Inner,
+    S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
         if !self.limits.limits_callers() {
-            return inner.call(req);
+            return self.inner.handle(req).await;
         }
-        let limits = self.limits.clone();
-        Box::pin(async move {
-            let caller = req
-                .extensions()
-                .get::<Authenticated>()
-                .map(|a| a.caller.name.clone())
-                .ok_or_else(|| {
-                    GatewayError::Internal("caller missing before the rate limit".into())
-                })?;
-            let headroom = admit(&req, |waited| limits.check_caller(&caller, waited)).await?;
-            let mut resp = inner.call(req).await?;
-            // The caller paces itself by its own budget, not by whatever Ratepay reports.
-            if let Some(h) = headroom {
-                h.write_headers(resp.headers_mut());
-            }
-            Ok(resp)
-        })
+        let caller = req
+            .extensions()
+            .get::<Authenticated>()
+            .map(|a| a.caller.name.clone())
+            .ok_or_else(|| GatewayError::Internal("caller missing before the rate limit".into()))?;
+        let headroom = admit(&req, |waited| self.limits.check_caller(&caller, waited)).await?;
+        let mut resp = self.inner.handle(req).await?;
+        // The caller paces itself by its own budget, not by whatever Ratepay reports.
+        if let Some(h) = headroom {
+            h.write_headers(resp.headers_mut());
+        }
+        Ok(resp)
     }
 }
 
@@ -606,48 +591,37 @@ impl<S: Clone, C: Clock> Clone for UpstreamRateLimit<S, C> {
     }
 }
 
-impl<S, C> tower::Service<GwRequest> for UpstreamRateLimit<S, C>
+impl<S, C> Handler for UpstreamRateLimit<S, C>
 where
-    S: Inner,
+    S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let limits = self.limits.clone();
-        Box::pin(async move {
-            let op = req
-                .extensions()
-                .get::<RequestContext>()
-                .map(|c| c.route.operation)
-                .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-            admit(&req, |waited| {
-                limits.check_upstream(op.api, op.name, waited)
-            })
-            .await?;
-            let resp = inner.call(req).await?;
-            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-                let asked = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
-                let pause = limits.pause_upstream(op.api, asked);
-                tracing::warn!(
-                    upstream = op.api.name(),
-                    operation = op.name,
-                    pause_ms = pause.as_millis() as u64,
-                    "ratepay answered 429; holding calls to this API"
-                );
-            }
-            Ok(resp)
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let limits = &self.limits;
+        let op = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.route.operation)
+            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        admit(&req, |waited| {
+            limits.check_upstream(op.api, op.name, waited)
         })
+        .await?;
+        let resp = self.inner.handle(req).await?;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            let asked = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
+            let pause = limits.pause_upstream(op.api, asked);
+            tracing::warn!(
+                upstream = op.api.name(),
+                operation = op.name,
+                pause_ms = pause.as_millis() as u64,
+                "ratepay answered 429; holding calls to this API"
+            );
+        }
+        Ok(resp)
     }
 }
 

@@ -8,19 +8,12 @@
 //! PATCH, and any 2xx/3xx/4xx other than 429. The decision is [`RetryPolicy::decide`], a plain
 //! function of the attempt's outcome and the time spent, unit-tested without sockets.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::{header::RETRY_AFTER, Method, StatusCode};
 use tokio::time::Instant;
 
-use super::{
-    clone_request, idempotency::IDEMPOTENCY_KEY, take_ready, BoxFuture, GwRequest, GwResponse,
-    Inner,
-};
+use super::{clone_request, idempotency::IDEMPOTENCY_KEY, GwRequest, GwResponse, Handler};
 use crate::{
     context::RequestContext,
     error::GatewayError,
@@ -173,62 +166,50 @@ pub struct Retry<S> {
     policy: Arc<RetryPolicy>,
     metrics: Arc<Metrics>,
 }
-impl<S: Inner> tower::Service<GwRequest> for Retry<S> {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: GwRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+impl<S: Handler> Handler for Retry<S> {
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let retryable =
             RetryPolicy::retryable(req.method(), req.headers().contains_key(&IDEMPOTENCY_KEY));
         if !retryable {
-            return inner.call(req);
+            return self.inner.handle(req).await;
         }
-        let policy = self.policy.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let upstream = this_upstream(&req);
-            let mut attempt = 0u32;
-            let mut next = Some(req);
-            loop {
-                attempt += 1;
-                let Some(this) = next.take() else {
-                    return Err(GatewayError::Internal("retry without a request".into()));
-                };
-                let spare = clone_request(&this);
-                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-                let result = inner.call(this).await;
-                let outcome = match &result {
-                    Ok(resp) => AttemptOutcome::Status(resp.status(), retry_after(resp)),
-                    Err(
-                        GatewayError::UpstreamUnreachable { .. }
-                        | GatewayError::UpstreamTimeout { .. },
-                    ) => AttemptOutcome::Transport,
-                    Err(_) => return result,
-                };
-                let jitter: f64 = rand::random_range(0.5..=1.0);
-                match policy.decide(attempt, outcome, started.elapsed(), jitter) {
-                    Verdict::Done => return result,
-                    Verdict::RetryAfter(wait) => {
-                        tracing::info!(attempt, wait_ms = wait.as_millis() as u64, outcome = ?outcome, "retrying upstream call");
-                        // The failed answer's body is dropped: only the last attempt is returned.
-                        drop(result);
-                        metrics
-                            .retries
-                            .get_or_create(&UpstreamOnly { upstream })
-                            .inc();
-                        tokio::time::sleep(wait).await;
-                        next = Some(spare);
-                    }
+        let started = Instant::now();
+        let upstream = this_upstream(&req);
+        let mut attempt = 0u32;
+        let mut next = Some(req);
+        loop {
+            attempt += 1;
+            let Some(this) = next.take() else {
+                return Err(GatewayError::Internal("retry without a request".into()));
+            };
+            let spare = clone_request(&this);
+            let result = self.inner.handle(this).await;
+            let outcome = match &result {
+                Ok(resp) => AttemptOutcome::Status(resp.status(), retry_after(resp)),
+                Err(
+                    GatewayError::UpstreamUnreachable { .. } | GatewayError::UpstreamTimeout { .. },
+                ) => AttemptOutcome::Transport,
+                Err(_) => return result,
+            };
+            let jitter: f64 = rand::random_range(0.5..=1.0);
+            match self
+                .policy
+                .decide(attempt, outcome, started.elapsed(), jitter)
+            {
+                Verdict::Done => return result,
+                Verdict::RetryAfter(wait) => {
+                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, outcome = ?outcome, "retrying upstream call");
+                    // The failed answer's body is dropped: only the last attempt is returned.
+                    drop(result);
+                    self.metrics
+                        .retries
+                        .get_or_create(&UpstreamOnly { upstream })
+                        .inc();
+                    tokio::time::sleep(wait).await;
+                    next = Some(spare);
                 }
             }
-        })
+        }
     }
 }
 

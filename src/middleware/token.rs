@@ -4,15 +4,11 @@
 //! Sits just outside the retry layer and the upstream client. The buffered request body makes
 //! the replay possible; the token source's single-flight makes a burst of 401s cost one fetch.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use http::{header, StatusCode};
 
-use super::{clone_request, take_ready, BoxFuture, GwRequest, GwResponse, Inner};
+use super::{clone_request, GwRequest, GwResponse, Handler};
 use crate::{context::RequestContext, error::GatewayError, routes::Api, token::TokenSource};
 
 /// Layer for [`InjectToken`].
@@ -45,55 +41,43 @@ pub struct InjectToken<S> {
     sources: Arc<BTreeMap<Api, TokenSource>>,
 }
 
-impl<S: Inner> tower::Service<GwRequest> for InjectToken<S> {
-    type Response = GwResponse;
-    type Error = GatewayError;
-    type Future = BoxFuture<Result<GwResponse, GatewayError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: GwRequest) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let sources = self.sources.clone();
-        Box::pin(async move {
-            let api = req
-                .extensions()
-                .get::<RequestContext>()
-                .map(|c| c.route.operation.api)
-                .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-            let source = sources
-                .get(&api)
-                .ok_or(GatewayError::NoUpstream(api.name()))?;
-            let unavailable = |e: crate::token::FetchError| GatewayError::TokenUnavailable {
-                upstream: api.name(),
-                reason: e.to_string(),
-            };
-            let bearer = source.bearer().await.map_err(unavailable)?;
-            let replay = clone_request(&req);
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, bearer.header);
-            let resp = inner.call(req).await?;
-            if resp.status() != StatusCode::UNAUTHORIZED {
-                return Ok(resp);
-            }
-            // Ratepay refused the token (revoked, rotated keys): one fresh token, one replay.
-            drop(resp);
-            tracing::info!(
-                upstream = api.name(),
-                "ratepay answered 401; refreshing the token and replaying once"
-            );
-            let fresh = source
-                .refresh_after_401(bearer.generation)
-                .await
-                .map_err(unavailable)?;
-            let mut again = replay;
-            again
-                .headers_mut()
-                .insert(header::AUTHORIZATION, fresh.header);
-            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-            inner.call(again).await
-        })
+impl<S: Handler> Handler for InjectToken<S> {
+    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let api = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.route.operation.api)
+            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        let source = self
+            .sources
+            .get(&api)
+            .ok_or(GatewayError::NoUpstream(api.name()))?;
+        let unavailable = |e: crate::token::FetchError| GatewayError::TokenUnavailable {
+            upstream: api.name(),
+            reason: e.to_string(),
+        };
+        let bearer = source.bearer().await.map_err(unavailable)?;
+        let replay = clone_request(&req);
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, bearer.header);
+        let resp = self.inner.handle(req).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        // Ratepay refused the token (revoked, rotated keys): one fresh token, one replay.
+        drop(resp);
+        tracing::info!(
+            upstream = api.name(),
+            "ratepay answered 401; refreshing the token and replaying once"
+        );
+        let fresh = source
+            .refresh_after_401(bearer.generation)
+            .await
+            .map_err(unavailable)?;
+        let mut again = replay;
+        again
+            .headers_mut()
+            .insert(header::AUTHORIZATION, fresh.header);
+        self.inner.handle(again).await
     }
 }
