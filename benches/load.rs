@@ -606,6 +606,7 @@ async fn spawn_gateway(dir: &Path, config: String) -> (Proc, SocketAddr) {
     let log = dir.join("gateway.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ratepay-gateway"))
         .args(["serve", "--config"])
+        .envs(std::env::var("BENCH_GW_THREADS").ok().map(|v| ("TOKIO_WORKER_THREADS", v)))
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -900,7 +901,7 @@ const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
 
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
     Command::new("perf")
-        .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-p", &pid.to_string(), "-o"])
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
