@@ -6,12 +6,15 @@
 //! BENCH_SECS=5 BENCH_CONNECTIONS=64 BENCH_RATE=4000 cargo bench --bench load
 //! BENCH_CASES=direct,uncached cargo bench --bench load      # a subset
 //! BENCH_PERF=/tmp/gw.perf cargo bench --bench load          # perf record the gateway (uncached)
+//! BENCH_CASES=steady cargo bench --bench load               # the 10-minute steady run alone
 //! ```
 //!
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,nginx,
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
-//! phase; needs `perf`).
+//! phase; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
+//! list, holds `BENCH_RATE` of uncached and cache-hit GETs for this long and samples the
+//! gateway's RSS every minute).
 //!
 //! The static upstream answers every path at once: `POST /oauth/token` a JWT-shaped token, any
 //! other POST a 201 cancellation, any GET a fixed terminal session record. It checks no token, so
@@ -1109,6 +1112,12 @@ async fn run() {
         }
     }
 
+    // Gateway D: a long run at a steady rate, RSS sampled every minute.
+    let mut drift = None;
+    if bench.wants("steady") {
+        drift = steady_run(&mut bench, upstream, &caller).await;
+    }
+
     // Gateway C: memory holding many cached records.
     let mut filled = None;
     if bench.wants("memory") {
@@ -1157,7 +1166,69 @@ async fn run() {
          direct case's p50 at the same fixed rate; RSS/peak/cpu of the gateway (nginx: master + \
          workers) during the phase; upstream = calls the static upstream answered"
     );
-    targets(&bench, idle_rss, steady, filled);
+    targets(&bench, idle_rss, steady, filled, drift);
+}
+
+/// What the steady run saw: RSS after its first minute and at its end, and its errors.
+struct Drift {
+    first: u64,
+    last: u64,
+    minutes: usize,
+    errors: usize,
+}
+
+/// `BENCH_RATE` req/s for `BENCH_STEADY_SECS`, two thirds uncached GETs and one third cache hits
+/// (each on its own connections), in one-minute open-loop rounds. Prints a row per minute.
+async fn steady_run(bench: &mut Bench, upstream: SocketAddr, caller: &str) -> Option<Drift> {
+    let total = Duration::from_secs(env_or("BENCH_STEADY_SECS", 600));
+    let round = Duration::from_secs(60).min(total);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, addr) = spawn_gateway(dir.path(), gateway_toml(dir.path(), upstream, true)).await;
+    let pid = gw.pid();
+    let uncached = Target::get(addr, TX_PATH, caller, false);
+    let cached = Target::get(addr, RECORD_PATH, caller, false);
+    let per_kind = (bench.connections / 2).max(1);
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    let started = Instant::now();
+    let mut minute = 0;
+    while started.elapsed() + round / 2 < total {
+        minute += 1;
+        let (a, b) = tokio::join!(
+            open_loop(&uncached, per_kind, bench.rate * 2.0 / 3.0, round),
+            open_loop(&cached, per_kind, bench.rate / 3.0, round),
+        );
+        errors += a.errors + b.errors;
+        let rss = tree_bytes(pid, "VmRSS:");
+        println!(
+            "steady minute {minute:>2}: {:>6.0} req/s, p50 {:>5.0} µs, p99 {:>6.0} µs (uncached) / \
+             p50 {:>5.0} µs (hits), errors {}, RSS {}",
+            a.rate() + b.rate(),
+            a.percentile_us(0.5).unwrap_or(0.0),
+            a.percentile_us(0.99).unwrap_or(0.0),
+            b.percentile_us(0.5).unwrap_or(0.0),
+            a.errors + b.errors,
+            mib(rss)
+        );
+        samples.extend(rss);
+    }
+    drop(gw);
+    bench.notes.push(format!(
+        "gateway D (steady): {} s at {:.0} req/s; RSS per minute: {}",
+        total.as_secs(),
+        bench.rate,
+        samples
+            .iter()
+            .map(|b| format!("{:.1}", *b as f64 / MIB))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    Some(Drift {
+        first: *samples.first()?,
+        last: *samples.last()?,
+        minutes: samples.len(),
+        errors,
+    })
 }
 
 fn targets(
@@ -1165,6 +1236,7 @@ fn targets(
     idle_rss: Option<u64>,
     steady: Option<(u64, u64)>,
     filled: Option<(u64, usize)>,
+    drift: Option<Drift>,
 ) {
     let rate = |case: &str| bench.row(case, Mode::Saturation).map(|r| r.run.rate());
     let p50 = |case: &str| {
@@ -1231,6 +1303,21 @@ fn targets(
             (
                 growth <= MIB,
                 format!("{:+.2} MiB over the repeated uncached phase", growth / MIB),
+            )
+        }),
+    );
+    check(
+        "no growth over the steady run (≤ 1 MiB after minute 1)",
+        drift.map(|d| {
+            let growth = d.last as f64 - d.first as f64;
+            (
+                growth <= MIB && d.errors == 0,
+                format!(
+                    "{:+.2} MiB from minute 1 to minute {}, {} errors",
+                    growth / MIB,
+                    d.minutes,
+                    d.errors
+                ),
             )
         }),
     );
