@@ -14,9 +14,28 @@ use std::{
 
 use crate::{callers::Caller, routes::RouteMatch};
 
-/// Set by the edge for every routed request.
+/// Set by the edge for every routed request. A shared handle: layers that copy a request (the
+/// token layer's replay, the retry layer's spare) copy a pointer, not the facts.
 #[derive(Debug, Clone)]
-pub struct RequestContext {
+pub struct RequestContext(Arc<RequestFacts>);
+
+impl RequestContext {
+    /// The context of one request.
+    pub fn new(facts: RequestFacts) -> RequestContext {
+        RequestContext(Arc::new(facts))
+    }
+}
+
+impl std::ops::Deref for RequestContext {
+    type Target = RequestFacts;
+    fn deref(&self) -> &RequestFacts {
+        &self.0
+    }
+}
+
+/// What the edge knows about a routed request.
+#[derive(Debug)]
+pub struct RequestFacts {
     /// The request id (incoming valid `X-Request-Id`, or generated).
     pub request_id: Arc<str>,
     /// The matched operation and path ids.

@@ -22,7 +22,7 @@ use crate::{
     callers::{layer::CallerPolicyLayer, Callers},
     client::{self, HttpClient},
     config::{Config, Limits},
-    context::{RequestContext, RequestStats},
+    context::{RequestContext, RequestFacts, RequestStats},
     error::GatewayError,
     metrics::{
         status_class, Metrics, Name, OperationLabels, RequestLabels, ResultLabels, ScopeLabels,
@@ -479,13 +479,13 @@ impl Gateway {
         let op = Some(route.operation.name);
         let bytes = self.read_body(body).await.map_err(|e| (e, op))?;
         let mut req = Request::from_parts(parts, bytes);
-        req.extensions_mut().insert(RequestContext {
+        req.extensions_mut().insert(RequestContext::new(RequestFacts {
             request_id: request_id.clone(),
             route,
             source,
             received,
             stats,
-        });
+        }));
         self.inner
             .stack
             .handle_boxed(req)
