@@ -35,7 +35,7 @@ impl Default for BatchSettings {
         BatchSettings {
             flush_interval: Duration::from_millis(5),
             batch_bytes: 64 * 1024,
-            max_pending_bytes: 8 * 1024 * 1024,
+            max_pending_bytes: 2 * 1024 * 1024,
         }
     }
 }
