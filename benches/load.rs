@@ -14,7 +14,8 @@
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
 //! list, holds `BENCH_RATE` of uncached and cache-hit GETs for this long and samples the
-//! gateway's RSS every minute).
+//! gateway's RSS every minute), `BENCH_GW_THREADS` (the gateway's tokio worker threads, passed
+//! as `TOKIO_WORKER_THREADS`; default one per core).
 //!
 //! The static upstream answers every path at once: `POST /oauth/token` a JWT-shaped token, any
 //! other POST a 201 cancellation, any GET a fixed terminal session record. It checks no token, so
@@ -609,7 +610,11 @@ async fn spawn_gateway(dir: &Path, config: String) -> (Proc, SocketAddr) {
     let log = dir.join("gateway.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ratepay-gateway"))
         .args(["serve", "--config"])
-        .envs(std::env::var("BENCH_GW_THREADS").ok().map(|v| ("TOKIO_WORKER_THREADS", v)))
+        .envs(
+            std::env::var("BENCH_GW_THREADS")
+                .ok()
+                .map(|v| ("TOKIO_WORKER_THREADS", v)),
+        )
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -904,7 +909,16 @@ const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
 
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
     Command::new("perf")
-        .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "--call-graph",
+            "dwarf,16384",
+            "-F",
+            "499",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

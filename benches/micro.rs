@@ -208,15 +208,16 @@ fn routed(callers: &Callers, method: Method, path: &str) -> GwRequest {
         .expect("caller");
     let partner = caller.partner_for(None).expect("partner");
     let source: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-    req.extensions_mut().insert(RequestContext::new(RequestFacts {
-        request_id: Arc::from("0193a5f0-0000-7000-8000-000000000000"),
-        route: routes::match_route(&method, path)
-            .expect("valid")
-            .expect("known"),
-        source,
-        received: Instant::now(),
-        stats: Arc::default(),
-    }));
+    req.extensions_mut()
+        .insert(RequestContext::new(RequestFacts {
+            request_id: Arc::from("0193a5f0-0000-7000-8000-000000000000"),
+            route: routes::match_route(&method, path)
+                .expect("valid")
+                .expect("known"),
+            source,
+            received: Instant::now(),
+            stats: Arc::default(),
+        }));
     req.extensions_mut()
         .insert(Authenticated { caller, partner });
     req

@@ -479,13 +479,14 @@ impl Gateway {
         let op = Some(route.operation.name);
         let bytes = self.read_body(body).await.map_err(|e| (e, op))?;
         let mut req = Request::from_parts(parts, bytes);
-        req.extensions_mut().insert(RequestContext::new(RequestFacts {
-            request_id: request_id.clone(),
-            route,
-            source,
-            received,
-            stats,
-        }));
+        req.extensions_mut()
+            .insert(RequestContext::new(RequestFacts {
+                request_id: request_id.clone(),
+                route,
+                source,
+                received,
+                stats,
+            }));
         self.inner
             .stack
             .handle_boxed(req)

@@ -1145,13 +1145,14 @@ mod tests {
         for (k, v) in headers {
             req.headers_mut().insert(*k, HeaderValue::from_static(v));
         }
-        req.extensions_mut().insert(RequestContext::new(crate::context::RequestFacts {
-            request_id: Arc::from("t"),
-            route,
-            source: "127.0.0.1:1".parse().unwrap(),
-            received: std::time::Instant::now(),
-            stats: Arc::default(),
-        }));
+        req.extensions_mut()
+            .insert(RequestContext::new(crate::context::RequestFacts {
+                request_id: Arc::from("t"),
+                route,
+                source: "127.0.0.1:1".parse().unwrap(),
+                received: std::time::Instant::now(),
+                stats: Arc::default(),
+            }));
         req.extensions_mut().insert(authenticated(partner));
         req
     }

@@ -142,7 +142,10 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-partner", "spoofed"),
             ("te", "trailers"),
-            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
             ("content-type", "application/json"),
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));

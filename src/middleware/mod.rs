@@ -1,8 +1,8 @@
 //! One file per layer of the request path; [`crate::stack`] decides their order.
 //!
-//! Every layer is a `tower::Service<Request<Bytes>>` answering `Response<Body>` or a typed
-//! [`GatewayError`]: request bodies are buffered at the edge (bounded by `limits`), so layers
-//! can hash, audit and replay them; response bodies stream.
+//! Every layer is a `tower::Layer` whose service is a [`Handler`] of `Request<Bytes>`, answering
+//! `Response<Body>` or a typed [`GatewayError`]: request bodies are buffered at the edge (bounded
+//! by `limits`), so layers can hash, audit and replay them; response bodies stream.
 
 pub mod audit;
 pub mod cache;
