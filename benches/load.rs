@@ -1253,6 +1253,12 @@ fn targets(
     drift: Option<Drift>,
 ) {
     let rate = |case: &str| bench.row(case, Mode::Saturation).map(|r| r.run.rate());
+    // Saturation req/s of `case` over `base`'s, and whether it reaches `min`.
+    let ratio = |case: &str, base: &str, min: f64| {
+        rate(case)
+            .zip(rate(base))
+            .map(|(c, b)| (c >= min * b, format!("{:.2} ×", c / b)))
+    };
     let p50 = |case: &str| {
         bench
             .row(case, Mode::FixedRate)
@@ -1267,17 +1273,10 @@ fn targets(
         println!("  {verdict}  {name:<52} {detail}");
     };
     println!("\ntargets (same run):");
-    check(
-        "uncached ≥ 0.5 × direct",
-        rate(UNCACHED)
-            .zip(rate(DIRECT))
-            .map(|(g, d)| (g >= 0.5 * d, format!("{:.2} ×", g / d))),
-    );
+    check("uncached ≥ 0.5 × direct", ratio(UNCACHED, DIRECT, 0.5));
     check(
         "uncached ≥ 1.3 × nginx proxy_pass",
-        rate(UNCACHED)
-            .zip(rate(NGINX_PASS))
-            .map(|(g, n)| (g >= 1.3 * n, format!("{:.2} ×", g / n))),
+        ratio(UNCACHED, NGINX_PASS, 1.3),
     );
     check(
         &format!("added p50 at {:.0} req/s ≤ 100 µs", bench.rate),
@@ -1285,17 +1284,10 @@ fn targets(
             .zip(p50(DIRECT))
             .map(|(g, d)| (g - d <= 100.0, format!("{:.0} µs", g - d))),
     );
-    check(
-        "cache hits ≥ 0.9 × direct",
-        rate(CACHED)
-            .zip(rate(DIRECT))
-            .map(|(c, d)| (c >= 0.9 * d, format!("{:.2} ×", c / d))),
-    );
+    check("cache hits ≥ 0.9 × direct", ratio(CACHED, DIRECT, 0.9));
     check(
         "audited ≥ 0.5 × audit-off POST",
-        rate(AUDITED)
-            .zip(rate(UNAUDITED))
-            .map(|(a, u)| (a >= 0.5 * u, format!("{:.2} ×", a / u))),
+        ratio(AUDITED, UNAUDITED, 0.5),
     );
     check(
         "idle RSS ≤ 20 MiB",

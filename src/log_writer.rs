@@ -153,9 +153,15 @@ impl Shared {
             st.blocked_writers -= 1;
         }
         if st.closed {
-            drop(st);
+            // The writer thread is gone or finishing its last batch; a batch it has not taken
+            // yet goes out first, so lines keep their order. (State, then sink: the writer
+            // thread never waits for the state while it holds the sink.)
+            let earlier = std::mem::take(&mut st.pending);
             let mut sink = lock(&self.sink);
-            let _ = sink.write_all(line).and_then(|()| sink.flush());
+            let _ = sink
+                .write_all(&earlier)
+                .and_then(|()| sink.write_all(line))
+                .and_then(|()| sink.flush());
             return;
         }
         let before = st.pending.len();

@@ -212,9 +212,7 @@ impl<S: Handler> Handler for Idempotency<S> {
         if !creating {
             return self.inner.handle(req).await;
         }
-        let store = self.store.clone();
         let metrics = &self.metrics;
-        let inner = self.inner.clone();
         let auth = req
             .extensions()
             .get::<Authenticated>()
@@ -231,7 +229,8 @@ impl<S: Handler> Handler for Idempotency<S> {
         let fp = fingerprint(&req, auth.partner.as_deref());
 
         let slot_key = (auth.caller.name.clone(), key.clone());
-        let slot = store
+        let slot = self
+            .store
             .slots
             .get_with(slot_key.clone(), async move {
                 Arc::new(Slot {
@@ -251,8 +250,7 @@ impl<S: Handler> Handler for Idempotency<S> {
             metrics.idempotency_replays.inc();
             return Ok(replay(stored, &key));
         }
-        let key2 = key.clone();
-        let slot = slot.clone();
+        let (inner, store) = (self.inner.clone(), self.store.clone());
         // The upstream call and the storing run on their own task: if this caller hangs up,
         // the call still completes and its answer is stored for the retry.
         let task = tokio::spawn(async move {
@@ -286,7 +284,7 @@ impl<S: Handler> Handler for Idempotency<S> {
         let mut resp = task
             .await
             .map_err(|e| GatewayError::Internal(format!("idempotent call task: {e}")))??;
-        echo_key(&mut resp, &key2);
+        echo_key(&mut resp, &key);
         Ok(resp)
     }
 }
