@@ -12,7 +12,7 @@
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,nginx,
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
-//! phase; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
+//! phase, or the cache-hit one with `BENCH_PERF_CASE=cached`; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
 //! list, holds `BENCH_RATE` of uncached and cache-hit GETs for this long and samples the
 //! gateway's RSS every minute), `BENCH_GW_THREADS` (the gateway's tokio worker threads, passed
 //! as `TOKIO_WORKER_THREADS`; default one per core).
@@ -779,6 +779,8 @@ struct Bench {
     rate: f64,
     cases: Vec<String>,
     perf: Option<PathBuf>,
+    /// The case whose saturation phase `perf` records.
+    perf_case: &'static str,
     stats: Arc<UpstreamStats>,
     rows: Vec<Row>,
     notes: Vec<String>,
@@ -804,8 +806,10 @@ impl Bench {
         }
         let cpu0 = pid.and_then(tree_cpu);
         let calls0 = self.stats.calls();
-        let perf = match (&self.perf, case, mode) {
-            (Some(file), UNCACHED, Mode::Saturation) => pid.and_then(|p| start_perf(file, p)),
+        let perf = match (&self.perf, mode) {
+            (Some(file), Mode::Saturation) if case == self.perf_case => {
+                pid.and_then(|p| start_perf(file, p))
+            }
             _ => None,
         };
         let run = match mode {
@@ -1023,6 +1027,10 @@ async fn run() {
             .map(|s| s.trim().to_owned())
             .collect(),
         perf: std::env::var_os("BENCH_PERF").map(PathBuf::from),
+        perf_case: match std::env::var("BENCH_PERF_CASE").as_deref() {
+            Ok("cached") => CACHED,
+            _ => UNCACHED,
+        },
         stats: Arc::new(UpstreamStats::default()),
         rows: Vec::new(),
         notes: Vec::new(),

@@ -34,6 +34,7 @@ pub mod context;
 pub mod crypto;
 pub mod error;
 pub mod log_writer;
+pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod proxy;

@@ -5,9 +5,10 @@
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ratepay_gateway::{
     config::Config,
+    logging::{self, LogFormat},
     reload::{ConfigSource, LiveGateway},
     sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig},
     server,
@@ -28,12 +29,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -105,17 +100,15 @@ fn audit_verify(files: Vec<PathBuf>) -> anyhow::Result<()> {
 /// dropping it writes out what is pending.
 fn init_tracing(format: LogFormat) -> ratepay_gateway::log_writer::LogGuard {
     use std::io::IsTerminal;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) =
         ratepay_gateway::log_writer::batched(std::io::stderr(), Default::default());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let subscriber = logging::subscriber(format, filter, std::io::stderr().is_terminal(), writer);
+    // `try_init` also routes the `log` records of rustls and hyper-rustls into it.
+    if let Err(e) = subscriber.try_init() {
+        eprintln!("logging is not set up: {e}");
     }
     guard
 }

@@ -405,10 +405,10 @@ impl Gateway {
         // problems, cache hits, upstreams that sent Content-Length).
         let bytes = http_body::Body::size_hint(resp.body()).exact();
         tracing::info!(
-            target: "ratepay_gateway::access",
-            request_id = %request_id,
-            method = %method,
-            path = %path,
+            target: crate::logging::ACCESS_TARGET,
+            request_id = &*request_id,
+            method = method.as_str(),
+            path = path.as_str(),
             operation = operation.unwrap_or("-"),
             caller = caller.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),

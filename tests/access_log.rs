@@ -4,6 +4,7 @@
 mod common;
 
 use common::{keys, Harness, LogBuffer, Options};
+use ratepay_gateway::logging::{self, LogFormat};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -11,12 +12,13 @@ use serde_json::Value;
 async fn access_records_carry_caller_operation_cache_result_and_bytes() {
     let buf = LogBuffer::default();
     let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_env_filter("ratepay_gateway::access=info")
-        .with_writer(move || writer.clone())
-        .finish();
+    // The gateway's own subscriber, as `--log-format json` installs it.
+    let subscriber = logging::subscriber(
+        LogFormat::Json,
+        tracing_subscriber::EnvFilter::new("ratepay_gateway::access=info"),
+        false,
+        move || writer.clone(),
+    );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let h = Harness::with(Options {
@@ -61,6 +63,14 @@ async fn access_records_carry_caller_operation_cache_result_and_bytes() {
             .unwrap_or_else(|| panic!("record {id} in {text}"))
     };
     let miss = by_id("access-test-0");
+    assert_eq!(miss["level"], "INFO");
+    assert_eq!(miss["message"], "request");
+    assert_eq!(miss["method"], "GET");
+    let stamp = miss["timestamp"].as_str().unwrap();
+    assert!(
+        stamp.len() == 27 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "RFC 3339 UTC with microseconds: {stamp}"
+    );
     assert_eq!(miss["caller"], "full");
     assert_eq!(miss["operation"], "hpp.session_records.get");
     assert_eq!(miss["status"], 200);

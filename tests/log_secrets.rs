@@ -4,6 +4,7 @@
 mod common;
 
 use common::{keys, Harness, LogBuffer, TX_PATH};
+use ratepay_gateway::logging::{self, LogFormat};
 use reqwest::Method;
 use serde_json::json;
 
@@ -11,10 +12,13 @@ use serde_json::json;
 async fn trace_logs_contain_no_secret_and_no_token() {
     let buf = LogBuffer::default();
     let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
+    // The gateway's own subscriber (text, as the binary writes it), every target at TRACE.
+    let subscriber = logging::subscriber(
+        LogFormat::Text,
+        tracing_subscriber::EnvFilter::new("trace"),
+        false,
+        move || writer.clone(),
+    );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let h = Harness::start().await;
