@@ -903,6 +903,9 @@ impl Bench {
 }
 
 const DIRECT: &str = "direct: GET straight to the upstream";
+/// The same, with the upstream in a process of its own rather than the generator's (not in the
+/// default list; the RSS/CPU columns are the upstream's).
+const DIRECT_PROCESS: &str = "direct: upstream in its own process";
 const UNCACHED: &str = "gateway uncached: GET transaction";
 const UNCACHED_AGAIN: &str = "gateway uncached, again (steady state)";
 const CACHED: &str = "gateway cache hit: GET session record";
@@ -1053,6 +1056,11 @@ async fn run() {
     if bench.wants("direct") {
         let t = Target::get(upstream, TX_PATH, STATIC_BEARER, true);
         bench.case(DIRECT, &t, None).await;
+    }
+    if bench.wants("direct_process") {
+        let (up, addr) = spawn_upstream_process().await;
+        let t = Target::get(addr, TX_PATH, STATIC_BEARER, true);
+        bench.case(DIRECT_PROCESS, &t, Some(up.pid())).await;
     }
 
     // Gateway A: audit on; the GET cases, the steady-state repeat and the audited POSTs.
@@ -1355,5 +1363,43 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run());
+    if std::env::var_os(UPSTREAM_ROLE).is_some() {
+        rt.block_on(upstream_process());
+    } else {
+        rt.block_on(run());
+    }
+}
+
+/// Set on the bench binary re-run as the `direct_process` case's upstream.
+const UPSTREAM_ROLE: &str = "BENCH_UPSTREAM_PROCESS";
+
+/// The static upstream alone, in this (child) process: prints its address, serves until killed.
+async fn upstream_process() {
+    let (addr, _) = static_upstream().await;
+    println!("{addr}");
+    std::future::pending::<()>().await;
+}
+
+/// Starts the static upstream as a process of its own (this binary again).
+async fn spawn_upstream_process() -> (Proc, SocketAddr) {
+    let exe = std::env::current_exe().expect("bench binary");
+    let mut child = Command::new(exe)
+        .env(UPSTREAM_ROLE, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the upstream");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Proc {
+        child,
+        name: "the upstream process",
+    };
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).ok()?;
+        line.trim().parse::<SocketAddr>().ok()
+    })
+    .await
+    .expect("reader")
+    .expect("the upstream process printed its address");
+    (proc, addr)
 }
