@@ -14,6 +14,9 @@
 //! - `audit`: one intent appended and synced (`fdatasync`) to a file on disk, and 32 concurrent
 //!   appends that share syncs; the same on tmpfs (`/dev/shm`, where the sync costs nothing)
 //!   when present, to separate the sync from the rest.
+//! - `access_log`: one access record (the edge's fields) formatted and handed to a discarding
+//!   writer, through the gateway's subscriber (`logging::subscriber`, text and JSON) and through
+//!   `tracing_subscriber`'s stock formatter, which wrote access records until session 4.
 
 use std::{
     collections::BTreeMap,
@@ -338,6 +341,58 @@ fn audit(c: &mut Criterion) {
     }
 }
 
+/// One access record with the edge's fields and typical values.
+fn access_record(request_id: &str, path: &str) {
+    tracing::info!(
+        target: ratepay_gateway::logging::ACCESS_TARGET,
+        request_id,
+        method = "GET",
+        path,
+        operation = "payment.transactions.get",
+        caller = "bench",
+        status = 200u16,
+        latency_us = 187u64,
+        upstream_attempts = 1u64,
+        cache = "-",
+        bytes = Some(233u64),
+        queued_us = 0u64,
+        "request"
+    );
+}
+
+fn access_log(c: &mut Criterion) {
+    use ratepay_gateway::logging::{subscriber, LogFormat};
+    use tracing_subscriber::EnvFilter;
+    let request_id = "0193a5c4-7d1e-7c2a-9b8e-2f4d6a1c3e5f";
+    let mut g = c.benchmark_group("access_log");
+    let mut run = |name: &str, dispatch: tracing::Dispatch| {
+        g.bench_function(name, |b| {
+            tracing::dispatcher::with_default(&dispatch, || {
+                b.iter(|| access_record(request_id, TX_PATH))
+            })
+        });
+    };
+    for (name, format) in [
+        ("gateway_text", LogFormat::Text),
+        ("gateway_json", LogFormat::Json),
+    ] {
+        let s = subscriber(format, EnvFilter::new("info"), false, std::io::sink);
+        run(name, tracing::Dispatch::new(s));
+    }
+    let stock = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("info"))
+        .with_ansi(false)
+        .with_writer(std::io::sink);
+    run("stock_fmt_text", tracing::Dispatch::new(stock.finish()));
+    let stock = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .json()
+        .flatten_event(true);
+    run("stock_fmt_json", tracing::Dispatch::new(stock.finish()));
+    g.finish();
+}
+
 criterion_group!(
     benches,
     caller_auth,
@@ -345,6 +400,7 @@ criterion_group!(
     rate_limit,
     token,
     cache,
-    audit
+    audit,
+    access_log
 );
 criterion_main!(benches);
