@@ -12,7 +12,7 @@
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,nginx,
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
-//! phase, or the cache-hit one with `BENCH_PERF_CASE=cached`; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
+//! phase, or another with `BENCH_PERF_CASE=cached|audited`; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
 //! list, holds `BENCH_RATE` of uncached and cache-hit GETs for this long and samples the
 //! gateway's RSS every minute), `BENCH_GW_THREADS` (the gateway's tokio worker threads, passed
 //! as `TOKIO_WORKER_THREADS`; default one per core).
@@ -1032,6 +1032,7 @@ async fn run() {
         perf: std::env::var_os("BENCH_PERF").map(PathBuf::from),
         perf_case: match std::env::var("BENCH_PERF_CASE").as_deref() {
             Ok("cached") => CACHED,
+            Ok("audited") => AUDITED,
             _ => UNCACHED,
         },
         stats: Arc::new(UpstreamStats::default()),
