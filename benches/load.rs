@@ -12,10 +12,12 @@
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,nginx,
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
-//! phase, or another with `BENCH_PERF_CASE=cached|audited`; needs `perf`), `BENCH_STEADY_SECS` (600: the `steady` case, which is not in the default
-//! list, holds `BENCH_RATE` of uncached and cache-hit GETs for this long and samples the
-//! gateway's RSS every minute), `BENCH_GW_THREADS` (the gateway's tokio worker threads, passed
-//! as `TOKIO_WORKER_THREADS`; default one per core).
+//! phase, or another with `BENCH_PERF_CASE=cached|audited`; needs `perf`), `BENCH_STEADY_SECS`
+//! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
+//! cache-hit GETs for this long and samples the gateway's RSS every minute), `BENCH_GW_THREADS`
+//! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core).
+//! The `direct_process` case (not in the default list either) repeats the direct case with the
+//! static upstream in a process of its own and reads that process's CPU per request.
 //!
 //! The static upstream answers every path at once: `POST /oauth/token` a JWT-shaped token, any
 //! other POST a 201 cancellation, any GET a fixed terminal session record. It checks no token, so
