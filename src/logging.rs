@@ -115,6 +115,10 @@ where
             scratch.line.clear();
             format_line(scratch, self.format, now, event);
             let _ = self.writer.make_writer().write_all(&scratch.line);
+            // One very long path must not pin a large buffer on this thread for good.
+            if scratch.line.capacity() > 16 * 1024 {
+                scratch.line = Vec::new();
+            }
         };
         // A record logged while one is being formatted on this thread (never, today) gets
         // buffers of its own rather than a panic.
