@@ -42,15 +42,19 @@ pub struct StoredAnswer {
 }
 
 impl StoredAnswer {
-    /// Copies `status`, `headers` and `body`.
+    /// Copies `status`, `headers` (without `Content-Length` and `Transfer-Encoding`) and `body`.
     pub fn new(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Self {
-        let header_bytes: usize = headers
-            .iter()
+        // Framing headers are never stored: the replayed body decides its own framing.
+        fn kept(name: &http::HeaderName) -> bool {
+            name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING
+        }
+        let headers = || headers.iter().filter(|(k, _)| kept(k));
+        let header_bytes: usize = headers()
             .map(|(k, v)| k.as_str().len() + v.len() + 2)
             .sum();
         let mut buf = bytes::BytesMut::with_capacity(body.len() + header_bytes);
         buf.extend_from_slice(body);
-        for (name, value) in headers {
+        for (name, value) in headers() {
             // Header names and values never contain NUL (http refuses them).
             buf.extend_from_slice(name.as_str().as_bytes());
             buf.extend_from_slice(b"\0");
@@ -279,6 +283,20 @@ mod tests {
             9,
             "exactly the limit"
         );
+    }
+
+    #[test]
+    fn a_stored_answer_never_keeps_upstream_framing() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, "5".parse().unwrap());
+        headers.insert(http::header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let body = [b'x'; 95];
+        let resp = StoredAnswer::new(http::StatusCode::CREATED, &headers, &body).response();
+        assert!(resp.headers().get(http::header::CONTENT_LENGTH).is_none());
+        assert!(resp.headers().get(http::header::TRANSFER_ENCODING).is_none());
+        assert!(resp.headers().get(http::header::CONTENT_TYPE).is_some());
+        assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(95));
     }
 
     #[test]

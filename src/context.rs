@@ -57,6 +57,11 @@ pub struct RequestStats {
     pub queued_us: AtomicU64,
     /// The caller, once authenticated (also when its request is refused later).
     pub caller: std::sync::OnceLock<Arc<str>>,
+    /// The caller's `Idempotency-Key` on a keyed call (its own or the one generated for it),
+    /// so that every answer, a gateway problem included, tells the caller the key to retry with.
+    pub idempotency_key: std::sync::OnceLock<Arc<str>>,
+    /// The routed operation, once known (named in the access log even after a panic).
+    pub operation: std::sync::OnceLock<&'static crate::routes::Operation>,
 }
 
 /// Set by the caller layer once the caller is known and allowed.

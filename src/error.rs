@@ -58,6 +58,14 @@ pub enum GatewayError {
     /// The caller must choose an X-Partner.
     #[error("{0}")]
     PartnerRequired(String),
+    /// A money call whose body is not one JSON object with unique keys (400).
+    #[error("the body of {operation} must be one JSON object with unique keys, so that the gateway's audit and Ratepay read the same fields: {reason}")]
+    InvalidJson {
+        /// Operation name.
+        operation: &'static str,
+        /// What is wrong, and where.
+        reason: String,
+    },
     /// A malformed request the caller must fix (400).
     #[error("{0}")]
     BadRequest(String),
@@ -169,6 +177,11 @@ impl GatewayError {
                 "X-Partner required",
             ),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            InvalidJson { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid-json",
+                "Request body is not one JSON object",
+            ),
             InvalidClient(_) => (
                 StatusCode::UNAUTHORIZED,
                 "invalid-client",

@@ -33,6 +33,7 @@ pub mod config;
 pub mod context;
 pub mod crypto;
 pub mod error;
+pub mod json;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;

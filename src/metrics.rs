@@ -122,6 +122,29 @@ pub struct Metrics {
     pub cache_bytes: Gauge,
     /// Entries in the session-record cache (set when scraped).
     pub cache_entries: Gauge,
+    /// Panics caught while serving a request (each answered 500).
+    pub panics: Counter,
+    /// Connections open now, by listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Connections closed by the gateway, by listener and reason (`cap`: refused at accept
+    /// because `listen.max_connections` were open; `first_request_timeout`; `idle`).
+    pub connections_closed: Family<ConnectionLabels, Counter>,
+}
+
+/// Labels: listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `proxy` or `admin`.
+    pub listener: &'static str,
+}
+
+/// Labels: listener and why the gateway closed a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `proxy` or `admin`.
+    pub listener: &'static str,
+    /// `cap`, `first_request_timeout` or `idle`.
+    pub reason: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -218,6 +241,24 @@ impl Metrics {
             "Entries in the session-record cache",
             cache_entries.clone(),
         );
+        let panics = Counter::default();
+        registry.register(
+            "panics",
+            "Panics caught while serving a request (each answered 500 internal)",
+            panics.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open, by listener",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections closed by the gateway: cap (refused at accept), first_request_timeout, idle",
+            connections_closed.clone(),
+        );
         registry.register_collector(Box::new(StateCollector {
             tokens: tokens.clone(),
             audit,
@@ -239,6 +280,9 @@ impl Metrics {
             cache_lookups,
             cache_bytes,
             cache_entries,
+            panics,
+            connections_open,
+            connections_closed,
         })
     }
 

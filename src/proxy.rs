@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use http::{uri::PathAndQuery, Request, Uri};
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::Full;
 
 use crate::{
@@ -80,6 +80,53 @@ pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+/// Refuses an answer with conflicting or invalid framing: both `Transfer-Encoding` and
+/// `Content-Length`, a `Transfer-Encoding` whose last coding is not `chunked`, or a
+/// `Content-Length` that is not one decimal number (repeated values must agree).
+pub fn check_framing(headers: &HeaderMap) -> Result<(), String> {
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if !te.is_empty() && headers.contains_key(header::CONTENT_LENGTH) {
+        return Err("it answered with both Transfer-Encoding and Content-Length (conflicting \
+                    framing, RFC 9112 section 6.3); the answer was discarded"
+            .into());
+    }
+    if let Some(last) = te.last() {
+        let chunked_last = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked_last {
+            return Err("it answered with a Transfer-Encoding that does not end in chunked \
+                        (invalid framing, RFC 9112 section 6.3); the answer was discarded"
+                .into());
+        }
+    }
+    let mut first: Option<u64> = None;
+    for value in lengths.by_ref() {
+        let parsed = value
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok());
+        match (parsed, first) {
+            (None, _) => {
+                return Err("it answered with an invalid Content-Length (RFC 9112 section \
+                            6.3); the answer was discarded"
+                    .into())
+            }
+            (Some(n), Some(f)) if n != f => {
+                return Err("it answered with disagreeing Content-Length values (RFC 9112 \
+                            section 6.3); the answer was discarded"
+                    .into())
+            }
+            (Some(n), _) => first = Some(n),
+        }
+    }
+    Ok(())
 }
 
 impl Handler for Proxy {
@@ -157,11 +204,56 @@ impl Handler for Proxy {
                 ),
             });
         }
+        // RFC 9112 6.3: an answer whose framing is ambiguous is not passed on in any form; the
+        // bytes after a disagreeing Content-Length would become the caller's next response.
+        if let Err(reason) = check_framing(&parts.headers) {
+            return Err(GatewayError::UpstreamUnreachable { upstream, reason });
+        }
         strip_hop_by_hop(&mut parts.headers);
+        // The body the gateway sends decides its own framing (hyper derives Content-Length or
+        // chunking from it); upstream framing headers never pass.
+        parts.headers.remove(header::CONTENT_LENGTH);
         // Streamed through; an upstream that goes silent mid-body or sends more than the
         // limit ends it with an error.
         let incoming =
             body::IdleTimeout::limited(incoming, inner.body_idle_timeout, inner.max_response_bytes);
         Ok(GwResponse::from_parts(parts, body::boxed(incoming)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn framing_is_checked() {
+        assert!(check_framing(&headers(&[("content-length", "5")])).is_ok());
+        assert!(check_framing(&headers(&[("transfer-encoding", "chunked")])).is_ok());
+        assert!(check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])).is_ok());
+        assert!(check_framing(&headers(&[("content-length", "5"), ("content-length", "5")])).is_ok());
+        assert!(check_framing(&HeaderMap::new()).is_ok());
+        for bad in [
+            &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "chunked, gzip")],
+            &[("transfer-encoding", "identity")],
+            &[("content-length", "5"), ("content-length", "6")],
+            &[("content-length", "+5")],
+            &[("content-length", "5, 5")],
+            &[("content-length", "")],
+            &[("content-length", "99999999999999999999999")],
+        ] {
+            assert!(check_framing(&headers(bad)).is_err(), "{bad:?}");
+        }
     }
 }

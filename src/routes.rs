@@ -61,9 +61,37 @@ pub struct Operation {
     pub method: Method,
     /// The API that serves it.
     pub api: Api,
-    /// A POST that creates a resource and therefore carries an `Idempotency-Key`.
+    /// A POST that creates a resource and therefore carries an `Idempotency-Key`
+    /// (`keys == Keys::Generated`).
     pub creating: bool,
+    /// How the operation carries an `Idempotency-Key`; see [`Keys`].
+    pub keys: Keys,
     pattern: &'static [Seg],
+}
+
+/// The one rule for `Idempotency-Key` on every operation: which carry one, and so which may
+/// be sent more than once. A key that reaches Ratepay is always the caller-scoped form
+/// (`hex(SHA-256("<caller>:<key>"))`), never the caller's own text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Payment API creating POSTs: the caller's key is validated, or one is generated; scoped,
+    /// coalesced, replayed; the call is retried (Ratepay executes a keyed call once).
+    Generated,
+    /// HPP session creation: Ratepay derives a key from the payload unless a key is sent. A
+    /// caller's key is validated, scoped and handled as for `Generated` (and the call retried);
+    /// without one nothing is generated and the call is not retried.
+    CallerOptional,
+    /// Everything else (GET, PATCH, OTP): no key. A caller's `Idempotency-Key` is removed
+    /// before anything else sees it; GETs are retried, the other methods never.
+    None,
+}
+
+impl Operation {
+    /// Whether a request for this operation may be sent more than once: GETs, and calls that
+    /// carry a (gateway-scoped) key.
+    pub fn retry_safe(&self, keyed: bool) -> bool {
+        self.method == Method::GET || (self.keys != Keys::None && keyed)
+    }
 }
 
 macro_rules! op {
@@ -73,6 +101,7 @@ macro_rules! op {
             method: Method::$method,
             api: Api::$api,
             creating: $creating,
+            keys: if $creating { Keys::Generated } else { Keys::None },
             pattern: &[$($seg),*],
         }
     };
@@ -234,13 +263,14 @@ pub static OPERATIONS: &[Operation] = &[
         false,
         [PM, Lit("status"), V2, TX, Transaction]
     ),
-    op!(
-        "hpp.sessions.create",
-        POST,
-        Hpp,
-        false,
-        [Lit("pps"), Lit("api"), Lit("v1"), Lit("session")]
-    ),
+    Operation {
+        name: "hpp.sessions.create",
+        method: Method::POST,
+        api: Api::Hpp,
+        creating: false,
+        keys: Keys::CallerOptional,
+        pattern: &[Lit("pps"), Lit("api"), Lit("v1"), Lit("session")],
+    },
     op!(
         "hpp.session_records.list",
         GET,
@@ -262,6 +292,17 @@ pub static OPERATIONS: &[Operation] = &[
         ]
     ),
 ];
+
+/// The gateway's own `POST /oauth/token` for internal callers: not a Ratepay operation (not in
+/// [`OPERATIONS`], never forwarded), named for the access log and metrics.
+pub static GATEWAY_OAUTH_TOKEN: Operation = Operation {
+    name: "gateway.oauth.token",
+    method: Method::POST,
+    api: Api::Payment,
+    creating: false,
+    keys: Keys::None,
+    pattern: &[],
+};
 
 /// Looks an operation up by name.
 pub fn operation(name: &str) -> Option<&'static Operation> {
@@ -370,6 +411,31 @@ pub fn path_known(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_key_rule_for_every_operation() {
+        for op in OPERATIONS {
+            let expected = match op.name {
+                "hpp.sessions.create" => Keys::CallerOptional,
+                _ if op.creating => Keys::Generated,
+                _ => Keys::None,
+            };
+            assert_eq!(op.keys, expected, "{}", op.name);
+            assert_eq!(op.creating, op.keys == Keys::Generated, "{}", op.name);
+            // Retried: GETs, and only calls that carry a key.
+            let retried = |keyed| op.retry_safe(keyed);
+            match (&op.method, op.keys) {
+                (&Method::GET, _) => assert!(retried(false) && retried(true), "{}", op.name),
+                (_, Keys::None) => assert!(!retried(false) && !retried(true), "{}", op.name),
+                _ => assert!(!retried(false) && retried(true), "{}", op.name),
+            }
+        }
+        let otp = operation("payment.otp.verify").unwrap();
+        assert_eq!(otp.keys, Keys::None);
+        assert!(!otp.retry_safe(true), "OTP calls are never retried");
+        assert!(operation("payment.cancellations.create").unwrap().retry_safe(true));
+        assert!(!operation("payment.transactions.update").unwrap().retry_safe(true));
+    }
 
     #[test]
     fn matches_cancellation_create_with_ids() {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use secrecy::ExposeSecret;
+use futures_util::FutureExt;
 use tower::ServiceBuilder;
 
 use crate::{
@@ -33,8 +34,9 @@ use crate::{
             CacheStatus, InvalidateOnCancellationLayer, SessionRecordCache,
             SessionRecordCacheLayer, X_CACHE,
         },
-        headers::HeadersLayer,
-        idempotency::{IdempotencyLayer, IdempotencyStore},
+        headers::{strip_caller_hop_by_hop, HeadersLayer},
+        idempotency::{validate_key, IdempotencyLayer, IdempotencyStore, IDEMPOTENCY_KEY},
+        json_body::JsonBodyLayer,
         rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
         retry::RetryLayer,
         token::InjectTokenLayer,
@@ -42,7 +44,7 @@ use crate::{
     },
     proxy::Proxy,
     recovery,
-    routes::{self, Api},
+    routes::{self, Api, Keys, Operation},
     token::{http_fetch::HttpFetcher, TokenSource},
 };
 
@@ -252,6 +254,9 @@ impl Gateway {
             .layer(CallerPolicyLayer::new(callers.clone(), audiences))
             // The caller's own budget, spent before any shared work: cache hits count too.
             .layer(CallerRateLimitLayer::new(rate_limits.clone()))
+            // Money calls must be one JSON object with unique keys before any layer reads
+            // fields from them (cache key, idempotency fingerprint, audit) or sends them.
+            .layer(JsonBodyLayer)
             // Session-record reads: after the policy (a caller only gets what it may call),
             // before the budget toward Ratepay (hits spend none, and are served during a pause).
             .layer(cache.clone().map_or_else(
@@ -336,14 +341,29 @@ impl Gateway {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let deadline = self.inner.limits.request_timeout;
-        let result = match tokio::time::timeout(
-            deadline,
-            self.route_and_call(req, source, &request_id, received, stats.clone()),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err((GatewayError::Deadline(deadline.as_millis()), None)),
+        // A panic anywhere below still answers the caller (500) and is counted; the connection
+        // and every other request on it carry on.
+        let call = std::panic::AssertUnwindSafe(self.route_and_call(
+            req,
+            source,
+            &request_id,
+            received,
+            stats.clone(),
+        ))
+        .catch_unwind();
+        let result = match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => {
+                metrics.panics.inc();
+                Err((
+                    GatewayError::Internal(format!("panic: {}", panic_message(&*panic))),
+                    stats.operation.get().copied(),
+                ))
+            }
+            Err(_) => Err((
+                GatewayError::Deadline(deadline.as_millis()),
+                stats.operation.get().copied(),
+            )),
         };
         let (mut resp, operation) = match result {
             Ok((resp, op)) => (resp, op),
@@ -368,6 +388,13 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
         }
+        // Every answer to a keyed call names its key, so the caller can always retry safely.
+        if let Some(key) = stats.idempotency_key.get() {
+            if let Ok(v) = HeaderValue::from_str(key) {
+                resp.headers_mut().insert(IDEMPOTENCY_KEY.clone(), v);
+            }
+        }
+        let operation = operation.map(|o| o.name);
         let caller = stats.caller.get().cloned();
         let latency = received.elapsed();
         let queued_us = stats.queued_us.load(Ordering::Relaxed);
@@ -429,12 +456,15 @@ impl Gateway {
         request_id: &Arc<str>,
         received: Instant,
         stats: Arc<RequestStats>,
-    ) -> Result<(GwResponse, Option<&'static str>), (GatewayError, Option<&'static str>)>
+    ) -> Result<(GwResponse, Option<&'static Operation>), (GatewayError, Option<&'static Operation>)>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<crate::body::BoxError>,
     {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Once, before anything reads or sets a header: the caller's hop-by-hop headers go,
+        // and a Connection naming an end-to-end header is refused.
+        strip_caller_hop_by_hop(&mut parts.headers).map_err(|e| (e, None))?;
         let path = parts.uri.path();
         // The gateway's own token endpoint for internal callers, Ratepay's protocol.
         if path == "/oauth/token" {
@@ -460,7 +490,7 @@ impl Gateway {
             );
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return Ok((resp, Some("gateway.oauth.token")));
+            return Ok((resp, Some(&routes::GATEWAY_OAUTH_TOKEN)));
         }
         let route = match routes::match_route(&parts.method, path) {
             Ok(Some(r)) => r,
@@ -476,7 +506,22 @@ impl Gateway {
             Ok(None) => return Err((GatewayError::UnknownRoute(path.into()), None)),
             Err(e) => return Err((e.into(), None)),
         };
-        let op = Some(route.operation.name);
+        let op = Some(route.operation);
+        let _ = stats.operation.set(route.operation);
+        match route.operation.keys {
+            // A key on an operation that takes none would leave the gateway unscoped: it goes.
+            Keys::None => {
+                parts.headers.remove(&IDEMPOTENCY_KEY);
+            }
+            // The caller's own valid key is known from here on, for every answer.
+            Keys::Generated | Keys::CallerOptional => {
+                if let Some(key) = parts.headers.get(&IDEMPOTENCY_KEY) {
+                    if let Ok(key) = validate_key(key.as_bytes()) {
+                        let _ = stats.idempotency_key.set(Arc::from(key));
+                    }
+                }
+            }
+        }
         let bytes = self.read_body(body).await.map_err(|e| (e, op))?;
         let mut req = Request::from_parts(parts, bytes);
         req.extensions_mut()
@@ -510,6 +555,15 @@ impl Gateway {
             Err(e) => Err(GatewayError::BodyRead(e.to_string())),
         }
     }
+}
+
+/// The text of a caught panic's payload (`&str` or `String`), for the error log.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);

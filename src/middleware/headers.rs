@@ -1,6 +1,11 @@
 //! Header hygiene toward Ratepay: strip the caller's credentials and hop-by-hop headers, set the
 //! X-Partner the caller's policy decided.
 //!
+//! The caller's hop-by-hop headers (and those its `Connection` names) are removed once, at the
+//! edge, by [`strip_caller_hop_by_hop`], before any layer reads or sets a header; this layer
+//! removes only the fixed caller-only list, so nothing a layer set on the way can be stripped
+//! by a name the caller chose.
+//!
 //! Sits after the caller layer (which decided the partner) and before the token layer (which
 //! adds Ratepay's Authorization). Nothing the caller authenticated with, and nothing about the
 //! internal network, leaves the gateway.
@@ -41,30 +46,77 @@ static CALLER_ONLY: [HeaderName; 10] = [
     HeaderName::from_static("x-real-ip"),
 ];
 
-/// Removes hop-by-hop headers, including those named in `Connection`.
+/// End-to-end headers that carry meaning for the gateway or for Ratepay. A caller may not
+/// turn one into a hop-by-hop header by naming it in `Connection`: stripping it would let the
+/// caller delete what the gateway decided (an `Idempotency-Key`, the `X-Partner`) or change
+/// what Ratepay executes, so such a request is refused instead.
+static PROTECTED: [HeaderName; 9] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::HOST,
+    HeaderName::from_static("idempotency-key"),
+    HeaderName::from_static("x-partner"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("prefer"),
+    header::ACCEPT,
+];
+
+/// Removes hop-by-hop headers from an upstream answer, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, &[]);
+    let doomed = hop_by_hop_present(headers, connection_options(headers));
+    for n in doomed {
+        headers.remove(n);
+    }
 }
 
-/// Removes hop-by-hop headers, those named in `Connection`, and `also`. One pass over the
-/// names present (a handful) instead of a hashed lookup per listed name; nothing is removed,
-/// and nothing allocated, when none is there.
-fn strip(headers: &mut HeaderMap, also: &[HeaderName]) {
-    let mut doomed: Vec<HeaderName> = headers
+/// The caller's hop-by-hop headers, removed once at the edge before any layer reads or adds a
+/// header: the fixed list and every name the caller's `Connection` lists. A `Connection` that
+/// names a [`PROTECTED`] end-to-end header is refused (400) rather than obeyed.
+pub fn strip_caller_hop_by_hop(headers: &mut HeaderMap) -> Result<(), GatewayError> {
+    let listed = connection_options(headers);
+    if let Some(name) = listed.iter().find(|n| PROTECTED.contains(n)) {
+        return Err(GatewayError::BadRequest(format!(
+            "the Connection header names the end-to-end header '{name}'; the gateway does not \
+             treat it as hop-by-hop. Send Connection: keep-alive (or close) only"
+        )));
+    }
+    for n in hop_by_hop_present(headers, listed) {
+        headers.remove(n);
+    }
+    Ok(())
+}
+
+/// The names listed in `Connection` (nothing allocated when there is no `Connection`).
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Hop-by-hop names present in `headers`, plus `listed`. One pass over the names present (a
+/// handful) instead of a hashed lookup per listed name.
+fn hop_by_hop_present(headers: &HeaderMap, mut listed: Vec<HeaderName>) -> Vec<HeaderName> {
+    listed.extend(
+        headers
+            .keys()
+            .filter(|k| HOP_BY_HOP.contains(k))
+            .cloned(),
+    );
+    listed
+}
+
+/// Removes the caller-only headers: nothing else (hop-by-hop headers went at the edge).
+fn strip_caller_only(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| HOP_BY_HOP.contains(k) || also.contains(k))
+        .filter(|k| CALLER_ONLY.contains(k))
         .cloned()
         .collect();
-    if doomed.contains(&header::CONNECTION) {
-        doomed.extend(
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-        );
-    }
     for n in doomed {
         headers.remove(n);
     }
@@ -89,8 +141,7 @@ pub struct Headers<S> {
 
 impl<S: Handler> Handler for Headers<S> {
     async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let headers = req.headers_mut();
-        strip(headers, &CALLER_ONLY);
+        strip_caller_only(req.headers_mut());
         let partner = req
             .extensions()
             .get::<Authenticated>()
@@ -150,9 +201,43 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        strip(&mut h, &CALLER_ONLY);
+        strip_caller_hop_by_hop(&mut h).unwrap();
+        strip_caller_only(&mut h);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "traceparent"]);
+    }
+
+    #[test]
+    fn a_connection_naming_a_protected_header_is_refused_and_nothing_is_removed() {
+        for name in [
+            "Idempotency-Key",
+            "x-partner",
+            "Authorization",
+            "content-type",
+            "Content-Length",
+            "x-request-id",
+            "prefer",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "connection",
+                HeaderValue::from_str(&format!("keep-alive, {name}")).unwrap(),
+            );
+            h.insert("idempotency-key", HeaderValue::from_static("k1"));
+            let err = strip_caller_hop_by_hop(&mut h).unwrap_err();
+            assert!(
+                matches!(&err, GatewayError::BadRequest(m) if m.contains(&name.to_ascii_lowercase())),
+                "{name}: {err:?}"
+            );
+            assert!(h.get("idempotency-key").is_some());
+        }
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("idempotency-key", HeaderValue::from_static("k1"));
+        strip_caller_hop_by_hop(&mut h).unwrap();
+        assert!(h.get("x-hop").is_none() && h.get("connection").is_none());
+        assert!(h.get("idempotency-key").is_some());
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     context::{Authenticated, RequestContext},
     error::GatewayError,
     metrics::Metrics,
+    routes::Keys,
 };
 /// `Idempotency-Key`.
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -205,12 +206,16 @@ fn replay(stored: &Stored, key: &str) -> GwResponse {
 
 impl<S: Handler> Handler for Idempotency<S> {
     async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let creating = req
-            .extensions()
-            .get::<RequestContext>()
-            .is_some_and(|c| c.route.operation.creating);
-        if !creating {
-            return self.inner.handle(req).await;
+        let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
+            return Err(GatewayError::Internal("request context missing".into()));
+        };
+        let sent = req.headers().get(&IDEMPOTENCY_KEY);
+        match (ctx.route.operation.keys, sent) {
+            // The edge removed any caller key from these; nothing to scope or store.
+            (Keys::None, _) | (Keys::CallerOptional, None) => {
+                return self.inner.handle(req).await
+            }
+            (Keys::Generated | Keys::CallerOptional, _) => {}
         }
         let metrics = &self.metrics;
         let auth = req
@@ -222,6 +227,8 @@ impl<S: Handler> Handler for Idempotency<S> {
             Some(v) => Arc::from(validate_key(v.as_bytes())?),
             None => Arc::from(uuid::Uuid::new_v4().to_string()),
         };
+        // From here every answer (a gateway problem included) names the key.
+        let _ = ctx.stats.idempotency_key.set(key.clone());
         let up = upstream_key(&auth.caller.name, &key);
         let up = HeaderValue::from_str(&up)
             .map_err(|_| GatewayError::Internal("upstream key".into()))?;

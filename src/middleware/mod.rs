@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cache;
 pub mod headers;
 pub mod idempotency;
+pub mod json_body;
 pub mod rate_limit;
 pub mod retry;
 pub mod token;

@@ -5,12 +5,13 @@
 //! Ratepay token and the same `Idempotency-Key`. Retried: GETs, and POSTs that carry an
 //! `Idempotency-Key` (Ratepay executes a keyed call once), after a connect error, a timeout or a
 //! 5xx; after a 429 only once its `Retry-After` has passed. Never retried: a POST without a key,
-//! PATCH, and any 2xx/3xx/4xx other than 429. The decision is [`RetryPolicy::decide`], a plain
+//! PATCH, OTP calls, and any 2xx/3xx/4xx other than 429
+//! (which operations may be sent twice is [`crate::routes::Operation::retry_safe`]). The decision is [`RetryPolicy::decide`], a plain
 //! function of the attempt's outcome and the time spent, unit-tested without sockets.
 
 use std::{sync::Arc, time::Duration};
 
-use http::{header::RETRY_AFTER, Method, StatusCode};
+use http::{header::RETRY_AFTER, StatusCode};
 use tokio::time::Instant;
 
 use super::{clone_request, idempotency::IDEMPOTENCY_KEY, GwRequest, GwResponse, Handler};
@@ -77,11 +78,6 @@ impl RetryPolicy {
     /// Rules from settings.
     pub fn new(settings: RetrySettings) -> Self {
         RetryPolicy { settings }
-    }
-
-    /// Whether a request may be sent more than once at all.
-    pub fn retryable(method: &Method, has_key: bool) -> bool {
-        *method == Method::GET || (*method == Method::POST && has_key)
     }
 
     /// Decides after attempt number `attempt` (1-based), `elapsed` since the first began.
@@ -168,8 +164,12 @@ pub struct Retry<S> {
 }
 impl<S: Handler> Handler for Retry<S> {
     async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let retryable =
-            RetryPolicy::retryable(req.method(), req.headers().contains_key(&IDEMPOTENCY_KEY));
+        // One rule for every operation (routes::Keys): GETs, and calls carrying a scoped key.
+        let keyed = req.headers().contains_key(&IDEMPOTENCY_KEY);
+        let retryable = req
+            .extensions()
+            .get::<RequestContext>()
+            .is_some_and(|c| c.route.operation.retry_safe(keyed));
         if !retryable {
             return self.inner.handle(req).await;
         }
@@ -224,14 +224,6 @@ mod tests {
             max_backoff: Duration::from_millis(250),
             deadline: Duration::from_secs(2),
         })
-    }
-
-    #[test]
-    fn only_gets_and_keyed_posts_are_retryable() {
-        assert!(RetryPolicy::retryable(&Method::GET, false));
-        assert!(RetryPolicy::retryable(&Method::POST, true));
-        assert!(!RetryPolicy::retryable(&Method::POST, false));
-        assert!(!RetryPolicy::retryable(&Method::PATCH, true));
     }
 
     #[test]
