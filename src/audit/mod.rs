@@ -16,6 +16,7 @@
 pub mod body;
 pub mod chain;
 pub mod files;
+mod open;
 pub mod record;
 mod writer;
 
@@ -33,6 +34,7 @@ pub use files::{log_files, rotated_path, DEFAULT_FILE_NAME};
 pub use record::{
     AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
 };
+pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use writer::{AuditStats, Recovery, TruncatedTail};
 
 use writer::{Job, StatsCells};
@@ -160,6 +162,8 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     done: watch::Receiver<bool>,
     stats: Arc<StatsCells>,
+    /// Intents begun whose outcome is not written yet ([`AuditLog::begin`]).
+    open: open::Registry,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -211,6 +215,7 @@ impl AuditLog {
                 tx: Mutex::new(Some(tx)),
                 done: done_rx,
                 stats,
+                open: open::Registry::default(),
             }),
         };
         Ok((log, recovery))
@@ -238,9 +243,44 @@ impl AuditLog {
         self.inner.stats.snapshot()
     }
 
-    /// Stops accepting appends, waits until everything queued is written and synced, and
-    /// stops the writer. Appends after this fail with [`AuditError::Closed`].
+    /// Queues `entry` without waiting for it (from a `Drop`, which cannot wait): written like
+    /// any append if the writer still runs; if the queue is full, sent from a task.
+    fn append_detached(&self, entry: AuditEntry) {
+        let Some(tx) = self
+            .inner
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            tracing::error!("audit log closed; an outcome could not be written");
+            return;
+        };
+        let (reply, _ignored) = oneshot::channel();
+        match tx.try_send(Job { entry, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = tx.send(job).await;
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer stopped; an outcome could not be written");
+            }
+        }
+    }
+
+    /// Writes an `unknown` outcome for every intent still open (see [`AuditLog::begin`]), then
+    /// stops accepting appends, waits until everything queued is written and synced, and stops
+    /// the writer. Appends after this fail with [`AuditError::Closed`].
     pub async fn close(&self) {
+        for outcome in self.inner.open.settle_all(SHUT_DOWN) {
+            if let Err(e) = self.append(AuditEntry::Outcome(outcome)).await {
+                tracing::error!(error = %e, "audit outcome at shutdown not written");
+            }
+        }
         drop(
             self.inner
                 .tx

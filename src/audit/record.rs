@@ -72,6 +72,9 @@ pub struct Intent {
     pub partner_operation_id: Option<String>,
     /// `partner_shop_id` from the request body.
     pub partner_shop_id: Option<String>,
+    /// Lowercase hex SHA-256 of the exact body bytes forwarded: binds the record to the request
+    /// whatever its fields say.
+    pub body_sha256: String,
     /// The `Idempotency-Key` forwarded upstream.
     pub idempotency_key: Option<String>,
 }
@@ -202,6 +205,10 @@ pub struct AuditRecord {
     /// `partner_shop_id` (intents only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner_shop_id: Option<String>,
+    /// SHA-256 of the forwarded body bytes (intents only; absent in records written before it
+    /// existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
     /// `Idempotency-Key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -268,6 +275,7 @@ pub fn build_record(entry: AuditEntry, seq: u64, prev: &str, at: OffsetDateTime)
                 gross_amount: None,
                 partner_operation_id: None,
                 partner_shop_id: None,
+                body_sha256: None,
                 idempotency_key,
                 intent_seq: None,
                 outcome: None,
@@ -284,6 +292,7 @@ pub fn build_record(entry: AuditEntry, seq: u64, prev: &str, at: OffsetDateTime)
             gross_amount: i.gross_amount,
             partner_operation_id: i.partner_operation_id,
             partner_shop_id: i.partner_shop_id,
+            body_sha256: Some(i.body_sha256),
             ..base(
                 i.request_id,
                 i.caller,

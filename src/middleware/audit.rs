@@ -9,13 +9,15 @@
 use std::{
     collections::HashSet,
     sync::{atomic::Ordering, Arc},
-    time::Instant,
 };
+
+use futures_util::FutureExt;
 
 use super::{idempotency::IDEMPOTENCY_KEY, GwRequest, GwResponse, Handler};
 use crate::{
     audit::{
-        ratepay_cancellation_id, AuditEntry, AuditLog, CancellationFields, Intent, OutcomeKind,
+        ratepay_cancellation_id, AttemptCounter, AuditLog, CancellationFields, Intent, Outcome,
+        OutcomeKind, CUT_OFF,
     },
     body,
     context::{Authenticated, RequestContext},
@@ -69,6 +71,34 @@ pub struct Audit<S> {
     operations: Arc<HashSet<&'static str>>,
 }
 
+/// What the final answer says, copied into the prepared outcome.
+struct Settled {
+    outcome: OutcomeKind,
+    status: Option<u16>,
+    ratepay_cancellation_id: Option<String>,
+    error: Option<String>,
+}
+
+impl Default for Settled {
+    fn default() -> Self {
+        Settled {
+            outcome: OutcomeKind::Unknown,
+            status: None,
+            ratepay_cancellation_id: None,
+            error: None,
+        }
+    }
+}
+
+impl Settled {
+    fn fill(self, o: &mut Outcome) {
+        o.outcome = self.outcome;
+        o.status = self.status;
+        o.ratepay_cancellation_id = self.ratepay_cancellation_id;
+        o.error = self.error;
+    }
+}
+
 fn intent(req: &GwRequest) -> Result<Intent, GatewayError> {
     let ctx = req
         .extensions()
@@ -89,6 +119,7 @@ fn intent(req: &GwRequest) -> Result<Intent, GatewayError> {
         gross_amount: fields.gross_amount,
         partner_operation_id: fields.partner_operation_id,
         partner_shop_id: fields.partner_shop_id,
+        body_sha256: crate::audit::record::sha256_hex(req.body()),
         idempotency_key: req
             .headers()
             .get(&IDEMPOTENCY_KEY)
@@ -108,44 +139,61 @@ impl<S: Handler> Handler for Audit<S> {
         }
         let log = &self.log;
         let intent = intent(&req)?;
-        let attempts = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.stats.clone());
-        let appended = log
-            .append(AuditEntry::Intent(intent.clone()))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "audit intent not written; refusing the call");
-                GatewayError::AuditUnavailable(e.to_string())
-            })?;
-        let started = Instant::now();
-        let result = self.inner.handle(req).await;
-        let mut outcome = intent.outcome(appended.seq, OutcomeKind::Unknown);
-        outcome.attempts = attempts.map_or(0, |s| s.attempts.load(Ordering::Relaxed));
-        outcome.latency_ms = started.elapsed().as_millis() as u64;
+        let attempts: AttemptCounter = match req.extensions().get::<RequestContext>() {
+            Some(c) => {
+                let stats = c.stats.clone();
+                Arc::new(move || stats.attempts.load(Ordering::Relaxed))
+            }
+            None => Arc::new(|| 0),
+        };
+        // From here an outcome follows on every path: below, or from the guard if this future
+        // unwinds or is dropped, or from the log's close at shutdown.
+        let (open, appended) = log.begin(intent, attempts).await.map_err(|e| {
+            tracing::error!(error = %e, "audit intent not written; refusing the call");
+            GatewayError::AuditUnavailable(e.to_string())
+        })?;
+        let result = std::panic::AssertUnwindSafe(self.inner.handle(req))
+            .catch_unwind()
+            .await;
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => {
+                // Settle the intent first, then let the panic go on to the edge (500, counted).
+                let written = open
+                    .finish(|o| {
+                        o.outcome = OutcomeKind::Unknown;
+                        o.error = Some(CUT_OFF.to_owned());
+                    })
+                    .await;
+                if let Err(e) = written {
+                    tracing::error!(error = %e, intent_seq = appended.seq, "audit outcome not written");
+                }
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let mut fields = Settled::default();
         let response = match result {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 let read = body::read_limited(body, MAX_AUDITED_BODY).await;
-                outcome.status = Some(parts.status.as_u16());
+                fields.status = Some(parts.status.as_u16());
                 match read {
                     Ok(bytes) => {
-                        outcome.ratepay_cancellation_id = ratepay_cancellation_id(&bytes);
-                        outcome.outcome = if parts.status.is_success() {
+                        fields.ratepay_cancellation_id = ratepay_cancellation_id(&bytes);
+                        fields.outcome = if parts.status.is_success() {
                             OutcomeKind::Success
                         } else {
                             OutcomeKind::Failure
                         };
                         if !parts.status.is_success() {
-                            outcome.error =
+                            fields.error =
                                 Some(format!("ratepay answered {}", parts.status.as_u16()));
                         }
                         Ok(GwResponse::from_parts(parts, body::full(bytes)))
                     }
                     Err(e) => {
                         // The status arrived but the body broke off: the money may have moved.
-                        outcome.error = Some(format!("reading ratepay's answer failed: {e}"));
+                        fields.error = Some(format!("reading ratepay's answer failed: {e}"));
                         Err(GatewayError::UpstreamUnreachable {
                             upstream: "payment",
                             reason: "the answer broke off while being read".into(),
@@ -155,17 +203,17 @@ impl<S: Handler> Handler for Audit<S> {
             }
             Err(e) => {
                 // Never sent (no token) is a failure; a transport error leaves it unknown.
-                outcome.outcome = match e {
+                fields.outcome = match e {
                     GatewayError::TokenUnavailable { .. } | GatewayError::NoUpstream(_) => {
                         OutcomeKind::Failure
                     }
                     _ => OutcomeKind::Unknown,
                 };
-                outcome.error = Some(e.to_string());
+                fields.error = Some(e.to_string());
                 Err(e)
             }
         };
-        if let Err(e) = log.append(AuditEntry::Outcome(outcome)).await {
+        if let Err(e) = open.finish(|o| fields.fill(o)).await {
             // The call already happened; answering it is right. The open intent is closed as
             // `unknown` by the recovery at the next start.
             tracing::error!(error = %e, intent_seq = appended.seq, "audit outcome not written");

@@ -288,9 +288,12 @@ impl<S: Handler> Handler for Idempotency<S> {
             store.slots.insert(slot_key, slot).await;
             Ok(GwResponse::from_parts(parts, body::full(bytes)))
         });
-        let mut resp = task
-            .await
-            .map_err(|e| GatewayError::Internal(format!("idempotent call task: {e}")))??;
+        let mut resp = match task.await {
+            Ok(r) => r?,
+            // A panic in the call goes on to the edge, which answers 500 and counts it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(GatewayError::Internal(format!("idempotent call task: {e}"))),
+        };
         echo_key(&mut resp, &key);
         Ok(resp)
     }
