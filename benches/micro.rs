@@ -295,6 +295,7 @@ fn intent(n: u64) -> AuditEntry {
         gross_amount: Some("10.00".into()),
         partner_operation_id: Some(format!("op-{n}")),
         partner_shop_id: None,
+        body_sha256: "0".repeat(64),
         idempotency_key: Some(format!("{n:064x}")),
     })
 }

@@ -8,22 +8,36 @@
 //! own task under a deadline, so a slow client never holds up the accept loop, and the client
 //! certificate's identities (mTLS) ride in every request's extensions as `Arc<PeerIdentity>`.
 //! A plain-TCP listener takes exactly the path it took before TLS existed.
+//!
+//! Every connection is bounded (`[listen]`): its first request head must arrive within
+//! `first_request_timeout_ms` of the accept, it is closed after `idle_timeout_ms` with no request
+//! in flight, and the proxy listener holds at most `max_connections` (the admin listener has a
+//! small cap of its own, so it keeps answering while the proxy listener is flooded). A
+//! connection refused at the cap is closed at once and counted.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{
-        conn::auto,
-        graceful::{GracefulShutdown, Watcher},
-    },
+    server::conn::auto,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     body::Body,
+    config::ConnectionLimits,
+    metrics::{ConnectionLabels, ListenerLabels, Metrics},
     reload::LiveGateway,
     stack::{simple, READY_TOKEN_WAIT},
     tls::{PeerIdentity, ServerTls},
@@ -64,6 +78,9 @@ impl From<TcpListener> for Listener {
 }
 
 /// Serves the proxy (and admin) listeners until `shutdown`, then drains for up to `grace`.
+///
+/// Connection bounds (`[listen]` first request, idle, cap) come from the gateway's
+/// configuration as it was at start; they are restart-only.
 pub async fn run(
     proxy: impl Into<Listener>,
     admin: Option<TcpListener>,
@@ -73,14 +90,18 @@ pub async fn run(
 ) {
     let gateway: LiveGateway = gateway.into();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let (limits, metrics) = {
+        let gw = gateway.current();
+        (gw.connection_limits(), gw.metrics_handle())
+    };
     let mut tasks = tokio::task::JoinSet::new();
+    let proxy_conns = Connections::new("proxy", limits, limits.max, metrics.clone());
     {
         let gw = gateway.clone();
         tasks.spawn(accept_loop(
             proxy.into(),
             stop_rx.clone(),
-            graceful.clone(),
+            proxy_conns.clone(),
             move |req, peer| {
                 // The gateway current at arrival serves the whole request, reload or not.
                 let gw = gw.current();
@@ -88,12 +109,13 @@ pub async fn run(
             },
         ));
     }
+    let admin_conns = Connections::new("admin", limits, ConnectionLimits::ADMIN_MAX, metrics);
     if let Some(admin) = admin {
         let gw = gateway.clone();
         tasks.spawn(accept_loop(
             Listener::plain(admin),
             stop_rx.clone(),
-            graceful.clone(),
+            admin_conns.clone(),
             move |req, _peer| {
                 let gw = gw.clone();
                 async move { admin_handle(&gw, req).await }
@@ -104,11 +126,12 @@ pub async fn run(
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        tracing::warn!("connections still referenced; exiting without drain");
-        return;
+    // Every connection holds a permit of its listener until it is closed.
+    let drained = async {
+        let _ = proxy_conns.all_closed().await;
+        let _ = admin_conns.all_closed().await;
     };
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
+    match tokio::time::timeout(grace, drained).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!(
             grace_ms = grace.as_millis() as u64,
@@ -117,10 +140,108 @@ pub async fn run(
     }
 }
 
+/// One listener's open connections: a permit each (the cap), their bounds, their metrics.
+#[derive(Clone)]
+struct Connections {
+    name: &'static str,
+    permits: Arc<Semaphore>,
+    max: usize,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    /// When the cap was last logged (milliseconds since `epoch`), so a flood logs once a second.
+    last_cap_log: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Connections {
+    fn new(
+        name: &'static str,
+        limits: ConnectionLimits,
+        max: usize,
+        metrics: Arc<Metrics>,
+    ) -> Connections {
+        Connections {
+            name,
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            limits,
+            metrics,
+            last_cap_log: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// A permit for a new connection, or `None` at the cap (counted, and logged once a second).
+    fn admit(&self) -> Option<OpenConnection> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let gauge = self
+                    .metrics
+                    .connections_open
+                    .get_or_create(&ListenerLabels {
+                        listener: self.name,
+                    })
+                    .clone();
+                gauge.inc();
+                Some(OpenConnection {
+                    _permit: permit,
+                    gauge,
+                })
+            }
+            Err(_) => {
+                self.closed("cap");
+                let now = self.epoch.elapsed().as_millis() as u64;
+                let last = self.last_cap_log.load(Ordering::Relaxed);
+                if (last == 0 || now.saturating_sub(last) >= 1000)
+                    && self
+                        .last_cap_log
+                        .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        listener = self.name,
+                        max_connections = self.max,
+                        "connection cap reached: new connections are closed at accept until open ones close (listen.max_connections)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn closed(&self, reason: &'static str) {
+        self.metrics
+            .connections_closed
+            .get_or_create(&ConnectionLabels {
+                listener: self.name,
+                reason,
+            })
+            .inc();
+    }
+
+    /// Resolves once every connection of this listener has closed.
+    async fn all_closed(&self) -> Result<(), tokio::sync::AcquireError> {
+        let n = u32::try_from(self.max).unwrap_or(u32::MAX);
+        self.permits.acquire_many(n).await.map(drop)
+    }
+}
+
+/// Held by a connection's task while it is open.
+struct OpenConnection {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 async fn accept_loop<F, Fut>(
     listener: Listener,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    conns: Connections,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -135,7 +256,10 @@ async fn accept_loop<F, Fut>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // A peer that stops answering PINGs mid-request is gone: close its connection.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_INTERVAL);
     let Listener { tcp: listener, tls } = listener;
     let builder = Arc::new(builder);
     loop {
@@ -144,61 +268,156 @@ async fn accept_loop<F, Fut>(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %e, listener = conns.name, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
+        let accepted = Instant::now();
+        // At the cap the connection is closed at once: better than EMFILE for everyone.
+        let Some(open) = conns.admit() else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (handler, builder, watcher) = (handler.clone(), builder.clone(), graceful.watcher());
+        let (handler, builder, stop) = (handler.clone(), builder.clone(), stop.clone());
+        let conns = conns.clone();
         let Some(tls) = &tls else {
-            tokio::spawn(serve(stream, peer, None, builder, watcher, handler));
+            tokio::spawn(async move {
+                let _open = open;
+                serve(stream, peer, None, builder, stop, handler, &conns, accepted).await;
+            });
             continue;
         };
         // The handshake runs on the connection's task, under its own deadline; a shutdown
         // closes a connection still in its handshake (no request was sent on it yet).
         let tls = tls.clone();
-        let mut stop = stop.clone();
         tokio::spawn(async move {
+            let _open = open;
+            let mut stopping = stop.clone();
             let handshake = tokio::select! {
                 h = tls.handshake(stream, peer) => h,
-                _ = stop.wait_for(|stopping| *stopping) => None,
+                _ = stopping.wait_for(|stopping| *stopping) => None,
             };
             if let Some((stream, identity)) = handshake {
-                serve(stream, peer, identity, builder, watcher, handler).await;
+                serve(stream, peer, identity, builder, stop, handler, &conns, accepted).await;
             }
         });
     }
 }
 
+/// h2 keep-alive: a PING this often while a connection is open, and as long to answer it.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// What a connection's requests tell its timers: requests in flight, whether one ever
+/// arrived, and when the last one finished (milliseconds since accept).
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    served: AtomicBool,
+    last_done_ms: AtomicU64,
+}
+
+/// Marks a request in flight on its connection until dropped (answered, or cut off).
+struct InFlightOnConnection {
+    activity: Arc<Activity>,
+    accepted: Instant,
+}
+
+impl Drop for InFlightOnConnection {
+    fn drop(&mut self) {
+        self.activity
+            .last_done_ms
+            .store(self.accepted.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// Serves one connection (plain, or after its TLS handshake) until it closes. The client
 /// certificate's identities, when there are any, ride in every request's extensions.
+///
+/// hyper-util's auto builder has no timer while it sniffs the protocol, and h2 none until the
+/// first HEADERS: a connection that sends nothing, or trickles the preface, would stay open for
+/// good. So each connection has its own deadline: its first request head must arrive within
+/// `first_request_timeout` of the accept (else it is dropped), and once no request has been in
+/// flight for `idle_timeout` it is shut down gracefully (h2: GOAWAY).
+#[allow(clippy::too_many_arguments)]
 async fn serve<I, F, Fut>(
     io: I,
     peer: SocketAddr,
     identity: Option<Arc<PeerIdentity>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     handler: F,
+    conns: &Connections,
+    accepted: Instant,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         if let Some(identity) = &identity {
             req.extensions_mut().insert(identity.clone());
         }
+        seen.served.store(true, Ordering::Relaxed);
+        seen.in_flight.fetch_add(1, Ordering::Acquire);
+        let in_flight = InFlightOnConnection {
+            activity: seen.clone(),
+            accepted,
+        };
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+        async move {
+            let resp = handler(req, peer).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+    tokio::pin!(conn);
+    let limits = conns.limits;
+    let mut stopping = false;
+    let mut deadline = accepted + limits.first_request_timeout;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if !stopping => {
+                if !activity.served.load(Ordering::Relaxed) {
+                    conns.closed("first_request_timeout");
+                    tracing::debug!(peer = %peer, listener = conns.name, "no request within listen.first_request_timeout_ms; closing");
+                    return;
+                }
+                let now = Instant::now();
+                let idle_since = accepted
+                    + Duration::from_millis(activity.last_done_ms.load(Ordering::Relaxed));
+                if activity.in_flight.load(Ordering::Acquire) == 0
+                    && now.saturating_duration_since(idle_since) >= limits.idle_timeout
+                {
+                    conns.closed("idle");
+                    conn.as_mut().graceful_shutdown();
+                    stopping = true;
+                } else if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    deadline = idle_since + limits.idle_timeout;
+                } else {
+                    deadline = now + limits.idle_timeout;
+                }
+            }
+        }
     }
 }
 

@@ -315,6 +315,16 @@ impl Gateway {
         &self.inner.metrics
     }
 
+    /// The metrics registry, shared (the listeners count connections into it).
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// How client connections are bounded (`[listen]`; restart-only).
+    pub fn connection_limits(&self) -> crate::config::ConnectionLimits {
+        self.inner.config.listen.connections
+    }
+
     /// The session-record cache, when enabled.
     pub fn session_record_cache(&self) -> Option<&SessionRecordCache> {
         self.inner.cache.as_ref()

@@ -27,6 +27,7 @@ fn intent(n: u64) -> Intent {
         gross_amount: Some(format!("{n}.50")),
         partner_operation_id: Some(format!("op-{n}")),
         partner_shop_id: None,
+        body_sha256: "0".repeat(64),
         idempotency_key: Some(format!("idem-{n}")),
     }
 }

@@ -340,6 +340,7 @@ mod tests {
             gross_amount: Some("1.00".into()),
             partner_operation_id: None,
             partner_shop_id: None,
+            body_sha256: "0".repeat(64),
             idempotency_key: None,
         };
         let r = build_record(

@@ -445,6 +445,7 @@ mod tests {
             gross_amount: Some("12.50".into()),
             partner_operation_id: Some("op-77".into()),
             partner_shop_id: None,
+            body_sha256: "0".repeat(64),
             idempotency_key: Some("idem-1".into()),
         }
     }
@@ -472,7 +473,8 @@ mod tests {
             r#"{"seq":1,"ts":"2025-11-21T08:43:12.345Z","prev":"0000000000000000000000000000000000000000000000000000000000000000","#,
             r#""kind":"intent","request_id":"req-1","caller":"shop-backend","source":"10.1.2.3","#,
             r#""operation":"payment.cancellations.create","ratepay_transaction_id":"scwBgARW-nE93I7_ywhp","#,
-            r#""partner":"partner-a","gross_amount":"12.50","partner_operation_id":"op-77","idempotency_key":"idem-1"}"#
+            r#""partner":"partner-a","gross_amount":"12.50","partner_operation_id":"op-77","#,
+            r#""body_sha256":"0000000000000000000000000000000000000000000000000000000000000000","idempotency_key":"idem-1"}"#
         );
         assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
         // Pinned so that an accidental change of field order or format shows up here.

@@ -107,6 +107,14 @@ pub struct ListenFile {
     pub admin: Option<String>,
     /// Graceful shutdown deadline for in-flight requests.
     pub shutdown_grace_ms: Option<u64>,
+    /// A connection must complete its first request head (HTTP/1 headers, or the h2 preface
+    /// and first HEADERS) within this time after it was accepted, or it is closed.
+    pub first_request_timeout_ms: Option<u64>,
+    /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
+    /// h2 alike; h2 gets a GOAWAY).
+    pub idle_timeout_ms: Option<u64>,
+    /// Most connections the proxy listener keeps open; more are closed at accept.
+    pub max_connections: Option<u64>,
     /// `[listen.tls]`: TLS (and mTLS) on the proxy listener; absent: plain HTTP.
     pub tls: Option<ListenTlsFile>,
 }

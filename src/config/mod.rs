@@ -92,8 +92,38 @@ pub struct ListenConfig {
     pub admin: Option<SocketAddr>,
     /// How long in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// How each accepted connection is bounded.
+    pub connections: ConnectionLimits,
     /// TLS on the proxy listener (`None`: plain HTTP).
     pub tls: Option<TlsSettings>,
+}
+
+/// `[listen]` bounds on client connections: a connection that sends nothing, or trickles its
+/// first request, or sits idle, is closed; the proxy listener holds at most `max` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Deadline from accept to the first complete request head.
+    pub first_request_timeout: Duration,
+    /// No request in flight for this long: the connection is closed.
+    pub idle_timeout: Duration,
+    /// Most open connections on the proxy listener.
+    pub max: usize,
+}
+
+impl ConnectionLimits {
+    /// The admin listener's cap: small, and separate, so a flood on the proxy listener never
+    /// keeps an operator from `/metrics` or `/healthz`.
+    pub const ADMIN_MAX: usize = 64;
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max: 4096,
+        }
+    }
 }
 
 /// `[sandbox]`, validated.
@@ -525,6 +555,40 @@ impl Config {
         Self::validate(parsed, &cx, path)
     }
 
+    fn connection_limits(
+        f: &file::ListenFile,
+        cx: &Ctx<'_>,
+    ) -> Result<ConnectionLimits, ConfigError> {
+        let d = ConnectionLimits::default();
+        let bounded = |key: &str, v: Option<u64>, default: Duration| match v {
+            None => Ok(default),
+            Some(ms) if (100..=3_600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(ms) => Err(cx.err(
+                format!("listen.{key}"),
+                format!("{ms} is out of range; use 100 to 3600000 (milliseconds)"),
+            )),
+        };
+        let max = match f.max_connections {
+            None => d.max,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(cx.err(
+                    "listen.max_connections",
+                    format!("{n} is out of range; use 1 to 1000000 (and keep it below the open-file limit)"),
+                ))
+            }
+        };
+        Ok(ConnectionLimits {
+            first_request_timeout: bounded(
+                "first_request_timeout_ms",
+                f.first_request_timeout_ms,
+                d.first_request_timeout,
+            )?,
+            idle_timeout: bounded("idle_timeout_ms", f.idle_timeout_ms, d.idle_timeout)?,
+            max,
+        })
+    }
+
     fn validate(f: FileConfig, cx: &Ctx<'_>, path: &Path) -> Result<Config, ConfigError> {
         let listen = ListenConfig {
             proxy: cx.addr(
@@ -537,6 +601,7 @@ impl Config {
                 Some(a) => Some(cx.addr("listen.admin", a)?),
             },
             shutdown_grace: ms(f.listen.shutdown_grace_ms, 10_000),
+            connections: Self::connection_limits(&f.listen, cx)?,
             tls: f
                 .listen
                 .tls
@@ -1281,8 +1346,11 @@ impl Config {
         }
         let _ = writeln!(
             s,
-            "shutdown_grace_ms = {}",
-            self.listen.shutdown_grace.as_millis()
+            "shutdown_grace_ms = {}\nfirst_request_timeout_ms = {}\nidle_timeout_ms = {}\nmax_connections = {}",
+            self.listen.shutdown_grace.as_millis(),
+            self.listen.connections.first_request_timeout.as_millis(),
+            self.listen.connections.idle_timeout.as_millis(),
+            self.listen.connections.max,
         );
         if let Some(t) = &self.listen.tls {
             // Paths only: the key itself is never printed.
