@@ -389,9 +389,27 @@ impl Collector for StateCollector {
         )?)?;
         ConstGauge::new(i64::from(s.poisoned)).encode(encoder.encode_descriptor(
             "audit_poisoned",
-            "1 when the audit log refuses writes after an I/O error",
+            "1 when the audit log refuses writes until restart (failed sync or rotation)",
             None,
             MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(s.write_failed)).encode(encoder.encode_descriptor(
+            "audit_write_failed",
+            "1 while the audit log refuses writes after a failed write, until a probe succeeds",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(s.write_errors).encode(encoder.encode_descriptor(
+            "audit_write_errors",
+            "Times the audit log started refusing writes after a failed write (e.g. disk full)",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(s.recoveries).encode(encoder.encode_descriptor(
+            "audit_recoveries",
+            "Times the audit log accepted writes again after a failed write",
+            None,
+            MetricType::Counter,
         )?)?;
         Ok(())
     }

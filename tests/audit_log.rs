@@ -3,16 +3,18 @@
 
 use std::{
     fs,
+    io::Write,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicI64, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use ratepay_gateway::audit::{
-    log_files, verify, AuditConfig, AuditEntry, AuditError, AuditLog, Fault, Intent, LineFault,
-    Outcome, OutcomeKind, VerifyError, GENESIS,
+    log_files, verify, Appended, AuditConfig, AuditEntry, AuditError, AuditLog, Clock, Fault,
+    Intent, LineFault, Outcome, OutcomeKind, VerifyError, GENESIS, PROBE_INTERVAL,
 };
 use time::OffsetDateTime;
 
@@ -439,26 +441,283 @@ async fn open_fails_when_the_parent_is_a_file() {
 }
 
 #[tokio::test]
-async fn a_full_disk_fails_the_append_and_poisons_the_log() {
-    // /dev/full accepts open and fsync but every write fails with ENOSPC.
+async fn a_full_disk_fails_the_append_and_keeps_refusing() {
+    // /dev/full accepts open but every write fails with ENOSPC, and it cannot be cut back, so
+    // the log never gets to probe: every append is refused with the write error.
     let (log, recovery) = AuditLog::open(AuditConfig::new("/dev/full")).await.unwrap();
     assert_eq!(recovery.last_seq, 0);
-    match log.append(AuditEntry::Intent(intent(1))).await {
-        Err(AuditError::Write { source, .. }) => {
-            assert_eq!(source.raw_os_error(), Some(28), "ENOSPC")
-        }
-        other => panic!("expected a write error, got {other:?}"),
+    for n in 1..=2 {
+        expect_write_error(
+            log.append(AuditEntry::Intent(intent(n))).await,
+            libc::ENOSPC,
+        );
     }
-    // Nothing later pretends to succeed.
-    assert!(matches!(
-        log.append(AuditEntry::Intent(intent(2))).await,
-        Err(AuditError::Poisoned { .. })
-    ));
     let stats = log.stats();
-    assert!(stats.poisoned);
+    assert!(stats.write_failed && !stats.poisoned);
     assert_eq!(
-        (stats.records_written, stats.failed_appends, stats.syncs),
-        (0, 2, 0)
+        (
+            stats.records_written,
+            stats.failed_appends,
+            stats.syncs,
+            stats.write_errors
+        ),
+        (0, 2, 0, 1)
+    );
+    log.close().await;
+}
+
+fn expect_write_error(r: Result<Appended, AuditError>, errno: i32) {
+    match r {
+        Err(AuditError::Write { source, .. }) => assert_eq!(source.raw_os_error(), Some(errno)),
+        other => panic!("expected a write error (errno {errno}), got {other:?}"),
+    }
+}
+
+/// A clock for the log that moves only when the test says so (milliseconds since the epoch).
+fn manual_clock() -> (Arc<AtomicI64>, Clock) {
+    let now = Arc::new(AtomicI64::new(1_780_000_000_000));
+    let read = Arc::clone(&now);
+    let clock: Clock = Arc::new(move || {
+        let ms = read.load(Ordering::SeqCst);
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap()
+    });
+    (now, clock)
+}
+
+fn advance(now: &AtomicI64, by: Duration) {
+    now.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+}
+
+/// An intent large enough (about 10 KB) to need new blocks whatever space the file's last
+/// block has left, so that on a full disk its write fails part-way and leaves a torn tail.
+fn big_intent(n: u64) -> Intent {
+    Intent {
+        request_id: format!("req-{n}-{}", "x".repeat(10_000)),
+        ..intent(n)
+    }
+}
+
+/// Write fails → appends refused with that error → room comes back → after the probe
+/// interval the next append succeeds, continuing the chain from the last durable record, and
+/// nothing whose append failed is in the log. `fill` must make the next large write fail with
+/// `errno`; `free` must undo it.
+async fn failed_write_then_recovery(
+    path: &Path,
+    mut fill: impl FnMut(),
+    mut free: impl FnMut(),
+    errno: i32,
+) {
+    let (now, clock) = manual_clock();
+    let (log, _) = AuditLog::open_with_clock(AuditConfig::new(path), clock)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        log.append(AuditEntry::Intent(intent(n))).await.unwrap();
+    }
+    let durable_len = fs::metadata(path).unwrap().len();
+    let syncs = log.stats().syncs;
+
+    fill();
+    expect_write_error(log.append(AuditEntry::Intent(big_intent(4))).await, errno);
+    let stats = log.stats();
+    assert!(stats.write_failed && !stats.poisoned, "{stats:?}");
+    assert_eq!((stats.write_errors, stats.recoveries), (1, 0));
+    // The torn tail of the failed write is gone: the file ends after record 3.
+    assert_eq!(fs::metadata(path).unwrap().len(), durable_len);
+    // Within the probe interval appends are refused without touching the file.
+    expect_write_error(log.append(AuditEntry::Intent(intent(5))).await, errno);
+    // A probe on a still-full disk fails like the first write, and is no new failure.
+    advance(&now, PROBE_INTERVAL);
+    expect_write_error(log.append(AuditEntry::Intent(big_intent(6))).await, errno);
+    assert_eq!(fs::metadata(path).unwrap().len(), durable_len);
+    assert_eq!(log.stats().write_errors, 1);
+
+    free();
+    // Room is back, but the last attempt was just now: still refused.
+    expect_write_error(log.append(AuditEntry::Intent(intent(7))).await, errno);
+    advance(&now, PROBE_INTERVAL);
+    let probe = log.append(AuditEntry::Intent(big_intent(8))).await.unwrap();
+    assert_eq!(
+        probe.seq, 4,
+        "the chain continues from the last durable record"
+    );
+    let last = log.append(AuditEntry::Intent(intent(9))).await.unwrap();
+    assert_eq!(last.seq, 5);
+    let stats = log.stats();
+    assert!(!stats.write_failed && !stats.poisoned, "{stats:?}");
+    assert_eq!(
+        (
+            stats.write_errors,
+            stats.recoveries,
+            stats.records_written,
+            stats.failed_appends
+        ),
+        (1, 1, 5, 4)
+    );
+    assert_eq!(stats.syncs, syncs + 2, "refused appends do not sync");
+    log.close().await;
+
+    let summary = verify(&log_files(path).unwrap()).unwrap();
+    assert_eq!((summary.records, summary.last_seq), (5, Some(5)));
+    assert_eq!(summary.head, last.hash);
+    let ids: Vec<String> = lines(path)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let id = v["request_id"].as_str().unwrap();
+            id.split('-').take(2).collect::<Vec<_>>().join("-")
+        })
+        .collect();
+    assert_eq!(ids, ["req-1", "req-2", "req-3", "req-8", "req-9"]);
+    let (log, recovery) = AuditLog::open(AuditConfig::new(path)).await.unwrap();
+    assert_eq!((recovery.last_seq, recovery.head), (5, last.hash));
+    assert!(recovery.truncated.is_none());
+    log.close().await;
+}
+
+/// A tmpfs of its own, lazily unmounted on drop (even if the test fails half-way).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` bytes, or `None` where mounting is not permitted (not root,
+    /// no CAP_SYS_ADMIN, no `mount`).
+    fn mount(size: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs ({}): run as root to test ENOSPC recovery",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount ({e}): run as root to test ENOSPC recovery");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_appends_until_space_is_back() {
+    let Some(fs) = Tmpfs::mount(1 << 20) else {
+        return;
+    };
+    let path = fs.dir.path().join("audit.jsonl");
+    let ballast = fs.dir.path().join("ballast");
+    let fill = || {
+        // Take every free block: write until the file system says ENOSPC.
+        let mut f = fs::File::create(&ballast).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let err = loop {
+            if let Err(e) = f.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    };
+    let free = || fs::remove_file(&ballast).unwrap();
+    failed_write_then_recovery(&path, fill, free, libc::ENOSPC).await;
+}
+
+const FSIZE_CHILD: &str = "AUDIT_LOG_FSIZE_CHILD";
+
+/// The same story with the file size limit (EFBIG) instead of a full disk: runs everywhere,
+/// no privileges needed. The limit is per process, so the test runs itself in a child.
+#[test]
+fn a_file_size_limit_refuses_appends_until_it_is_lifted() {
+    let name = "a_file_size_limit_refuses_appends_until_it_is_lifted";
+    if std::env::var_os(FSIZE_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(FSIZE_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "child failed:\n{text}");
+        assert!(text.contains("1 passed"), "child ran no test:\n{text}");
+        return;
+    }
+    // SAFETY: plain libc calls on this process only; ignoring SIGXFSZ turns the signal into
+    // the EFBIG error the writer must handle.
+    let original = unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
+        limit
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let set = |cur: libc::rlim_t| {
+        let limit = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: original.rlim_max,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+    };
+    // Room for a few bytes more than the log holds: the next large write is torn.
+    let fill = || set(fs::metadata(&path).unwrap().len() + 100);
+    let free = || set(original.rlim_cur);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(failed_write_then_recovery(&path, fill, free, libc::EFBIG));
+}
+
+#[tokio::test]
+async fn a_failed_sync_keeps_refusing_even_when_writes_work_again() {
+    // /dev/null takes every write, but fdatasync on it fails (EINVAL): a real sync error.
+    let (now, clock) = manual_clock();
+    let (log, _) = AuditLog::open_with_clock(AuditConfig::new("/dev/null"), clock)
+        .await
+        .unwrap();
+    match log.append(AuditEntry::Intent(intent(1))).await {
+        Err(AuditError::Sync { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EINVAL))
+        }
+        other => panic!("expected a sync error, got {other:?}"),
+    }
+    // Writes would succeed, and the probe interval passes: still nothing is accepted, since
+    // after a failed fsync the log cannot know what reached the disk.
+    for n in 2..=4 {
+        advance(&now, PROBE_INTERVAL * 2);
+        assert!(matches!(
+            log.append(AuditEntry::Intent(intent(n))).await,
+            Err(AuditError::Poisoned { .. })
+        ));
+    }
+    let stats = log.stats();
+    assert!(stats.poisoned && !stats.write_failed, "{stats:?}");
+    assert_eq!(
+        (
+            stats.records_written,
+            stats.failed_appends,
+            stats.syncs,
+            stats.write_errors,
+            stats.recoveries
+        ),
+        (0, 4, 0, 0, 0)
     );
     log.close().await;
 }

@@ -306,6 +306,13 @@ async fn an_unwritable_audit_log_refuses_cancellations_and_nothing_else() {
         .unwrap()
         .ends_with("audit-unavailable"));
     assert_eq!(g.op_count(CANCEL_OP).await, 0, "not forwarded");
+    // A failed write is a state of its own: refusing until a probe succeeds, not poisoned.
+    let metrics = g.scrape_metrics().await;
+    let m = |name: &str| common::metric(&metrics, &format!("ratepay_gateway_{name}"));
+    assert_eq!(m("audit_write_failed"), Some(1.0), "{metrics}");
+    assert_eq!(m("audit_write_errors_total"), Some(1.0), "{metrics}");
+    assert_eq!(m("audit_recoveries_total"), Some(0.0), "{metrics}");
+    assert_eq!(m("audit_poisoned"), Some(0.0), "{metrics}");
     // Reads are not audited and keep working.
     let r = g
         .req(Method::GET, &format!("{TX_PATH}/{tx2}"), keys::FULL)

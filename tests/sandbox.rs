@@ -506,20 +506,18 @@ async fn a_transaction_through_its_whole_life() {
     );
 
     // Change: authorization_expires.
+    let later = in_days(90);
     let patched = env
         .call(
             reqwest::Method::PATCH,
             &base,
             &tok,
-            Some(json!({"authorization_expires": "2031-04-02T16:15:18.823+02:00"})),
+            Some(json!({"authorization_expires": later})),
             &[],
         )
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.raw);
-    assert_eq!(
-        patched.body["authorization_expires"],
-        "2031-04-02T16:15:18.823+02:00"
-    );
+    assert_eq!(patched.body["authorization_expires"], later);
     let bad_patch = env
         .call(
             reqwest::Method::PATCH,
@@ -543,6 +541,85 @@ async fn a_transaction_through_its_whole_life() {
         .await;
     assert_eq!(rep.status, StatusCode::CREATED);
     assert_eq!(rep.body["amounts"]["authorized"], 5.0);
+}
+
+/// `authorization_expires` `days` from now (negative: in the past), whole seconds in UTC so that
+/// the sandbox echoes exactly this text.
+fn in_days(days: i64) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let t = now.replace_nanosecond(0).unwrap_or(now) + time::Duration::days(days);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn assert_invalid_expiry(r: &Res, needle: &str) {
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.raw);
+    assert_eq!(r.body["category"], "SYNTAX", "{}", r.raw);
+    assert_eq!(r.body["reasons"], json!(["INVALID_FIELDS"]), "{}", r.raw);
+    assert_eq!(
+        r.body["invalid_fields"][0]["json_path"], "$.authorization_expires",
+        "{}",
+        r.raw
+    );
+    let msg = r.body["invalid_fields"][0]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(msg.contains(needle), "{needle:?} not in {}", r.raw);
+}
+
+#[tokio::test]
+async fn past_far_or_malformed_authorization_expires_is_refused() {
+    let env = start(seeded()).await;
+    let tok = env.payment_token().await;
+    let auth = env.authorize(&tok, 50.0, &[]).await;
+    assert_eq!(auth.status, StatusCode::CREATED, "{}", auth.raw);
+    let base = format!("{TX}/{}", tx_id(&auth));
+    let expires_before = auth.body["authorization_expires"].clone();
+    let patch = |v: Value| {
+        env.call(
+            reqwest::Method::PATCH,
+            &base,
+            &tok,
+            Some(json!({ "authorization_expires": v })),
+            &[],
+        )
+    };
+
+    // Yesterday would make every later capture a decline for an expired transaction.
+    assert_invalid_expiry(&patch(json!(in_days(-1))).await, "future");
+    let far = sandbox::MAX_EXPIRY_DAYS + 1;
+    assert_invalid_expiry(&patch(json!(in_days(far))).await, "days in the future");
+    for bad in [
+        json!("tomorrow"),
+        json!("2027-01-01T00:00:00"),
+        json!("2027-01-01"),
+        json!(1_900_000_000),
+        Value::Null,
+    ] {
+        assert_invalid_expiry(&patch(bad).await, "ISO 8601");
+    }
+
+    // Nothing of the refused changes stuck: the expiry is as before and a capture works.
+    let got = env.get(&base, &tok).await;
+    assert_eq!(got.body["authorization_expires"], expires_before);
+    let cap = env
+        .post(
+            &format!("{base}/captures"),
+            &tok,
+            json!({"gross_amount": 10}),
+        )
+        .await;
+    assert_eq!(cap.status, StatusCode::CREATED, "{}", cap.raw);
+
+    let later = in_days(10);
+    let ok = patch(json!(later)).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.raw);
+    assert_eq!(ok.body["authorization_expires"], later);
+
+    // The same rule holds when the transaction is created.
+    let mut body = auth_body(5.0, "buyer@example.org");
+    body["authorization_expires"] = json!(in_days(-1));
+    assert_invalid_expiry(&env.post(TX, &tok, body).await, "future");
 }
 
 #[tokio::test]

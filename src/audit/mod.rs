@@ -35,7 +35,7 @@ pub use record::{
     AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
 };
 pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
-pub use writer::{AuditStats, Recovery, TruncatedTail};
+pub use writer::{AuditStats, Recovery, TruncatedTail, PROBE_INTERVAL};
 
 use writer::{Job, StatsCells};
 
@@ -102,7 +102,8 @@ pub enum AuditError {
     /// The existing chain is broken: open refuses to continue it.
     #[error("audit log is damaged, refusing to continue its chain: {0}")]
     Corrupt(Arc<VerifyError>),
-    /// Writing the record failed (e.g. disk full).
+    /// Writing the record failed (e.g. disk full); also the answer to every append refused
+    /// after such a failure until a later write and sync succeed.
     #[error("cannot write audit log {}: {source}", path.display())]
     Write {
         /// The active file.
@@ -129,7 +130,7 @@ pub enum AuditError {
         #[source]
         source: Arc<std::io::Error>,
     },
-    /// An earlier write or sync failed; the log refuses appends until reopened.
+    /// An earlier sync or rotation failed; the log refuses appends until reopened.
     #[error("audit log is out of service after an earlier failure ({cause}); reopen it")]
     Poisoned {
         /// The first failure.

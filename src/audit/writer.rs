@@ -4,6 +4,11 @@
 //! Only this thread touches the active file after open, so seq/prev assignment, rotation and
 //! the durable length need no locks. Callers talk to it through a bounded channel and each
 //! waits on a oneshot for its own answer.
+//!
+//! Health: a failed *write* (ENOSPC, EFBIG, EIO before any sync of those bytes) cuts the file
+//! back to its durable length and refuses appends until a later batch, tried at most every
+//! [`PROBE_INTERVAL`], is written and synced; a failed *sync* or rotation poisons the log
+//! for good (see [`Writer::poison`]).
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +35,10 @@ use super::{
 /// Most records taken into one batch; bounds the memory and latency of one write + sync.
 const MAX_BATCH: usize = 1024;
 
+/// Shortest time between two attempts to write again after a failed write. Appends arriving
+/// sooner are refused at once, so a full disk costs a flood of cancellations no I/O.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One append waiting for the writer.
 pub(crate) struct Job {
     pub entry: AuditEntry,
@@ -47,6 +56,9 @@ pub(crate) struct StatsCells {
     pub rotations: AtomicU64,
     pub last_seq: AtomicU64,
     pub poisoned: AtomicBool,
+    pub write_failed: AtomicBool,
+    pub write_errors: AtomicU64,
+    pub recoveries: AtomicU64,
 }
 
 /// A snapshot of the log's counters, for metrics and tests.
@@ -66,8 +78,15 @@ pub struct AuditStats {
     pub rotations: u64,
     /// Seq of the last durable record (0 for an empty log).
     pub last_seq: u64,
-    /// True once a write or sync failed: every append fails until the log is reopened.
+    /// True once a sync or rotation failed: every append fails until the log is reopened.
     pub poisoned: bool,
+    /// True while appends are refused after a failed write, until a later write and sync
+    /// succeed.
+    pub write_failed: bool,
+    /// Times the log went from accepting appends to refusing them after a failed write.
+    pub write_errors: u64,
+    /// Times the log accepted appends again after a failed write.
+    pub recoveries: u64,
 }
 
 impl StatsCells {
@@ -83,6 +102,9 @@ impl StatsCells {
             rotations: self.rotations.load(Ordering::Relaxed),
             last_seq: self.last_seq.load(Ordering::Relaxed),
             poisoned: self.poisoned.load(Ordering::Relaxed),
+            write_failed: self.write_failed.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+            recoveries: self.recoveries.load(Ordering::Relaxed),
         }
     }
 }
@@ -131,8 +153,33 @@ pub(crate) struct Writer {
     rotate_daily: bool,
     clock: Clock,
     stats: Arc<StatsCells>,
-    /// Set by the first write/sync failure; see `poison`.
+    /// The chain head and first record of the active file as of `durable`: where the chain
+    /// continues after a failed write.
+    durable_head: DurableHead,
+    /// Set by a failed write; cleared when a later batch is written and synced.
+    write_failed: Option<WriteFailure>,
+    /// The batch being built is the probe after a failed write.
+    probing: bool,
+    /// Set by the first sync/rotation failure; see `poison`.
     poisoned: Option<String>,
+}
+
+/// What the chain looked like at the last durable byte.
+#[derive(Clone)]
+struct DurableHead {
+    seq: u64,
+    hash: String,
+    file_first: Option<(u64, Date)>,
+}
+
+/// The refusing state after a failed write.
+struct WriteFailure {
+    /// The write error, returned to every append refused meanwhile.
+    error: AuditError,
+    /// When the failure happened or a probe was last tried (the writer's clock).
+    last_attempt: OffsetDateTime,
+    /// The file is cut back to `durable` (and that is synced): false if the cut failed.
+    cut: bool,
 }
 
 fn open_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
@@ -250,14 +297,35 @@ pub(crate) fn open_blocking(
         durable: written,
         file_first,
         last_seq,
-        last_hash,
+        last_hash: last_hash.clone(),
         rotate_bytes: config.rotate_bytes,
         rotate_daily: config.rotate_daily,
         clock,
         stats,
+        durable_head: DurableHead {
+            seq: last_seq,
+            hash: last_hash.clone(),
+            file_first,
+        },
+        write_failed: None,
+        probing: false,
         poisoned: None,
     };
     Ok((writer, recovery))
+}
+
+/// Why cutting the active file back failed.
+enum CutError {
+    /// The truncate itself: nothing is known to have changed, so it may be retried.
+    Truncate(io::Error),
+    /// The sync after it: what the file holds is unknown.
+    Sync(io::Error),
+}
+
+/// Cuts the open active file to `len` bytes and syncs the new length.
+fn cut_to(file: &File, len: u64) -> Result<(), CutError> {
+    file.set_len(len).map_err(CutError::Truncate)?;
+    file.sync_all().map_err(CutError::Sync)
 }
 
 /// Cuts `path` to `len` bytes and syncs, so the chain continues after the last whole record.
@@ -309,16 +377,11 @@ impl Writer {
         let mut buf = Vec::new();
         let mut waiting: Waiting = Vec::new();
         for job in batch.drain(..) {
-            if let Some(cause) = &self.poisoned {
-                self.fail(
-                    job.reply,
-                    AuditError::Poisoned {
-                        cause: cause.clone(),
-                    },
-                );
+            let now = (self.clock)().to_offset(UtcOffset::UTC);
+            if let Some(refusal) = self.refusal(now) {
+                self.fail(job.reply, refusal);
                 continue;
             }
-            let now = (self.clock)().to_offset(UtcOffset::UTC);
             let record = build_record(job.entry, self.last_seq + 1, &self.last_hash, now);
             let encoded = match encode(&record) {
                 Ok(e) => e,
@@ -329,8 +392,9 @@ impl Writer {
             };
             if self.should_rotate(buf.len() as u64, encoded.line.len() as u64, now.date()) {
                 // The old file must be complete and durable before it gets its final name.
-                self.commit(&mut buf, &mut waiting);
-                if self.poisoned.is_none() {
+                self.commit(&mut buf, &mut waiting, now);
+                // A probe may rotate: the cut left the file at its durable length.
+                if self.poisoned.is_none() && (self.write_failed.is_none() || self.probing) {
                     if let Err(e) = self.rotate() {
                         self.poison(AuditError::Rotate {
                             path: self.path.clone(),
@@ -338,13 +402,8 @@ impl Writer {
                         });
                     }
                 }
-                if let Some(cause) = &self.poisoned {
-                    self.fail(
-                        job.reply,
-                        AuditError::Poisoned {
-                            cause: cause.clone(),
-                        },
-                    );
+                if let Some(refusal) = self.refusal(now) {
+                    self.fail(job.reply, refusal);
                     continue;
                 }
             }
@@ -362,7 +421,64 @@ impl Writer {
                 },
             ));
         }
-        self.commit(&mut buf, &mut waiting);
+        let now = (self.clock)().to_offset(UtcOffset::UTC);
+        self.commit(&mut buf, &mut waiting, now);
+    }
+
+    /// Why an append must be refused now, if it must. After a failed write this is also where
+    /// the probe starts: once [`PROBE_INTERVAL`] has passed (or the clock went back), the cut
+    /// is checked and the batch being built is tried as the probe.
+    fn refusal(&mut self, now: OffsetDateTime) -> Option<AuditError> {
+        if let Some(cause) = &self.poisoned {
+            return Some(AuditError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        if self.probing {
+            return None;
+        }
+        let failure = self.write_failed.as_mut()?;
+        let since = now - failure.last_attempt;
+        if since >= time::Duration::ZERO && since < PROBE_INTERVAL {
+            return Some(failure.error.clone());
+        }
+        failure.last_attempt = now;
+        if !failure.cut {
+            match cut_to(&self.file, self.durable) {
+                Ok(()) => failure.cut = true,
+                Err(CutError::Truncate(e)) => {
+                    tracing::warn!(error = %e, file = %self.path.display(), "audit log: still cannot cut unsynced bytes; appends stay refused");
+                    return Some(failure.error.clone());
+                }
+                Err(CutError::Sync(e)) => {
+                    let error = AuditError::Sync {
+                        path: self.path.clone(),
+                        source: Arc::new(e),
+                    };
+                    self.poison(error.clone());
+                    return Some(error);
+                }
+            }
+        }
+        // Appending after anything but the last durable byte would fork the chain.
+        match self.file.metadata() {
+            Ok(m) if m.len() == self.durable => {}
+            Ok(m) => {
+                let error = AuditError::Write {
+                    path: self.path.clone(),
+                    source: Arc::new(io::Error::other(format!(
+                        "file is {} bytes, {} expected after the cut",
+                        m.len(),
+                        self.durable
+                    ))),
+                };
+                self.poison(error.clone());
+                return Some(error);
+            }
+            Err(_) => return Some(failure.error.clone()),
+        }
+        self.probing = true;
+        None
     }
 
     fn should_rotate(&self, buffered: u64, line: u64, today: Date) -> bool {
@@ -377,7 +493,7 @@ impl Writer {
     }
 
     /// Writes `buf`, syncs once and answers everyone in `waiting`.
-    fn commit(&mut self, buf: &mut Vec<u8>, waiting: &mut Waiting) {
+    fn commit(&mut self, buf: &mut Vec<u8>, waiting: &mut Waiting, now: OffsetDateTime) {
         if waiting.is_empty() {
             return;
         }
@@ -385,21 +501,81 @@ impl Writer {
         buf.clear();
         match result {
             Ok(()) => {
+                self.durable_head = DurableHead {
+                    seq: self.last_seq,
+                    hash: self.last_hash.clone(),
+                    file_first: self.file_first,
+                };
                 self.stats
                     .records
                     .fetch_add(waiting.len() as u64, Ordering::Relaxed);
                 self.stats.last_seq.store(self.last_seq, Ordering::Relaxed);
+                if self.probing {
+                    self.recovered();
+                }
                 for (reply, appended) in waiting.drain(..) {
                     let _ = reply.send(Ok(appended));
                 }
             }
             Err(e) => {
-                self.poison(e.clone());
+                match e {
+                    AuditError::Write { .. } => self.write_failed(e.clone(), now),
+                    _ => self.poison(e.clone()),
+                }
                 for (reply, _) in waiting.drain(..) {
                     self.fail(reply, e.clone());
                 }
             }
         }
+    }
+
+    /// A write failed before any sync of its bytes, so everything up to `durable` is on disk
+    /// and everything after it is a torn tail that no append was told about. The tail is cut
+    /// (and the cut synced), the chain head goes back to the last durable record, and appends
+    /// are refused until a probe succeeds ([`Writer::refusal`]).
+    fn write_failed(&mut self, error: AuditError, now: OffsetDateTime) {
+        let head = self.durable_head.clone();
+        self.last_seq = head.seq;
+        self.last_hash = head.hash;
+        self.file_first = head.file_first;
+        self.written = self.durable;
+        let cut = match cut_to(&self.file, self.durable) {
+            Ok(()) => true,
+            Err(CutError::Truncate(e)) => {
+                tracing::warn!(error = %e, file = %self.path.display(), "audit log: could not cut unsynced bytes; retried before the next write");
+                false
+            }
+            Err(CutError::Sync(e)) => {
+                self.poison(AuditError::Sync {
+                    path: self.path.clone(),
+                    source: Arc::new(e),
+                });
+                return;
+            }
+        };
+        if self.probing {
+            self.probing = false;
+            tracing::warn!(error = %error, file = %self.path.display(), "audit log: write still failing; appends stay refused");
+        } else {
+            tracing::error!(error = %error, file = %self.path.display(), durable_bytes = self.durable, last_seq = self.last_seq, "audit log: write failed; appends refused until a write and sync succeed again");
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.stats.write_failed.store(true, Ordering::Relaxed);
+        }
+        self.write_failed = Some(WriteFailure {
+            error,
+            last_attempt: now,
+            cut,
+        });
+    }
+
+    /// The probe batch is durable: the log accepts appends again.
+    fn recovered(&mut self) {
+        self.probing = false;
+        if let Some(failure) = self.write_failed.take() {
+            tracing::info!(cause = %failure.error, file = %self.path.display(), last_seq = self.last_seq, "audit log: writing again after a failed write");
+        }
+        self.stats.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.stats.write_failed.store(false, Ordering::Relaxed);
     }
 
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), AuditError> {
@@ -424,13 +600,17 @@ impl Writer {
         Ok(())
     }
 
-    /// After a failed write or sync nothing past `durable` can be trusted: on Linux a failed
-    /// fsync may drop the dirty pages and report the error only once, so a retry would
-    /// "succeed" without the data ("fsyncgate"). The writer therefore fails those appends,
-    /// cuts the file back to the last synced length (best effort, so a reopen does not
-    /// continue from records whose appends failed) and refuses every later append until the
-    /// log is reopened, when recovery re-reads what really is in the file.
+    /// After a failed sync nothing past `durable` can be trusted: on Linux a failed fsync may
+    /// drop the dirty pages and report the error only once, so a retry would "succeed"
+    /// without the data ("fsyncgate"). The writer therefore fails those appends, cuts the
+    /// file back to the last synced length (best effort, so a reopen does not continue from
+    /// records whose appends failed) and refuses every later append until the log is
+    /// reopened, when recovery re-reads what really is in the file. A failed rotation poisons
+    /// too: the active file may then be gone or renamed.
     fn poison(&mut self, cause: AuditError) {
+        self.probing = false;
+        self.write_failed = None;
+        self.stats.write_failed.store(false, Ordering::Relaxed);
         tracing::error!(error = %cause, file = %self.path.display(), "audit log poisoned: appends fail until reopened");
         if let Err(e) = self
             .file
@@ -484,6 +664,7 @@ impl Writer {
         self.written = 0;
         self.durable = 0;
         self.file_first = None;
+        self.durable_head.file_first = None;
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

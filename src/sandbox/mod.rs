@@ -32,7 +32,7 @@ use hyper_util::{
 use secrecy::SecretString;
 use tokio::{sync::Notify, task::JoinSet};
 
-pub use payment::OTP_CODE;
+pub use payment::{MAX_EXPIRY_DAYS, OTP_CODE};
 
 /// One OAuth client the sandbox accepts.
 #[derive(Debug, Clone)]

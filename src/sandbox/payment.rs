@@ -36,6 +36,9 @@ const OTP_REGENERATIONS: u32 = 3;
 /// Default `authorization_expires` when the request gives none (Ratepay: "a default expiry
 /// time is generated"; its length is not documented).
 const DEFAULT_EXPIRY: Duration = Duration::days(30);
+/// Latest `authorization_expires` accepted, counted from now. Ratepay publishes no maximum;
+/// a year bounds the obvious mistakes (a year typed wrong, seconds sent as milliseconds).
+pub const MAX_EXPIRY_DAYS: i64 = 365;
 
 fn self_link(href: String) -> Value {
     json!({ "self": { "href": href } })
@@ -67,7 +70,7 @@ pub(crate) fn execute(sandbox: &Sandbox, op: &str, call: &Call<'_>) -> Reply {
         (Some("payment"), Some("transactions"), Some("get")) => with_tx(sandbox, call, |tx, _| {
             Reply::hal(StatusCode::OK, &tx_representation(tx))
         }),
-        (Some("payment"), Some("transactions"), Some("update")) => update(sandbox, call),
+        (Some("payment"), Some("transactions"), Some("update")) => update(sandbox, call, now),
         (Some("payment"), Some("shipping_information"), Some("create")) => {
             shipping_information(sandbox, call, now)
         }
@@ -210,6 +213,24 @@ fn parse_time(v: &Value) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(v.as_str()?, &Rfc3339).ok()
 }
 
+/// Validates a requested `authorization_expires`: an RFC 3339 timestamp after `now` and at
+/// most [`MAX_EXPIRY_DAYS`] ahead. A past one would be accepted only to decline every later
+/// capture as expired, which Ratepay refuses up front.
+fn expiry(v: &Value, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+    let Some(t) = parse_time(v) else {
+        return Err("must be an ISO 8601 timestamp with offset".into());
+    };
+    if t <= now {
+        return Err("must be in the future".into());
+    }
+    if t > now + Duration::days(MAX_EXPIRY_DAYS) {
+        return Err(format!(
+            "must be at most {MAX_EXPIRY_DAYS} days in the future"
+        ));
+    }
+    Ok(t)
+}
+
 /// The basket test e-mails of Ratepay's integration environment.
 fn test_email_outcome(email: &str) -> Option<Result<(), &'static str>> {
     match email.to_ascii_lowercase().as_str() {
@@ -244,16 +265,13 @@ fn authorize(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
     let _ = opt_string(&body, "partner_operation_id", 255, &mut errors);
     let expires = match body.get("authorization_expires") {
         None | Some(Value::Null) => Some(now + DEFAULT_EXPIRY),
-        Some(v) => {
-            let t = parse_time(v);
-            if t.is_none() {
-                errors.push((
-                    "$.authorization_expires".into(),
-                    "must be an ISO 8601 timestamp with offset".into(),
-                ));
+        Some(v) => match expiry(v, now) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(("$.authorization_expires".into(), e));
+                None
             }
-            t
-        }
+        },
     };
     let mut total: Cents = 0;
     let mut mismatch = false;
@@ -485,21 +503,16 @@ fn shipping_information(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime)
 }
 
 /// `PATCH /v2/transactions/{id}`: `authorization_expires` and `buyer` may change.
-fn update(sandbox: &Sandbox, call: &Call<'_>) -> Reply {
+fn update(sandbox: &Sandbox, call: &Call<'_>, now: OffsetDateTime) -> Reply {
     let body = match call.json_object() {
         Ok(b) => b,
         Err(r) => return r,
     };
     let expires = match body.get("authorization_expires") {
         None => None,
-        Some(v) => match parse_time(v) {
-            Some(t) => Some(t),
-            None => {
-                return invalid_fields(
-                    "$.authorization_expires",
-                    "must be an ISO 8601 timestamp with offset",
-                )
-            }
+        Some(v) => match expiry(v, now) {
+            Ok(t) => Some(t),
+            Err(e) => return invalid_fields("$.authorization_expires", &e),
         },
     };
     let buyer = match body.get("buyer") {
@@ -829,6 +842,34 @@ mod tests {
             None
         );
         assert_eq!(errors[0].0, "$.items[0].gross_unit_price");
+    }
+
+    #[test]
+    fn expiry_must_be_a_future_timestamp_within_bounds() {
+        let now = OffsetDateTime::parse("2030-06-01T12:00:00Z", &Rfc3339).unwrap();
+        let at = |s: &str| expiry(&json!(s), now);
+        assert_eq!(
+            at("2030-06-02T14:00:00+02:00").unwrap(),
+            now + Duration::days(1)
+        );
+        let past = at("2030-06-01T11:59:59Z").unwrap_err();
+        assert!(past.contains("future"), "{past}");
+        assert!(at("2030-06-01T12:00:00Z").is_err(), "now itself has passed");
+        assert!(at("2030-06-01T12:00:00.001Z").is_ok());
+        assert!(at("2031-06-01T12:00:00Z").is_ok(), "exactly 365 days ahead");
+        let far = at("2031-06-01T12:00:00.001Z").unwrap_err();
+        assert!(far.contains("365 days"), "{far}");
+        for bad in [
+            "tomorrow",
+            "2030-06-02T12:00:00",
+            "2030-06-02",
+            "",
+            "2030-13-02T12:00:00Z",
+        ] {
+            assert!(at(bad).unwrap_err().contains("ISO 8601"), "{bad}");
+        }
+        assert!(expiry(&json!(1_900_000_000), now).is_err());
+        assert!(expiry(&Value::Null, now).is_err());
     }
 
     #[test]
