@@ -29,7 +29,10 @@ use governor::{
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
 
-use super::{GwRequest, GwResponse, Handler};
+use super::{
+    retry::{parse_retry_after_secs, MAX_RETRY_AFTER},
+    GwRequest, GwResponse, Handler,
+};
 use crate::{
     config::{OverLimit, Rate, RateLimitSettings},
     context::{Authenticated, RequestContext},
@@ -365,12 +368,15 @@ where
         Decision::Allow(tightest)
     }
 
-    /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped; a default when
-    /// absent). A shorter pause never shortens a longer one in force. Returns the pause applied.
+    /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped at
+    /// `upstream_pause_max`, a day at most; a default when absent). A shorter pause never
+    /// shortens a longer one in force. Returns the pause applied.
     pub fn pause_upstream(&self, api: Api, retry_after: Option<Duration>) -> Duration {
+        // The cap comes before the addition: the clock's instants are u64 nanoseconds.
         let pause = retry_after
             .unwrap_or(self.pause_default)
-            .min(self.pause_max);
+            .min(self.pause_max)
+            .min(MAX_RETRY_AFTER);
         let until = self.clock.now() + pause.into();
         let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         let slot = paused.entry(api).or_insert(until);
@@ -464,17 +470,20 @@ async fn admit(
     result
 }
 
-/// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`.
+/// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`,
+/// capped at [`MAX_RETRY_AFTER`] (one day) like the retry layer's reading of it.
 pub fn parse_retry_after(value: &HeaderValue, now: OffsetDateTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if let Some(d) = parse_retry_after_secs(text) {
+        return Some(d);
     }
     let fmt = format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
     let at = PrimitiveDateTime::parse(text, fmt).ok()?.assume_utc();
-    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+    // A date in the past asks for no wait; `time::Duration` saturates instead of overflowing.
+    let wait = Duration::try_from(at - now).unwrap_or(Duration::ZERO);
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Layer for [`CallerRateLimit`].
@@ -906,5 +915,28 @@ mod tests {
         );
         assert_eq!(parse_retry_after(&v("soon"), now), None);
         assert_eq!(parse_retry_after(&v("-5"), now), None);
+    }
+
+    #[test]
+    fn huge_retry_after_values_are_capped_at_a_day_and_pause_at_most_the_cap() {
+        let now = OffsetDateTime::from_unix_timestamp(784_111_777).unwrap();
+        let day = Some(Duration::from_secs(86_400));
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(parse_retry_after(&v("18446744073709551615"), now), day);
+        assert_eq!(parse_retry_after(&v("184467440737095516150"), now), day);
+        assert_eq!(
+            parse_retry_after(&v("Fri, 31 Dec 9999 23:59:59 GMT"), now),
+            day
+        );
+        let (l, clock) = limits(RateLimitSettings {
+            upstream_pause_max: Duration::from_secs(120),
+            ..Default::default()
+        });
+        assert_eq!(
+            l.pause_upstream(Api::Payment, Some(Duration::MAX)),
+            Duration::from_secs(120)
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(l.paused_for(Api::Payment), Some(Duration::from_secs(119)));
     }
 }
