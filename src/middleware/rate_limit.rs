@@ -34,7 +34,7 @@ use super::{
     GwRequest, GwResponse, Handler,
 };
 use crate::{
-    config::{OverLimit, Rate, RateLimitSettings},
+    config::{OverLimit, Rate, RateLimitSettings, MAX_BURST, MAX_RATE_WINDOW},
     context::{Authenticated, RequestContext},
     error::GatewayError,
     routes::Api,
@@ -203,9 +203,15 @@ struct Limit<L> {
 }
 
 fn quota(rate: &Rate) -> Quota {
-    // Validation keeps the period at 1 ns or more and the burst at 1 or more.
-    let burst = std::num::NonZeroU32::new(rate.burst).unwrap_or(std::num::NonZeroU32::MIN);
-    Quota::with_period(rate.period().max(Duration::from_nanos(1)))
+    // Validation keeps these bounds already; they are restated because governor's GCRA counts
+    // in u64 nanoseconds with unchecked arithmetic (period × burst must fit, with room).
+    let burst = std::num::NonZeroU32::new(rate.burst.clamp(1, MAX_BURST))
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    let period = rate
+        .period()
+        .min(MAX_RATE_WINDOW / burst.get())
+        .max(Duration::from_nanos(1));
+    Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(burst))
         .allow_burst(burst)
 }
@@ -915,6 +921,48 @@ mod tests {
         );
         assert_eq!(parse_retry_after(&v("soon"), now), None);
         assert_eq!(parse_retry_after(&v("-5"), now), None);
+    }
+
+    #[test]
+    fn extreme_rates_never_panic_the_limiter() {
+        for (per_sec, burst) in [
+            (1e-20, 1),
+            (1e-20, u32::MAX),
+            (0.0, 3),
+            (-1.0, 3),
+            (f64::NAN, 3),
+            (f64::INFINITY, 3),
+            (f64::NEG_INFINITY, 3),
+            (f64::MIN_POSITIVE, u32::MAX),
+            (1e300, u32::MAX),
+            (1.0 / 86_400.0, MAX_BURST),
+        ] {
+            let (l, clock) = limits(RateLimitSettings {
+                per_caller: Some(rate(per_sec, burst)),
+                ..Default::default()
+            });
+            assert!(
+                allowed(&l.check_caller("a", Duration::ZERO)),
+                "{per_sec} {burst}"
+            );
+            for _ in 0..3 {
+                let _ = l.check_caller("a", Duration::ZERO);
+            }
+            clock.advance(Duration::from_secs(365 * 86_400));
+            let _ = l.check_caller("a", Duration::ZERO);
+            let mut h = HeaderMap::new();
+            if let Decision::Refuse(r) = l.check_caller("b", Duration::ZERO) {
+                r.write_headers(&mut h);
+            }
+        }
+        // The slowest valid rate keeps its exact period.
+        let (l, _clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(1.0 / 86_400.0, 1)),
+            ..Default::default()
+        });
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        let r = refusal(l.check_caller("a", Duration::ZERO));
+        assert_eq!(r.retry_after_secs(), 86_400);
     }
 
     #[test]
