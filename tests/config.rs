@@ -167,3 +167,139 @@ fn cancellations_are_audited_unless_audit_is_switched_off() {
     assert!(c.audit.enabled);
     assert_eq!(c.audit.operations, ["payment.cancellations.create"]);
 }
+
+/// Every number that ends up added to a clock reading or fed to the rate limiter is bounded,
+/// and check-config says which key, the allowed range and the value given.
+#[test]
+fn numeric_settings_out_of_their_bounds_are_refused_naming_key_and_range() {
+    let rate = |per_sec: &str, burst: &str| {
+        err(&format!(
+            "{BASE}\n[rate_limits.upstreams.payment]\nrate_per_sec = {per_sec}\nburst = {burst}\n"
+        ))
+    };
+    let e = rate("1e-20", "1");
+    assert!(
+        e.starts_with("broken.toml: ")
+            && e.contains("rate_limits.upstreams.payment.rate_per_sec")
+            && e.contains("0.0000116 (one a day) to 1e9")
+            && e.contains("1e-20"),
+        "{e}"
+    );
+    for bad in ["0", "-1", "nan", "inf", "1e10"] {
+        let e = rate(bad, "1");
+        assert!(e.contains("rate_per_sec"), "{bad}: {e}");
+    }
+    let e = rate("10", "0");
+    assert!(
+        e.contains("rate_limits.upstreams.payment.burst") && e.contains("1 to 1000000"),
+        "{e}"
+    );
+    let e = rate("10", "4294967295");
+    assert!(e.contains("burst") && e.contains("got 4294967295"), "{e}");
+    // One a day with a burst of 1000 takes 1000 days to earn back.
+    let e = rate("0.0000116", "1000");
+    assert!(
+        e.contains("rate_limits.upstreams.payment.burst") && e.contains("at most 31536000 s"),
+        "{e}"
+    );
+    let ok = |extra: &str| {
+        Config::from_toml(&format!("{BASE}\n{extra}"), Path::new("ok.toml"))
+            .unwrap_or_else(|e| panic!("{extra}: {e}"))
+    };
+    let c = ok("[rate_limits.per_caller]\nrate_per_sec = 0.0000116\nburst = 1\n");
+    assert!(c.rate_limits.per_caller.is_some());
+    ok("[rate_limits.per_caller]\nrate_per_sec = 1e9\nburst = 1000000\n");
+
+    for (section, key, value, range) in [
+        (
+            "tokens",
+            "refresh_margin_secs",
+            "18446744073709551615",
+            "0 to 86400 seconds",
+        ),
+        (
+            "tokens",
+            "fetch_timeout_ms",
+            "0",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "tokens",
+            "retry_max_ms",
+            "18446744073709551615",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "retry",
+            "deadline_ms",
+            "18446744073709551615",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "retry",
+            "max_backoff_ms",
+            "3600001",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "limits",
+            "request_timeout_ms",
+            "18446744073709551615",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "upstream_client",
+            "request_timeout_ms",
+            "3600001",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "upstream_client",
+            "connect_timeout_ms",
+            "3600001",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "upstream_client",
+            "body_idle_timeout_ms",
+            "3600001",
+            "1 to 3600000 milliseconds",
+        ),
+        (
+            "upstream_client",
+            "pool_idle_timeout_secs",
+            "18446744073709551615",
+            "0 to 86400 seconds",
+        ),
+        (
+            "listen",
+            "shutdown_grace_ms",
+            "18446744073709551615",
+            "0 to 3600000 milliseconds",
+        ),
+        (
+            "rate_limits",
+            "upstream_pause_max_secs",
+            "18446744073709551615",
+            "1 to 86400 seconds",
+        ),
+    ] {
+        let e = err(&format!("{BASE}\n[{section}]\n{key} = {value}\n"));
+        assert!(
+            e.contains(&format!("{section}.{key}")) && e.contains(range),
+            "{section}.{key} = {value}: {e}"
+        );
+    }
+    let e = err(&format!("{BASE}\n[tokens]\nrefresh_at_fraction = nan\n"));
+    assert!(
+        e.contains("tokens.refresh_at_fraction") && e.contains("0.5 to 0.95"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{BASE}\n[sandbox]\nembedded = true\ntoken_lifetime_secs = 18446744073709551615\n"
+    ));
+    assert!(
+        e.contains("sandbox.token_lifetime_secs") && e.contains("0 to 86400"),
+        "{e}"
+    );
+}

@@ -668,11 +668,11 @@ fn configuration_errors_name_the_key() {
         ),
         (
             "[rate_limits.per_caller]\nrate_per_sec = 0\nburst = 1\n",
-            "rate_limits.per_caller.rate_per_sec: expected requests per second above 0",
+            "rate_limits.per_caller.rate_per_sec: expected requests per second from 0.0000116 (one a day) to 1e9",
         ),
         (
             "[rate_limits.per_caller]\nrate_per_sec = 1\nburst = 0\n",
-            "rate_limits.per_caller.burst: expected at least 1",
+            "rate_limits.per_caller.burst: expected 1 to 1000000",
         ),
         (
             "[rate_limits.callers.nobody]\nrate_per_sec = 1\nburst = 1\n",

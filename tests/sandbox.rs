@@ -1492,6 +1492,53 @@ async fn faults_status_retry_after_latency_and_close() {
 }
 
 #[tokio::test]
+async fn faults_add_an_age_and_issue_tokens_for_a_given_expires_in() {
+    let env = start(seeded()).await;
+    let tok = env.payment_token().await;
+    let id = tx_id(&env.authorize(&tok, 100.0, &[]).await);
+    let base = format!("{TX}/{id}");
+
+    // `age` rides on an executed call (and on a fault status).
+    env.fault(json!({"operation": "payment.transactions.get", "age": u64::MAX, "count": 1}))
+        .await;
+    let aged = env.get(&base, &tok).await;
+    assert_eq!(aged.status, StatusCode::OK);
+    assert_eq!(aged.headers["age"], "18446744073709551615");
+    assert!(!env.get(&base, &tok).await.headers.contains_key("age"));
+    env.fault(
+        json!({"operation": "payment.transactions.get", "status": 503, "age": 7, "count": 1}),
+    )
+    .await;
+    let failed = env.get(&base, &tok).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(failed.headers["age"], "7");
+
+    // `expires_in` issues a working token announced (and with `exp`) that long.
+    env.fault(json!({"operation": "oauth.token", "expires_in": u64::MAX, "count": 1}))
+        .await;
+    let body = json!({"client_id": "local-client", "client_secret": "local-sandbox-secret",
+                      "audience": env.cfg.audiences.payment, "grant_type": "client_credentials"});
+    let long = env.token_request(body.clone()).await;
+    assert_eq!(long.status, StatusCode::OK);
+    assert_eq!(long.body["expires_in"], u64::MAX);
+    let long_tok = long.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(env.get(&base, &long_tok).await.status, StatusCode::OK);
+    assert_eq!(env.token_request(body).await.body["expires_in"], 1800);
+
+    for bad in [
+        json!({"operation": "payment.transactions.get", "expires_in": 60}),
+        json!({"operation": "*", "expires_in": 60}),
+        json!({"operation": "oauth.token", "expires_in": 60, "status": 503}),
+        json!({"operation": "oauth.token", "expires_in": 60, "close_connection": true}),
+    ] {
+        let r = env
+            .control(reqwest::Method::POST, "/_sandbox/faults", Some(bad.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn revoked_tokens_are_refused_and_new_ones_work() {
     let env = start(seeded()).await;
     let tok = env.payment_token().await;

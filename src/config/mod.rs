@@ -306,10 +306,23 @@ pub struct Rate {
     pub burst: u32,
 }
 
+/// The slowest configurable rate: one request a day.
+pub const MIN_RATE_PER_SEC: f64 = 1.0 / 86_400.0;
+/// The fastest configurable rate: a period below one nanosecond cannot be represented.
+pub const MAX_RATE_PER_SEC: f64 = 1e9;
+/// The largest configurable burst.
+pub const MAX_BURST: u32 = 1_000_000;
+/// The longest time a bucket may take to earn its whole burst back (`burst / rate_per_sec`):
+/// a year, far inside the u64 nanoseconds a GCRA bucket counts in.
+pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(365 * 86_400);
+
 impl Rate {
-    /// Time to earn one request.
+    /// Time to earn one request, within 1 ns and [`MAX_RATE_WINDOW`] whatever `per_sec` holds
+    /// (validation keeps it within 1 ns and a day).
     pub fn period(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.per_sec)
+        Duration::try_from_secs_f64(1.0 / self.per_sec)
+            .unwrap_or(MAX_RATE_WINDOW)
+            .clamp(Duration::from_nanos(1), MAX_RATE_WINDOW)
     }
 }
 
@@ -515,6 +528,31 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
 
+/// The longest timeout, backoff or deadline in milliseconds (an hour): every one of them is
+/// added to a clock reading somewhere, and nothing the gateway waits for takes longer.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// A duration in whole milliseconds, saturating (for bounds checks).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Refuses `value` outside `lo..=hi`, naming the key, the range and the value.
+fn within(
+    cx: &Ctx<'_>,
+    key: &str,
+    value: u64,
+    lo: u64,
+    hi: u64,
+    unit: &str,
+) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(cx.err(key, format!("expected {lo} to {hi} {unit}, got {value}")))
+    }
+}
+
 /// Caller names appear in logs, metrics labels, audit records and idempotency scopes.
 pub fn valid_caller_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -610,6 +648,23 @@ impl Config {
                 .transpose()?,
         };
 
+        within(
+            cx,
+            "listen.shutdown_grace_ms",
+            millis(listen.shutdown_grace),
+            0,
+            MAX_TIMEOUT_MS,
+            "milliseconds",
+        )?;
+
+        if let Some(s) = &f.sandbox {
+            if let Some(v) = s.token_lifetime_secs {
+                within(cx, "sandbox.token_lifetime_secs", v, 0, 86_400, "seconds")?;
+            }
+            if let Some(v) = s.session_step_secs {
+                within(cx, "sandbox.session_step_secs", v, 0, 86_400, "seconds")?;
+            }
+        }
         let sandbox = match f.sandbox {
             Some(s) if s.embedded => Some(SandboxSettings {
                 token_lifetime: Duration::from_secs(s.token_lifetime_secs.unwrap_or(1800)),
@@ -711,6 +766,31 @@ impl Config {
         {
             return Err(cx.err("upstream_client", "timeouts must be greater than zero"));
         }
+        for (key, d) in [
+            (
+                "upstream_client.connect_timeout_ms",
+                upstream_client.connect_timeout,
+            ),
+            (
+                "upstream_client.request_timeout_ms",
+                upstream_client.request_timeout,
+            ),
+            (
+                "upstream_client.body_idle_timeout_ms",
+                upstream_client.body_idle_timeout,
+            ),
+        ] {
+            within(cx, key, millis(d), 1, MAX_TIMEOUT_MS, "milliseconds")?;
+        }
+        // The pool adds it to instants when it sweeps idle connections.
+        within(
+            cx,
+            "upstream_client.pool_idle_timeout_secs",
+            upstream_client.pool_idle_timeout.as_secs(),
+            0,
+            86_400,
+            "seconds",
+        )?;
 
         let t = &f.tokens;
         let d = TokenSettings::default();
@@ -736,9 +816,38 @@ impl Config {
         if !(0.5..=0.95).contains(&tokens.refresh_at_fraction) {
             return Err(cx.err(
                 "tokens.refresh_at_fraction",
-                "expected a number from 0.5 to 0.95",
+                format!(
+                    "expected a number from 0.5 to 0.95, got {}",
+                    tokens.refresh_at_fraction
+                ),
             ));
         }
+        // Token lifetimes count at most 24 h (token::MAX_TOKEN_LIFETIME): a longer margin
+        // would only mean "refresh at the fraction".
+        within(
+            cx,
+            "tokens.refresh_margin_secs",
+            tokens.refresh_margin.as_secs(),
+            0,
+            86_400,
+            "seconds",
+        )?;
+        within(
+            cx,
+            "tokens.fetch_timeout_ms",
+            millis(tokens.fetch_timeout),
+            1,
+            MAX_TIMEOUT_MS,
+            "milliseconds",
+        )?;
+        within(
+            cx,
+            "tokens.retry_max_ms",
+            millis(tokens.retry_max),
+            1,
+            MAX_TIMEOUT_MS,
+            "milliseconds",
+        )?;
         if tokens.retry_initial > tokens.retry_max || tokens.retry_initial.is_zero() {
             return Err(cx.err(
                 "tokens.retry_initial_ms",
@@ -893,6 +1002,14 @@ impl Config {
                  greater than zero",
             ));
         }
+        within(
+            cx,
+            "limits.request_timeout_ms",
+            millis(limits.request_timeout),
+            1,
+            MAX_TIMEOUT_MS,
+            "milliseconds",
+        )?;
 
         let idem_default = IdempotencySettings::default();
         let idempotency = IdempotencySettings {
@@ -944,6 +1061,22 @@ impl Config {
                 "must be above zero and at most retry.max_backoff_ms",
             ));
         }
+        within(
+            cx,
+            "retry.max_backoff_ms",
+            millis(retry.max_backoff),
+            1,
+            MAX_TIMEOUT_MS,
+            "milliseconds",
+        )?;
+        within(
+            cx,
+            "retry.deadline_ms",
+            millis(retry.deadline),
+            1,
+            MAX_TIMEOUT_MS,
+            "milliseconds",
+        )?;
 
         let mut audit_ops = Vec::new();
         for name in f
@@ -1021,26 +1154,43 @@ impl Config {
     }
 
     fn rate(r: &file::RateFile, key: &str, cx: &Ctx<'_>) -> Result<Rate, ConfigError> {
-        // Above 1e9/s the period would be below one nanosecond, which GCRA cannot represent.
-        if !r.rate_per_sec.is_finite() || r.rate_per_sec <= 0.0 || r.rate_per_sec > 1e9 {
+        // Above 1e9/s the period would be below one nanosecond, which GCRA cannot represent;
+        // below one a day it overflows the period's Duration long before it means anything.
+        if !r.rate_per_sec.is_finite()
+            || !(MIN_RATE_PER_SEC..=MAX_RATE_PER_SEC).contains(&r.rate_per_sec)
+        {
             return Err(cx.err(
                 format!("{key}.rate_per_sec"),
                 format!(
-                    "expected requests per second above 0 and at most 1e9 (e.g. 0.5 or 50), got {}",
+                    "expected requests per second from 0.0000116 (one a day) to 1e9 (e.g. 0.5 or 50), got {:?}",
                     r.rate_per_sec
                 ),
             ));
         }
-        if r.burst == 0 {
+        if !(1..=MAX_BURST).contains(&r.burst) {
             return Err(cx.err(
                 format!("{key}.burst"),
-                "expected at least 1 (requests allowed at once)",
+                format!(
+                    "expected 1 to {MAX_BURST} (requests allowed at once), got {}",
+                    r.burst
+                ),
             ));
         }
-        Ok(Rate {
+        let rate = Rate {
             per_sec: r.rate_per_sec,
             burst: r.burst,
-        })
+        };
+        if f64::from(r.burst) / r.rate_per_sec > MAX_RATE_WINDOW.as_secs_f64() {
+            return Err(cx.err(
+                format!("{key}.burst"),
+                format!(
+                    "burst / rate_per_sec (the time to earn the whole burst back) must be at most {} s (a year), got {:.0} s",
+                    MAX_RATE_WINDOW.as_secs(),
+                    f64::from(r.burst) / r.rate_per_sec
+                ),
+            ));
+        }
+        Ok(rate)
     }
 
     fn rate_limits(

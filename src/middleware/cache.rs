@@ -281,6 +281,27 @@ const UNSTORED: [&str; 5] = [
     "ratelimit-policy",
 ];
 
+/// The largest `Age` the cache reads or reports: RFC 9111 section 1.2.2 has a cache send
+/// 2^31 for any delta-seconds it cannot hold or that is larger.
+pub const MAX_AGE_SECS: u64 = 1 << 31;
+
+/// Ratepay's `Age` (delta-seconds), capped at [`MAX_AGE_SECS`]; not digits → absent.
+pub fn parse_age(value: &HeaderValue) -> Option<u64> {
+    let digits = value.to_str().ok()?.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse::<u64>().unwrap_or(u64::MAX).min(MAX_AGE_SECS))
+}
+
+/// The `Age` to send for an entry stored `stored_for` ago that arrived `base_age` old.
+fn reported_age(stored_for: Duration, base_age: u64) -> u64 {
+    stored_for
+        .as_secs()
+        .saturating_add(base_age)
+        .min(MAX_AGE_SECS)
+}
+
 /// Ratepay's answer, buffered.
 #[derive(Debug, Clone)]
 struct Buffered {
@@ -309,7 +330,7 @@ pub struct Entry<I> {
     stored_at: I,
     fresh_until: I,
     keep_until: I,
-    /// Ratepay's own `Age`, when it sent one.
+    /// Ratepay's own `Age`, when it sent one (at most [`MAX_AGE_SECS`]).
     base_age: u64,
     transaction_ids: Vec<String>,
     weight: u32,
@@ -319,7 +340,7 @@ impl<I: Reference> Entry<I> {
     fn response(&self, now: I, cache: CacheStatus) -> GwResponse {
         let mut resp = self.answer.response();
         resp.headers_mut().insert(X_CACHE.clone(), cache.header());
-        let age = Duration::from(now.duration_since(self.stored_at)).as_secs() + self.base_age;
+        let age = reported_age(now.duration_since(self.stored_at).into(), self.base_age);
         resp.headers_mut()
             .insert(header::AGE, HeaderValue::from(age));
         resp
@@ -542,14 +563,15 @@ where
                 })
             }
         };
-        for h in UNSTORED {
-            parts.headers.remove(h);
-        }
+        // Read before `Age` goes with the unstored headers (it is recomputed per answer).
         let base_age = parts
             .headers
             .get(header::AGE)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .and_then(parse_age)
             .unwrap_or(0);
+        for h in UNSTORED {
+            parts.headers.remove(h);
+        }
         let no_store = cache_control_has(&parts.headers, &header::CACHE_CONTROL, "no-store");
         let answer = Buffered {
             status: parts.status,
@@ -1248,6 +1270,22 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "MISS");
         assert_eq!(script.calls(), 3);
+    }
+
+    #[test]
+    fn age_is_read_and_reported_capped_at_2_pow_31() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(parse_age(&v("42")), Some(42));
+        assert_eq!(parse_age(&v("2147483648")), Some(MAX_AGE_SECS));
+        assert_eq!(parse_age(&v("18446744073709551615")), Some(MAX_AGE_SECS));
+        assert_eq!(parse_age(&v("99999999999999999999999")), Some(MAX_AGE_SECS));
+        for bad in ["", "-1", "+1", "1.5", "soon"] {
+            assert_eq!(parse_age(&v(bad)), None, "{bad:?}");
+        }
+        assert_eq!(reported_age(Duration::from_secs(5), 10), 15);
+        assert_eq!(reported_age(Duration::from_secs(5), u64::MAX), MAX_AGE_SECS);
+        assert_eq!(reported_age(Duration::MAX, u64::MAX), MAX_AGE_SECS);
+        assert_eq!(reported_age(Duration::MAX, 0), MAX_AGE_SECS);
     }
 
     #[tokio::test]

@@ -29,9 +29,12 @@ use governor::{
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
 
-use super::{GwRequest, GwResponse, Handler};
+use super::{
+    retry::{parse_retry_after_secs, MAX_RETRY_AFTER},
+    GwRequest, GwResponse, Handler,
+};
 use crate::{
-    config::{OverLimit, Rate, RateLimitSettings},
+    config::{OverLimit, Rate, RateLimitSettings, MAX_BURST, MAX_RATE_WINDOW},
     context::{Authenticated, RequestContext},
     error::GatewayError,
     routes::Api,
@@ -200,9 +203,15 @@ struct Limit<L> {
 }
 
 fn quota(rate: &Rate) -> Quota {
-    // Validation keeps the period at 1 ns or more and the burst at 1 or more.
-    let burst = std::num::NonZeroU32::new(rate.burst).unwrap_or(std::num::NonZeroU32::MIN);
-    Quota::with_period(rate.period().max(Duration::from_nanos(1)))
+    // Validation keeps these bounds already; they are restated because governor's GCRA counts
+    // in u64 nanoseconds with unchecked arithmetic (period × burst must fit, with room).
+    let burst = std::num::NonZeroU32::new(rate.burst.clamp(1, MAX_BURST))
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    let period = rate
+        .period()
+        .min(MAX_RATE_WINDOW / burst.get())
+        .max(Duration::from_nanos(1));
+    Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(burst))
         .allow_burst(burst)
 }
@@ -365,12 +374,15 @@ where
         Decision::Allow(tightest)
     }
 
-    /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped; a default when
-    /// absent). A shorter pause never shortens a longer one in force. Returns the pause applied.
+    /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped at
+    /// `upstream_pause_max`, a day at most; a default when absent). A shorter pause never
+    /// shortens a longer one in force. Returns the pause applied.
     pub fn pause_upstream(&self, api: Api, retry_after: Option<Duration>) -> Duration {
+        // The cap comes before the addition: the clock's instants are u64 nanoseconds.
         let pause = retry_after
             .unwrap_or(self.pause_default)
-            .min(self.pause_max);
+            .min(self.pause_max)
+            .min(MAX_RETRY_AFTER);
         let until = self.clock.now() + pause.into();
         let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         let slot = paused.entry(api).or_insert(until);
@@ -464,17 +476,20 @@ async fn admit(
     result
 }
 
-/// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`.
+/// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`,
+/// capped at [`MAX_RETRY_AFTER`] (one day) like the retry layer's reading of it.
 pub fn parse_retry_after(value: &HeaderValue, now: OffsetDateTime) -> Option<Duration> {
     let text = value.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if let Some(d) = parse_retry_after_secs(text) {
+        return Some(d);
     }
     let fmt = format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
     let at = PrimitiveDateTime::parse(text, fmt).ok()?.assume_utc();
-    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+    // A date in the past asks for no wait; `time::Duration` saturates instead of overflowing.
+    let wait = Duration::try_from(at - now).unwrap_or(Duration::ZERO);
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Layer for [`CallerRateLimit`].
@@ -906,5 +921,70 @@ mod tests {
         );
         assert_eq!(parse_retry_after(&v("soon"), now), None);
         assert_eq!(parse_retry_after(&v("-5"), now), None);
+    }
+
+    #[test]
+    fn extreme_rates_never_panic_the_limiter() {
+        for (per_sec, burst) in [
+            (1e-20, 1),
+            (1e-20, u32::MAX),
+            (0.0, 3),
+            (-1.0, 3),
+            (f64::NAN, 3),
+            (f64::INFINITY, 3),
+            (f64::NEG_INFINITY, 3),
+            (f64::MIN_POSITIVE, u32::MAX),
+            (1e300, u32::MAX),
+            (1.0 / 86_400.0, MAX_BURST),
+        ] {
+            let (l, clock) = limits(RateLimitSettings {
+                per_caller: Some(rate(per_sec, burst)),
+                ..Default::default()
+            });
+            assert!(
+                allowed(&l.check_caller("a", Duration::ZERO)),
+                "{per_sec} {burst}"
+            );
+            for _ in 0..3 {
+                let _ = l.check_caller("a", Duration::ZERO);
+            }
+            clock.advance(Duration::from_secs(365 * 86_400));
+            let _ = l.check_caller("a", Duration::ZERO);
+            let mut h = HeaderMap::new();
+            if let Decision::Refuse(r) = l.check_caller("b", Duration::ZERO) {
+                r.write_headers(&mut h);
+            }
+        }
+        // The slowest valid rate keeps its exact period.
+        let (l, _clock) = limits(RateLimitSettings {
+            per_caller: Some(rate(1.0 / 86_400.0, 1)),
+            ..Default::default()
+        });
+        assert!(allowed(&l.check_caller("a", Duration::ZERO)));
+        let r = refusal(l.check_caller("a", Duration::ZERO));
+        assert_eq!(r.retry_after_secs(), 86_400);
+    }
+
+    #[test]
+    fn huge_retry_after_values_are_capped_at_a_day_and_pause_at_most_the_cap() {
+        let now = OffsetDateTime::from_unix_timestamp(784_111_777).unwrap();
+        let day = Some(Duration::from_secs(86_400));
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(parse_retry_after(&v("18446744073709551615"), now), day);
+        assert_eq!(parse_retry_after(&v("184467440737095516150"), now), day);
+        assert_eq!(
+            parse_retry_after(&v("Fri, 31 Dec 9999 23:59:59 GMT"), now),
+            day
+        );
+        let (l, clock) = limits(RateLimitSettings {
+            upstream_pause_max: Duration::from_secs(120),
+            ..Default::default()
+        });
+        assert_eq!(
+            l.pause_upstream(Api::Payment, Some(Duration::MAX)),
+            Duration::from_secs(120)
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(l.paused_for(Api::Payment), Some(Duration::from_secs(119)));
     }
 }

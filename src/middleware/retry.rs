@@ -8,6 +8,9 @@
 //! PATCH, OTP calls, and any 2xx/3xx/4xx other than 429
 //! (which operations may be sent twice is [`crate::routes::Operation::retry_safe`]). The decision is [`RetryPolicy::decide`], a plain
 //! function of the attempt's outcome and the time spent, unit-tested without sockets.
+//!
+//! `Retry-After` comes from outside: it is capped at [`MAX_RETRY_AFTER`] when parsed, and the
+//! decision adds it to the time spent with saturating arithmetic, so no value can overflow.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +23,11 @@ use crate::{
     error::GatewayError,
     metrics::{Metrics, UpstreamOnly},
 };
+
+/// The longest `Retry-After` the gateway reads from Ratepay (one day); a larger value counts as
+/// this. Anything beyond the retry deadline already means "do not retry", and the upstream
+/// rate-limit layer caps its pause lower still (`rate_limits.upstream_pause_max_secs`).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 fn this_upstream(req: &GwRequest) -> &'static str {
     req.extensions()
@@ -93,11 +101,17 @@ impl RetryPolicy {
         if attempt >= s.max_attempts {
             return Verdict::Done;
         }
+        // `clamp` keeps a NaN, which `mul_f64` would panic on.
+        let jitter = if jitter.is_nan() {
+            1.0
+        } else {
+            jitter.clamp(0.5, 1.0)
+        };
         let backoff = || {
             let exp = s
                 .initial_backoff
-                .saturating_mul(1u32 << (attempt - 1).min(16));
-            exp.min(s.max_backoff).mul_f64(jitter.clamp(0.5, 1.0))
+                .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+            exp.min(s.max_backoff).mul_f64(jitter)
         };
         let wait = match outcome {
             AttemptOutcome::Transport => backoff(),
@@ -109,23 +123,26 @@ impl RetryPolicy {
             }
             AttemptOutcome::Status(..) => return Verdict::Done,
         };
-        if elapsed + wait > s.deadline {
+        if elapsed.saturating_add(wait) > s.deadline {
             return Verdict::Done;
         }
         Verdict::RetryAfter(wait)
     }
 }
 
-/// `Retry-After` in delta-seconds (Ratepay's form); HTTP dates are not honoured.
+/// `Retry-After` in delta-seconds (Ratepay's form), capped at [`MAX_RETRY_AFTER`]; HTTP dates
+/// are not honoured. Digits beyond `u64` are still a (capped) delay, not a missing header.
+pub fn parse_retry_after_secs(value: &str) -> Option<Duration> {
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = digits.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 fn retry_after(resp: &GwResponse) -> Option<Duration> {
-    resp.headers()
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    parse_retry_after_secs(resp.headers().get(RETRY_AFTER)?.to_str().ok()?)
 }
 
 /// Layer for [`Retry`].
@@ -279,6 +296,73 @@ mod tests {
             Verdict::RetryAfter(Duration::from_secs(1))
         );
         assert_eq!(p.decide(1, s429(None), z, 1.0), Verdict::Done);
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_a_day_when_parsed() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(parse_retry_after_secs("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after_secs(" 86400 "), Some(day));
+        assert_eq!(parse_retry_after_secs("86401"), Some(day));
+        assert_eq!(parse_retry_after_secs("18446744073709551615"), Some(day));
+        assert_eq!(parse_retry_after_secs("99999999999999999999999"), Some(day));
+        assert_eq!(parse_retry_after_secs(""), None);
+        assert_eq!(parse_retry_after_secs("-1"), None);
+        assert_eq!(parse_retry_after_secs("+1"), None);
+        assert_eq!(parse_retry_after_secs("1.5"), None);
+        assert_eq!(
+            parse_retry_after_secs("Sun, 06 Nov 1994 08:49:37 GMT"),
+            None
+        );
+    }
+
+    #[test]
+    fn extreme_waits_and_elapsed_times_never_overflow() {
+        let p = policy();
+        let max = Duration::MAX;
+        for st in [
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            let o = AttemptOutcome::Status(st, Some(max));
+            assert_eq!(
+                p.decide(1, o, Duration::from_millis(1500), 1.0),
+                Verdict::Done
+            );
+            assert_eq!(p.decide(1, o, max, 1.0), Verdict::Done, "{st}");
+        }
+        let e503 = AttemptOutcome::Status(StatusCode::SERVICE_UNAVAILABLE, None);
+        assert_eq!(p.decide(1, e503, max, 1.0), Verdict::Done);
+        for jitter in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 0.0, 2.0] {
+            match p.decide(
+                u32::MAX - 1,
+                AttemptOutcome::Transport,
+                Duration::ZERO,
+                jitter,
+            ) {
+                Verdict::Done => {}
+                v => panic!("attempt {} past max_attempts: {v:?}", u32::MAX - 1),
+            }
+            let Verdict::RetryAfter(w) =
+                p.decide(1, AttemptOutcome::Transport, Duration::ZERO, jitter)
+            else {
+                panic!("a first transport failure is retried");
+            };
+            assert!(
+                w >= Duration::from_millis(50) && w <= Duration::from_millis(100),
+                "{jitter}: {w:?}"
+            );
+        }
+        let wide = RetryPolicy::new(RetrySettings {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(3600),
+            deadline: Duration::from_secs(86_400),
+        });
+        assert_eq!(
+            wide.decide(9, AttemptOutcome::Transport, Duration::ZERO, 1.0),
+            Verdict::RetryAfter(Duration::from_millis(25_600))
+        );
     }
 
     #[test]

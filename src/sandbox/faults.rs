@@ -1,4 +1,5 @@
-//! Injected faults: which call gets a delay, an error status or a dropped connection.
+//! Injected faults: which call gets a delay, an error status, a dropped connection, or an
+//! answer carrying an extreme value (an `Age`, a token's `expires_in`).
 //!
 //! Consulted right after a call is counted and before anything else (authentication,
 //! idempotency, state), so a faulted call changes no state. Tests install faults with
@@ -39,6 +40,13 @@ pub(crate) struct FaultSpec {
     /// Drop the connection without any answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub close_connection: bool,
+    /// Send `Age: <seconds>` with the answer (the executed call's, or the fault status').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age: Option<u64>,
+    /// `oauth.token` only: issue the token for this many seconds (`expires_in`, and `exp`
+    /// saturating at `u64::MAX`), whatever the configured token lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
 }
 
 /// Why a posted fault was refused.
@@ -56,8 +64,16 @@ pub(crate) enum FaultError {
     /// `count` of zero would never fire.
     #[error("count must be at least 1")]
     Count,
+    /// `expires_in` on an operation other than the token endpoint.
+    #[error("expires_in applies only to operation \"oauth.token\"")]
+    ExpiresInOperation,
+    /// `expires_in` shapes a successful token answer: no status, no dropped connection.
+    #[error("expires_in shapes a successful token answer; it cannot be combined with status or close_connection")]
+    ExpiresInWithFailure,
     /// Nothing to do.
-    #[error("a fault needs at least one of latency_ms, status or close_connection")]
+    #[error(
+        "a fault needs at least one of latency_ms, status, close_connection, age or expires_in"
+    )]
     Empty,
 }
 
@@ -77,7 +93,20 @@ impl FaultSpec {
         if self.count == Some(0) {
             return Err(FaultError::Count);
         }
-        if self.latency_ms.is_none() && self.status.is_none() && !self.close_connection {
+        if self.expires_in.is_some() {
+            if op != OAUTH_TOKEN {
+                return Err(FaultError::ExpiresInOperation);
+            }
+            if self.status.is_some() || self.close_connection {
+                return Err(FaultError::ExpiresInWithFailure);
+            }
+        }
+        if self.latency_ms.is_none()
+            && self.status.is_none()
+            && !self.close_connection
+            && self.age.is_none()
+            && self.expires_in.is_none()
+        {
             return Err(FaultError::Empty);
         }
         Ok(())
@@ -95,11 +124,15 @@ pub(crate) struct FaultAction {
     pub status: Option<u16>,
     /// `Retry-After` seconds.
     pub retry_after: Option<u64>,
+    /// `Age` seconds added to the answer.
+    pub age: Option<u64>,
+    /// Lifetime of the token issued (token endpoint only).
+    pub expires_in: Option<u64>,
 }
 
 impl FaultAction {
-    /// A latency-only fault: the call still executes, just later.
-    pub(crate) fn is_delay_only(&self) -> bool {
+    /// The call still executes (later, or with its answer shaped): no status, no drop.
+    pub(crate) fn proceeds(&self) -> bool {
         !self.close_connection && self.status.is_none()
     }
 }
@@ -143,6 +176,8 @@ impl Faults {
             close_connection: f.close_connection,
             status: f.status,
             retry_after: f.retry_after,
+            age: f.age,
+            expires_in: f.expires_in,
         };
         if let Some(n) = f.count.as_mut() {
             *n -= 1;
@@ -168,6 +203,8 @@ mod tests {
             fraction: None,
             retry_after: None,
             close_connection: false,
+            age: None,
+            expires_in: None,
         }
     }
 
@@ -270,7 +307,61 @@ mod tests {
         })
         .unwrap();
         let a = f.select(OAUTH_TOKEN, &mut rng).unwrap();
-        assert!(a.is_delay_only());
+        assert!(a.proceeds());
         assert_eq!(a.latency, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn age_and_expires_in_shape_an_answer_that_still_executes() {
+        let mut f = Faults::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        f.add(FaultSpec {
+            status: None,
+            age: Some(u64::MAX),
+            ..spec("hpp.session_records.get")
+        })
+        .unwrap();
+        f.add(FaultSpec {
+            status: None,
+            expires_in: Some(u64::MAX),
+            ..spec(OAUTH_TOKEN)
+        })
+        .unwrap();
+        let a = f.select("hpp.session_records.get", &mut rng).unwrap();
+        assert!(a.proceeds());
+        assert_eq!(a.age, Some(u64::MAX));
+        let t = f.select(OAUTH_TOKEN, &mut rng).unwrap();
+        assert!(t.proceeds());
+        assert_eq!(t.expires_in, Some(u64::MAX));
+    }
+
+    #[test]
+    fn expires_in_only_on_a_successful_token_answer() {
+        let mut f = Faults::default();
+        assert_eq!(
+            f.add(FaultSpec {
+                status: None,
+                expires_in: Some(60),
+                ..spec("payment.transactions.get")
+            }),
+            Err(FaultError::ExpiresInOperation)
+        );
+        assert_eq!(
+            f.add(FaultSpec {
+                expires_in: Some(60),
+                ..spec(OAUTH_TOKEN)
+            }),
+            Err(FaultError::ExpiresInWithFailure)
+        );
+        assert_eq!(
+            f.add(FaultSpec {
+                status: None,
+                close_connection: true,
+                expires_in: Some(60),
+                ..spec(OAUTH_TOKEN)
+            }),
+            Err(FaultError::ExpiresInWithFailure)
+        );
+        assert!(f.list().is_empty());
     }
 }

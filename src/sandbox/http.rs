@@ -213,8 +213,9 @@ where
 
 /// What to do after consulting the faults.
 enum Faulted {
-    /// Go on; sleep this long just before executing (latency-only fault).
-    Proceed(Option<std::time::Duration>),
+    /// Go on, as the (possibly empty) action says: sleep `latency` just before executing, add
+    /// `age` to the answer, issue a token for `expires_in`.
+    Proceed(FaultAction),
     /// Answer this instead of executing.
     Answer(Reply),
     /// Drop the connection.
@@ -228,10 +229,10 @@ async fn apply_fault(sandbox: &Sandbox, operation: &str) -> Faulted {
         inner.faults.select(operation, &mut inner.fault_rng)
     };
     let Some(a) = action else {
-        return Faulted::Proceed(None);
+        return Faulted::Proceed(FaultAction::default());
     };
-    if a.is_delay_only() {
-        return Faulted::Proceed(a.latency);
+    if a.proceeds() {
+        return Faulted::Proceed(a);
     }
     if let Some(d) = a.latency {
         tokio::time::sleep(d).await;
@@ -249,6 +250,9 @@ async fn apply_fault(sandbox: &Sandbox, operation: &str) -> Faulted {
     );
     if let Some(secs) = a.retry_after {
         reply = reply.with_header(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(secs) = a.age {
+        reply = reply.with_header(header::AGE, HeaderValue::from(secs));
     }
     Faulted::Answer(reply)
 }
@@ -281,6 +285,25 @@ where
     B: http_body::Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let mut age = None;
+    let reply = route_shaped(sandbox, req, &mut age).await?;
+    // Added after the idempotency store saw the answer, so a replay carries no fault's `Age`.
+    Some(match age {
+        Some(secs) => reply.with_header(header::AGE, HeaderValue::from(secs)),
+        None => reply,
+    })
+}
+
+/// [`route`], noting in `age` the `Age` an `age` fault adds to an executed call's answer.
+async fn route_shaped<B>(
+    sandbox: &Arc<Sandbox>,
+    req: Request<B>,
+    age: &mut Option<u64>,
+) -> Option<Reply>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if path == "/_sandbox" || path.starts_with("/_sandbox/") {
@@ -295,20 +318,22 @@ where
         if parts.method != Method::POST {
             return Some(method_not_allowed("POST"));
         }
-        match apply_fault(sandbox, OAUTH_TOKEN).await {
+        let lifetime = match apply_fault(sandbox, OAUTH_TOKEN).await {
             Faulted::Answer(r) => return Some(r),
             Faulted::Close => return None,
-            Faulted::Proceed(delay) => {
-                if let Some(d) = delay {
+            Faulted::Proceed(a) => {
+                if let Some(d) = a.latency {
                     tokio::time::sleep(d).await;
                 }
+                *age = a.age;
+                a.expires_in.map(std::time::Duration::from_secs)
             }
-        }
+        };
         let body = match read_body(&parts.headers, body).await {
             Ok(b) => b,
             Err(r) => return Some(r),
         };
-        return Some(oauth::token(sandbox, &parts.headers, &body));
+        return Some(oauth::token(sandbox, &parts.headers, &body, lifetime));
     }
     let m = match routes::match_route(&parts.method, path) {
         Err(e) => return Some(invalid_fields("$.path", &e.to_string())),
@@ -330,7 +355,10 @@ where
     let delay = match apply_fault(sandbox, op.name).await {
         Faulted::Answer(r) => return Some(r),
         Faulted::Close => return None,
-        Faulted::Proceed(d) => d,
+        Faulted::Proceed(a) => {
+            *age = a.age;
+            a.latency
+        }
     };
     let a = &sandbox.config.audiences;
     let audience = match op.api {

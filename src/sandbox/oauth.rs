@@ -168,8 +168,14 @@ struct TokenRequest {
     grant_type: Option<String>,
 }
 
-/// `POST /oauth/token`.
-pub(crate) fn token(sandbox: &Sandbox, headers: &HeaderMap, body: &[u8]) -> Reply {
+/// `POST /oauth/token`; `lifetime` overrides the configured token lifetime (an `expires_in`
+/// fault).
+pub(crate) fn token(
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    body: &[u8],
+    lifetime: Option<Duration>,
+) -> Reply {
     if !is_json(headers) {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -228,7 +234,7 @@ pub(crate) fn token(sandbox: &Sandbox, headers: &HeaderMap, body: &[u8]) -> Repl
         );
     }
     let jti = uuid::Uuid::new_v4().simple().to_string();
-    let lifetime = sandbox.config.token_lifetime;
+    let lifetime = lifetime.unwrap_or(sandbox.config.token_lifetime);
     let Some(access_token) =
         sandbox
             .tokens
@@ -337,6 +343,16 @@ mod tests {
             t.verify(&born_expired, "a", now).unwrap_err(),
             TokenError::Expired
         );
+    }
+
+    #[test]
+    fn a_lifetime_beyond_the_epoch_range_saturates_exp_and_still_verifies() {
+        let t = issuer();
+        let now = unix_now();
+        let tok = t
+            .issue("c", "a", Duration::from_secs(u64::MAX), now, "j".into())
+            .unwrap();
+        assert_eq!(t.verify(&tok, "a", now).unwrap().exp, u64::MAX);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
-use super::{FetchError, FetchFuture, FetchToken, Fetched};
+use super::{FetchError, FetchFuture, FetchToken, Fetched, MAX_TOKEN_LIFETIME};
 use crate::client::HttpClient;
 
 /// Token responses are small; anything larger is not a token response.
@@ -93,10 +93,11 @@ struct ExpClaim {
 }
 
 /// The token's remaining life: `expires_in`, shortened to the JWT's `exp` when that is earlier
-/// (`exp` has whole-second precision and is what Ratepay checks). The signature is not verified:
-/// the gateway only reads when Ratepay will stop accepting the token.
+/// (`exp` has whole-second precision and is what Ratepay checks), and to
+/// [`MAX_TOKEN_LIFETIME`] (an opaque token has no `exp` to bound a huge `expires_in`). The
+/// signature is not verified: the gateway only reads when Ratepay will stop accepting the token.
 fn lifetime(token: &str, expires_in: u64) -> Duration {
-    let announced = Duration::from_secs(expires_in);
+    let announced = Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -132,5 +133,22 @@ mod tests {
             "{l:?}"
         );
         assert_eq!(lifetime("opaque", 30), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn huge_expires_in_and_exp_are_capped_at_a_day() {
+        crate::crypto::install_providers();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(lifetime("opaque", u64::MAX), day);
+        assert_eq!(lifetime("opaque", 86_401), day);
+        assert_eq!(lifetime("opaque", 86_400), day);
+        let far = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"exp": u64::MAX}),
+            &jsonwebtoken::EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert_eq!(lifetime(&far, u64::MAX), day);
+        assert_eq!(lifetime(&far, 60), Duration::from_secs(60));
     }
 }

@@ -8,6 +8,9 @@
 //! (single-flight under `fetch_lock`). A failing token endpoint does not fail requests while
 //! the current token is valid; a token known to be expired is never handed out. Tokens are
 //! kept as [`secrecy::SecretString`] and leave only as a sensitive header value.
+//!
+//! A lifetime comes from the token endpoint, so it is capped at [`MAX_TOKEN_LIFETIME`] before it
+//! is added to an instant: a token announced for longer is refreshed as if it lived 24 h.
 
 pub mod http_fetch;
 
@@ -146,6 +149,18 @@ impl fmt::Debug for TokenSource {
 /// Never treat a token as valid this close to its expiry: it could expire in flight.
 const EXPIRY_SKEW: Duration = Duration::from_secs(1);
 
+/// The longest lifetime the gateway believes of a token (24 h), whatever `expires_in` (or a
+/// JWT `exp`) says. Ratepay's tokens live 1800 s; a longer one is refreshed early, never kept
+/// past what the gateway can add to a clock reading.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// `start + d`; `start` itself if the clock cannot represent that (with `d` bounded by the
+/// settings and [`MAX_TOKEN_LIFETIME`], only a broken clock gets there, and then "due now" is
+/// the safe reading).
+fn instant_after(start: Instant, d: Duration) -> Instant {
+    start.checked_add(d).unwrap_or(start)
+}
+
 impl TokenSource {
     /// Creates the source and starts its background refresher (needs a tokio runtime).
     pub fn new(
@@ -277,16 +292,17 @@ impl Inner {
                     header,
                     generation: st.generation,
                 };
+                let lifetime = f.expires_in.min(MAX_TOKEN_LIFETIME);
                 st.current = Some(Current {
                     bearer: bearer.clone(),
-                    expires_at: started + f.expires_in,
-                    refresh_at: started + refresh_after(f.expires_in, &self.settings),
+                    expires_at: instant_after(started, lifetime),
+                    refresh_at: instant_after(started, refresh_after(lifetime, &self.settings)),
                 });
                 st.last_error = None;
                 self.stats.fetches.fetch_add(1, Relaxed);
                 drop(st);
                 self.changed.notify_one();
-                tracing::debug!(audience = %self.audience, lifetime_s = f.expires_in.as_secs(), "ratepay token fetched");
+                tracing::debug!(audience = %self.audience, lifetime_s = lifetime.as_secs(), announced_s = f.expires_in.as_secs(), "ratepay token fetched");
                 Ok(bearer)
             }
             Err(e) => {
@@ -302,8 +318,16 @@ impl Inner {
 
 /// When to refresh a token of `lifetime`: at `refresh_at_fraction` of it, and never later than
 /// `refresh_margin` before expiry (for lifetimes shorter than the margin, the fraction alone).
+/// The lifetime counts at most [`MAX_TOKEN_LIFETIME`]; a fraction outside 0..=1 (config
+/// validation allows 0.5..=0.95) counts as its nearest bound, NaN as 0.5.
 pub fn refresh_after(lifetime: Duration, s: &TokenSettings) -> Duration {
-    let by_fraction = lifetime.mul_f64(s.refresh_at_fraction);
+    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+    let fraction = if s.refresh_at_fraction.is_nan() {
+        0.5
+    } else {
+        s.refresh_at_fraction.clamp(0.0, 1.0)
+    };
+    let by_fraction = lifetime.mul_f64(fraction);
     match lifetime.checked_sub(s.refresh_margin) {
         Some(by_margin) if !by_margin.is_zero() => by_fraction.min(by_margin),
         _ => by_fraction,
@@ -320,7 +344,7 @@ async fn refresher(inner: Arc<Inner>) {
             let st = inner.lock_state();
 
             match (&st.current, backoff) {
-                (_, Some(b)) => Some(Instant::now() + jitter(b)),
+                (_, Some(b)) => Some(instant_after(Instant::now(), jitter(b))),
                 (Some(c), None) => Some(c.refresh_at),
                 // No token yet: the first request fetches; nothing to refresh.
                 (None, None) => None,
@@ -356,7 +380,7 @@ async fn refresher(inner: Arc<Inner>) {
                 let s = &inner.settings;
                 backoff = Some(match backoff {
                     None => s.retry_initial,
-                    Some(b) => (b * 2).min(s.retry_max),
+                    Some(b) => b.saturating_mul(2).min(s.retry_max),
                 });
                 // With no token and none being used, requests fetch on demand; stop retrying.
                 if inner.lock_state().current.is_none() {
@@ -446,6 +470,57 @@ mod tests {
             refresh_after(Duration::from_secs(10), &s),
             Duration::from_secs(8)
         );
+    }
+
+    #[test]
+    fn refresh_point_survives_extreme_lifetimes_and_fractions() {
+        let day = MAX_TOKEN_LIFETIME;
+        let s = TokenSettings::default();
+        // 0.8 * 24 h, earlier than 24 h - 60 s.
+        assert_eq!(
+            refresh_after(Duration::MAX, &s),
+            Duration::from_secs(69_120)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(u64::MAX), &s),
+            refresh_after(day, &s)
+        );
+        for (fraction, expect) in [
+            (f64::NAN, 43_200),
+            (f64::INFINITY, 86_340),
+            (f64::NEG_INFINITY, 0),
+            (1.0, 86_340),
+            (0.0, 0),
+        ] {
+            let s = TokenSettings {
+                refresh_at_fraction: fraction,
+                ..TokenSettings::default()
+            };
+            assert_eq!(
+                refresh_after(Duration::MAX, &s),
+                Duration::from_secs(expect),
+                "{fraction}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_announced_lifetime_counts_as_a_day_and_is_refreshed_in_time() {
+        let (src, calls, _) = source(Duration::MAX);
+        assert_eq!(src.bearer().await.unwrap().generation, 1);
+        // The lifetime counts from the start of the fetch, which took the fake 50 ms.
+        let left = src.expires_in().unwrap();
+        assert_eq!(left, MAX_TOKEN_LIFETIME - Duration::from_millis(50));
+        // The background refresher wakes at 0.8 * 24 h.
+        tokio::time::sleep(Duration::from_secs(69_119)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "background refresh at 19.2 h"
+        );
+        assert_eq!(src.bearer().await.unwrap().generation, 2);
     }
 
     #[tokio::test(start_paused = true)]
