@@ -383,7 +383,9 @@ async fn serve<I, F, Fut>(
     tokio::pin!(conn);
     let limits = conns.limits;
     let mut stopping = false;
-    let mut deadline = accepted + limits.first_request_timeout;
+    let first_deadline = accepted + limits.first_request_timeout;
+    // Whichever comes first: the first-request deadline, or the first idle check.
+    let mut deadline = accepted + limits.first_request_timeout.min(limits.idle_timeout);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -397,12 +399,16 @@ async fn serve<I, F, Fut>(
                 stopping = true;
             }
             _ = tokio::time::sleep_until(deadline.into()), if !stopping => {
+                let now = Instant::now();
                 if !activity.served.load(Ordering::Relaxed) {
+                    if now < first_deadline {
+                        deadline = first_deadline;
+                        continue;
+                    }
                     conns.closed("first_request_timeout");
                     tracing::debug!(peer = %peer, listener = conns.name, "no request within listen.first_request_timeout_ms; closing");
                     return;
                 }
-                let now = Instant::now();
                 let idle_since = accepted
                     + Duration::from_millis(activity.last_done_ms.load(Ordering::Relaxed));
                 if activity.in_flight.load(Ordering::Acquire) == 0

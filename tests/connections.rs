@@ -1,0 +1,188 @@
+//! End to end: connections that never send a request, trickle the HTTP/2 preface or sit idle
+//! are closed within the configured time, and the proxy listener caps its open connections
+//! while the admin listener keeps answering (`[listen]` bounds, issue 13).
+
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::{config_text, keys, metric, sandbox_config, Harness, Options, TX_PATH};
+use ratepay_gateway::{config::Config, sandbox};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// A harness whose `[listen]` section has `lines` added.
+async fn with_listen(lines: &str) -> Harness {
+    let opts = Options::default();
+    let sandbox = sandbox::spawn(sandbox_config(opts.token_lifetime))
+        .await
+        .expect("sandbox starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), &sandbox.url(), &opts).replacen(
+        "shutdown_grace_ms = 5000",
+        &format!("shutdown_grace_ms = 5000\n{lines}"),
+        1,
+    );
+    let config = Config::from_toml(&text, Path::new("test.toml")).expect("valid config");
+    Harness::serve(sandbox, dir, config).await
+}
+
+fn addr(h: &Harness) -> String {
+    h.gateway.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the gateway closes the connection; how long that took (panics after `limit`).
+async fn closed_after(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after {limit:?}");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn silent_and_slow_preface_connections_are_closed_in_time() {
+    let h = with_listen("first_request_timeout_ms = 400").await;
+    let limit = Duration::from_secs(5);
+    // Nothing at all.
+    let mut silent = TcpStream::connect(addr(&h)).await.unwrap();
+    let t = closed_after(&mut silent, limit).await;
+    assert!(t >= Duration::from_millis(300), "not before the deadline: {t:?}");
+    // The h2 preface a byte at a time: still closed by the deadline counted from the accept.
+    let mut slow = TcpStream::connect(addr(&h)).await.unwrap();
+    let started = Instant::now();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut cut = false;
+    for b in preface {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !cut {
+        closed_after(&mut slow, limit).await;
+    }
+    assert!(started.elapsed() < limit);
+    // The preface and an empty SETTINGS frame, then nothing.
+    let mut h2 = TcpStream::connect(addr(&h)).await.unwrap();
+    h2.write_all(preface).await.unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    closed_after(&mut h2, limit).await;
+    let m = h.scrape_metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"first_request_timeout\"}"
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    // A normal request is still served.
+    let resp = h
+        .req(reqwest::Method::GET, &format!("{TX_PATH}/scwBgARW-nE93I7_ywhp"), keys::FULL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "forwarded to the sandbox");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let h = with_listen("idle_timeout_ms = 400").await;
+    let mut conn = TcpStream::connect(addr(&h)).await.unwrap();
+    let req = format!(
+        "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
+        keys::FULL
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    let t = closed_after(&mut conn, Duration::from_secs(5)).await;
+    assert!(t >= Duration::from_millis(300), "idle deadline respected: {t:?}");
+    let m = h.scrape_metrics().await;
+    assert_eq!(
+        metric(&m, "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"idle\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_proxy_listener_caps_connections_and_admin_keeps_answering() {
+    let h = with_listen("max_connections = 20\nfirst_request_timeout_ms = 60000").await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(addr(&h)).await.unwrap());
+    }
+    // Admitted connections are counted before the next accept, so wait for the gauge.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = h.scrape_metrics().await;
+        if metric(&m, "ratepay_gateway_connections_open{listener=\"proxy\"}") == Some(20.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "20 connections open: {m}");
+        tokio::task::yield_now().await;
+    }
+    // One more is closed at once, and counted; the admin listener still answers.
+    let mut extra = TcpStream::connect(addr(&h)).await.unwrap();
+    let t = closed_after(&mut extra, Duration::from_secs(5)).await;
+    assert!(t < Duration::from_secs(5));
+    let m = h.scrape_metrics().await;
+    assert_eq!(
+        metric(&m, "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"cap\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    // Once the held connections go, requests are served again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = h
+            .req(reqwest::Method::GET, "/pps/api/v1/session-record/nosuchsession", keys::FULL)
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status() == 404) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "served again once below the cap");
+        tokio::task::yield_now().await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn hundreds_of_silent_connections_do_not_stop_normal_requests() {
+    let h = with_listen("first_request_timeout_ms = 60000").await;
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(TcpStream::connect(addr(&h)).await.unwrap());
+    }
+    for _ in 0..5 {
+        let resp = h
+            .req(reqwest::Method::GET, "/pps/api/v1/session-record/nosuchsession", keys::FULL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+    }
+    drop(held);
+    h.stop().await;
+}
