@@ -351,7 +351,7 @@ where
         Ok(Some(m)) => m,
     };
     let op = m.operation;
-    lock(&sandbox.inner).stats.request(op.name);
+    lock(&sandbox.inner).stats.request(op.name, parts.version);
     let delay = match apply_fault(sandbox, op.name).await {
         Faulted::Answer(r) => return Some(r),
         Faulted::Close => return None,

@@ -31,6 +31,7 @@ use hyper_util::{
 };
 use secrecy::SecretString;
 use tokio::{sync::Notify, task::JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 pub use payment::{MAX_EXPIRY_DAYS, OTP_CODE};
 
@@ -109,6 +110,9 @@ impl Default for SandboxConfig {
 /// How long `serve` lets open connections finish after `shutdown` resolved.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// How long a TLS client may take to finish its handshake before the connection is dropped.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Runs the sandbox on `listener` until `shutdown` resolves, then lets open connections finish
 /// their current requests (up to 5 s) and returns.
 pub async fn serve(
@@ -118,6 +122,29 @@ pub async fn serve(
 ) -> io::Result<()> {
     crate::crypto::install_providers();
     let sandbox = Arc::new(state::Sandbox::new(config));
+    serve_state(listener, sandbox, None, shutdown).await
+}
+
+/// [`serve`] over TLS: every connection is a TLS handshake with `tls` first. The protocol
+/// follows ALPN as `tls.alpn_protocols` offers it (`h2` and/or `http/1.1`), so a test can
+/// stand for a Ratepay that offers HTTP/2 or one that offers only HTTP/1.1.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: SandboxConfig,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    crate::crypto::install_providers();
+    let sandbox = Arc::new(state::Sandbox::new(config));
+    serve_state(listener, sandbox, Some(TlsAcceptor::from(tls)), shutdown).await
+}
+
+async fn serve_state(
+    listener: tokio::net::TcpListener,
+    sandbox: Arc<state::Sandbox>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let builder = Builder::new(TokioExecutor::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
@@ -141,39 +168,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let sandbox = sandbox.clone();
         let builder = builder.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let kill = Arc::new(Notify::new());
-            let service = {
-                let kill = kill.clone();
-                service_fn(move |req| {
-                    let sandbox = sandbox.clone();
-                    let kill = kill.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await)
-                    }
-                })
-            };
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            tokio::pin!(conn);
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(e) = res {
-                            tracing::debug!(error = %e, "sandbox connection ended with an error");
-                        }
-                        break;
-                    }
-                    // A close_connection fault: dropping `conn` closes the socket unanswered.
-                    _ = kill.notified() => break,
-                    changed = stop.changed(), if !draining => {
-                        draining = true;
-                        if changed.is_ok() {
-                            conn.as_mut().graceful_shutdown();
-                        }
+            match tls {
+                None => serve_connection(stream, sandbox, builder, stop).await,
+                // The handshake runs in the connection's own task so that a slow or refused
+                // client never holds up the accept loop.
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, sandbox, builder, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "sandbox TLS handshake failed"),
+                        Err(_) => tracing::debug!("sandbox TLS handshake timed out"),
                     }
                 }
             }
@@ -189,34 +195,122 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves HTTP/1.1 or h2 (told apart by the h2 preface) on one connection until it ends, a
+/// `close_connection` fault drops it, or `stop` asks for a graceful close.
+async fn serve_connection<S>(
+    stream: S,
+    sandbox: Arc<state::Sandbox>,
+    builder: Builder<TokioExecutor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let kill = Arc::new(Notify::new());
+    let service = {
+        let kill = kill.clone();
+        service_fn(move |req| {
+            let sandbox = sandbox.clone();
+            let kill = kill.clone();
+            async move { Ok::<_, std::convert::Infallible>(http::handle(sandbox, req, kill).await) }
+        })
+    };
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "sandbox connection ended with an error");
+                }
+                break;
+            }
+            // A close_connection fault: dropping `conn` closes the socket unanswered.
+            _ = kill.notified() => break,
+            changed = stop.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
 /// Starts a sandbox on `127.0.0.1:0` in a background task.
 pub async fn spawn(config: SandboxConfig) -> io::Result<SandboxHandle> {
+    spawn_with(config, None).await
+}
+
+/// Starts a sandbox serving HTTPS with `tls` on `127.0.0.1:0` in a background task; its
+/// [`SandboxHandle::url`] is `https://127.0.0.1:PORT`, so the certificate needs that IP (or
+/// the test uses `localhost` and a DNS SAN). See [`serve_tls`] for ALPN.
+pub async fn spawn_tls(
+    config: SandboxConfig,
+    tls: Arc<rustls::ServerConfig>,
+) -> io::Result<SandboxHandle> {
+    spawn_with(config, Some(tls)).await
+}
+
+async fn spawn_with(
+    config: SandboxConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<SandboxHandle> {
+    crate::crypto::install_providers();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, config, async move {
-        let _ = rx.await;
-    }));
+    let state = Arc::new(state::Sandbox::new(config));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let task = tokio::spawn(serve_state(
+        listener,
+        state.clone(),
+        tls.map(TlsAcceptor::from),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Ok(SandboxHandle {
         addr,
+        scheme,
+        state,
         stop: Some(tx),
         task,
     })
 }
 
 /// A sandbox running on a background task; stops when dropped.
-#[derive(Debug)]
 pub struct SandboxHandle {
     /// Where it listens.
     pub addr: SocketAddr,
+    scheme: &'static str,
+    state: Arc<state::Sandbox>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<io::Result<()>>,
 }
 
+impl std::fmt::Debug for SandboxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxHandle")
+            .field("addr", &self.addr)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SandboxHandle {
-    /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    /// Base URL, e.g. `http://127.0.0.1:41234` or `https://127.0.0.1:41234` (no trailing
+    /// slash).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The counters `GET /_sandbox/stats` answers, read in process (no HTTP call, so a test
+    /// needs no client that trusts a TLS sandbox's certificate).
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::json!(state::lock(&self.state.inner).stats.clone())
     }
 
     /// Stops accepting, lets open requests finish (up to 5 s) and waits for the server task.

@@ -14,6 +14,9 @@ pub(crate) struct Stats {
     pub requests: BTreeMap<&'static str, u64>,
     /// Sum of `requests`: every API call (not `/oauth/token`, not `/_sandbox/*`).
     pub requests_total: u64,
+    /// The same API calls by HTTP version (`HTTP/1.1`, `HTTP/2`), so that a test can prove
+    /// which protocol the gateway's client negotiated.
+    pub requests_by_version: BTreeMap<&'static str, u64>,
     /// Successful token grants.
     pub tokens_issued: u64,
     /// Successful token grants per audience.
@@ -23,10 +26,14 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    /// Counts one call of `operation`.
-    pub(crate) fn request(&mut self, operation: &'static str) {
+    /// Counts one call of `operation` made over `version`.
+    pub(crate) fn request(&mut self, operation: &'static str, version: http::Version) {
         *self.requests.entry(operation).or_default() += 1;
         self.requests_total += 1;
+        *self
+            .requests_by_version
+            .entry(version_name(version))
+            .or_default() += 1;
     }
 
     /// Counts one call of the token endpoint.
@@ -44,6 +51,18 @@ impl Stats {
     }
 }
 
+/// The name `requests_by_version` uses for `version`.
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,9 +70,9 @@ mod tests {
     #[test]
     fn counts_add_up() {
         let mut s = Stats::default();
-        s.request("payment.transactions.get");
-        s.request("payment.transactions.get");
-        s.request("hpp.sessions.create");
+        s.request("payment.transactions.get", http::Version::HTTP_11);
+        s.request("payment.transactions.get", http::Version::HTTP_2);
+        s.request("hpp.sessions.create", http::Version::HTTP_2);
         s.token_request();
         s.token_request();
         s.token_issued("aud");
@@ -62,5 +81,8 @@ mod tests {
         assert_eq!(s.token_requests, 2);
         assert_eq!(s.tokens_issued, 1);
         assert_eq!(s.tokens_issued_by_audience["aud"], 1);
+        assert_eq!(s.requests_by_version["HTTP/1.1"], 1);
+        assert_eq!(s.requests_by_version["HTTP/2"], 2);
+        assert_eq!(s.requests_by_version.len(), 2);
     }
 }
