@@ -49,9 +49,7 @@ impl StoredAnswer {
             name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING
         }
         let headers = || headers.iter().filter(|(k, _)| kept(k));
-        let header_bytes: usize = headers()
-            .map(|(k, v)| k.as_str().len() + v.len() + 2)
-            .sum();
+        let header_bytes: usize = headers().map(|(k, v)| k.as_str().len() + v.len() + 2).sum();
         let mut buf = bytes::BytesMut::with_capacity(body.len() + header_bytes);
         buf.extend_from_slice(body);
         for (name, value) in headers() {
@@ -290,11 +288,17 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::CONTENT_LENGTH, "5".parse().unwrap());
         headers.insert(http::header::TRANSFER_ENCODING, "chunked".parse().unwrap());
-        headers.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
         let body = [b'x'; 95];
         let resp = StoredAnswer::new(http::StatusCode::CREATED, &headers, &body).response();
         assert!(resp.headers().get(http::header::CONTENT_LENGTH).is_none());
-        assert!(resp.headers().get(http::header::TRANSFER_ENCODING).is_none());
+        assert!(resp
+            .headers()
+            .get(http::header::TRANSFER_ENCODING)
+            .is_none());
         assert!(resp.headers().get(http::header::CONTENT_TYPE).is_some());
         assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(95));
     }

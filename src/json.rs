@@ -88,22 +88,40 @@ mod tests {
 
     #[test]
     fn one_object_with_unique_keys_passes() {
-        assert!(check_object(br#" {"gross_amount":1.00,"items":[{"a":1},{"a":2}],"x":{"a":null}} "#).is_ok());
+        assert!(check_object(
+            br#" {"gross_amount":1.00,"items":[{"a":1},{"a":2}],"x":{"a":null}} "#
+        )
+        .is_ok());
         assert!(check_object(b"{}").is_ok());
     }
 
     #[test]
     fn duplicates_at_any_depth_and_non_objects_are_refused() {
-        let e = check_object(br#"{"gross_amount":1.00,"partner_operation_id":"op","gross_amount":400.00}"#)
-            .unwrap_err();
+        let e = check_object(
+            br#"{"gross_amount":1.00,"partner_operation_id":"op","gross_amount":400.00}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("duplicate key \"gross_amount\""), "{e}");
         assert!(e.contains("column"), "{e}");
         let e = check_object(br#"{"items":[{"name":"a","name":"b"}]}"#).unwrap_err();
         assert!(e.contains("\"name\""), "{e}");
         // The same key once escaped is still the same key.
         assert!(check_object(br#"{"gross_amount":1,"gross\u005famount":2}"#).is_err());
-        for bad in [&b""[..], b"  ", b"[]", b"1", b"\"x\"", b"{\"a\":1} {}", b"{\"a\":", b"null"] {
-            assert!(check_object(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"  ",
+            b"[]",
+            b"1",
+            b"\"x\"",
+            b"{\"a\":1} {}",
+            b"{\"a\":",
+            b"null",
+        ] {
+            assert!(
+                check_object(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -89,9 +89,11 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), String> {
     let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if !te.is_empty() && headers.contains_key(header::CONTENT_LENGTH) {
-        return Err("it answered with both Transfer-Encoding and Content-Length (conflicting \
+        return Err(
+            "it answered with both Transfer-Encoding and Content-Length (conflicting \
                     framing, RFC 9112 section 6.3); the answer was discarded"
-            .into());
+                .into(),
+        );
     }
     if let Some(last) = te.last() {
         let chunked_last = last
@@ -100,9 +102,11 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), String> {
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         if !chunked_last {
-            return Err("it answered with a Transfer-Encoding that does not end in chunked \
+            return Err(
+                "it answered with a Transfer-Encoding that does not end in chunked \
                         (invalid framing, RFC 9112 section 6.3); the answer was discarded"
-                .into());
+                    .into(),
+            );
         }
     }
     let mut first: Option<u64> = None;
@@ -114,14 +118,18 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), String> {
             .and_then(|v| v.parse::<u64>().ok());
         match (parsed, first) {
             (None, _) => {
-                return Err("it answered with an invalid Content-Length (RFC 9112 section \
+                return Err(
+                    "it answered with an invalid Content-Length (RFC 9112 section \
                             6.3); the answer was discarded"
-                    .into())
+                        .into(),
+                )
             }
             (Some(n), Some(f)) if n != f => {
-                return Err("it answered with disagreeing Content-Length values (RFC 9112 \
+                return Err(
+                    "it answered with disagreeing Content-Length values (RFC 9112 \
                             section 6.3); the answer was discarded"
-                    .into())
+                        .into(),
+                )
             }
             (Some(n), _) => first = Some(n),
         }
@@ -241,7 +249,11 @@ mod tests {
         assert!(check_framing(&headers(&[("content-length", "5")])).is_ok());
         assert!(check_framing(&headers(&[("transfer-encoding", "chunked")])).is_ok());
         assert!(check_framing(&headers(&[("transfer-encoding", "gzip, chunked")])).is_ok());
-        assert!(check_framing(&headers(&[("content-length", "5"), ("content-length", "5")])).is_ok());
+        assert!(check_framing(&headers(&[
+            ("content-length", "5"),
+            ("content-length", "5")
+        ]))
+        .is_ok());
         assert!(check_framing(&HeaderMap::new()).is_ok());
         for bad in [
             &[("content-length", "5"), ("transfer-encoding", "chunked")][..],

@@ -433,8 +433,12 @@ mod tests {
         let otp = operation("payment.otp.verify").unwrap();
         assert_eq!(otp.keys, Keys::None);
         assert!(!otp.retry_safe(true), "OTP calls are never retried");
-        assert!(operation("payment.cancellations.create").unwrap().retry_safe(true));
-        assert!(!operation("payment.transactions.update").unwrap().retry_safe(true));
+        assert!(operation("payment.cancellations.create")
+            .unwrap()
+            .retry_safe(true));
+        assert!(!operation("payment.transactions.update")
+            .unwrap()
+            .retry_safe(true));
     }
 
     #[test]

@@ -302,7 +302,10 @@ async fn accept_loop<F, Fut>(
                 _ = stopping.wait_for(|stopping| *stopping) => None,
             };
             if let Some((stream, identity)) = handshake {
-                serve(stream, peer, identity, builder, stop, handler, &conns, accepted).await;
+                serve(
+                    stream, peer, identity, builder, stop, handler, &conns, accepted,
+                )
+                .await;
             }
         });
     }
@@ -328,9 +331,10 @@ struct InFlightOnConnection {
 
 impl Drop for InFlightOnConnection {
     fn drop(&mut self) {
-        self.activity
-            .last_done_ms
-            .store(self.accepted.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.last_done_ms.store(
+            self.accepted.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
         self.activity.in_flight.fetch_sub(1, Ordering::Release);
     }
 }

@@ -11,10 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use secrecy::ExposeSecret;
-use futures_util::FutureExt;
 use tower::ServiceBuilder;
 
 use crate::{

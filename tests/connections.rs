@@ -60,7 +60,10 @@ async fn silent_and_slow_preface_connections_are_closed_in_time() {
     // Nothing at all.
     let mut silent = TcpStream::connect(addr(&h)).await.unwrap();
     let t = closed_after(&mut silent, limit).await;
-    assert!(t >= Duration::from_millis(300), "not before the deadline: {t:?}");
+    assert!(
+        t >= Duration::from_millis(300),
+        "not before the deadline: {t:?}"
+    );
     // The h2 preface a byte at a time: still closed by the deadline counted from the accept.
     let mut slow = TcpStream::connect(addr(&h)).await.unwrap();
     let started = Instant::now();
@@ -93,7 +96,11 @@ async fn silent_and_slow_preface_connections_are_closed_in_time() {
     );
     // A normal request is still served.
     let resp = h
-        .req(reqwest::Method::GET, &format!("{TX_PATH}/scwBgARW-nE93I7_ywhp"), keys::FULL)
+        .req(
+            reqwest::Method::GET,
+            &format!("{TX_PATH}/scwBgARW-nE93I7_ywhp"),
+            keys::FULL,
+        )
         .send()
         .await
         .unwrap();
@@ -114,10 +121,16 @@ async fn an_idle_keep_alive_connection_is_closed() {
     let n = conn.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
     let t = closed_after(&mut conn, Duration::from_secs(5)).await;
-    assert!(t >= Duration::from_millis(300), "idle deadline respected: {t:?}");
+    assert!(
+        t >= Duration::from_millis(300),
+        "idle deadline respected: {t:?}"
+    );
     let m = h.scrape_metrics().await;
     assert_eq!(
-        metric(&m, "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"idle\"}"),
+        metric(
+            &m,
+            "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"idle\"}"
+        ),
         Some(1.0),
         "{m}"
     );
@@ -147,7 +160,10 @@ async fn the_proxy_listener_caps_connections_and_admin_keeps_answering() {
     assert!(t < Duration::from_secs(5));
     let m = h.scrape_metrics().await;
     assert_eq!(
-        metric(&m, "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"cap\"}"),
+        metric(
+            &m,
+            "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"cap\"}"
+        ),
         Some(1.0),
         "{m}"
     );
@@ -156,7 +172,11 @@ async fn the_proxy_listener_caps_connections_and_admin_keeps_answering() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = h
-            .req(reqwest::Method::GET, "/pps/api/v1/session-record/nosuchsession", keys::FULL)
+            .req(
+                reqwest::Method::GET,
+                "/pps/api/v1/session-record/nosuchsession",
+                keys::FULL,
+            )
             .send()
             .await;
         if r.is_ok_and(|r| r.status() == 404) {
@@ -177,7 +197,11 @@ async fn hundreds_of_silent_connections_do_not_stop_normal_requests() {
     }
     for _ in 0..5 {
         let resp = h
-            .req(reqwest::Method::GET, "/pps/api/v1/session-record/nosuchsession", keys::FULL)
+            .req(
+                reqwest::Method::GET,
+                "/pps/api/v1/session-record/nosuchsession",
+                keys::FULL,
+            )
             .send()
             .await
             .unwrap();

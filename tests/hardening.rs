@@ -110,7 +110,10 @@ async fn a_duplicated_json_key_is_refused_and_intents_carry_the_body_hash() {
     let evil = r#"{"gross_amount":1.00,"partner_operation_id":"op","gross_amount":400.00}"#;
     for (body, ct) in [
         (evil, "application/json"),
-        (r#"{"items":[{"name":"a","name":"b"}],"gross_amount":1}"#, "application/json"),
+        (
+            r#"{"items":[{"name":"a","name":"b"}],"gross_amount":1}"#,
+            "application/json",
+        ),
         ("[1]", "application/json"),
         ("", "application/json"),
         (r#"{"gross_amount":1} trailing"#, "application/json"),
@@ -130,7 +133,10 @@ async fn a_duplicated_json_key_is_refused_and_intents_carry_the_body_hash() {
         );
     }
     assert!(raw.seen().is_empty(), "nothing reached Ratepay");
-    assert!(h.audit_records().is_empty(), "nothing audited: nothing was sent");
+    assert!(
+        h.audit_records().is_empty(),
+        "nothing audited: nothing was sent"
+    );
     // A valid body: the intent binds the exact bytes forwarded.
     let good = r#"{"gross_amount": 12.50, "partner_operation_id": "op-7"}"#;
     let resp = h
@@ -166,7 +172,10 @@ async fn an_empty_x_partner_is_no_partner_for_every_policy() {
     assert_eq!(resp.status(), 404, "forwarded, not refused");
     // A list: as absent, the caller must choose.
     let p = problem(get(keys::CHOOSER).send().await.unwrap(), 400).await;
-    assert_eq!(p["type"], "https://ratepay-gateway.dev/problems/partner-required");
+    assert_eq!(
+        p["type"],
+        "https://ratepay-gateway.dev/problems/partner-required"
+    );
     assert_eq!(h.op_count("payment.transactions.get").await, 2);
     // Two X-Partner headers are refused rather than guessed at.
     let resp = h
@@ -198,7 +207,10 @@ async fn otp_calls_are_never_keyed_nor_retried() {
     assert!(resp.headers().get("idempotency-key").is_none());
     let seen = raw.seen();
     assert_eq!(seen.len(), 1, "attempted once: OTP calls are never retried");
-    assert!(seen[0].header("idempotency-key").is_empty(), "no key leaves for OTP");
+    assert!(
+        seen[0].header("idempotency-key").is_empty(),
+        "no key leaves for OTP"
+    );
     h.stop().await;
 }
 
@@ -223,7 +235,10 @@ async fn every_answer_to_a_keyed_call_names_its_key() {
         .send()
         .await
         .unwrap();
-    let key = resp.headers()["idempotency-key"].to_str().unwrap().to_owned();
+    let key = resp.headers()["idempotency-key"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     problem(resp, 502).await;
     let uuid = uuid::Uuid::parse_str(&key).expect("a UUID");
     assert_eq!(uuid.get_version_num(), 4);
@@ -235,7 +250,11 @@ async fn every_answer_to_a_keyed_call_names_its_key() {
     // A 409 and Ratepay's own 429 name it too.
     raw.answer(json_answer(201, CREATED));
     let first = h
-        .req(Method::POST, &cancel_path("another-transaction-id-1"), keys::FULL)
+        .req(
+            Method::POST,
+            &cancel_path("another-transaction-id-1"),
+            keys::FULL,
+        )
         .header("idempotency-key", "k-409")
         .json(&json!({"gross_amount": 1.0}))
         .send()
@@ -243,7 +262,11 @@ async fn every_answer_to_a_keyed_call_names_its_key() {
         .unwrap();
     assert_eq!(first.status(), 201);
     let resp = h
-        .req(Method::POST, &cancel_path("another-transaction-id-1"), keys::FULL)
+        .req(
+            Method::POST,
+            &cancel_path("another-transaction-id-1"),
+            keys::FULL,
+        )
         .header("idempotency-key", "k-409")
         .json(&json!({"gross_amount": 2.0}))
         .send()
@@ -298,15 +321,14 @@ async fn conflicting_upstream_framing_is_refused_never_forwarded_or_stored() {
             .request(method.clone(), h.url(&path))
             .bearer_auth(keys::FULL);
         if method == Method::POST {
-            rb = rb.header("idempotency-key", "k-frame").json(&json!({"gross_amount": 1.0}));
+            rb = rb
+                .header("idempotency-key", "k-frame")
+                .json(&json!({"gross_amount": 1.0}));
         }
         let resp = rb.send().await.unwrap();
         statuses.push(resp.status().as_u16());
         let p: Value = resp.json().await.unwrap();
-        assert!(
-            p["detail"].as_str().unwrap().contains("framing"),
-            "{p}"
-        );
+        assert!(p["detail"].as_str().unwrap().contains("framing"), "{p}");
     }
     assert_eq!(statuses, [502, 502, 502, 502]);
     // GET retried 3 times each, the keyed POST 3 times each: the 502 was never stored.

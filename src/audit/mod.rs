@@ -31,10 +31,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use body::{ratepay_cancellation_id, CancellationFields};
 pub use chain::{verify, Fault, VerifyError, VerifySummary};
 pub use files::{log_files, rotated_path, DEFAULT_FILE_NAME};
+pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use record::{
     AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
 };
-pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use writer::{AuditStats, Recovery, TruncatedTail, PROBE_INTERVAL};
 
 use writer::{Job, StatsCells};

@@ -43,7 +43,10 @@ pub(super) struct Registry(Mutex<HashMap<u64, Pending>>);
 
 impl Registry {
     fn take(&self, seq: u64) -> Option<Pending> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&seq)
     }
 
     /// Every open intent's outcome, `unknown` with `reason`; the registry is left empty.
@@ -75,7 +78,9 @@ pub struct OpenIntent {
 
 impl std::fmt::Debug for OpenIntent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenIntent").field("seq", &self.seq).finish()
+        f.debug_struct("OpenIntent")
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -141,7 +146,10 @@ impl OpenIntent {
         outcome.attempts = (pending.attempts)();
         outcome.latency_ms = pending.started.elapsed().as_millis() as u64;
         fill(&mut outcome);
-        self.log.append(AuditEntry::Outcome(outcome)).await.map(Some)
+        self.log
+            .append(AuditEntry::Outcome(outcome))
+            .await
+            .map(Some)
     }
 }
 

@@ -78,19 +78,20 @@ impl<S> CallerPolicy<S> {
         // Ratepay's own example requests send `X-Partner:` empty when there is none: an empty
         // value means "no partner", exactly as an absent header, for every partner policy.
         let mut sent = req.headers().get_all(&X_PARTNER).iter();
-        let requested = match (sent.next(), sent.next()) {
-            (None, _) => None,
-            (Some(_), Some(_)) => {
-                return Err(GatewayError::BadRequest(
-                    "send at most one X-Partner header".into(),
-                ))
+        let requested =
+            match (sent.next(), sent.next()) {
+                (None, _) => None,
+                (Some(_), Some(_)) => {
+                    return Err(GatewayError::BadRequest(
+                        "send at most one X-Partner header".into(),
+                    ))
+                }
+                (Some(v), None) => Some(v.to_str().map_err(|_| {
+                    GatewayError::BadRequest("X-Partner must be visible ASCII".into())
+                })?),
             }
-            (Some(v), None) => Some(v.to_str().map_err(|_| {
-                GatewayError::BadRequest("X-Partner must be visible ASCII".into())
-            })?),
-        }
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
         let partner = caller.partner_for(requested)?;
         Ok(Authenticated { caller, partner })
     }

@@ -101,12 +101,7 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
 /// Hop-by-hop names present in `headers`, plus `listed`. One pass over the names present (a
 /// handful) instead of a hashed lookup per listed name.
 fn hop_by_hop_present(headers: &HeaderMap, mut listed: Vec<HeaderName>) -> Vec<HeaderName> {
-    listed.extend(
-        headers
-            .keys()
-            .filter(|k| HOP_BY_HOP.contains(k))
-            .cloned(),
-    );
+    listed.extend(headers.keys().filter(|k| HOP_BY_HOP.contains(k)).cloned());
     listed
 }
 

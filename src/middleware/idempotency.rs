@@ -212,9 +212,7 @@ impl<S: Handler> Handler for Idempotency<S> {
         let sent = req.headers().get(&IDEMPOTENCY_KEY);
         match (ctx.route.operation.keys, sent) {
             // The edge removed any caller key from these; nothing to scope or store.
-            (Keys::None, _) | (Keys::CallerOptional, None) => {
-                return self.inner.handle(req).await
-            }
+            (Keys::None, _) | (Keys::CallerOptional, None) => return self.inner.handle(req).await,
             (Keys::Generated | Keys::CallerOptional, _) => {}
         }
         let metrics = &self.metrics;
