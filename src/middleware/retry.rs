@@ -121,7 +121,7 @@ impl RetryPolicy {
 }
 
 /// `Retry-After` in delta-seconds (Ratepay's form); HTTP dates are not honoured.
-fn retry_after(resp: &GwResponse) -> Option<Duration> {
+pub fn retry_after(resp: &GwResponse) -> Option<Duration> {
     resp.headers()
         .get(RETRY_AFTER)?
         .to_str()
