@@ -113,7 +113,7 @@ fn chain(n: usize, seed: u8) -> Vec<u8> {
                     source: std::net::IpAddr::from([10, 0, 0, seed]),
                     operation: "payment.cancellations.create".into(),
                     ratepay_transaction_id: format!("tx{seed}"),
-                    partner: (seed % 2 == 0).then(|| "p".into()),
+                    partner: seed.is_multiple_of(2).then(|| "p".into()),
                     gross_amount: Some(format!("{seed}.50")),
                     partner_operation_id: Some("op\u{e9}\"\\".into()),
                     partner_shop_id: None,
