@@ -3,8 +3,9 @@
 //! when an entry is served later, driven through `SessionRecordCacheService` on a fake clock.
 //!
 //! Invariants: never panics; every answer is Ratepay's 200 with one `X-Cache` and at most one
-//! numeric `Age`; an entry's `Age` never goes down as it is served later; an answer Ratepay
-//! marked `no-store`, or a request with `no-store`, is never served from memory.
+//! numeric `Age`, never less than the `Age` Ratepay sent (RFC 9111 section 5.1) and never
+//! going down as the entry is served later; an answer Ratepay marked `no-store`, or a request
+//! with `no-store`, is never served from memory.
 #![no_main]
 
 use std::{
@@ -192,6 +193,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let later = Duration::from_secs(u64::from_le_bytes([t0, t1, t2, 0, 0, 0, 0, 0]));
+    let upstream_age = v[0]
+        .as_ref()
+        .filter(|a| a.as_bytes().iter().all(u8::is_ascii_digit))
+        .and_then(|a| a.to_str().ok()?.parse::<u64>().ok());
     let ratepay_no_store = has(&upstream_headers, &header::CACHE_CONTROL, "no-store");
     let caller_no_store = has(&second, &header::CACHE_CONTROL, "no-store");
 
@@ -214,6 +219,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = b.into_body().collect().await.unwrap();
         if ratepay_no_store || caller_no_store {
             assert_ne!(b_seen.x_cache, "HIT", "served from memory despite no-store");
+        }
+        // RFC 9111 section 5.1: a cache adds its own holding time to the Age it received (an
+        // overflowing value may be taken as 2^31).
+        for s in [&a_seen, &b_seen] {
+            if let (Some(sent), Some(served)) = (upstream_age, s.age) {
+                assert!(
+                    served >= sent.min(1 << 31),
+                    "Ratepay's Age {sent} served as {served}"
+                );
+            }
         }
         if b_seen.x_cache == "HIT" {
             let (a_age, b_age) = (
