@@ -36,16 +36,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(fetched) = parse_token_response(data) else {
         return;
     };
-    let sent: serde_json::Value = serde_json::from_slice(data).expect("accepted but not JSON");
-    let announced = sent["expires_in"]
-        .as_u64()
-        .expect("accepted without expires_in");
-    let token = sent["access_token"]
-        .as_str()
-        .expect("accepted without access_token");
-    assert_eq!(fetched.access_token.expose_secret(), token);
+    // serde_json's typed parse skips unknown members without checking their escapes, and a
+    // derived struct also reads an array by position (`["tok", 60]`): compare with a plain
+    // parse only where there is one object to compare with.
+    let token = fetched.access_token.expose_secret().to_owned();
+    if let Ok(serde_json::Value::Object(sent)) = serde_json::from_slice(data) {
+        assert_eq!(sent["access_token"].as_str(), Some(token.as_str()));
+        let announced = sent["expires_in"]
+            .as_u64()
+            .expect("accepted without expires_in");
+        assert!(fetched.expires_in <= Duration::from_secs(announced));
+    }
     assert!(!fetched.expires_in.is_zero());
-    assert!(fetched.expires_in <= Duration::from_secs(announced));
 
     let lifetime = fetched.expires_in;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -62,12 +64,12 @@ fuzz_target!(|data: &[u8]| {
         let first = source.bearer().await;
         let Ok(bearer) = first else {
             // Only a token that is not a header value is refused.
-            assert!(http::HeaderValue::from_str(&format!("Bearer {token}")).is_err());
+            assert!(http::HeaderValue::try_from(format!("Bearer {token}")).is_err());
             return;
         };
         assert_eq!(
-            bearer.header.to_str().ok(),
-            Some(format!("Bearer {token}").as_str())
+            bearer.header.as_bytes(),
+            format!("Bearer {token}").as_bytes()
         );
         assert!(source.expires_in().is_some_and(|left| left <= lifetime));
         // Let the background refresher run (its refresh fails) and the token age.
