@@ -585,7 +585,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Keeps a well-formed incoming`X-Request-Id` (1 to 128 of `[A-Za-z0-9._:-]`), else makes one.
-fn request_id(headers: &http::HeaderMap) -> Arc<str> {
+pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
     headers
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())

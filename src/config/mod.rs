@@ -609,12 +609,14 @@ impl Config {
         let max = match f.max_connections {
             None => d.max,
             Some(n) if (1..=1_000_000).contains(&n) => n as usize,
-            Some(n) => return Err(cx.err(
-                "listen.max_connections",
-                format!(
+            Some(n) => {
+                return Err(cx.err(
+                    "listen.max_connections",
+                    format!(
                     "{n} is out of range; use 1 to 1000000 (and keep it below the open-file limit)"
                 ),
-            )),
+                ))
+            }
         };
         Ok(ConnectionLimits {
             first_request_timeout: bounded(

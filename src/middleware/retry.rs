@@ -141,7 +141,8 @@ pub fn parse_retry_after_secs(value: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
-fn retry_after(resp: &GwResponse) -> Option<Duration> {
+/// The capped `Retry-After` of an answer.
+pub fn retry_after(resp: &GwResponse) -> Option<Duration> {
     parse_retry_after_secs(resp.headers().get(RETRY_AFTER)?.to_str().ok()?)
 }
 

@@ -281,6 +281,27 @@ async fn spawn_with(
     })
 }
 
+/// A sandbox answering requests in-process, without a socket (for the fuzz targets in `fuzz/`).
+#[doc(hidden)]
+pub struct InProcess(Arc<state::Sandbox>);
+
+impl InProcess {
+    /// A fresh sandbox with `config`.
+    pub fn new(config: SandboxConfig) -> InProcess {
+        crate::crypto::install_providers();
+        InProcess(Arc::new(state::Sandbox::new(config)))
+    }
+
+    /// Answers `req` exactly as the sandbox's HTTP server would (a `close_connection` fault
+    /// never resolves).
+    pub async fn handle(
+        &self,
+        req: ::http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> ::http::Response<http_body_util::Full<bytes::Bytes>> {
+        http::handle(self.0.clone(), req, Arc::new(Notify::new())).await
+    }
+}
+
 /// A sandbox running on a background task; stops when dropped.
 pub struct SandboxHandle {
     /// Where it listens.

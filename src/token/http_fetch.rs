@@ -68,23 +68,26 @@ impl FetchToken for HttpFetcher {
                 401 | 403 => return Err(FetchError::Refused(status.as_u16())),
                 s => return Err(FetchError::Status(s)),
             }
-            let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-                FetchError::Malformed(
-                    "expected {\"access_token\", \"expires_in\", \"token_type\"}".into(),
-                )
-            })?;
-            let expires_in = lifetime(&parsed.access_token, parsed.expires_in);
-            if expires_in.is_zero() {
-                return Err(FetchError::Malformed(
-                    "the token is already expired (expires_in / exp)".into(),
-                ));
-            }
-            Ok(Fetched {
-                access_token: SecretString::from(parsed.access_token),
-                expires_in,
-            })
+            parse_token_response(&bytes)
         })
     }
+}
+
+/// Reads a 200 answer's body from the token endpoint: the token and its remaining life.
+pub fn parse_token_response(bytes: &[u8]) -> Result<Fetched, FetchError> {
+    let parsed: TokenResponse = serde_json::from_slice(bytes).map_err(|_| {
+        FetchError::Malformed("expected {\"access_token\", \"expires_in\", \"token_type\"}".into())
+    })?;
+    let expires_in = lifetime(&parsed.access_token, parsed.expires_in);
+    if expires_in.is_zero() {
+        return Err(FetchError::Malformed(
+            "the token is already expired (expires_in / exp)".into(),
+        ));
+    }
+    Ok(Fetched {
+        access_token: SecretString::from(parsed.access_token),
+        expires_in,
+    })
 }
 
 #[derive(serde::Deserialize)]
