@@ -61,9 +61,6 @@ pub struct Operation {
     pub method: Method,
     /// The API that serves it.
     pub api: Api,
-    /// A POST that creates a resource and therefore carries an `Idempotency-Key`
-    /// (`keys == Keys::Generated`).
-    pub creating: bool,
     /// How the operation carries an `Idempotency-Key`; see [`Keys`].
     pub keys: Keys,
     pattern: &'static [Seg],
@@ -87,6 +84,12 @@ pub enum Keys {
 }
 
 impl Operation {
+    /// A Payment API POST that creates a resource and therefore always carries an
+    /// `Idempotency-Key` (`keys == Keys::Generated`).
+    pub fn creating(&self) -> bool {
+        self.keys == Keys::Generated
+    }
+
     /// Whether a request for this operation may be sent more than once: GETs, and calls that
     /// carry a (gateway-scoped) key.
     pub fn retry_safe(&self, keyed: bool) -> bool {
@@ -100,7 +103,6 @@ macro_rules! op {
             name: $name,
             method: Method::$method,
             api: Api::$api,
-            creating: $creating,
             keys: if $creating { Keys::Generated } else { Keys::None },
             pattern: &[$($seg),*],
         }
@@ -267,7 +269,6 @@ pub static OPERATIONS: &[Operation] = &[
         name: "hpp.sessions.create",
         method: Method::POST,
         api: Api::Hpp,
-        creating: false,
         keys: Keys::CallerOptional,
         pattern: &[Lit("pps"), Lit("api"), Lit("v1"), Lit("session")],
     },
@@ -299,7 +300,6 @@ pub static GATEWAY_OAUTH_TOKEN: Operation = Operation {
     name: "gateway.oauth.token",
     method: Method::POST,
     api: Api::Payment,
-    creating: false,
     keys: Keys::None,
     pattern: &[],
 };
@@ -417,11 +417,16 @@ mod tests {
         for op in OPERATIONS {
             let expected = match op.name {
                 "hpp.sessions.create" => Keys::CallerOptional,
-                _ if op.creating => Keys::Generated,
+                // Payment POSTs create resources, except the passcode calls.
+                _ if op.api == Api::Payment
+                    && op.method == Method::POST
+                    && !op.name.starts_with("payment.otp.") =>
+                {
+                    Keys::Generated
+                }
                 _ => Keys::None,
             };
             assert_eq!(op.keys, expected, "{}", op.name);
-            assert_eq!(op.creating, op.keys == Keys::Generated, "{}", op.name);
             // Retried: GETs, and only calls that carry a key.
             let retried = |keyed| op.retry_safe(keyed);
             match (&op.method, op.keys) {
@@ -450,7 +455,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(m.operation.name, "payment.cancellations.create");
-        assert!(m.operation.creating);
+        assert!(m.operation.creating());
         assert_eq!(
             m.params.transaction_id.as_deref(),
             Some("scwBgARW-nE93I7_ywhp")

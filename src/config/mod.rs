@@ -1088,7 +1088,7 @@ impl Config {
             .unwrap_or_else(|| vec!["payment.cancellations.create".into()])
         {
             match routes::operation(&name) {
-                Some(op) if op.creating => audit_ops.push(op.name),
+                Some(op) if op.creating() => audit_ops.push(op.name),
                 Some(_) => {
                     return Err(cx.err(
                         "audit.operations",

@@ -206,13 +206,14 @@ fn replay(stored: &Stored, key: &str) -> GwResponse {
 
 impl<S: Handler> Handler for Idempotency<S> {
     async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
-            return Err(GatewayError::Internal("request context missing".into()));
-        };
-        let sent = req.headers().get(&IDEMPOTENCY_KEY);
-        match (ctx.route.operation.keys, sent) {
+        let keys = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.route.operation.keys)
+            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        match (keys, req.headers().contains_key(&IDEMPOTENCY_KEY)) {
             // The edge removed any caller key from these; nothing to scope or store.
-            (Keys::None, _) | (Keys::CallerOptional, None) => return self.inner.handle(req).await,
+            (Keys::None, _) | (Keys::CallerOptional, false) => return self.inner.handle(req).await,
             (Keys::Generated | Keys::CallerOptional, _) => {}
         }
         let metrics = &self.metrics;
@@ -226,7 +227,9 @@ impl<S: Handler> Handler for Idempotency<S> {
             None => Arc::from(uuid::Uuid::new_v4().to_string()),
         };
         // From here every answer (a gateway problem included) names the key.
-        let _ = ctx.stats.idempotency_key.set(key.clone());
+        if let Some(ctx) = req.extensions().get::<RequestContext>() {
+            let _ = ctx.stats.idempotency_key.set(key.clone());
+        }
         let up = upstream_key(&auth.caller.name, &key);
         let up = HeaderValue::from_str(&up)
             .map_err(|_| GatewayError::Internal("upstream key".into()))?;

@@ -404,7 +404,7 @@ where
     // Ratepay: idempotency is applied "if requested by the client"; a creating POST without a
     // key simply executes.
     let key = match parts.headers.get("idempotency-key") {
-        Some(raw) if op.creating => match idempotency::validate_key(raw.as_bytes()) {
+        Some(raw) if op.creating() => match idempotency::validate_key(raw.as_bytes()) {
             Ok(k) => Some(k),
             Err(e) => return Some(invalid_fields("$.headers.Idempotency-Key", &e.to_string())),
         },
