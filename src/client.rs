@@ -15,6 +15,22 @@ use hyper_util::{
 
 use crate::config::UpstreamClientConfig;
 
+/// A client error described without anything secret (hyper errors never carry headers).
+pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    let mut msg = if e.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// The upstream client type.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 

@@ -110,7 +110,7 @@ pub enum GatewayError {
     AuditUnavailable(String),
     /// Over a gateway rate limit, or Ratepay's 429 pause on the upstream (429 + Retry-After).
     #[error("{0}")]
-    RateLimited(crate::middleware::rate_limit::Refusal),
+    RateLimited(crate::limits::Refusal),
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -219,7 +219,7 @@ impl GatewayError {
                 "Audit log unavailable",
             ),
             RateLimited(r) => match r.scope {
-                crate::middleware::rate_limit::Scope::Paused(_) => (
+                crate::limits::Scope::Paused(_) => (
                     StatusCode::TOO_MANY_REQUESTS,
                     "upstream-paused",
                     "Ratepay asked the gateway to slow down",
@@ -287,3 +287,8 @@ pub fn problem(
     );
     resp
 }
+
+/// Why a gateway could not be built from a (valid) configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);

@@ -66,22 +66,6 @@ impl Proxy {
     }
 }
 
-/// A client error described without anything secret (hyper errors never carry headers).
-pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    let mut msg = if e.is_connect() {
-        "connection failed".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 /// Refuses an answer with conflicting or invalid framing: both `Transfer-Encoding` and
 /// `Content-Length`, a `Transfer-Encoding` whose last coding is not `chunked`, or a
 /// `Content-Length` that is not one decimal number (repeated values must agree).
@@ -189,7 +173,7 @@ impl Handler for Proxy {
             Ok(Err(e)) => {
                 return Err(GatewayError::UpstreamUnreachable {
                     upstream,
-                    reason: describe_client_error(&e),
+                    reason: crate::client::describe_client_error(&e),
                 })
             }
             Err(_) => {

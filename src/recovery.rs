@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::{
     audit::{AuditEntry, AuditLog, AuditRecord, Outcome, OutcomeKind},
     client::HttpClient,
-    stack::BuildError,
+    error::BuildError,
     token::TokenSource,
 };
 
@@ -99,7 +99,7 @@ async fn ask(r: &Ratepay<'_>, intent: &AuditRecord, kind: &str) -> Result<Value,
     let resp = tokio::time::timeout(r.timeout, r.client.request(req))
         .await
         .map_err(|_| "Ratepay did not answer in time".to_owned())?
-        .map_err(|e| crate::proxy::describe_client_error(&e))?;
+        .map_err(|e| crate::client::describe_client_error(&e))?;
     let status = resp.status();
     let body = tokio::time::timeout(r.timeout, resp.into_body().collect())
         .await

@@ -24,7 +24,7 @@ use crate::{
     client::{self, HttpClient},
     config::{Config, Limits},
     context::{RequestContext, RequestFacts, RequestStats},
-    error::GatewayError,
+    error::{BuildError, GatewayError},
     metrics::{
         status_class, Metrics, Name, OperationLabels, RequestLabels, ResultLabels, ScopeLabels,
     },
@@ -44,12 +44,10 @@ use crate::{
     },
     proxy::Proxy,
     recovery,
+    request_id::{request_id, X_REQUEST_ID},
     routes::{self, Api, Keys, Operation},
     token::{http_fetch::HttpFetcher, TokenSource},
 };
-
-/// `X-Request-Id`.
-pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 type Stack = Box<dyn BoxHandler>;
 
@@ -79,11 +77,6 @@ impl std::fmt::Debug for Gateway {
         f.debug_struct("Gateway").finish_non_exhaustive()
     }
 }
-
-/// Why a gateway could not be built from a (valid) configuration.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BuildError(pub String);
 
 /// The parts of a gateway that are not rebuilt from scratch on every configuration.
 struct Parts {
@@ -584,19 +577,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Keeps a well-formed incoming`X-Request-Id` (1 to 128 of `[A-Za-z0-9._:-]`), else makes one.
-pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
-    headers
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=128).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        })
-        .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::now_v7().to_string()))
-}
 
 /// What makes two token sources interchangeable: same credentials, endpoint and audience.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]

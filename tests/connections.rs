@@ -6,10 +6,11 @@ mod common;
 
 use std::{
     path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::{config_text, keys, metric, sandbox_config, Harness, Options, TX_PATH};
+use common::{config_text, keys, metric, process, sandbox_config, Harness, Options, TX_PATH};
 use ratepay_gateway::{config::Config, sandbox};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -188,25 +189,73 @@ async fn the_proxy_listener_caps_connections_and_admin_keeps_answering() {
     h.stop().await;
 }
 
+/// The review's case: a flood of silent connections larger than the gateway's open-file limit.
+/// Before issue 13 the gateway accepted until it ran out of descriptors, logged `accept failed`
+/// in a loop and served nothing until the attacker let go; the connections in its backlog were
+/// never even accepted. Now the cap (below the descriptor limit) refuses the excess at once and
+/// the first-request deadline closes the rest, so normal requests are served while the
+/// attacker still holds every socket it opened.
 #[tokio::test]
-async fn hundreds_of_silent_connections_do_not_stop_normal_requests() {
-    let h = with_listen("first_request_timeout_ms = 60000").await;
-    let mut held = Vec::new();
-    for _ in 0..300 {
-        held.push(TcpStream::connect(addr(&h)).await.unwrap());
+async fn a_flood_beyond_the_open_file_limit_does_not_stop_the_gateway() {
+    const FLOOD: usize = 300;
+    let sandbox = sandbox::spawn(sandbox_config(Duration::from_secs(1800)))
+        .await
+        .expect("sandbox starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = process::gateway_config(dir.path(), sandbox.url().trim_start_matches("http://"));
+    let text = std::fs::read_to_string(&cfg).expect("config").replacen(
+        "shutdown_grace_ms = 10000",
+        "shutdown_grace_ms = 10000\nfirst_request_timeout_ms = 1000\nmax_connections = 100",
+        1,
+    );
+    std::fs::write(&cfg, text).expect("config");
+    // 128 descriptors: fewer than the flood, more than the cap plus what the process needs.
+    let mut command = Command::new("prlimit");
+    command.args(["--nofile=128:128", "--", process::BIN, "serve", "--config"]);
+    command.arg(&cfg);
+    let (_gateway, addrs) = process::spawn_command(command, &["proxy", "admin"]);
+    let proxy = addrs["proxy"].clone();
+
+    let mut held = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let connect = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&proxy));
+        let stream = connect.await.expect("the gateway keeps accepting");
+        held.push(stream.expect("connect"));
     }
+    // Every socket of the flood is closed by the gateway (refused at the cap, or at the
+    // first-request deadline), although the attacker keeps all of them open.
+    for stream in &mut held {
+        closed_after(stream, Duration::from_secs(20)).await;
+    }
+    let http = reqwest::Client::new();
     for _ in 0..5 {
-        let resp = h
-            .req(
-                reqwest::Method::GET,
-                "/pps/api/v1/session-record/nosuchsession",
-                keys::FULL,
-            )
+        let resp = http
+            .get(format!("http://{proxy}/pps/api/v1/session-record/nosuchsession"))
+            .bearer_auth(process::KEY)
             .send()
             .await
-            .unwrap();
+            .expect("a normal request is served during the flood");
         assert_eq!(resp.status(), 404);
     }
+    let text = http
+        .get(format!("http://{}/metrics", addrs["admin"]))
+        .send()
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .expect("metrics");
+    let closed = |reason: &str| {
+        metric(
+            &text,
+            &format!(
+                "ratepay_gateway_connections_closed_total{{listener=\"proxy\",reason=\"{reason}\"}}"
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    let (cap, timed_out) = (closed("cap"), closed("first_request_timeout"));
+    assert!(cap >= 1.0 && timed_out >= 1.0, "cap {cap}, timed out {timed_out}");
+    assert_eq!(cap + timed_out, FLOOD as f64, "every flood connection closed once");
     drop(held);
-    h.stop().await;
 }

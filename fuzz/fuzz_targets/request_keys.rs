@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     middleware::idempotency::{upstream_key, validate_key},
-    stack::{request_id, X_REQUEST_ID},
+    request_id::{request_id, X_REQUEST_ID},
 };
 
 fn key_rule(k: &[u8]) -> bool {

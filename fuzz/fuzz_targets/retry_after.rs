@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     body,
     middleware::{
-        retry::{retry_after, AttemptOutcome, RetryPolicy, RetrySettings, Verdict},
+        retry::{retry_after, AttemptOutcome, RetryPolicy, Verdict},
         GwResponse,
     },
 };

@@ -21,7 +21,6 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    middleware::{idempotency::IdempotencySettings, retry::RetrySettings},
     routes::{self, Api},
     tls::{CertIdentity, ClientAuth, TlsSettings},
 };
@@ -114,6 +113,48 @@ impl ConnectionLimits {
     /// The admin listener's cap: small, and separate, so a flood on the proxy listener never
     /// keeps an operator from `/metrics` or `/healthz`.
     pub const ADMIN_MAX: usize = 64;
+}
+
+/// Settings of the idempotency layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencySettings {
+    /// How long a completed answer is kept (Ratepay: 24 h).
+    pub ttl: Duration,
+    /// Memory bound of the store (bodies, headers and keys).
+    pub max_bytes: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        IdempotencySettings {
+            ttl: Duration::from_secs(24 * 3600),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[retry]` settings.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    /// Attempts in total, the first included (1 disables retries).
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    pub initial_backoff: Duration,
+    /// Cap of the delay.
+    pub max_backoff: Duration,
+    /// No retry starts later than this after the first attempt began.
+    pub deadline: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            deadline: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for ConnectionLimits {

@@ -14,7 +14,7 @@
 //! key with another method, path, partner or body is 409 without reaching Ratepay. The upstream
 //! call runs on its own task so a caller hanging up cannot cut a money call off halfway.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{GwRequest, GwResponse, Handler};
 use crate::{
     body,
+    config::IdempotencySettings,
     context::{Authenticated, RequestContext},
     error::GatewayError,
     metrics::Metrics,
@@ -34,24 +35,6 @@ pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent
 
 /// Ratepay's answers to creating POSTs are small JSON; a larger one is answered 502, unstored.
 const MAX_STORED_BODY: usize = 256 * 1024;
-
-/// Settings of the idempotency layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IdempotencySettings {
-    /// How long a completed answer is kept (Ratepay: 24 h).
-    pub ttl: Duration,
-    /// Memory bound of the store (bodies, headers and keys).
-    pub max_bytes: u64,
-}
-
-impl Default for IdempotencySettings {
-    fn default() -> Self {
-        IdempotencySettings {
-            ttl: Duration::from_secs(24 * 3600),
-            max_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
 
 /// Why a caller's key was refused.
 pub fn validate_key(key: &[u8]) -> Result<&str, GatewayError> {
@@ -281,7 +264,7 @@ impl<S: Handler> Handler for Idempotency<S> {
             };
             // Per-request headers are not part of the stored answer.
             let mut headers = parts.headers.clone();
-            headers.remove(crate::stack::X_REQUEST_ID.clone());
+            headers.remove(crate::request_id::X_REQUEST_ID.clone());
             // Stored for a day, in its own compact copy.
             *guard = Some(Stored::new(parts.status, &headers, &bytes));
             drop(guard);

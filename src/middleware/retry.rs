@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::{clone_request, idempotency::IDEMPOTENCY_KEY, GwRequest, GwResponse, Handler};
 use crate::{
+    config::RetrySettings,
     context::RequestContext,
     error::GatewayError,
     metrics::{Metrics, UpstreamOnly},
@@ -34,30 +35,6 @@ fn this_upstream(req: &GwRequest) -> &'static str {
         .get::<RequestContext>()
         .map_or("-", |c| c.route.operation.api.name())
 }
-/// `[retry]` settings.
-#[derive(Debug, Clone)]
-pub struct RetrySettings {
-    /// Attempts in total, the first included (1 disables retries).
-    pub max_attempts: u32,
-    /// Delay before the first retry.
-    pub initial_backoff: Duration,
-    /// Cap of the delay.
-    pub max_backoff: Duration,
-    /// No retry starts later than this after the first attempt began.
-    pub deadline: Duration,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        RetrySettings {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            deadline: Duration::from_secs(10),
-        }
-    }
-}
-
 /// What one attempt produced, as far as retrying cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {

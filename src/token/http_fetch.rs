@@ -56,7 +56,7 @@ impl FetchToken for HttpFetcher {
             let resp = client
                 .request(req?)
                 .await
-                .map_err(|e| FetchError::Transport(crate::proxy::describe_client_error(&e)))?;
+                .map_err(|e| FetchError::Transport(crate::client::describe_client_error(&e)))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
                 .collect()

@@ -24,8 +24,14 @@ impl Drop for Running {
 
 /// Spawns the binary and waits until it announced every listener in `names`.
 pub fn spawn(args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>) {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut command = Command::new(BIN);
+    command.args(args);
+    spawn_command(command, names)
+}
+
+/// As [`spawn`], for a command that runs the binary (for example under `prlimit`).
+pub fn spawn_command(mut command: Command, names: &[&str]) -> (Running, HashMap<String, String>) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,17 +1,5 @@
-//! Rate limits: each caller's budget, the budget toward each Ratepay API and operation, and
-//! the pause that a 429 from Ratepay imposes on that API.
-//!
-//! Two layers share one decision struct, [`RateLimits`]:
-//! - [`CallerRateLimitLayer`] sits right after the caller policy, before the cache: a caller's
-//!   budget counts every request it makes, cache hits included.
-//! - [`UpstreamRateLimitLayer`] sits after the cache, before idempotency: only requests that are
-//!   about to reach Ratepay spend the upstream and operation budgets, and cache hits are still
-//!   served while Ratepay has asked the gateway to back off.
-//!
-//! Over a limit a request is refused with 429, `Retry-After` (seconds, rounded up) and the
-//! IETF draft's `RateLimit-Policy` / `RateLimit` headers, or, in queue mode, waits for its turn
-//! up to `max_wait` first. Decisions are synchronous calls on a governor GCRA limiter with an
-//! injectable clock ([`governor::clock::FakeRelativeClock`] in tests); the services only sleep.
+//! The rate-limit decisions: GCRA buckets per caller, per upstream API and per operation
+//! (governor, clock injected), and the pauses that Ratepay's 429s impose on an API.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,139 +14,18 @@ use governor::{
     state::{keyed::DashMapStateStore, InMemoryState, NotKeyed},
     Quota, RateLimiter,
 };
-use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::HeaderValue;
 use time::{macros::format_description, OffsetDateTime, PrimitiveDateTime};
 
-use super::{
-    retry::{parse_retry_after_secs, MAX_RETRY_AFTER},
-    GwRequest, GwResponse, Handler,
-};
 use crate::{
     config::{OverLimit, Rate, RateLimitSettings, MAX_BURST, MAX_RATE_WINDOW},
-    context::{Authenticated, RequestContext},
-    error::GatewayError,
+    limits::{Headroom, Refusal, Scope},
+    middleware::retry::{parse_retry_after_secs, MAX_RETRY_AFTER},
     routes::Api,
 };
 
-/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
-
-/// Which limit refused (or paced) a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// A caller's own budget.
-    Caller(String),
-    /// The gateway's budget toward one Ratepay API.
-    Upstream(Api),
-    /// The gateway's budget toward Ratepay for one operation.
-    Operation(&'static str),
-    /// Ratepay answered 429 on this API; the gateway holds calls until its Retry-After passed.
-    Paused(Api),
-}
-
-impl Scope {
-    /// The policy name in `RateLimit-Policy` / `RateLimit` (never caller data).
-    pub fn policy_name(&self) -> &'static str {
-        match self {
-            Scope::Caller(_) => "caller",
-            Scope::Upstream(_) => "upstream",
-            Scope::Operation(_) => "operation",
-            Scope::Paused(_) => "upstream-pause",
-        }
-    }
-}
-
-/// A refused request: which limit, how long until a retry can succeed, and the limit's rate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    /// The limit that refused.
-    pub scope: Scope,
-    /// Earliest time a retry can be admitted.
-    pub retry_after: Duration,
-    /// The configured rate (`None` for a pause).
-    pub rate: Option<Rate>,
-}
-
-/// Whole seconds, rounded up (`Retry-After` must not invite a retry that is still too early).
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// `q` and `w` of a GCRA bucket: the burst, and the seconds it takes to earn it all back.
-fn quota_window(rate: &Rate) -> u64 {
-    ceil_secs(rate.period().saturating_mul(rate.burst)).max(1)
-}
-
-impl Refusal {
-    /// `Retry-After` in seconds, rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
-        ceil_secs(self.retry_after).max(1)
-    }
-
-    /// `Retry-After`, and for a configured limit `RateLimit-Policy` and `RateLimit` (`r=0`).
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let secs = self.retry_after_secs();
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        if let Some(rate) = &self.rate {
-            let name = self.scope.policy_name();
-            write_policy(headers, name, rate, 0, secs);
-        }
-    }
-}
-
-fn write_policy(headers: &mut HeaderMap, name: &str, rate: &Rate, remaining: u32, reset_secs: u64) {
-    let policy = format!("\"{name}\";q={};w={}", rate.burst, quota_window(rate));
-    let state = format!("\"{name}\";r={remaining};t={reset_secs}");
-    if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy),
-        HeaderValue::from_str(&state),
-    ) {
-        headers.insert(RATELIMIT_POLICY.clone(), p);
-        headers.insert(RATELIMIT.clone(), s);
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.retry_after_secs();
-        let rate = |f: &mut fmt::Formatter<'_>| match &self.rate {
-            Some(r) => write!(f, " of {} requests/s (burst {})", r.per_sec, r.burst),
-            None => Ok(()),
-        };
-        match &self.scope {
-            Scope::Caller(c) => write!(f, "caller '{c}' is over its rate limit")?,
-            Scope::Upstream(a) => write!(f, "the gateway's budget toward the {} API is used up", a.name())?,
-            Scope::Operation(o) => write!(f, "the gateway's budget toward Ratepay for {o} is used up")?,
-            Scope::Paused(a) => {
-                return write!(
-                    f,
-                    "Ratepay answered 429 on the {} API; the gateway holds calls to it for {secs} more s instead of adding load",
-                    a.name()
-                )
-            }
-        }
-        rate(f)?;
-        write!(f, "; retry after {secs} s")
-    }
-}
-
-/// Room left under the tightest limit that admitted a request (for the `RateLimit` headers).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Headroom {
-    /// Policy name.
-    pub name: &'static str,
-    /// The configured rate.
-    pub rate: Rate,
-    /// Requests that could still go at once.
-    pub remaining: u32,
-    /// Time until the whole burst is available again.
-    pub reset: Duration,
-}
 
 impl Headroom {
     fn from_snapshot(name: &'static str, rate: Rate, snap: &StateSnapshot) -> Headroom {
@@ -171,17 +38,6 @@ impl Headroom {
                 .period()
                 .saturating_mul(rate.burst.saturating_sub(remaining)),
         }
-    }
-
-    /// Sets `RateLimit-Policy` and `RateLimit`.
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
-        write_policy(
-            headers,
-            self.name,
-            &self.rate,
-            self.remaining,
-            ceil_secs(self.reset),
-        );
     }
 }
 
@@ -444,38 +300,6 @@ where
     }
 }
 
-/// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
-///
-/// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
-/// together never hold a request longer than `max_wait`.
-/// Time spent queued is added to the request's stats (access log, metrics).
-async fn admit(
-    req: &GwRequest,
-    mut check: impl FnMut(Duration) -> Decision,
-) -> Result<Option<Headroom>, GatewayError> {
-    let ctx = req.extensions().get::<RequestContext>();
-    let received = ctx.map_or_else(std::time::Instant::now, |c| c.received);
-    let mut queued = Duration::ZERO;
-    let result = loop {
-        match check(received.elapsed()) {
-            Decision::Allow(h) => break Ok(h),
-            Decision::Refuse(r) => break Err(GatewayError::RateLimited(r)),
-            Decision::Wait(d) => {
-                let d = d.max(Duration::from_millis(1));
-                tokio::time::sleep(d).await;
-                queued += d;
-            }
-        }
-    };
-    if let (Some(ctx), false) = (ctx, queued.is_zero()) {
-        ctx.stats.queued_us.fetch_add(
-            queued.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-    result
-}
-
 /// Ratepay's `Retry-After`: delta-seconds or an HTTP date (IMF-fixdate), relative to `now`,
 /// capped at [`MAX_RETRY_AFTER`] (one day) like the retry layer's reading of it.
 pub fn parse_retry_after(value: &HeaderValue, now: OffsetDateTime) -> Option<Duration> {
@@ -492,159 +316,13 @@ pub fn parse_retry_after(value: &HeaderValue, now: OffsetDateTime) -> Option<Dur
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// Layer for [`CallerRateLimit`].
-pub struct CallerRateLimitLayer<C: Clock = DefaultClock> {
-    limits: Arc<RateLimits<C>>,
-}
-
-impl<C: Clock> Clone for CallerRateLimitLayer<C> {
-    fn clone(&self) -> Self {
-        CallerRateLimitLayer {
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-impl<C: Clock> CallerRateLimitLayer<C> {
-    /// Enforces the caller limits of `limits`.
-    pub fn new(limits: Arc<RateLimits<C>>) -> Self {
-        CallerRateLimitLayer { limits }
-    }
-}
-
-impl<S, C: Clock> tower::Layer<S> for CallerRateLimitLayer<C> {
-    type Service = CallerRateLimit<S, C>;
-    fn layer(&self, inner: S) -> CallerRateLimit<S, C> {
-        CallerRateLimit {
-            inner,
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-/// Spends from the caller's budget; 429 (or a wait in queue mode) when it is used up.
-pub struct CallerRateLimit<S, C: Clock = DefaultClock> {
-    inner: S,
-    limits: Arc<RateLimits<C>>,
-}
-
-impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
-    fn clone(&self) -> Self {
-        CallerRateLimit {
-            inner: self.inner.clone(),
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-impl<S, C> Handler for CallerRateLimit<S, C>
-where
-    S: Handler,
-    C: Clock + Clone + Send + Sync + 'static,
-{
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        if !self.limits.limits_callers() {
-            return self.inner.handle(req).await;
-        }
-        let caller = req
-            .extensions()
-            .get::<Authenticated>()
-            .map(|a| a.caller.name.clone())
-            .ok_or_else(|| GatewayError::Internal("caller missing before the rate limit".into()))?;
-        let headroom = admit(&req, |waited| self.limits.check_caller(&caller, waited)).await?;
-        let mut resp = self.inner.handle(req).await?;
-        // The caller paces itself by its own budget, not by whatever Ratepay reports.
-        if let Some(h) = headroom {
-            h.write_headers(resp.headers_mut());
-        }
-        Ok(resp)
-    }
-}
-
-/// Layer for [`UpstreamRateLimit`].
-pub struct UpstreamRateLimitLayer<C: Clock = DefaultClock> {
-    limits: Arc<RateLimits<C>>,
-}
-
-impl<C: Clock> Clone for UpstreamRateLimitLayer<C> {
-    fn clone(&self) -> Self {
-        UpstreamRateLimitLayer {
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-impl<C: Clock> UpstreamRateLimitLayer<C> {
-    /// Enforces the upstream and operation limits of `limits` and Ratepay's 429 pauses.
-    pub fn new(limits: Arc<RateLimits<C>>) -> Self {
-        UpstreamRateLimitLayer { limits }
-    }
-}
-
-impl<S, C: Clock> tower::Layer<S> for UpstreamRateLimitLayer<C> {
-    type Service = UpstreamRateLimit<S, C>;
-    fn layer(&self, inner: S) -> UpstreamRateLimit<S, C> {
-        UpstreamRateLimit {
-            inner,
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-/// Spends from the budgets toward Ratepay; holds an API paused after Ratepay's 429.
-pub struct UpstreamRateLimit<S, C: Clock = DefaultClock> {
-    inner: S,
-    limits: Arc<RateLimits<C>>,
-}
-
-impl<S: Clone, C: Clock> Clone for UpstreamRateLimit<S, C> {
-    fn clone(&self) -> Self {
-        UpstreamRateLimit {
-            inner: self.inner.clone(),
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-impl<S, C> Handler for UpstreamRateLimit<S, C>
-where
-    S: Handler,
-    C: Clock + Clone + Send + Sync + 'static,
-{
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let limits = &self.limits;
-        let op = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.route.operation)
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-        admit(&req, |waited| {
-            limits.check_upstream(op.api, op.name, waited)
-        })
-        .await?;
-        let resp = self.inner.handle(req).await?;
-        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-            let asked = resp
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
-            let pause = limits.pause_upstream(op.api, asked);
-            tracing::warn!(
-                upstream = op.api.name(),
-                operation = op.name,
-                pause_ms = pause.as_millis() as u64,
-                "ratepay answered 429; holding calls to this API"
-            );
-        }
-        Ok(resp)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use governor::clock::FakeRelativeClock;
+    use http::HeaderMap;
 
     use super::*;
+    use crate::limits::{ceil_secs, RATELIMIT, RATELIMIT_POLICY};
 
     fn rate(per_sec: f64, burst: u32) -> Rate {
         Rate { per_sec, burst }
@@ -988,3 +666,4 @@ mod tests {
         assert_eq!(l.paused_for(Api::Payment), Some(Duration::from_secs(119)));
     }
 }
+

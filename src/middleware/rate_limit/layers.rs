@@ -1,0 +1,196 @@
+//! The two rate-limit layers ([`CallerRateLimitLayer`] before the cache,
+//! [`UpstreamRateLimitLayer`] after it) and the queue-mode wait they share.
+
+use std::{sync::Arc, time::Duration};
+
+use governor::clock::{Clock, DefaultClock};
+use http::{header, StatusCode};
+use time::OffsetDateTime;
+
+use super::decision::{parse_retry_after, Decision, RateLimits};
+use crate::{
+    context::{Authenticated, RequestContext},
+    error::GatewayError,
+    limits::Headroom,
+    middleware::{GwRequest, GwResponse, Handler},
+};
+
+/// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
+///
+/// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
+/// together never hold a request longer than `max_wait`.
+/// Time spent queued is added to the request's stats (access log, metrics).
+async fn admit(
+    req: &GwRequest,
+    mut check: impl FnMut(Duration) -> Decision,
+) -> Result<Option<Headroom>, GatewayError> {
+    let ctx = req.extensions().get::<RequestContext>();
+    let received = ctx.map_or_else(std::time::Instant::now, |c| c.received);
+    let mut queued = Duration::ZERO;
+    let result = loop {
+        match check(received.elapsed()) {
+            Decision::Allow(h) => break Ok(h),
+            Decision::Refuse(r) => break Err(GatewayError::RateLimited(r)),
+            Decision::Wait(d) => {
+                let d = d.max(Duration::from_millis(1));
+                tokio::time::sleep(d).await;
+                queued += d;
+            }
+        }
+    };
+    if let (Some(ctx), false) = (ctx, queued.is_zero()) {
+        ctx.stats.queued_us.fetch_add(
+            queued.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    result
+}
+
+/// Layer for [`CallerRateLimit`].
+pub struct CallerRateLimitLayer<C: Clock = DefaultClock> {
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<C: Clock> Clone for CallerRateLimitLayer<C> {
+    fn clone(&self) -> Self {
+        CallerRateLimitLayer {
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<C: Clock> CallerRateLimitLayer<C> {
+    /// Enforces the caller limits of `limits`.
+    pub fn new(limits: Arc<RateLimits<C>>) -> Self {
+        CallerRateLimitLayer { limits }
+    }
+}
+
+impl<S, C: Clock> tower::Layer<S> for CallerRateLimitLayer<C> {
+    type Service = CallerRateLimit<S, C>;
+    fn layer(&self, inner: S) -> CallerRateLimit<S, C> {
+        CallerRateLimit {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// Spends from the caller's budget; 429 (or a wait in queue mode) when it is used up.
+pub struct CallerRateLimit<S, C: Clock = DefaultClock> {
+    inner: S,
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
+    fn clone(&self) -> Self {
+        CallerRateLimit {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<S, C> Handler for CallerRateLimit<S, C>
+where
+    S: Handler,
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        if !self.limits.limits_callers() {
+            return self.inner.handle(req).await;
+        }
+        let caller = req
+            .extensions()
+            .get::<Authenticated>()
+            .map(|a| a.caller.name.clone())
+            .ok_or_else(|| GatewayError::Internal("caller missing before the rate limit".into()))?;
+        let headroom = admit(&req, |waited| self.limits.check_caller(&caller, waited)).await?;
+        let mut resp = self.inner.handle(req).await?;
+        // The caller paces itself by its own budget, not by whatever Ratepay reports.
+        if let Some(h) = headroom {
+            h.write_headers(resp.headers_mut());
+        }
+        Ok(resp)
+    }
+}
+
+/// Layer for [`UpstreamRateLimit`].
+pub struct UpstreamRateLimitLayer<C: Clock = DefaultClock> {
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<C: Clock> Clone for UpstreamRateLimitLayer<C> {
+    fn clone(&self) -> Self {
+        UpstreamRateLimitLayer {
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<C: Clock> UpstreamRateLimitLayer<C> {
+    /// Enforces the upstream and operation limits of `limits` and Ratepay's 429 pauses.
+    pub fn new(limits: Arc<RateLimits<C>>) -> Self {
+        UpstreamRateLimitLayer { limits }
+    }
+}
+
+impl<S, C: Clock> tower::Layer<S> for UpstreamRateLimitLayer<C> {
+    type Service = UpstreamRateLimit<S, C>;
+    fn layer(&self, inner: S) -> UpstreamRateLimit<S, C> {
+        UpstreamRateLimit {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// Spends from the budgets toward Ratepay; holds an API paused after Ratepay's 429.
+pub struct UpstreamRateLimit<S, C: Clock = DefaultClock> {
+    inner: S,
+    limits: Arc<RateLimits<C>>,
+}
+
+impl<S: Clone, C: Clock> Clone for UpstreamRateLimit<S, C> {
+    fn clone(&self) -> Self {
+        UpstreamRateLimit {
+            inner: self.inner.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+impl<S, C> Handler for UpstreamRateLimit<S, C>
+where
+    S: Handler,
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let limits = &self.limits;
+        let op = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.route.operation)
+            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        admit(&req, |waited| {
+            limits.check_upstream(op.api, op.name, waited)
+        })
+        .await?;
+        let resp = self.inner.handle(req).await?;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            let asked = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
+            let pause = limits.pause_upstream(op.api, asked);
+            tracing::warn!(
+                upstream = op.api.name(),
+                operation = op.name,
+                pause_ms = pause.as_millis() as u64,
+                "ratepay answered 429; holding calls to this API"
+            );
+        }
+        Ok(resp)
+    }
+}
