@@ -20,7 +20,7 @@ use tower::ServiceBuilder;
 use crate::{
     audit::{AuditLog, AuditRecord},
     body::{self, Body},
-    callers::{layer::CallerPolicyLayer, Callers},
+    callers::Callers,
     client::{self, HttpClient},
     config::{Config, Limits},
     context::{RequestContext, RequestFacts, RequestStats},
@@ -34,6 +34,7 @@ use crate::{
             CacheStatus, InvalidateOnCancellationLayer, SessionRecordCache,
             SessionRecordCacheLayer, X_CACHE,
         },
+        caller::CallerPolicyLayer,
         headers::{strip_caller_hop_by_hop, HeadersLayer},
         idempotency::{validate_key, IdempotencyLayer, IdempotencyStore, IDEMPOTENCY_KEY},
         json_body::JsonBodyLayer,
@@ -576,7 +577,6 @@ impl Drop for InFlight<'_> {
         self.0.dec();
     }
 }
-
 
 /// What makes two token sources interchangeable: same credentials, endpoint and audience.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -230,7 +230,9 @@ async fn a_flood_beyond_the_open_file_limit_does_not_stop_the_gateway() {
     let http = reqwest::Client::new();
     for _ in 0..5 {
         let resp = http
-            .get(format!("http://{proxy}/pps/api/v1/session-record/nosuchsession"))
+            .get(format!(
+                "http://{proxy}/pps/api/v1/session-record/nosuchsession"
+            ))
             .bearer_auth(process::KEY)
             .send()
             .await
@@ -255,7 +257,14 @@ async fn a_flood_beyond_the_open_file_limit_does_not_stop_the_gateway() {
         .unwrap_or(0.0)
     };
     let (cap, timed_out) = (closed("cap"), closed("first_request_timeout"));
-    assert!(cap >= 1.0 && timed_out >= 1.0, "cap {cap}, timed out {timed_out}");
-    assert_eq!(cap + timed_out, FLOOD as f64, "every flood connection closed once");
+    assert!(
+        cap >= 1.0 && timed_out >= 1.0,
+        "cap {cap}, timed out {timed_out}"
+    );
+    assert_eq!(
+        cap + timed_out,
+        FLOOD as f64,
+        "every flood connection closed once"
+    );
     drop(held);
 }

@@ -8,7 +8,6 @@
 //! configured for it ([`Callers::authenticate_with_peer`] has the rule when both are present).
 
 pub mod issuer;
-pub mod layer;
 
 use std::{collections::HashMap, fmt, sync::Arc};
 

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod caller;
 pub mod headers;
 pub mod idempotency;
 pub mod json_body;

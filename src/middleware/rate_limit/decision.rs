@@ -666,4 +666,3 @@ mod tests {
         assert_eq!(l.paused_for(Api::Payment), Some(Duration::from_secs(119)));
     }
 }
-

@@ -21,4 +21,6 @@ mod decision;
 mod layers;
 
 pub use decision::{parse_retry_after, Decision, RateLimits};
-pub use layers::{CallerRateLimit, CallerRateLimitLayer, UpstreamRateLimit, UpstreamRateLimitLayer};
+pub use layers::{
+    CallerRateLimit, CallerRateLimitLayer, UpstreamRateLimit, UpstreamRateLimitLayer,
+};

@@ -3,8 +3,8 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::Callers;
 use crate::{
+    callers::Callers,
     context::{Authenticated, RequestContext},
     error::GatewayError,
     middleware::{headers::X_PARTNER, GwRequest, GwResponse, Handler},
