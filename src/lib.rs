@@ -25,6 +25,8 @@
 //! hash-chained audit log; [`metrics`] Prometheus metrics; [`sandbox`] the local Ratepay
 //! simulator.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod body;
 pub mod callers;

@@ -3,6 +3,8 @@
 //! Prints `ratepay-gateway listening <name> <ip:port>` on stdout for every bound listener (port 0
 //! resolved) so scripts and tests can find them; logs go to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};

@@ -285,6 +285,8 @@ impl<S: Handler> Handler for Idempotency<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use http::HeaderMap;
 

@@ -319,7 +319,7 @@ pub fn parse_retry_after(value: &HeaderValue, now: OffsetDateTime) -> Option<Dur
 #[cfg(test)]
 mod tests {
     use governor::clock::FakeRelativeClock;
-    use http::HeaderMap;
+    use http::{header, HeaderMap};
 
     use super::*;
     use crate::limits::{ceil_secs, RATELIMIT, RATELIMIT_POLICY};

@@ -1,0 +1,160 @@
+//! The two tower layers: [`SessionRecordCacheLayer`] answering reads, and
+//! [`InvalidateOnCancellationLayer`] dropping a cancelled transaction's records.
+
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use http::Method;
+
+use crate::middleware::{GwRequest, GwResponse, Handler};
+use crate::{
+    context::{Authenticated, RequestContext},
+    error::GatewayError,
+};
+
+use super::*;
+
+/// Layer for [`SessionRecordCacheService`].
+pub struct SessionRecordCacheLayer<C: Clock = DefaultClock> {
+    pub(super) cache: Option<SessionRecordCache<C>>,
+}
+
+impl<C: Clock> Clone for SessionRecordCacheLayer<C> {
+    fn clone(&self) -> Self {
+        SessionRecordCacheLayer {
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<C: Clock> SessionRecordCacheLayer<C> {
+    /// Serves session-record reads from `cache`.
+    pub fn new(cache: SessionRecordCache<C>) -> Self {
+        SessionRecordCacheLayer { cache: Some(cache) }
+    }
+
+    /// Passes every request through (cache switched off).
+    pub fn disabled() -> Self {
+        SessionRecordCacheLayer { cache: None }
+    }
+}
+
+impl<S, C: Clock> tower::Layer<S> for SessionRecordCacheLayer<C> {
+    type Service = SessionRecordCacheService<S, C>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionRecordCacheService {
+            inner: Arc::new(inner),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// Answers session-record reads from the cache; everything else passes through.
+pub struct SessionRecordCacheService<S, C: Clock = DefaultClock> {
+    /// Shared with the fetch task that concurrent misses wait on together.
+    pub(super) inner: Arc<S>,
+    pub(super) cache: Option<SessionRecordCache<C>>,
+}
+
+impl<S, C: Clock> Clone for SessionRecordCacheService<S, C> {
+    fn clone(&self) -> Self {
+        SessionRecordCacheService {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<S, C> Handler for SessionRecordCacheService<S, C>
+where
+    S: Handler,
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let Some(cache) = &self.cache else {
+            return self.inner.handle(req).await;
+        };
+        let operation = match req.extensions().get::<RequestContext>() {
+            Some(ctx)
+                if req.method() == Method::GET
+                    && matches!(ctx.route.operation.name, RECORD_GET | RECORD_LIST) =>
+            {
+                ctx.route.operation
+            }
+            _ => return self.inner.handle(req).await,
+        };
+        let partner = req
+            .extensions()
+            .get::<Authenticated>()
+            .and_then(|a| a.partner.clone());
+        let key = CacheKey::new(operation.api, partner, req.uri().path(), req.uri().query());
+        cache.serve(&self.inner, req, key, operation.name).await
+    }
+}
+
+/// Layer for [`InvalidateOnCancellation`].
+pub struct InvalidateOnCancellationLayer<C: Clock = DefaultClock> {
+    pub(super) cache: Option<SessionRecordCache<C>>,
+}
+
+impl<C: Clock> Clone for InvalidateOnCancellationLayer<C> {
+    fn clone(&self) -> Self {
+        InvalidateOnCancellationLayer {
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<C: Clock> InvalidateOnCancellationLayer<C> {
+    /// Invalidates in `cache` (a disabled cache: `None`, the layer passes through).
+    pub fn new(cache: Option<SessionRecordCache<C>>) -> Self {
+        InvalidateOnCancellationLayer { cache }
+    }
+}
+
+impl<S, C: Clock> tower::Layer<S> for InvalidateOnCancellationLayer<C> {
+    type Service = InvalidateOnCancellation<S, C>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InvalidateOnCancellation {
+            inner,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// After a 2xx `payment.cancellations.create`, drops the transaction's cached session records.
+pub struct InvalidateOnCancellation<S, C: Clock = DefaultClock> {
+    pub(super) inner: S,
+    pub(super) cache: Option<SessionRecordCache<C>>,
+}
+
+impl<S: Clone, C: Clock> Clone for InvalidateOnCancellation<S, C> {
+    fn clone(&self) -> Self {
+        InvalidateOnCancellation {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<S, C> Handler for InvalidateOnCancellation<S, C>
+where
+    S: Handler,
+    C: Clock + Clone + Send + Sync + 'static,
+{
+    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let transaction = req
+            .extensions()
+            .get::<RequestContext>()
+            .filter(|c| c.route.operation.name == CANCELLATION)
+            .and_then(|c| c.route.params.transaction_id.clone());
+        let (Some(cache), Some(transaction)) = (&self.cache, transaction) else {
+            return self.inner.handle(req).await;
+        };
+        let resp = self.inner.handle(req).await?;
+        if resp.status().is_success() {
+            cache.invalidate_transaction(&transaction);
+        }
+        Ok(resp)
+    }
+}
