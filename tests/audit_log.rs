@@ -874,7 +874,13 @@ async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_o
     let records = listed.audit_records();
     let summary: Vec<_> = records
         .iter()
-        .map(|r| (r["seq"].as_u64().unwrap(), r["kind"].as_str().unwrap(), r["operation"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["kind"].as_str().unwrap(),
+                r["operation"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -912,7 +918,11 @@ async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_o
     let tx = capture_and_refund(&default).await;
     assert!(default.audit_records().is_empty());
     let r = default
-        .post_json(&tx_path(&tx, "cancellations"), keys::FULL, r#"{"gross_amount": 1}"#)
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
         .await;
     assert_eq!(r.status(), 201);
     let ops: Vec<_> = default
@@ -949,7 +959,11 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
     let h = Harness::with_edited(Options::default(), |t| audit_at(t, "/dev/null")).await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     let r = h
-        .post_json(&tx_path(&tx, "cancellations"), keys::FULL, r#"{"gross_amount": 1}"#)
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
         .await;
     let first = problem(r, 503).await;
     assert_eq!(
@@ -957,27 +971,49 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
         "https://ratepay-gateway.dev/problems/audit-unavailable"
     );
     let detail = first["detail"].as_str().unwrap();
-    assert!(detail.contains("cannot sync audit log /dev/null"), "{detail}");
+    assert!(
+        detail.contains("cannot sync audit log /dev/null"),
+        "{detail}"
+    );
     // Poisoned: the next cancellation is refused too, although writing would work.
     let r = h
-        .post_json(&tx_path(&tx, "cancellations"), keys::FULL, r#"{"gross_amount": 2}"#)
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 2}"#,
+        )
         .await;
     let second = problem(r, 503).await;
     let detail = second["detail"].as_str().unwrap();
-    assert!(detail.contains("out of service after an earlier failure"), "{detail}");
+    assert!(
+        detail.contains("out of service after an earlier failure"),
+        "{detail}"
+    );
     assert_eq!(h.op_count(CANCEL_OP).await, 0, "nothing was forwarded");
 
     let text = h.scrape_metrics().await;
     let m = |name: &str| metric(&text, &format!("ratepay_gateway_{name}"));
     assert_eq!(m("audit_poisoned"), Some(1.0), "{text}");
-    assert_eq!(m("audit_write_failed"), Some(0.0), "a sync failure, not a write failure");
+    assert_eq!(
+        m("audit_write_failed"),
+        Some(0.0),
+        "a sync failure, not a write failure"
+    );
     assert_eq!(m("audit_failures_total"), Some(2.0), "both refused calls");
     assert_eq!(m("audit_records_total"), Some(0.0));
-    assert_eq!(m("audit_syncs_total"), Some(0.0), "the failed sync is not counted");
+    assert_eq!(
+        m("audit_syncs_total"),
+        Some(0.0),
+        "the failed sync is not counted"
+    );
     assert_eq!(m("audit_last_sync_seconds"), Some(0.0));
     // Reads are not audited and keep working.
     let r = h
-        .req(reqwest::Method::GET, &format!("{}/{tx}", common::TX_PATH), keys::FULL)
+        .req(
+            reqwest::Method::GET,
+            &format!("{}/{tx}", common::TX_PATH),
+            keys::FULL,
+        )
         .send()
         .await
         .unwrap();
@@ -988,16 +1024,13 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
 /// The Python verifier as docs/audit.md prints it (the first python block after its heading
 /// sentence), so the test runs what a reader would copy.
 fn python_verifier() -> String {
-    let doc = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/audit.md"))
-        .unwrap();
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/audit.md")).unwrap();
     let after = doc
         .split_once("This Python version")
         .expect("docs/audit.md introduces its Python verifier")
         .1;
-    let code = after
-        .split_once("```python\n")
-        .expect("a python block")
-        .1;
+    let code = after.split_once("```python\n").expect("a python block").1;
     code.split_once("```").expect("the block ends").0.to_owned()
 }
 
@@ -1036,7 +1069,9 @@ async fn the_python_verifier_in_docs_accepts_a_gateway_log_and_rejects_a_tampere
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     for i in 0..8 {
         let body = format!(r#"{{"gross_amount": 1.25, "partner_operation_id": "op-{i}"}}"#);
-        let r = h.post_json(&tx_path(&tx, "cancellations"), keys::FULL, &body).await;
+        let r = h
+            .post_json(&tx_path(&tx, "cancellations"), keys::FULL, &body)
+            .await;
         assert_eq!(r.status(), 201);
     }
     // Every record is synced before its answer; the gateway stays up, idle, until the end.
@@ -1064,7 +1099,10 @@ async fn the_python_verifier_in_docs_accepts_a_gateway_log_and_rejects_a_tampere
         assert_eq!(stderr, format!("{}\n", expected));
         // The Rust verifier names the same place.
         let place = expected.rsplit_once(": ").unwrap().0;
-        assert!(rust.starts_with(&format!("{place}: ")), "{rust} vs {expected}");
+        assert!(
+            rust.starts_with(&format!("{place}: ")),
+            "{rust} vs {expected}"
+        );
     };
     // A changed amount in the first intent of the second file.
     let second = &files[1];

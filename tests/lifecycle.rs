@@ -55,7 +55,10 @@ async fn a_request_past_limits_request_timeout_gets_504_deadline_exceeded() {
         body["type"],
         "https://ratepay-gateway.dev/problems/deadline-exceeded"
     );
-    assert_eq!(body["detail"], "the request did not complete within 1500 ms");
+    assert_eq!(
+        body["detail"],
+        "the request did not complete within 1500 ms"
+    );
     // Not before the deadline, and well before the retries would have run out (3 × 1000 ms).
     assert!(
         elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(2900),
@@ -104,7 +107,7 @@ async fn until_sandbox_counted(http: &reqwest::Client, sandbox: &str, op: &str, 
 
 fn audit_records(dir: &Path) -> Vec<Value> {
     let mut records = Vec::new();
-    for file in ratepay_gateway::audit::log_files(&dir.join("audit")).unwrap() {
+    for file in ratepay_gateway::audit::log_files(dir.join("audit")).unwrap() {
         for line in std::fs::read_to_string(file).unwrap().lines() {
             records.push(serde_json::from_str(line).unwrap());
         }
@@ -248,7 +251,10 @@ async fn an_intent_a_killed_gateway_left_open_is_settled_success_before_the_list
     };
     gateway.0.kill().unwrap();
     gateway.0.wait().unwrap();
-    assert!(cut.await.unwrap().is_err(), "a killed gateway answers nothing");
+    assert!(
+        cut.await.unwrap().is_err(),
+        "a killed gateway answers nothing"
+    );
     let left = audit_records(dir.path());
     assert_eq!(left.len(), 1, "only the intent was written: {left:?}");
     assert_eq!(left[0]["kind"], "intent");

@@ -29,11 +29,20 @@ async fn request_duration_seconds_counts_and_sums_each_operations_requests() {
     }
     let wall = started.elapsed().as_secs_f64();
     // Unrouted requests have no operation, so no series.
-    let r = h.req(Method::GET, "/nowhere", keys::FULL).send().await.unwrap();
+    let r = h
+        .req(Method::GET, "/nowhere", keys::FULL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     let text = h.scrape_metrics().await;
-    let m = |suffix: &str| metric(&text, &format!("ratepay_gateway_request_duration_seconds_{suffix}"));
+    let m = |suffix: &str| {
+        metric(
+            &text,
+            &format!("ratepay_gateway_request_duration_seconds_{suffix}"),
+        )
+    };
     let get = "operation=\"payment.transactions.get\"";
     assert_eq!(m(&format!("count{{{get}}}")), Some(3.0), "{text}");
     let sum = m(&format!("sum{{{get}}}")).unwrap();
@@ -42,7 +51,11 @@ async fn request_duration_seconds_counts_and_sums_each_operations_requests() {
         "sum {sum} s: at least 3 × 200 ms, at most the {wall} s the three took"
     );
     // Buckets: none of the three below 102.4 ms, all three by +Inf.
-    assert_eq!(m(&format!("bucket{{le=\"0.1024\",{get}}}")), Some(0.0), "{text}");
+    assert_eq!(
+        m(&format!("bucket{{le=\"0.1024\",{get}}}")),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(m(&format!("bucket{{le=\"+Inf\",{get}}}")), Some(3.0));
     assert_eq!(
         m("count{operation=\"payment.transactions.create\"}"),
@@ -81,7 +94,11 @@ async fn audit_metrics_count_records_syncs_failures_and_the_last_sync() {
     for _ in 0..3 {
         let started = Instant::now();
         let r = h
-            .post_json(&tx_path(&tx, "cancellations"), keys::FULL, r#"{"gross_amount": 1}"#)
+            .post_json(
+                &tx_path(&tx, "cancellations"),
+                keys::FULL,
+                r#"{"gross_amount": 1}"#,
+            )
             .await;
         assert_eq!(r.status(), 201);
         slowest = slowest.max(started.elapsed());

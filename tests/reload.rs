@@ -378,7 +378,10 @@ async fn unchanged_credentials_keep_their_token_across_a_reload() {
         ),
         Some(1.0)
     );
-    assert!(!text.contains("credentials") && !text.contains("tokens"), "{text}");
+    assert!(
+        !text.contains("credentials") && !text.contains("tokens"),
+        "{text}"
+    );
     h.stop().await;
 }
 
@@ -409,7 +412,11 @@ async fn idempotency_store_audit_log_rate_limits_and_cache_carry_over_a_reload()
     let sid = h.session(keys::FULL, None).await;
     let record = format!("/pps/api/v1/session-record/{sid}");
     let x_cache = || async {
-        let r = h.req(Method::GET, &record, keys::FULL).send().await.unwrap();
+        let r = h
+            .req(Method::GET, &record, keys::FULL)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         r.headers()["x-cache"].to_str().unwrap().to_owned()
     };
@@ -426,7 +433,11 @@ async fn idempotency_store_audit_log_rate_limits_and_cache_carry_over_a_reload()
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!(h.op_count("payment.cancellations.create").await, 1);
     // Rate limits: the spent budget stays spent.
-    assert_eq!(limited().await, 429, "the budget was not refilled by the reload");
+    assert_eq!(
+        limited().await,
+        429,
+        "the budget was not refilled by the reload"
+    );
     // Cache: the record is still held.
     assert_eq!(x_cache().await, "HIT");
     assert_eq!(h.op_count("hpp.session_records.get").await, 1);
@@ -441,7 +452,10 @@ async fn idempotency_store_audit_log_rate_limits_and_cache_carry_over_a_reload()
             .records,
         4
     );
-    assert!(!text.contains("rate_limits") && !text.contains("cache"), "{text}");
+    assert!(
+        !text.contains("rate_limits") && !text.contains("cache"),
+        "{text}"
+    );
     h.stop().await;
 }
 
@@ -460,7 +474,11 @@ async fn restart_only_settings_are_named_by_the_reload_and_keep_their_running_va
 
     let audit = h.audit_path();
     let moved = h.dir.path().join("moved").join("audit.jsonl");
-    edit(&path, "shutdown_grace_ms = 5000", "shutdown_grace_ms = 7000");
+    edit(
+        &path,
+        "shutdown_grace_ms = 5000",
+        "shutdown_grace_ms = 7000",
+    );
     edit(
         &path,
         &format!("path = \"{}\"", audit.display()),
@@ -481,7 +499,11 @@ async fn restart_only_settings_are_named_by_the_reload_and_keep_their_running_va
     // The audit log is still the one it started with.
     let tx = h.authorize(keys::FULL, None, 50.0).await;
     let r = h
-        .post_json(&tx_path(&tx, "cancellations"), keys::FULL, r#"{"gross_amount": 1}"#)
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
         .await;
     assert_eq!(r.status(), 201);
     assert_eq!(h.audit_records().len(), 2);

@@ -171,5 +171,8 @@ pub async fn sandbox_token(http: &reqwest::Client, sandbox: &str) -> String {
         .json()
         .await
         .expect("token json");
-    body["access_token"].as_str().expect("access_token").to_owned()
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
 }
