@@ -1,5 +1,9 @@
 //! Integration tests of the audit log: real files in temporary directories, the writer thread,
-//! recovery, rotation, verification and tampering.
+//! recovery, rotation, verification and tampering; and through the gateway (sandbox + gateway
+//! over loopback): which operations are audited, a failed fsync refusing cancellations, and the
+//! Python verifier of docs/audit.md run against a log the gateway wrote.
+
+mod common;
 
 use std::{
     fs,
@@ -685,8 +689,13 @@ fn a_file_size_limit_refuses_appends_until_it_is_lifted() {
         .block_on(failed_write_then_recovery(&path, fill, free, libc::EFBIG));
 }
 
+/// `/dev/null` can be locked by one audit log at a time (the log `flock`s its file), so the
+/// tests that open it take turns.
+static DEV_NULL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_failed_sync_keeps_refusing_even_when_writes_work_again() {
+    let _dev_null = DEV_NULL.lock().await;
     // /dev/null takes every write, but fdatasync on it fails (EINVAL): a real sync error.
     let (now, clock) = manual_clock();
     let (log, _) = AuditLog::open_with_clock(AuditConfig::new("/dev/null"), clock)
@@ -825,4 +834,299 @@ fn verify_needs_files() {
             .starts_with("/nonexistent/audit.jsonl: cannot read"),
         "{err}"
     );
+}
+
+// ---- Through the gateway ----
+
+use common::{keys, metric, problem, tx_path, Harness, Options};
+const CANCEL_OP: &str = "payment.cancellations.create";
+
+/// A capture of 40.00 and a refund of 15.50 on a fresh transaction through `h`; both 201.
+async fn capture_and_refund(h: &Harness) -> String {
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    let r = h
+        .post_json(
+            &tx_path(&tx, "captures"),
+            keys::FULL,
+            r#"{"gross_amount": 40.00, "partner_operation_id": "cap-1"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = h
+        .post_json(
+            &tx_path(&tx, "refunds"),
+            keys::FULL,
+            r#"{"gross_amount": 15.50, "partner_operation_id": "ref-1"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    tx
+}
+
+#[tokio::test]
+async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_only_then() {
+    let listed = Harness::with(Options {
+        audit_toml: r#"operations = ["payment.cancellations.create", "payment.captures.create", "payment.refunds.create"]"#.into(),
+        ..Options::default()
+    })
+    .await;
+    let tx = capture_and_refund(&listed).await;
+    let records = listed.audit_records();
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["kind"].as_str().unwrap(),
+                r["operation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "intent", "payment.captures.create"),
+            (2, "outcome", "payment.captures.create"),
+            (3, "intent", "payment.refunds.create"),
+            (4, "outcome", "payment.refunds.create"),
+        ]
+    );
+    for (intent, outcome, amount, op_id) in [
+        (&records[0], &records[1], "40.00", "cap-1"),
+        (&records[2], &records[3], "15.50", "ref-1"),
+    ] {
+        assert_eq!(intent["ratepay_transaction_id"], tx.as_str());
+        assert_eq!(intent["caller"], "full");
+        assert_eq!(intent["gross_amount"], amount, "the exact decimal text");
+        assert_eq!(intent["partner_operation_id"], op_id);
+        assert_eq!(outcome["intent_seq"], intent["seq"]);
+        assert_eq!(outcome["outcome"], "success");
+        assert_eq!(outcome["status"], 201);
+        assert_eq!(outcome["attempts"], 1);
+    }
+    assert_eq!(
+        verify(&log_files(listed.audit_path()).unwrap())
+            .unwrap()
+            .records,
+        4
+    );
+    listed.stop().await;
+
+    // Not listed (the default is cancellations only): captures and refunds write nothing,
+    // while a cancellation on the same gateway is still audited.
+    let default = Harness::start().await;
+    let tx = capture_and_refund(&default).await;
+    assert!(default.audit_records().is_empty());
+    let r = default
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let ops: Vec<_> = default
+        .audit_records()
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ops, [CANCEL_OP, CANCEL_OP]);
+    default.stop().await;
+}
+
+/// The configuration text with the audit log at `path`.
+fn audit_at(text: String, path: &str) -> String {
+    let mut found = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("path = \"") && l.ends_with("audit.jsonl\"") {
+                found = true;
+                format!("path = \"{path}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert!(found, "the test configuration has an audit path");
+    out.join("\n")
+}
+
+#[tokio::test]
+async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
+    let _dev_null = DEV_NULL.lock().await;
+    // /dev/null takes the write of the intent, and its fdatasync fails (EINVAL).
+    let h = Harness::with_edited(Options::default(), |t| audit_at(t, "/dev/null")).await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    let r = h
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
+        .await;
+    let first = problem(r, 503).await;
+    assert_eq!(
+        first["type"],
+        "https://ratepay-gateway.dev/problems/audit-unavailable"
+    );
+    let detail = first["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("cannot sync audit log /dev/null"),
+        "{detail}"
+    );
+    // Poisoned: the next cancellation is refused too, although writing would work.
+    let r = h
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 2}"#,
+        )
+        .await;
+    let second = problem(r, 503).await;
+    let detail = second["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("out of service after an earlier failure"),
+        "{detail}"
+    );
+    assert_eq!(h.op_count(CANCEL_OP).await, 0, "nothing was forwarded");
+
+    let text = h.scrape_metrics().await;
+    let m = |name: &str| metric(&text, &format!("ratepay_gateway_{name}"));
+    assert_eq!(m("audit_poisoned"), Some(1.0), "{text}");
+    assert_eq!(
+        m("audit_write_failed"),
+        Some(0.0),
+        "a sync failure, not a write failure"
+    );
+    assert_eq!(m("audit_failures_total"), Some(2.0), "both refused calls");
+    assert_eq!(m("audit_records_total"), Some(0.0));
+    assert_eq!(
+        m("audit_syncs_total"),
+        Some(0.0),
+        "the failed sync is not counted"
+    );
+    assert_eq!(m("audit_last_sync_seconds"), Some(0.0));
+    // Reads are not audited and keep working.
+    let r = h
+        .req(
+            reqwest::Method::GET,
+            &format!("{}/{tx}", common::TX_PATH),
+            keys::FULL,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    h.stop().await;
+}
+
+/// The Python verifier as docs/audit.md prints it (the first python block after its heading
+/// sentence), so the test runs what a reader would copy.
+fn python_verifier() -> String {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/audit.md")).unwrap();
+    let after = doc
+        .split_once("This Python version")
+        .expect("docs/audit.md introduces its Python verifier")
+        .1;
+    let code = after.split_once("```python\n").expect("a python block").1;
+    code.split_once("```").expect("the block ends").0.to_owned()
+}
+
+/// Runs the documented verifier on `files`: (exit success, stdout, stderr).
+fn run_python(code: &str, files: &[PathBuf]) -> (bool, String, String) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(files)
+        .output()
+        .expect("run python3");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_python_verifier_in_docs_accepts_a_gateway_log_and_rejects_a_tampered_one() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: python3 is not installed; the documented Python verifier was not run");
+        return;
+    }
+    let code = python_verifier();
+    // A real log from the gateway, rotated into several files.
+    let h = Harness::with(Options {
+        audit_toml: "rotate_bytes = 4096".into(),
+        ..Options::default()
+    })
+    .await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    for i in 0..8 {
+        let body = format!(r#"{{"gross_amount": 1.25, "partner_operation_id": "op-{i}"}}"#);
+        let r = h
+            .post_json(&tx_path(&tx, "cancellations"), keys::FULL, &body)
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    // Every record is synced before its answer; the gateway stays up, idle, until the end.
+    let files = log_files(h.audit_path()).unwrap();
+    assert!(files.len() >= 3, "rotated: {files:?}");
+    let rust = verify(&files).unwrap();
+    assert_eq!(rust.records, 16);
+
+    let (ok, stdout, stderr) = run_python(&code, &files);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("ok: 16 records, last seq 16, head {}\n", rust.head),
+        "the same count and head as the Rust verifier"
+    );
+
+    let rejects = |changed: &Path, text: String, expected: &str| {
+        let original = fs::read_to_string(changed).unwrap();
+        assert_ne!(original, text, "the tampering changed the file");
+        fs::write(changed, &text).unwrap();
+        let (ok, _, stderr) = run_python(&code, &files);
+        let rust = verify(&files).unwrap_err().to_string();
+        fs::write(changed, original).unwrap();
+        assert!(!ok, "tampered log accepted");
+        assert_eq!(stderr, format!("{}\n", expected));
+        // The Rust verifier names the same place.
+        let place = expected.rsplit_once(": ").unwrap().0;
+        assert!(
+            rust.starts_with(&format!("{place}: ")),
+            "{rust} vs {expected}"
+        );
+    };
+    // A changed amount in the first intent of the second file.
+    let second = &files[1];
+    let mut lines = self::lines(second);
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"gross_amount\":\"1.25\""))
+        .expect("an intent in the second file");
+    lines[at] = lines[at].replacen("\"gross_amount\":\"1.25\"", "\"gross_amount\":\"0.25\"", 1);
+    rejects(
+        second,
+        lines.iter().map(|l| format!("{l}\n")).collect(),
+        &format!("{}:{}: hash mismatch", second.display(), at + 1),
+    );
+    // A record removed from the first file.
+    let first = &files[0];
+    let mut lines = self::lines(first);
+    lines.remove(1);
+    rejects(
+        first,
+        lines.iter().map(|l| format!("{l}\n")).collect(),
+        &format!("{}:2: broken link", first.display()),
+    );
+    // The untouched log still verifies.
+    assert!(run_python(&code, &files).0);
+    h.stop().await;
 }

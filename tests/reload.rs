@@ -1,5 +1,7 @@
 //! Live reload: `POST /reload` and SIGHUP re-read the file, swap atomically, refuse bad files,
-//! keep in-flight requests on their configuration, and rotate secrets without dropping requests.
+//! keep in-flight requests on their configuration, rotate secrets without dropping requests,
+//! keep unchanged credentials' tokens and the state that must outlive a configuration
+//! (idempotency store, audit log, rate-limit budgets, cache), and name restart-only settings.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::{
 use common::{
     config_text, keys, metric,
     process::{gateway_config, spawn, KEY},
-    sandbox_config, sha, Harness, Options, TX_PATH,
+    sandbox_config, sha, tx_path, Harness, Options, TX_PATH,
 };
 use ratepay_gateway::{
     config::Config,
@@ -31,6 +33,11 @@ const NEW_SECRET: &str = "rotated-ratepay-secret-77aa";
 /// Sandbox (accepting the original and the rotated Ratepay secret) and a gateway started from
 /// a file in the harness's directory, reloadable through the admin listener.
 async fn start_from_file() -> (Harness, PathBuf) {
+    start_from_file_with(Options::default()).await
+}
+
+/// [`start_from_file`] with `opts`.
+async fn start_from_file_with(opts: Options) -> (Harness, PathBuf) {
     let mut sc = sandbox_config(Duration::from_secs(1800));
     sc.clients.push(SandboxClient {
         client_id: "gw-client".into(),
@@ -38,7 +45,7 @@ async fn start_from_file() -> (Harness, PathBuf) {
     });
     let sandbox = sandbox::spawn(sc).await.expect("sandbox starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config_text(dir.path(), &sandbox.url(), &Options::default());
+    let text = config_text(dir.path(), &sandbox.url(), &opts);
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
     let config = Config::from_file(&path).expect("valid config");
@@ -316,4 +323,190 @@ async fn sighup_reloads_the_file_and_keeps_the_old_config_on_a_broken_one() {
     hup();
     wait_for_reloads(&http, admin, "refused", 1.0).await;
     assert_eq!(status("sighup-new-key").await, 404, "old config kept");
+}
+
+/// The sandbox's count of tokens issued and token requests.
+async fn token_counts(h: &Harness) -> (u64, u64) {
+    let s = h.stats().await;
+    (
+        s["tokens_issued"].as_u64().unwrap(),
+        s["token_requests"].as_u64().unwrap(),
+    )
+}
+
+async fn ready(h: &Harness) -> u16 {
+    h.http
+        .get(format!("{}/readyz", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Reloads and returns the answer's text (asserting 200).
+async fn reload_ok(h: &Harness) -> String {
+    let r = reload(h).await;
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn unchanged_credentials_keep_their_token_across_a_reload() {
+    let (h, path) = start_from_file().await;
+    let tx = h.authorize(keys::FULL, None, 50.0).await;
+    // Readiness obtains a token for every upstream: all three audiences hold one now.
+    assert_eq!(ready(&h).await, 200);
+    let before = token_counts(&h).await;
+    assert_eq!(before.0, 3, "one token per audience");
+
+    // A reload that changes a caller's key and nothing about Ratepay's credentials.
+    edit(&path, &sha(keys::FULL), &sha(ROTATED_KEY));
+    let text = reload_ok(&h).await;
+    assert_eq!(get_tx(&h, &tx, ROTATED_KEY).await, 200);
+    assert_eq!(ready(&h).await, 200);
+    assert_eq!(
+        token_counts(&h).await,
+        before,
+        "no token fetched: the running tokens were kept"
+    );
+    let metrics = h.scrape_metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ratepay_gateway_token_fetches_total{upstream=\"payment\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !text.contains("credentials") && !text.contains("tokens"),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_store_audit_log_rate_limits_and_cache_carry_over_a_reload() {
+    let (h, path) = start_from_file_with(Options {
+        extra_toml: "[cache]\nchanging_ttl_secs = 600\n\
+                     [rate_limits.callers.nopartner]\nrate_per_sec = 0.001\nburst = 2\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let tx = h.authorize(keys::FULL, None, 50.0).await;
+    let cancel = |idem: &'static str| {
+        h.req(Method::POST, &tx_path(&tx, "cancellations"), keys::FULL)
+            .header("idempotency-key", idem)
+            .header("content-type", "application/json")
+            .body(r#"{"gross_amount": 1}"#)
+            .send()
+    };
+    assert_eq!(cancel("carry-1").await.unwrap().status(), 201);
+    // The caller `nopartner` spends its whole budget of 2.
+    let limited = || get_tx(&h, "tx-of-nobody", keys::NOPARTNER);
+    for _ in 0..2 {
+        assert_ne!(limited().await, 429);
+    }
+    assert_eq!(limited().await, 429, "the budget is spent");
+    let sid = h.session(keys::FULL, None).await;
+    let record = format!("/pps/api/v1/session-record/{sid}");
+    let x_cache = || async {
+        let r = h
+            .req(Method::GET, &record, keys::FULL)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["x-cache"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(x_cache().await, "MISS");
+
+    // A reload that changes another caller's key, not the settings of any of these.
+    edit(&path, &sha(keys::READER), &sha("reader-key-rotated"));
+    let text = reload_ok(&h).await;
+    assert!(text.contains("generation 1"), "{text}");
+
+    // Idempotency store: the same call is replayed, not executed again.
+    let r = cancel("carry-1").await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert_eq!(h.op_count("payment.cancellations.create").await, 1);
+    // Rate limits: the spent budget stays spent.
+    assert_eq!(
+        limited().await,
+        429,
+        "the budget was not refilled by the reload"
+    );
+    // Cache: the record is still held.
+    assert_eq!(x_cache().await, "HIT");
+    assert_eq!(h.op_count("hpp.session_records.get").await, 1);
+    // Audit log: the chain continues in the same file.
+    assert_eq!(cancel("carry-2").await.unwrap().status(), 201);
+    let records = h.audit_records();
+    let seqs: Vec<_> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(
+        ratepay_gateway::audit::verify(&[h.audit_path()])
+            .unwrap()
+            .records,
+        4
+    );
+    assert!(
+        !text.contains("rate_limits") && !text.contains("cache"),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn restart_only_settings_are_named_by_the_reload_and_keep_their_running_values() {
+    let (h, path) = start_from_file().await;
+    let notes = [
+        "listen: changed in the file, but takes effect only after a restart; kept",
+        "audit (file settings): changed in the file, but takes effect only after a restart; kept",
+        "idempotency: changed in the file, but takes effect only after a restart; kept",
+    ];
+    // A reload without restart-only changes names none.
+    edit(&path, &sha(keys::READER), &sha("reader-key-rotated"));
+    let text = reload_ok(&h).await;
+    assert!(!text.contains("restart"), "{text}");
+
+    let audit = h.audit_path();
+    let moved = h.dir.path().join("moved").join("audit.jsonl");
+    edit(
+        &path,
+        "shutdown_grace_ms = 5000",
+        "shutdown_grace_ms = 7000",
+    );
+    edit(
+        &path,
+        &format!("path = \"{}\"", audit.display()),
+        &format!("path = \"{}\"", moved.display()),
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n[idempotency]\nttl_secs = 60\n")).unwrap();
+    let text = reload_ok(&h).await;
+    for note in notes {
+        assert!(text.contains(note), "{text}");
+    }
+    // The running values stay: a second reload of the same file names them again.
+    let text = reload_ok(&h).await;
+    assert!(text.contains("generation 3"), "{text}");
+    for note in notes {
+        assert!(text.contains(note), "{text}");
+    }
+    // The audit log is still the one it started with.
+    let tx = h.authorize(keys::FULL, None, 50.0).await;
+    let r = h
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(h.audit_records().len(), 2);
+    assert!(!moved.exists() && !moved.parent().unwrap().exists());
+    h.stop().await;
 }

@@ -206,11 +206,17 @@ impl Harness {
 
     /// Sandbox + gateway with `opts`.
     pub async fn with(opts: Options) -> Harness {
+        Harness::with_edited(opts, |text| text).await
+    }
+
+    /// Sandbox + gateway with `opts`, the configuration text passed through `edit` first (for
+    /// what [`Options`] has no knob for, such as a fixed value of [`config_text`]).
+    pub async fn with_edited(opts: Options, edit: impl FnOnce(String) -> String) -> Harness {
         let sandbox = sandbox::spawn(sandbox_config(opts.token_lifetime))
             .await
             .expect("sandbox starts");
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = config_text(dir.path(), &sandbox.url(), &opts);
+        let text = edit(config_text(dir.path(), &sandbox.url(), &opts));
         let config =
             Config::from_toml(&text, Path::new("test.toml")).expect("test config is valid");
         Harness::serve(sandbox, dir, config).await
@@ -455,5 +461,22 @@ impl Harness {
             .as_str()
             .expect("id")
             .to_owned()
+    }
+}
+
+/// The path of a transaction's follow-up list, e.g. `tx_path(tx, "cancellations")`.
+pub fn tx_path(tx: &str, follow_up: &str) -> String {
+    format!("{TX_PATH}/{tx}/{follow_up}")
+}
+
+impl Harness {
+    /// POSTs `body` (sent byte for byte, as JSON) to `path` through the gateway as `key`.
+    pub async fn post_json(&self, path: &str, key: &str, body: &str) -> reqwest::Response {
+        self.req(reqwest::Method::POST, path, key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST answered")
     }
 }

@@ -126,3 +126,59 @@ pub async fn authorize(http: &reqwest::Client, proxy: &str, amount: u32) -> Stri
         .expect("id")
         .to_owned()
 }
+
+/// Sends `signal` (a name such as `TERM`, `STOP`) to the running process.
+pub fn signal(process: &Running, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(process.0.id().to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{signal}");
+}
+
+/// The sandbox process's counters (`GET /_sandbox/stats`).
+pub async fn sandbox_stats(http: &reqwest::Client, sandbox: &str) -> serde_json::Value {
+    http.get(format!("http://{sandbox}/_sandbox/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json")
+}
+
+/// Installs a fault in the sandbox process.
+pub async fn sandbox_fault(http: &reqwest::Client, sandbox: &str, fault: serde_json::Value) {
+    let r = http
+        .post(format!("http://{sandbox}/_sandbox/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .expect("fault");
+    assert!(r.status().is_success(), "fault accepted: {}", r.status());
+}
+
+/// A Payment API token straight from the sandbox process (its default client), to look at
+/// Ratepay's side without the gateway.
+pub async fn sandbox_token(http: &reqwest::Client, sandbox: &str) -> String {
+    let body: serde_json::Value = http
+        .post(format!("http://{sandbox}/oauth/token"))
+        .json(&serde_json::json!({
+            "client_id": ratepay_gateway::sandbox::DEFAULT_CLIENT_ID,
+            "client_secret": ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET,
+            "audience": ratepay_gateway::sandbox::SandboxAudiences::integration().payment,
+            "grant_type": "client_credentials",
+        }))
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token json");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
