@@ -67,3 +67,47 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The path of a transaction's cancellations.
+pub fn cancel_path(tx: &str) -> String {
+    format!("{}/{tx}/cancellations", super::TX_PATH)
+}
+
+impl Harness {
+    /// A cancellation of `tx` through the gateway as `key` with the JSON `body`, keyed with
+    /// `idem` and sent with `partner` when given.
+    pub fn cancel(
+        &self,
+        key: &str,
+        tx: &str,
+        body: &serde_json::Value,
+        idem: Option<&str>,
+        partner: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .req(reqwest::Method::POST, &cancel_path(tx), key)
+            .json(body);
+        if let Some(k) = idem {
+            rb = rb.header("idempotency-key", k);
+        }
+        if let Some(p) = partner {
+            rb = rb.header("x-partner", p);
+        }
+        rb
+    }
+
+    /// How many cancellations Ratepay holds for `tx` (read through the gateway as `key`, with
+    /// `partner` when given).
+    pub async fn cancellations(&self, key: &str, tx: &str, partner: Option<&str>) -> usize {
+        let mut rb = self.req(reqwest::Method::GET, &cancel_path(tx), key);
+        if let Some(p) = partner {
+            rb = rb.header("x-partner", p);
+        }
+        let r = rb.send().await.expect("list cancellations");
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.expect("cancellations json");
+        body["_embedded"]["cancellations"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+}
