@@ -10,7 +10,11 @@ use super::{config_text, Harness, Options};
 /// `text` with the one occurrence of `from` replaced by `to`; panics when `from` is not there
 /// exactly once, so an edit can never silently miss.
 pub fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(text.matches(from).count(), 1, "exactly one {from:?} to replace");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "exactly one {from:?} to replace"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -63,7 +67,10 @@ where
 {
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check().await {
-        assert!(tokio::time::Instant::now() < until, "not within 10 s: {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not within 10 s: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
