@@ -2,6 +2,7 @@
 //! HTTP client, and the sandbox's counters.
 #![allow(dead_code)]
 
+pub mod custom;
 pub mod process;
 pub mod upstream;
 

@@ -145,3 +145,17 @@ async fn read_request(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> 
         body,
     })
 }
+
+/// Relays every connection `listener` accepts to `to`, byte for byte (an upstream that is
+/// somewhere else, e.g. the sandbox behind a port the test controls).
+pub fn relay(listener: TcpListener, to: std::net::SocketAddr) {
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
