@@ -118,6 +118,7 @@ fn chain(n: usize, seed: u8) -> Vec<u8> {
                     partner_operation_id: Some("op\u{e9}\"\\".into()),
                     partner_shop_id: None,
                     idempotency_key: Some("k".into()),
+                    body_sha256: format!("{seed:064x}"),
                 };
                 last_intent = Some(i.clone());
                 AuditEntry::Intent(i)
