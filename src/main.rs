@@ -10,11 +10,11 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Du
 use clap::{Parser, Subcommand};
 use ratepay_gateway::{
     config::Config,
+    gateway::Gateway,
     logging::{self, LogFormat},
     reload::{ConfigSource, LiveGateway},
     sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig},
     server,
-    stack::Gateway,
     tls::ServerTls,
 };
 use tokio::net::TcpListener;

@@ -1,7 +1,7 @@
 //! Start-up recovery of the audit log: intents a previous run left without an outcome (the
 //! gateway died mid-call) are closed, after asking Ratepay what became of them.
 //!
-//! Runs once in [`crate::stack::Gateway::build`], before the listeners open. For each open
+//! Runs once in [`crate::gateway::Gateway::build`], before the listeners open. For each open
 //! intent the gateway lists the transaction's resources of that kind at Ratepay (cancellations,
 //! captures or refunds). When one carries the intent's `partner_operation_id`, the call is
 //! settled as `success` with its id. Otherwise the outcome stays `unknown`, and its `error`

@@ -17,7 +17,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use crate::{config::Config, stack::Gateway};
+use crate::{config::Config, gateway::Gateway};
 
 /// Where a reload reads its configuration from, and what to change in it after reading (the
 /// binary points an embedded sandbox's upstreams at the sandbox's address).

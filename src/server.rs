@@ -37,9 +37,9 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use crate::{
     body::Body,
     config::ConnectionLimits,
+    gateway::READY_TOKEN_WAIT,
     metrics::{ConnectionLabels, ListenerLabels, Metrics},
     reload::LiveGateway,
-    stack::{simple, READY_TOKEN_WAIT},
     tls::{PeerIdentity, ServerTls},
 };
 
@@ -500,4 +500,19 @@ async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Bo
             "not found; try /healthz, /readyz, /metrics or POST /reload\n",
         ),
     }
+}
+
+/// A plain-text or JSON response for the admin endpoints.
+pub fn simple(
+    status: StatusCode,
+    content_type: &'static str,
+    text: impl Into<bytes::Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(crate::body::full(text.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
 }

@@ -38,6 +38,8 @@ const ORDER: &[&str] = &[
     "proxy",
     "recovery",
     "stack",
+    "gateway",
+    "edge",
     "reload",
     "server",
 ];

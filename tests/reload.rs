@@ -21,9 +21,9 @@ use common::{
 };
 use ratepay_gateway::{
     config::Config,
+    gateway::Gateway,
     reload::{ConfigSource, LiveGateway},
     sandbox::{self, SandboxClient},
-    stack::Gateway,
 };
 use reqwest::Method;
 

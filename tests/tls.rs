@@ -17,9 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ratepay_gateway::{
     config::Config,
+    gateway::Gateway,
     sandbox::{self, SandboxHandle},
     server::{self, Listener},
-    stack::Gateway,
     tls::ServerTls,
 };
 use rcgen::{

@@ -10,10 +10,10 @@ use std::{path::Path, time::Duration};
 
 use ratepay_gateway::{
     config::Config,
+    gateway::Gateway,
     reload::LiveGateway,
     sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig, SandboxHandle},
     server,
-    stack::Gateway,
 };
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
