@@ -182,7 +182,10 @@ async fn the_same_key_from_two_callers_never_collides() {
     // Ratepay saw each caller's scoped form of the shared key, not the key itself.
     assert_eq!(
         h.idempotency_keys(CANCEL_OP).await,
-        [scoped_key("full", "shared"), scoped_key("chooser", "shared")]
+        [
+            scoped_key("full", "shared"),
+            scoped_key("chooser", "shared")
+        ]
     );
 }
 

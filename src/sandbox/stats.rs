@@ -117,10 +117,7 @@ mod tests {
         let keys = &s.idempotency_keys[op];
         assert_eq!(keys.len(), KEYS_KEPT);
         assert_eq!(keys.front().map(String::as_str), Some("k2"));
-        assert_eq!(
-            keys.back().cloned(),
-            Some(format!("k{}", KEYS_KEPT + 1))
-        );
+        assert_eq!(keys.back().cloned(), Some(format!("k{}", KEYS_KEPT + 1)));
         assert_eq!(s.requests[op], KEYS_KEPT as u64 + 2);
     }
 }
