@@ -24,7 +24,22 @@ impl Drop for Running {
 
 /// Spawns the binary and waits until it announced every listener in `names`.
 pub fn spawn(args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>) {
-    let mut child = Command::new(BIN)
+    spawn_command(Command::new(BIN), args, names)
+}
+
+/// [`spawn`] with `cwd` as the working directory (where relative paths resolve).
+pub fn spawn_in(cwd: &Path, args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>) {
+    let mut command = Command::new(BIN);
+    command.current_dir(cwd);
+    spawn_command(command, args, names)
+}
+
+fn spawn_command(
+    mut command: Command,
+    args: &[&str],
+    names: &[&str],
+) -> (Running, HashMap<String, String>) {
+    let mut child = command
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
