@@ -90,9 +90,25 @@ async fn metrics_are_present_and_move_with_traffic() {
     )
     .unwrap();
     assert!(expiry > 1700.0 && expiry <= 1800.0, "{expiry}");
+    // Two calls left for Ratepay: the authorization and the first cancellation (the second was
+    // replayed, the reader's GET refused).
     assert!(after.contains("ratepay_gateway_upstream_duration_seconds_bucket{le="));
-    assert!(after
-        .contains("ratepay_gateway_upstream_responses_total{upstream=\"payment\",status=\"2xx\"}"));
+    assert_eq!(
+        metric(
+            &after,
+            "ratepay_gateway_upstream_duration_seconds_count{upstream=\"payment\"}"
+        ),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "ratepay_gateway_upstream_responses_total{upstream=\"payment\",status=\"2xx\"}"
+        ),
+        Some(2.0),
+        "{after}"
+    );
     assert_eq!(
         metric(&after, "ratepay_gateway_in_flight_requests"),
         Some(0.0)
