@@ -764,6 +764,12 @@ async fn the_binary_serves_mtls_from_its_configuration_file() {
 /// `#[tokio::test]` runs on one thread, so the thread's default subscriber sees every task.
 #[tokio::test]
 async fn tls_logs_name_refusals_but_never_the_key() {
+    // tracing caches each callsite's interest process-wide, computed by the first thread to
+    // reach it. While a single dispatcher exists, that thread asks only its own default: a
+    // sibling test's thread, with none, caches "never" and this test's events are dropped
+    // (tokio-rs/tracing#3611; 19 of 60 runs of this binary failed so). With a second
+    // dispatcher alive, interest is the union over every live dispatcher, this test's included.
+    let _second_dispatcher = tracing::Dispatch::new(tracing_subscriber::registry());
     let buf = LogBuffer::default();
     let writer = buf.clone();
     let _guard = tracing::subscriber::set_default(
