@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
-use common::process::{spawn, Running, BIN};
+use common::process::{spawn_in, Running, BIN};
 
 #[test]
 fn check_config_accepts_local_and_rejects_a_broken_file_naming_the_key() {
@@ -39,9 +39,26 @@ fn check_config_accepts_local_and_rejects_a_broken_file_naming_the_key() {
     assert!(err.contains("broken.toml") && err.contains("admn"), "{err}");
 }
 
-/// Starts `serve` on config/local.toml with ports 0 and returns the proxy and admin addresses.
-fn serve_local() -> (Running, String, String) {
-    let (running, addrs) = spawn(
+/// A working directory holding a copy of config/local.toml and the files it names, laid out
+/// as in the repository, so that `serve` runs exactly as from the repository root while the
+/// files it writes (the audit log under `var/audit/`) stay out of the repository.
+fn local_checkout() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("config/local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::copy("config/local.toml", dir.path().join("config/local.toml")).unwrap();
+    for entry in std::fs::read_dir("config/local").unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), local.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Starts `serve` on config/local.toml in `cwd` with ports 0; returns the proxy and admin
+/// addresses.
+fn serve_local(cwd: &Path) -> (Running, String, String) {
+    let (running, addrs) = spawn_in(
+        cwd,
         &[
             "serve",
             "--config",
@@ -59,7 +76,11 @@ fn serve_local() -> (Running, String, String) {
 
 #[tokio::test]
 async fn serve_local_toml_answers_the_readme_curl_with_the_demo_key() {
-    let (_child, proxy, admin) = serve_local();
+    let cwd = local_checkout();
+    let (_child, proxy, admin) = serve_local(cwd.path());
+    // The audit log went where local.toml says, relative to the working directory.
+    let audit = cwd.path().join("var/audit/audit.jsonl");
+    assert!(audit.is_file(), "{} exists", audit.display());
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

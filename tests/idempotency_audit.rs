@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{keys, problem, Harness, Options, TX_PATH};
+use common::{keys, problem, scoped_key, Harness, Options, TX_PATH};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -179,6 +179,14 @@ async fn the_same_key_from_two_callers_never_collides() {
         r.text().await.unwrap()
     );
     assert_eq!(h.op_count(CANCEL_OP).await, 2);
+    // Ratepay saw each caller's scoped form of the shared key, not the key itself.
+    assert_eq!(
+        h.idempotency_keys(CANCEL_OP).await,
+        [
+            scoped_key("full", "shared"),
+            scoped_key("chooser", "shared")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -189,13 +197,23 @@ async fn a_503_is_retried_with_the_same_key_and_cancels_once() {
         .await;
     let r = cancel(&h, keys::FULL, &tx, r#"{"gross_amount": 3}"#, None).await;
     assert_eq!(r.status(), 201);
+    let generated = r.headers()["idempotency-key"].to_str().unwrap().to_owned();
     assert_eq!(
         h.op_count(CANCEL_OP).await,
         2,
         "first attempt 503, second 201"
     );
+    // The fault answered the first attempt before the sandbox's idempotency store saw it, so
+    // "cancels once" alone would also hold for a retry under a new key: the keys prove it.
+    let upstream = scoped_key("full", &generated);
+    assert_eq!(
+        h.idempotency_keys(CANCEL_OP).await,
+        [upstream.clone(), upstream.clone()],
+        "both attempts carried the scoped form of the key the caller got back"
+    );
     assert_eq!(cancellations_at_ratepay(&h, &tx).await, 1);
     let records = h.audit_records();
+    assert_eq!(records[0]["idempotency_key"], upstream.as_str());
     let outcome = records.iter().find(|r| r["kind"] == "outcome").unwrap();
     assert_eq!(outcome["attempts"], 2);
     assert_eq!(outcome["status"], 201);
@@ -241,11 +259,14 @@ async fn audit_records_success_with_exact_amount_and_ids() {
     assert_eq!(intent["gross_amount"], "10.50", "the exact decimal text");
     assert_eq!(intent["partner_operation_id"], "op-1");
     assert_eq!(intent["request_id"], rid.as_str());
+    // The README's formula, computed here: hex(SHA-256("<caller>:<key>")), and exactly what
+    // Ratepay received.
+    let upstream = scoped_key("full", "k-audit");
     assert_eq!(
-        intent["idempotency_key"].as_str().unwrap().len(),
-        64,
+        intent["idempotency_key"], upstream,
         "the scoped key sent upstream"
     );
+    assert_eq!(h.idempotency_keys(CANCEL_OP).await, [upstream]);
     assert_eq!(outcome["outcome"], "success");
     assert_eq!(outcome["intent_seq"], intent["seq"]);
     assert_eq!(

@@ -6,6 +6,10 @@
 //! Retry-After arithmetic are unit-tested on a fake clock (`middleware::{cache, rate_limit}`);
 //! here, expiry is observed by polling with a deadline against short configured lifetimes, and
 //! limits use slow rates (one request per 10 s) so that no refill can happen during a test.
+//! A wait in whole seconds counts down with the wall clock, so it is checked against the time
+//! the test measured (`assert_secs_left`): exact whenever the requests took under a second, and
+//! never a value the elapsed time rules out. Queue waits are seconds long, so that concurrent
+//! requests arriving a little apart still all queue.
 
 mod common;
 
@@ -93,6 +97,21 @@ where
     }
 }
 
+/// Asserts a whole-seconds wait (`Retry-After`, `t=`) of `got` for a limit that frees up
+/// `secs` after the first admitted request, when at most `spent` has gone by since just
+/// before it. The gateway rounds up, so while `spent` is under a second (the usual case) the
+/// only right answer is `secs`; on a slower run, exactly the values the elapsed time allows.
+fn assert_secs_left(got: &str, secs: u64, spent: Duration) {
+    let got: u64 = got
+        .parse()
+        .unwrap_or_else(|_| panic!("whole seconds: {got:?}"));
+    let lowest = ((secs as f64 - spent.as_secs_f64()).ceil() as u64).max(1);
+    assert!(
+        (lowest..=secs).contains(&got),
+        "{got} s left; expected {secs} s less what {spent:?} allows ({lowest}..={secs})"
+    );
+}
+
 // ---------------------------------------------------------------- rate limits
 
 #[tokio::test]
@@ -103,20 +122,27 @@ async fn per_caller_limit_refuses_the_request_after_the_burst_with_exact_retry_a
     ))
     .await;
     let path = format!("{RECORD}/AAAAAAAAAAAAAAAAAAAA");
+    let first = Instant::now();
     for i in 0..3 {
         let r = h.req(Method::GET, &path, keys::FULL).send().await.unwrap();
         assert_eq!(r.status(), 404, "request {i} reaches the sandbox");
         assert_eq!(header(&r, "ratelimit-policy"), "\"caller\";q=3;w=30");
+        // Counted from what is left of the burst, not from the clock: exact whatever the pace
+        // (no refill within the 10 s a cell takes).
         assert_eq!(
             header(&r, "ratelimit"),
             format!("\"caller\";r={};t={}", 2 - i, (i + 1) * 10)
         );
     }
     let r = h.req(Method::GET, &path, keys::FULL).send().await.unwrap();
-    // One request per 10 s: the 4th, a few ms after the 1st, waits 10 s minus those ms → 10.
-    assert_eq!(header(&r, "retry-after"), "10");
+    // One request per 10 s: the 4th waits until 10 s after the 1st, rounded up.
+    let retry_after = header(&r, "retry-after");
+    assert_secs_left(&retry_after, 10, first.elapsed());
     assert_eq!(header(&r, "ratelimit-policy"), "\"caller\";q=3;w=30");
-    assert_eq!(header(&r, "ratelimit"), "\"caller\";r=0;t=10");
+    assert_eq!(
+        header(&r, "ratelimit"),
+        format!("\"caller\";r=0;t={retry_after}")
+    );
     let body = problem(r, 429).await;
     assert_eq!(
         body["type"],
@@ -134,6 +160,7 @@ async fn per_caller_limit_refuses_the_request_after_the_burst_with_exact_retry_a
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let first = Instant::now();
     assert_eq!(
         h.req(Method::GET, &path, keys::READER)
             .send()
@@ -147,7 +174,7 @@ async fn per_caller_limit_refuses_the_request_after_the_burst_with_exact_retry_a
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&r, "retry-after"), "10");
+    assert_secs_left(&header(&r, "retry-after"), 10, first.elapsed());
     problem(r, 429).await;
     assert_eq!(
         h.op_count("hpp.session_records.get").await,
@@ -163,6 +190,7 @@ async fn per_upstream_budget_is_shared_by_all_callers_and_only_that_api() {
     ))
     .await;
     let path = "/transaction/status/v2/transactions/AAAAAAAAAAAAAAAAAAAA";
+    let first = Instant::now();
     assert_eq!(
         h.req(Method::GET, path, keys::FULL)
             .send()
@@ -185,7 +213,7 @@ async fn per_upstream_budget_is_shared_by_all_callers_and_only_that_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&r, "retry-after"), "10");
+    assert_secs_left(&header(&r, "retry-after"), 10, first.elapsed());
     assert_eq!(header(&r, "ratelimit-policy"), "\"upstream\";q=2;w=20");
     let body = problem(r, 429).await;
     assert!(
@@ -237,11 +265,12 @@ async fn operation_budget_applies_to_that_operation_only() {
 
 #[tokio::test]
 async fn queue_mode_waits_for_a_turn_then_serves_and_refuses_what_cannot_fit() {
-    // 4 per second, burst 1: the 2nd and 3rd concurrent requests wait 250 and 500 ms.
+    // One request per 2 s, burst 1: of three concurrent requests the 2nd and 3rd wait their
+    // turns, 2 and 4 s after the 1st. Both wait as long as they arrive within 2 s of the 1st.
     let h = Harness::with(opts(
-        "[rate_limits]\nmode = \"queue\"\nmax_wait_ms = 1500\n\
-         [rate_limits.per_caller]\nrate_per_sec = 4\nburst = 1\n\
-         [rate_limits.callers.reader]\nrate_per_sec = 0.5\nburst = 1\n",
+        "[rate_limits]\nmode = \"queue\"\nmax_wait_ms = 6000\n\
+         [rate_limits.per_caller]\nrate_per_sec = 0.5\nburst = 1\n\
+         [rate_limits.callers.reader]\nrate_per_sec = 0.1\nburst = 1\n",
     ))
     .await;
     let path = format!("{RECORD}/AAAAAAAAAAAAAAAAAAAA");
@@ -256,8 +285,10 @@ async fn queue_mode_waits_for_a_turn_then_serves_and_refuses_what_cannot_fit() {
             "served by the sandbox after waiting"
         );
     }
+    // The 3rd turn comes 4 s after the 1st admission, itself after `started` (less 50 ms for
+    // the rate limiter's clock, which is not the one `Instant` reads).
     assert!(
-        started.elapsed() >= Duration::from_millis(450),
+        started.elapsed() >= Duration::from_millis(3950),
         "waited: {:?}",
         started.elapsed()
     );
@@ -269,7 +300,8 @@ async fn queue_mode_waits_for_a_turn_then_serves_and_refuses_what_cannot_fit() {
         "{metrics}"
     );
 
-    // reader's next turn is 2 s away, beyond max_wait: refused at once, not after waiting.
+    // reader's next turn is 10 s away, beyond max_wait: refused at once, not after waiting.
+    let first = Instant::now();
     assert_eq!(
         h.req(Method::GET, &path, keys::READER)
             .send()
@@ -278,15 +310,19 @@ async fn queue_mode_waits_for_a_turn_then_serves_and_refuses_what_cannot_fit() {
             .status(),
         404
     );
-    let started = Instant::now();
+    let refused = Instant::now();
     let r = h
         .req(Method::GET, &path, keys::READER)
         .send()
         .await
         .unwrap();
-    assert_eq!(header(&r, "retry-after"), "2");
+    assert!(
+        refused.elapsed() < Duration::from_millis(6000),
+        "answered before max_wait_ms: {:?}",
+        refused.elapsed()
+    );
+    assert_secs_left(&header(&r, "retry-after"), 10, first.elapsed());
     problem(r, 429).await;
-    assert!(started.elapsed() < Duration::from_millis(1000));
 }
 
 #[tokio::test]
@@ -295,6 +331,8 @@ async fn ratepay_429_pauses_the_upstream_without_further_calls() {
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     h.fault(json!({"operation": "payment.transactions.get", "status": 429, "retry_after": 30, "count": 1}))
         .await;
+    // The pause starts when the gateway reads Ratepay's 429, after this instant.
+    let paused = Instant::now();
     let r = h
         .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
         .send()
@@ -313,8 +351,7 @@ async fn ratepay_429_pauses_the_upstream_without_further_calls() {
             .send()
             .await
             .unwrap();
-        let secs: u64 = header(&r, "retry-after").parse().unwrap();
-        assert!((29..=30).contains(&secs), "remaining pause {secs}");
+        assert_secs_left(&header(&r, "retry-after"), 30, paused.elapsed());
         let body = problem(r, 429).await;
         assert_eq!(
             body["type"],
@@ -379,18 +416,36 @@ async fn five_hundred_concurrent_misses_cause_one_upstream_call() {
     let sends: Vec<_> = (0..500)
         .map(|_| h.req(Method::GET, &path, keys::FULL).send())
         .collect();
-    let mut hits = 0;
+    // Which of them came late enough to be a HIT depends on timing; what each answer says it
+    // was, the metrics must count exactly.
+    let (mut hits, mut misses) = (0, 0);
     for r in futures_util::future::join_all(sends).await {
         let r = r.unwrap();
         assert_eq!(r.status(), 200);
-        hits += usize::from(header(&r, "x-cache") == "HIT");
+        match header(&r, "x-cache").as_str() {
+            "HIT" => hits += 1,
+            "MISS" => misses += 1,
+            other => panic!("X-Cache {other:?}"),
+        }
         assert_eq!(
             r.json::<Value>().await.unwrap()["session_status"],
             "COMPLETED"
         );
     }
-    assert!(hits < 500, "at least the first request missed");
     assert_eq!(h.op_count("hpp.session_records.get").await, 1);
+    assert!(misses >= 1, "the first request missed");
+    let metrics = h.scrape_metrics().await;
+    let lookups = |result: &str| {
+        common::metric(
+            &metrics,
+            &format!("ratepay_gateway_cache_lookups_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(
+        (lookups("hit"), lookups("miss")),
+        (Some(f64::from(hits)), Some(f64::from(misses))),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

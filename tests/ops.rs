@@ -90,9 +90,25 @@ async fn metrics_are_present_and_move_with_traffic() {
     )
     .unwrap();
     assert!(expiry > 1700.0 && expiry <= 1800.0, "{expiry}");
+    // Two calls left for Ratepay: the authorization and the first cancellation (the second was
+    // replayed, the reader's GET refused).
     assert!(after.contains("ratepay_gateway_upstream_duration_seconds_bucket{le="));
-    assert!(after
-        .contains("ratepay_gateway_upstream_responses_total{upstream=\"payment\",status=\"2xx\"}"));
+    assert_eq!(
+        metric(
+            &after,
+            "ratepay_gateway_upstream_duration_seconds_count{upstream=\"payment\"}"
+        ),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "ratepay_gateway_upstream_responses_total{upstream=\"payment\",status=\"2xx\"}"
+        ),
+        Some(2.0),
+        "{after}"
+    );
     assert_eq!(
         metric(&after, "ratepay_gateway_in_flight_requests"),
         Some(0.0)
@@ -200,7 +216,11 @@ async fn admin_endpoints_answer() {
 #[tokio::test]
 async fn cache_and_rate_limit_metrics_move() {
     let h = Harness::with(common::Options {
-        extra_toml: "[cache]\n[rate_limits.callers.reader]\nrate_per_sec = 0.1\nburst = 1\n".into(),
+        // The session stays CREATED, a changing record: a long lifetime for those keeps the
+        // later reads hits however slowly they follow the first (the default is 2 s).
+        extra_toml: "[cache]\nchanging_ttl_secs = 600\n\
+                     [rate_limits.callers.reader]\nrate_per_sec = 0.1\nburst = 1\n"
+            .into(),
         ..common::Options::default()
     })
     .await;
@@ -210,7 +230,9 @@ async fn cache_and_rate_limit_metrics_move() {
         let rb = h.req(Method::GET, &path, key);
         async move { rb.send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(status(keys::FULL).await, 200); // miss
+    let record = h.req(Method::GET, &path, keys::FULL).send().await.unwrap();
+    assert_eq!(record.headers()["x-cache"], "MISS");
+    let record_len = record.bytes().await.unwrap().len() as f64;
     assert_eq!(status(keys::FULL).await, 200); // hit
     assert_eq!(status(keys::READER).await, 200); // hit (same partner), spends reader's burst
     assert_eq!(status(keys::READER).await, 429); // reader's budget is spent
@@ -225,7 +247,11 @@ async fn cache_and_rate_limit_metrics_move() {
         Some(2.0)
     );
     assert_eq!(m("ratepay_gateway_cache_entries"), Some(1.0));
-    assert!(m("ratepay_gateway_cache_bytes").unwrap() > 100.0);
+    let bytes = m("ratepay_gateway_cache_bytes").unwrap();
+    assert!(
+        bytes >= record_len,
+        "the one entry weighs at least its {record_len}-byte body: {bytes}"
+    );
     assert_eq!(
         m("ratepay_gateway_rate_limit_rejections_total{scope=\"caller\"}"),
         Some(1.0),
@@ -240,10 +266,17 @@ async fn cache_and_rate_limit_metrics_move() {
 
 #[tokio::test]
 async fn readiness_flips_when_the_token_endpoint_fails_past_the_tokens_life() {
-    // 4 s Ratepay tokens; the gateway would refresh after 3 s, but the endpoint will fail.
+    // 10 s Ratepay tokens refreshed at half their life: the refresh, about 5 s after the
+    // fetch, fails. Readiness must hold while the token is valid and flip once it is not: no
+    // sooner than 8 s after the fetch (10 s, less up to 1 s lost to `exp`'s whole seconds and
+    // the 1 s before expiry at which the gateway stops sending a token). The bound below
+    // leaves half a second for the fetch itself; a flip at the failed refresh comes 3 s
+    // earlier.
     let h = Harness::with(common::Options {
-        token_lifetime: Duration::from_secs(4),
-        tokens_toml: "refresh_margin_secs = 1\nretry_initial_ms = 50\nretry_max_ms = 200".into(),
+        token_lifetime: Duration::from_secs(10),
+        tokens_toml: "refresh_at_fraction = 0.5\nrefresh_margin_secs = 1\n\
+                      retry_initial_ms = 50\nretry_max_ms = 200"
+            .into(),
         ..common::Options::default()
     })
     .await;
@@ -256,21 +289,43 @@ async fn readiness_flips_when_the_token_endpoint_fails_past_the_tokens_life() {
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     };
+    let failed_refreshes = || async {
+        let text = h.scrape_metrics().await;
+        metric(
+            &text,
+            "ratepay_gateway_token_fetch_failures_total{upstream=\"payment\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    // Before the first readiness check: every token is fetched after this instant.
+    let before_fetch = std::time::Instant::now();
     assert_eq!(ready().await.0, 200, "a token is obtainable");
     h.fault(json!({"operation": "oauth.token", "status": 503}))
         .await;
     assert_eq!(ready().await.0, 200, "the current token still lives");
-    // Still ready while the current token lives; not ready once it expired. The poll only
-    // paces the checks; the flip itself comes from the token's expiry.
-    let started = std::time::Instant::now();
+    // The poll only paces the checks; the flip itself comes from the token's expiry.
+    let mut ready_after_a_failed_refresh = false;
     let (status, body) = loop {
         let (status, body) = ready().await;
         if status != 200 {
             break (status, body);
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "never flipped");
+        ready_after_a_failed_refresh |= failed_refreshes().await >= 1.0;
+        assert!(
+            before_fetch.elapsed() < Duration::from_secs(30),
+            "never flipped"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let flipped = before_fetch.elapsed();
+    assert!(
+        flipped >= Duration::from_millis(7500),
+        "not ready after {flipped:?}, while the 10 s token was still valid"
+    );
+    assert!(
+        ready_after_a_failed_refresh,
+        "a failed refresh alone does not make the gateway unready"
+    );
     assert_eq!(status, 503);
     assert!(body.contains("not ready"), "{body}");
     assert!(body.contains("payment"), "names the upstream: {body}");

@@ -108,18 +108,63 @@ async fn short_lived_tokens_are_refreshed_ahead_of_expiry_without_failures() {
 
 #[tokio::test]
 async fn token_endpoint_faults_do_not_fail_requests_while_the_token_is_valid() {
-    let h = Harness::start().await;
+    // 10 s tokens refreshed at half their life: the background refresh (about 5 s after the
+    // fetch) meets the faulted endpoint while the current token is still good for about 4 s
+    // (10 s, less the second `exp` can lose and the 1 s the gateway keeps in hand).
+    let h = Harness::with(Options {
+        token_lifetime: Duration::from_secs(10),
+        tokens_toml: "refresh_at_fraction = 0.5\nrefresh_margin_secs = 1".into(),
+        ..Options::default()
+    })
+    .await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     h.fault(json!({"operation": "oauth.token", "status": 503, "count": 1000}))
         .await;
-    for _ in 0..20 {
-        let r = h
-            .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+    let path = format!("{TX_PATH}/{tx}");
+    let get = || async {
+        let r = h.req(Method::GET, &path, keys::FULL).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    };
+    // Traffic until the refresh has been tried and refused (the sandbox counts every token
+    // request, issued or not). The poll only paces the checks.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut gets = 0;
+    loop {
+        get().await;
+        gets += 1;
+        let stats = h.stats().await;
+        if stats["token_requests"].as_u64().unwrap() > stats["tokens_issued"].as_u64().unwrap() {
+            break;
+        }
+        assert!(Instant::now() < give_up, "no refresh attempted: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // After the failed refresh, requests still go out with the old token.
+    for _ in 0..20 {
+        get().await;
+        gets += 1;
+    }
+    let stats = h.stats().await;
+    assert_eq!(
+        stats["tokens_issued_by_audience"][PAYMENT_AUD], 1,
+        "no new token: every request used the first one: {stats}"
+    );
+    assert_eq!(
+        stats["requests"]["payment.transactions.get"], gets,
+        "each GET reached Ratepay once: no 401, no replay: {stats}"
+    );
+    let metrics = h.scrape_metrics().await;
+    let m = |name: &str| common::metric(&metrics, name);
+    assert!(
+        m("ratepay_gateway_token_fetch_failures_total{upstream=\"payment\"}")
+            .is_some_and(|n| n >= 1.0),
+        "the refresh failed: {metrics}"
+    );
+    assert_eq!(
+        m("ratepay_gateway_token_fetches_total{upstream=\"payment\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -413,6 +458,32 @@ async fn gateway_oauth_token_works_for_an_unmodified_client_flow() {
     problem(r, 400).await;
 }
 
+/// Milliseconds since the Unix epoch, as a UUIDv7 carries them.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Asserts that `ids` are UUIDv7s (version 7, RFC 9562 variant) made between `from_ms` and
+/// `to_ms`, in the order generated.
+fn assert_uuid_v7s(ids: &[String], from_ms: u64, to_ms: u64) {
+    for id in ids {
+        let u = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(u.get_version_num(), 7, "{id}");
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+        assert_eq!(id, &u.hyphenated().to_string(), "lowercase hyphenated form");
+        let (secs, nanos) = u.get_timestamp().expect("v7 has a timestamp").to_unix();
+        let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+        assert!(
+            (from_ms..=to_ms).contains(&ms),
+            "{id}: {ms} not in {from_ms}..={to_ms}"
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "time-ordered: {ids:?}");
+}
+
 #[tokio::test]
 async fn request_ids_are_kept_or_generated() {
     let h = Harness::start().await;
@@ -425,7 +496,10 @@ async fn request_ids_are_kept_or_generated() {
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["request_id"], "abc-123");
+    let tx = h.authorize(keys::FULL, None, 10.0).await;
     // Valid header values, but not well-formed ids: replaced by a generated one, never echoed.
+    let from_ms = unix_ms();
+    let mut generated = Vec::new();
     for bad in ["bad id with spaces".to_owned(), "x".repeat(129)] {
         let r = h
             .req(Method::GET, "/admin", keys::FULL)
@@ -435,29 +509,35 @@ async fn request_ids_are_kept_or_generated() {
             .unwrap();
         let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert_ne!(id, bad);
-        assert_eq!(id.len(), 36, "a generated UUID");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["request_id"], id.as_str());
+        generated.push(id);
     }
-    let tx = h.authorize(keys::FULL, None, 10.0).await;
     let r = h
         .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.headers()["x-request-id"].len(), 36, "generated UUID");
+    generated.push(r.headers()["x-request-id"].to_str().unwrap().to_owned());
+    assert_uuid_v7s(&generated, from_ms, unix_ms());
 }
 
 #[tokio::test]
 async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
+    // A 300 ms attempt timeout against a sandbox holding each GET for a minute: every attempt
+    // times out however slow the machine. Nothing else the test sends waits on that timeout:
+    // the fault applies before the sandbox looks the id up, so no transaction is needed, and
+    // the token fetch has its own timeout.
     let h = Harness::with(Options {
         request_timeout_ms: 300,
         ..Options::default()
     })
     .await;
-    let tx = h.authorize(keys::FULL, None, 10.0).await;
-    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 2000, "count": 10}))
+    let id = "abcdefghij0123456789";
+    h.fault(json!({"operation": "payment.transactions.get", "latency_ms": 60_000, "count": 10}))
         .await;
     let r = h
-        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .req(Method::GET, &format!("{TX_PATH}/{id}"), keys::FULL)
         .send()
         .await
         .unwrap();
@@ -466,12 +546,14 @@ async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
     // A GET is retried after a timeout: three attempts (the default) reached the sandbox.
     assert_eq!(h.op_count("payment.transactions.get").await, 3);
 
-    // Tokens still come from the sandbox, but the payment API's origin is a closed port.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Tokens still come from the sandbox, but the payment API's origin is a closed port: one
+    // held by a socket bound and never listening, so nothing else can take it meanwhile and
+    // every connect is refused.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead: http::Uri = format!("http://{}", closed.local_addr().unwrap())
         .parse()
         .unwrap();
-    drop(closed);
     let sandbox = ratepay_gateway::sandbox::spawn(common::sandbox_config(Duration::from_secs(60)))
         .await
         .unwrap();
@@ -487,15 +569,18 @@ async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
     }
     let g = Harness::serve(sandbox, dir, config).await;
     let r = g
-        .req(Method::GET, &format!("{TX_PATH}/{tx}"), keys::FULL)
+        .req(Method::GET, &format!("{TX_PATH}/{id}"), keys::FULL)
         .send()
         .await
         .unwrap();
     let body = problem(r, 502).await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("payment"), "{body}");
     assert!(
-        body["detail"].as_str().unwrap().contains("payment"),
-        "{body}"
+        detail.to_lowercase().contains("refused"),
+        "a refused connect: {body}"
     );
+    drop(closed);
 }
 
 #[tokio::test]

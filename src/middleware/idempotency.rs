@@ -288,35 +288,122 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use http::HeaderMap;
+    use crate::middleware::testing;
+
+    /// A Ratepay that answers every call 201 with `body_len` bytes and remembers each call's
+    /// `Idempotency-Key`.
+    #[derive(Default)]
+    struct Created {
+        body_len: usize,
+        keys: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Handler for Created {
+        async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+            let key = req
+                .headers()
+                .get(&IDEMPOTENCY_KEY)
+                .map(|v| v.to_str().unwrap().to_owned());
+            self.keys.lock().unwrap().extend(key);
+            let mut resp = GwResponse::new(body::full(vec![b'x'; self.body_len]));
+            *resp.status_mut() = StatusCode::CREATED;
+            Ok(resp)
+        }
+    }
+
+    /// The layer over `inner` with a store of `max_bytes`; the tempdir holds the audit log
+    /// the metrics registry reads.
+    async fn layer(
+        max_bytes: u64,
+        inner: Created,
+    ) -> (Idempotency<Created>, IdempotencyStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::audit::AuditConfig::new(dir.path().join("audit.jsonl"));
+        let (audit, _) = crate::audit::AuditLog::open(config).await.unwrap();
+        let store = IdempotencyStore::new(&IdempotencySettings {
+            ttl: Duration::from_secs(60),
+            max_bytes,
+        });
+        let layer = IdempotencyLayer::new(store.clone(), Metrics::new(Arc::default(), audit));
+        (tower::Layer::layer(&layer, inner), store, dir)
+    }
+
+    /// A cancellation through the layer with the caller's `key`.
+    fn cancellation(key: &str) -> GwRequest {
+        let mut req = testing::request(
+            http::Method::POST,
+            "/transaction/management/v2/transactions/tx0123456789/cancellations",
+            None,
+            &[],
+        );
+        *req.body_mut() = bytes::Bytes::from_static(br#"{"gross_amount": 1}"#);
+        req.headers_mut()
+            .insert(IDEMPOTENCY_KEY.clone(), HeaderValue::from_str(key).unwrap());
+        req
+    }
 
     #[tokio::test]
     async fn stored_answers_count_against_max_bytes() {
-        let store = IdempotencyStore::new(&IdempotencySettings {
-            ttl: Duration::from_secs(60),
-            max_bytes: 100_000,
-        });
+        // 10 KB answers under a 100 KB bound, stored the way the layer stores them: executed,
+        // answered, then kept for replay. A slot weighs only its key (~1 KiB) when created, so
+        // the bound holds only if the stored answer is weighed after the call.
+        let (svc, store, _dir) = layer(
+            100_000,
+            Created {
+                body_len: 10_000,
+                ..Created::default()
+            },
+        )
+        .await;
         for i in 0..50 {
-            let stored = Stored::new(StatusCode::CREATED, &HeaderMap::new(), &[b'x'; 10_000]);
-            let slot = Arc::new(Slot {
-                fingerprint: [0; 32],
-                done: Arc::new(tokio::sync::Mutex::new(Some(stored))),
-            });
-            store
-                .slots
-                .insert((Arc::from("c"), Arc::from(i.to_string())), slot)
-                .await;
+            let resp = svc.handle(cancellation(&format!("key-{i}"))).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::CREATED);
         }
+        assert_eq!(
+            svc.inner.keys.lock().unwrap().len(),
+            50,
+            "each key executed once"
+        );
         store.slots.run_pending_tasks().await;
+        let (weight, held) = (store.slots.weighted_size(), store.len());
+        assert!(weight <= 100_000, "{weight} bytes held");
         assert!(
-            store.slots.weighted_size() <= 100_000,
-            "{}",
-            store.slots.weighted_size()
+            (1..=10).contains(&held),
+            "10 KB answers under a 100 KB bound: {held} held"
         );
         assert!(
-            store.len() <= 10,
-            "10 KB answers under a 100 KB bound: {}",
-            store.len()
+            weight >= held * 10_000,
+            "each held key weighs its stored answer: {weight} bytes for {held}"
+        );
+        // What is held is replayed, not executed again: the stored answers are real.
+        let kept = (0..50)
+            .map(|i| format!("key-{i}"))
+            .find(|k| {
+                store
+                    .slots
+                    .contains_key(&(Arc::from(testing::CALLER), Arc::from(k.as_str())))
+            })
+            .expect("some key is held");
+        let resp = svc.handle(cancellation(&kept)).await.unwrap();
+        assert_eq!(resp.headers()[&IDEMPOTENT_REPLAYED], "true");
+        assert_eq!(
+            body::read_limited(resp.into_body(), 1 << 20)
+                .await
+                .unwrap()
+                .len(),
+            10_000
+        );
+        assert_eq!(svc.inner.keys.lock().unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn ratepay_receives_sha256_of_caller_colon_key() {
+        let (svc, _store, _dir) = layer(1 << 20, Created::default()).await;
+        svc.handle(cancellation("order-4711")).await.unwrap();
+        // `printf 'svc:order-4711' | sha256sum`: the README's formula, computed outside.
+        assert_eq!(
+            *svc.inner.keys.lock().unwrap(),
+            ["87160fe4e4624d4b06c2534e372cac50e14c7089291f9c9eec8964722cbfd4d1"]
         );
     }
 
@@ -333,7 +420,11 @@ mod tests {
     #[test]
     fn upstream_keys_are_scoped_per_caller_and_fit_ratepays_limit() {
         let a = upstream_key("orders", "k1");
-        assert_eq!(a.len(), 64);
+        // `printf 'orders:k1' | sha256sum`
+        assert_eq!(
+            a,
+            "0e2fb3f03e7d4b4bbd39af050fba8042be601633b8e2db6397b2e0a93a81fe3c"
+        );
         assert_ne!(a, upstream_key("refunds", "k1"));
         assert_eq!(a, upstream_key("orders", "k1"));
         // Caller names cannot contain ':' (config validation), so `caller:key` is unambiguous.

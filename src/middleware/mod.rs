@@ -12,6 +12,8 @@ pub mod idempotency;
 pub mod json_body;
 pub mod rate_limit;
 pub mod retry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod token;
 
 use std::{future::Future, pin::Pin};

@@ -351,7 +351,11 @@ where
         Ok(Some(m)) => m,
     };
     let op = m.operation;
-    lock(&sandbox.inner).stats.request(op.name, parts.version);
+    lock(&sandbox.inner).stats.request(
+        op.name,
+        parts.version,
+        parts.headers.get("idempotency-key"),
+    );
     let delay = match apply_fault(sandbox, op.name).await {
         Faulted::Answer(r) => return Some(r),
         Faulted::Close => return None,

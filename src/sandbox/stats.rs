@@ -3,9 +3,12 @@
 //! Counted first thing for every call, whatever its outcome (401, fault, 404 ...), so the
 //! gateway's tests can prove that a request never reached "Ratepay" at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
+
+/// How many `Idempotency-Key`s [`Stats::idempotency_keys`] keeps per operation (the latest).
+pub(crate) const KEYS_KEPT: usize = 256;
 
 /// Counters since start or the last reset.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -23,11 +26,27 @@ pub(crate) struct Stats {
     pub tokens_issued_by_audience: BTreeMap<String, u64>,
     /// Every `POST /oauth/token`, whatever its outcome.
     pub token_requests: u64,
+    /// The `Idempotency-Key` of every call that carried one, per operation, in arrival order,
+    /// as received (counted with `requests`, before faults and authentication), so that a test
+    /// can prove which key each attempt sent. The latest [`KEYS_KEPT`] per operation.
+    pub idempotency_keys: BTreeMap<&'static str, VecDeque<String>>,
 }
 
 impl Stats {
-    /// Counts one call of `operation` made over `version`.
-    pub(crate) fn request(&mut self, operation: &'static str, version: http::Version) {
+    /// Counts one call of `operation` made over `version`, noting its `Idempotency-Key`.
+    pub(crate) fn request(
+        &mut self,
+        operation: &'static str,
+        version: http::Version,
+        idempotency_key: Option<&http::HeaderValue>,
+    ) {
+        if let Some(key) = idempotency_key {
+            let keys = self.idempotency_keys.entry(operation).or_default();
+            if keys.len() == KEYS_KEPT {
+                keys.pop_front();
+            }
+            keys.push_back(String::from_utf8_lossy(key.as_bytes()).into_owned());
+        }
         *self.requests.entry(operation).or_default() += 1;
         self.requests_total += 1;
         *self
@@ -70,9 +89,9 @@ mod tests {
     #[test]
     fn counts_add_up() {
         let mut s = Stats::default();
-        s.request("payment.transactions.get", http::Version::HTTP_11);
-        s.request("payment.transactions.get", http::Version::HTTP_2);
-        s.request("hpp.sessions.create", http::Version::HTTP_2);
+        s.request("payment.transactions.get", http::Version::HTTP_11, None);
+        s.request("payment.transactions.get", http::Version::HTTP_2, None);
+        s.request("hpp.sessions.create", http::Version::HTTP_2, None);
         s.token_request();
         s.token_request();
         s.token_issued("aud");
@@ -84,5 +103,21 @@ mod tests {
         assert_eq!(s.requests_by_version["HTTP/1.1"], 1);
         assert_eq!(s.requests_by_version["HTTP/2"], 2);
         assert_eq!(s.requests_by_version.len(), 2);
+        assert!(s.idempotency_keys.is_empty());
+    }
+
+    #[test]
+    fn idempotency_keys_are_kept_in_order_and_bounded() {
+        let mut s = Stats::default();
+        let op = "payment.cancellations.create";
+        for i in 0..KEYS_KEPT + 2 {
+            let key = http::HeaderValue::from_str(&format!("k{i}")).unwrap();
+            s.request(op, http::Version::HTTP_11, Some(&key));
+        }
+        let keys = &s.idempotency_keys[op];
+        assert_eq!(keys.len(), KEYS_KEPT);
+        assert_eq!(keys.front().map(String::as_str), Some("k2"));
+        assert_eq!(keys.back().cloned(), Some(format!("k{}", KEYS_KEPT + 1)));
+        assert_eq!(s.requests[op], KEYS_KEPT as u64 + 2);
     }
 }

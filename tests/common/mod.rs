@@ -82,6 +82,13 @@ pub fn sha(s: &str) -> String {
     hex::encode(ratepay_gateway::config::sha256(s.as_bytes()))
 }
 
+/// The key Ratepay receives for `caller`'s `key`, computed as the README states it:
+/// `hex(SHA-256("<caller name>:<key>"))`, independently of the gateway's own code.
+pub fn scoped_key(caller: &str, key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("{caller}:{key}")))
+}
+
 fn write(dir: &Path, name: &str, content: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, content).expect("write test file");
@@ -331,6 +338,18 @@ impl Harness {
     /// Requests the sandbox received for one operation.
     pub async fn op_count(&self, op: &str) -> u64 {
         self.stats().await["requests"][op].as_u64().unwrap_or(0)
+    }
+
+    /// The `Idempotency-Key` of every call of `op` the sandbox received, in order.
+    pub async fn idempotency_keys(&self, op: &str) -> Vec<String> {
+        self.stats().await["idempotency_keys"][op]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .map(|k| k.as_str().expect("key is a string").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Requests the sandbox received in total (token requests excluded).

@@ -29,6 +29,13 @@ pub fn spawn(args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>
     spawn_command(command, names)
 }
 
+/// [`spawn`] with `cwd` as the working directory (where relative paths resolve).
+pub fn spawn_in(cwd: &Path, args: &[&str], names: &[&str]) -> (Running, HashMap<String, String>) {
+    let mut command = Command::new(BIN);
+    command.current_dir(cwd).args(args);
+    spawn_command(command, names)
+}
+
 /// As [`spawn`], for a command that runs the binary (for example under `prlimit`).
 pub fn spawn_command(mut command: Command, names: &[&str]) -> (Running, HashMap<String, String>) {
     let mut child = command

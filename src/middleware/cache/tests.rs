@@ -2,19 +2,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use time::Date;
 
 use crate::middleware::{GwRequest, GwResponse, Handler};
-use crate::{
-    body,
-    config::CacheSettings,
-    context::{Authenticated, RequestContext},
-    error::GatewayError,
-    routes::Api,
-};
+use crate::{body, config::CacheSettings, error::GatewayError, routes::Api};
 use std::{
     collections::VecDeque,
     sync::{
@@ -24,15 +17,10 @@ use std::{
 };
 
 use governor::clock::FakeRelativeClock;
-use http::Request;
 use time::macros::date;
 
 use super::*;
-use crate::{
-    callers::Callers,
-    config::{sha256, CallerConfig, CallersConfig, PartnerPolicy},
-    routes,
-};
+use crate::middleware::testing::request;
 
 const SID: &str = "sessionAAAAAAAAAAAAA";
 const TODAY: Date = date!(2024 - 05 - 10);
@@ -303,56 +291,6 @@ impl Handler for Script {
         );
         Ok(resp)
     }
-}
-
-fn authenticated(partner: Option<&str>) -> Authenticated {
-    let callers = Callers::new(&CallersConfig {
-        callers: vec![CallerConfig {
-            name: "svc".into(),
-            api_key_sha256: Some(sha256(b"k")),
-            client: None,
-            operations: vec!["*".into()],
-            partner: PartnerPolicy::None,
-            client_cert: vec![],
-        }],
-        issuer: None,
-        audiences: vec![],
-    })
-    .unwrap();
-    let mut h = HeaderMap::new();
-    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
-    Authenticated {
-        caller: callers.authenticate(&h, "aud").unwrap(),
-        partner: partner.map(Arc::from),
-    }
-}
-
-fn request(
-    method: Method,
-    path_and_query: &str,
-    partner: Option<&str>,
-    headers: &[(&'static str, &'static str)],
-) -> GwRequest {
-    let path = path_and_query.split('?').next().unwrap();
-    let route = routes::match_route(&method, path).unwrap().unwrap();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path_and_query)
-        .body(Bytes::new())
-        .unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(*k, HeaderValue::from_static(v));
-    }
-    req.extensions_mut()
-        .insert(RequestContext::new(crate::context::RequestFacts {
-            request_id: Arc::from("t"),
-            route,
-            source: "127.0.0.1:1".parse().unwrap(),
-            received: std::time::Instant::now(),
-            stats: Arc::default(),
-        }));
-    req.extensions_mut().insert(authenticated(partner));
-    req
 }
 
 fn get(partner: Option<&str>) -> GwRequest {
