@@ -10,11 +10,11 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 
 use crate::{
-    body::{self, Body},
+    body::Body,
     context::{RequestContext, RequestFacts, RequestStats},
     error::GatewayError,
     gateway::Gateway,
@@ -171,45 +171,25 @@ impl Gateway {
         // and a Connection naming an end-to-end header is refused.
         strip_caller_hop_by_hop(&mut parts.headers).map_err(|e| (e, None))?;
         let path = parts.uri.path();
-        // The gateway's own token endpoint for internal callers, Ratepay's protocol.
-        if path == "/oauth/token" {
-            if parts.method != Method::POST {
-                return Err((
-                    GatewayError::MethodNotAllowed {
-                        method: parts.method.to_string(),
-                        path: path.into(),
-                    },
-                    None,
-                ));
-            }
-            let bytes = self.read_body(body).await.map_err(|e| (e, None))?;
-            let json = self
-                .inner
-                .callers
-                .issue_token(&bytes)
-                .map_err(|e| (e, None))?;
-            let mut resp = Response::new(body::full(serde_json::to_vec(&json).unwrap_or_default()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return Ok((resp, Some(&routes::GATEWAY_OAUTH_TOKEN)));
+        // The gateway's own token endpoint for internal callers (Ratepay's protocol) has a
+        // stack of its own; the caller's rate limit applies there too.
+        let token_endpoint = path == "/oauth/token";
+        if token_endpoint && parts.method != Method::POST {
+            return Err((
+                GatewayError::MethodNotAllowed {
+                    method: parts.method.to_string(),
+                    path: path.into(),
+                },
+                None,
+            ));
         }
-        let route = match routes::match_route(&parts.method, path) {
-            Ok(Some(r)) => r,
-            Ok(None) if routes::path_known(path) => {
-                return Err((
-                    GatewayError::MethodNotAllowed {
-                        method: parts.method.to_string(),
-                        path: path.into(),
-                    },
-                    None,
-                ))
+        let route = if token_endpoint {
+            routes::RouteMatch {
+                operation: &routes::GATEWAY_OAUTH_TOKEN,
+                params: routes::PathParams::default(),
             }
-            Ok(None) => return Err((GatewayError::UnknownRoute(path.into()), None)),
-            Err(e) => return Err((e.into(), None)),
+        } else {
+            Self::route(&parts.method, path)?
         };
         let op = Some(route.operation);
         let _ = stats.operation.set(route.operation);
@@ -237,12 +217,42 @@ impl Gateway {
                 received,
                 stats,
             }));
+        if token_endpoint {
+            // A refused token request is unauthenticated: no operation in the metrics.
+            return self
+                .inner
+                .token_stack
+                .handle_boxed(req)
+                .await
+                .map(|r| (r, op))
+                .map_err(|e| (e, None));
+        }
         self.inner
             .stack
             .handle_boxed(req)
             .await
             .map(|r| (r, op))
             .map_err(|e| (e, op))
+    }
+
+    /// The Ratepay operation at `method` + `path`: 405 for a known path with another method,
+    /// 404 for an unknown one, 400 for path tricks.
+    fn route(
+        method: &Method,
+        path: &str,
+    ) -> Result<routes::RouteMatch, (GatewayError, Option<&'static Operation>)> {
+        match routes::match_route(method, path) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) if routes::path_known(path) => Err((
+                GatewayError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.into(),
+                },
+                None,
+            )),
+            Ok(None) => Err((GatewayError::UnknownRoute(path.into()), None)),
+            Err(e) => Err((e.into(), None)),
+        }
     }
 
     async fn read_body<B>(&self, body: B) -> Result<Bytes, GatewayError>

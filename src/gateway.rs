@@ -32,7 +32,7 @@ pub struct Gateway {
 /// What the edge and a reload read.
 pub(crate) struct GatewayInner {
     pub(crate) stack: Stack,
-    pub(crate) callers: Arc<Callers>,
+    pub(crate) token_stack: Stack,
     pub(crate) limits: Limits,
     tokens: Arc<BTreeMap<Api, TokenSource>>,
     audit: AuditLog,
@@ -210,7 +210,7 @@ impl Gateway {
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 stack,
-                callers,
+                token_stack: stack::token_endpoint(callers.clone(), rate_limits.clone()),
                 limits: config.limits.clone(),
                 tokens,
                 audit,

@@ -24,6 +24,7 @@ use crate::{
         rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
         retry::RetryLayer,
         token::InjectTokenLayer,
+        token_endpoint::{ClientCredentialsLayer, IssueToken},
         BoxHandler,
     },
     proxy::Proxy,
@@ -121,5 +122,17 @@ pub fn layers(p: Parts<'_>) -> Stack {
             p.config.limits.max_response_body_bytes,
             p.metrics.clone(),
         ));
+    Box::new(stack)
+}
+
+/// The gateway's own `POST /oauth/token`: never forwarded, but rate-limited like every other
+/// request of the caller whose client asks.
+pub fn token_endpoint(callers: Arc<Callers>, rate_limits: Arc<RateLimits>) -> Stack {
+    let stack = ServiceBuilder::new()
+        // The body names the internal OAuth client; its caller is known from here on.
+        .layer(ClientCredentialsLayer::new(callers.clone()))
+        // The caller's own budget: asking for tokens spends it too.
+        .layer(CallerRateLimitLayer::new(rate_limits))
+        .service(IssueToken::new(callers));
     Box::new(stack)
 }

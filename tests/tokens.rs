@@ -385,3 +385,72 @@ async fn a_failing_token_endpoint_is_a_503_counted_in_token_fetch_failures_total
     assert_eq!(h.metric(fetches).await, Some(1.0));
     assert_eq!(h.stats().await["token_requests"], 2);
 }
+
+/// The gateway's own token endpoint passes through the caller's rate limit: asking for tokens
+/// spends the same budget as the caller's Ratepay calls, and a refusal is the usual 429 problem
+/// naming the caller, issued before any token is signed.
+#[tokio::test]
+async fn the_token_endpoint_spends_the_callers_rate_limit() {
+    let h = Harness::with(Options {
+        extra_toml: "[rate_limits.callers.svc]\nrate_per_sec = 0.01\nburst = 3\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let ask = || {
+        h.http.post(h.url("/oauth/token")).json(&json!({
+            "client_id": "svc-client",
+            "client_secret": SVC_SECRET,
+            "audience": HPP_AUD,
+            "grant_type": "client_credentials",
+        }))
+    };
+    let mut token = String::new();
+    for i in 0..2 {
+        let resp = ask().send().await.unwrap();
+        assert_eq!(resp.status(), 200, "token request {i}");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        token = resp.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    // The third unit of the budget goes to a Ratepay call with the issued token.
+    let resp = h
+        .http
+        .get(h.url("/pps/api/v1/session-record/nosuchsession"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "forwarded within the budget");
+    // Now both the token endpoint and the Ratepay path are over the caller's limit.
+    let p = problem(ask().send().await.unwrap(), 429).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("caller 'svc'"),
+        "{p}"
+    );
+    let resp = h
+        .http
+        .get(h.url("/pps/api/v1/session-record/nosuchsession"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(h.op_count("hpp.session_records.get").await, 1);
+    // A wrong secret is refused before the budget: 401, not 429.
+    let resp = h
+        .http
+        .post(h.url("/oauth/token"))
+        .json(&json!({
+            "client_id": "svc-client",
+            "client_secret": "wrong",
+            "audience": HPP_AUD,
+            "grant_type": "client_credentials",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    h.stop().await;
+}

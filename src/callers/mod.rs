@@ -12,6 +12,7 @@ pub mod issuer;
 use std::{collections::HashMap, fmt, sync::Arc};
 
 use http::HeaderMap;
+use subtle::ConstantTimeEq;
 
 use crate::{
     config::{sha256, CallersConfig, PartnerPolicy},
@@ -240,11 +241,15 @@ impl Callers {
             ))
     }
 
-    /// Handles the gateway's `POST /oauth/token` body; returns Ratepay's response shape.
-    pub fn issue_token(&self, body: &[u8]) -> Result<serde_json::Value, GatewayError> {
-        let issuer = self.issuer.as_ref().ok_or(GatewayError::InvalidClient(
-            "this gateway issues no tokens; use an API key",
-        ))?;
+    /// Authenticates the internal OAuth client of a `POST /oauth/token` body (Ratepay's
+    /// protocol: `client_id`, `client_secret`, `audience`, `grant_type=client_credentials`).
+    /// The grant names the caller, so the caller's rate limit applies before a token is issued.
+    pub fn authenticate_client(&self, body: &[u8]) -> Result<ClientGrant, GatewayError> {
+        if self.issuer.is_none() {
+            return Err(GatewayError::InvalidClient(
+                "this gateway issues no tokens; use an API key",
+            ));
+        }
         let req: TokenRequest = serde_json::from_slice(body).map_err(|_| {
             GatewayError::BadRequest(
                 "expected a JSON body {\"client_id\", \"client_secret\", \"audience\", \"grant_type\": \"client_credentials\"}".into(),
@@ -267,12 +272,23 @@ impl Callers {
                 .ok_or(GatewayError::InvalidClient(
                     "unknown client_id or wrong client_secret",
                 ))?;
-        if !constant_time_eq(hash, &sha256(req.client_secret.as_bytes())) {
+        if !bool::from(hash.ct_eq(&sha256(req.client_secret.as_bytes()))) {
             return Err(GatewayError::InvalidClient(
                 "unknown client_id or wrong client_secret",
             ));
         }
-        let (token, expires_in) = issuer.issue(&caller.name, &req.audience)?;
+        Ok(ClientGrant {
+            caller: caller.clone(),
+            audience: req.audience,
+        })
+    }
+
+    /// Issues the token of an authenticated grant; Ratepay's response shape.
+    pub fn issue_token(&self, grant: &ClientGrant) -> Result<serde_json::Value, GatewayError> {
+        let issuer = self.issuer.as_ref().ok_or(GatewayError::InvalidClient(
+            "this gateway issues no tokens; use an API key",
+        ))?;
+        let (token, expires_in) = issuer.issue(&grant.caller.name, &grant.audience)?;
         Ok(serde_json::json!({
             "access_token": token,
             "expires_in": expires_in,
@@ -281,16 +297,21 @@ impl Callers {
     }
 }
 
+/// An internal OAuth client that proved its secret: who it is and for which audience.
+#[derive(Debug, Clone)]
+pub struct ClientGrant {
+    /// The caller the client belongs to.
+    pub caller: Arc<Caller>,
+    /// The audience the token is for.
+    pub audience: String,
+}
+
 #[derive(serde::Deserialize)]
 struct TokenRequest {
     client_id: String,
     client_secret: String,
     audience: String,
     grant_type: String,
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

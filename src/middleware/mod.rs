@@ -15,6 +15,7 @@ pub mod retry;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod token;
+pub mod token_endpoint;
 
 use std::{future::Future, pin::Pin};
 
