@@ -111,9 +111,12 @@ audience = "payment-audience"
 [callers.only]
 api_key_sha256 = "{hash}"
 operations = ["*"]
+[audit]
+path = "{audit}"
 "#,
             up = up.url,
             secret = dir.path().join("secret").display(),
+            audit = dir.path().join("audit").join("audit.jsonl").display(),
             hash = hex::encode(ratepay_gateway::config::sha256(KEY.as_bytes())),
         ),
     )
