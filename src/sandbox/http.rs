@@ -6,8 +6,9 @@
 //! service never fails, except that a `close_connection` fault deliberately drops the
 //! connection through the kill switch of its connection task.
 //!
-//! The only file that reaches the operations, through [`dispatch`]; they import the shared
-//! [`Call`] and [`Reply`] types from their own files, never this one.
+//! The top of the sandbox's files: it calls the token endpoint (`oauth`), the test endpoints
+//! (`control`) and, through `dispatch`, the API operations; they all take the shared [`Call`]
+//! and [`Reply`] from `call.rs` and `reply.rs`, never from here.
 
 use std::{sync::Arc, time::Instant};
 
