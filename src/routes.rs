@@ -50,6 +50,7 @@ enum Seg {
     Session,
 }
 
+use OperationId as Id;
 use Seg::{Lit, Resource, Session, Transaction};
 
 /// Which operation a route names, as a value to match on: code that answers each operation in
@@ -163,8 +164,6 @@ const PM: Seg = Lit("transaction");
 const MG: Seg = Lit("management");
 const V2: Seg = Lit("v2");
 const TX: Seg = Lit("transactions");
-
-use OperationId as Id;
 
 /// Every operation the gateway knows, in match order.
 pub static OPERATIONS: &[Operation] = &[
