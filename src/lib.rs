@@ -22,8 +22,8 @@
 //! [`stack`] layer order and the edge; [`routes`] the operation table; [`callers`] caller auth,
 //! policy and gateway-issued JWTs; [`token`] Ratepay token source; [`middleware`] one file per
 //! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`audit`] the
-//! hash-chained audit log; [`metrics`] Prometheus metrics; [`sandbox`] the local Ratepay
-//! simulator.
+//! hash-chained audit log; [`metrics`] Prometheus metrics; `sandbox` the local Ratepay
+//! simulator (cargo feature `sandbox`, on by default).
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +48,7 @@ pub mod recovery;
 pub mod reload;
 pub mod request_id;
 pub mod routes;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod server;
 pub mod stack;

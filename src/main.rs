@@ -5,7 +5,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use ratepay_gateway::{
@@ -13,7 +13,6 @@ use ratepay_gateway::{
     gateway::Gateway,
     logging::{self, LogFormat},
     reload::{ConfigSource, LiveGateway},
-    sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig},
     server,
     tls::ServerTls,
 };
@@ -48,6 +47,7 @@ enum Command {
         admin_listen: Option<SocketAddr>,
     },
     /// Run the local Ratepay sandbox alone.
+    #[cfg(feature = "sandbox")]
     Sandbox {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
@@ -168,31 +168,6 @@ fn spawn_sighup_reloads(live: LiveGateway) -> Option<tokio::task::JoinHandle<()>
     }
 }
 
-fn sandbox_config_for(config: &Config) -> Option<SandboxConfig> {
-    let settings = config.sandbox.as_ref()?;
-    let defaults = SandboxConfig::default();
-    let audience = |api| config.upstreams.get(&api).map(|u| u.audience.clone());
-    use ratepay_gateway::routes::Api;
-    Some(SandboxConfig {
-        clients: config
-            .credentials
-            .values()
-            .map(|c| SandboxClient {
-                client_id: c.client_id.clone(),
-                client_secret: c.client_secret.clone(),
-            })
-            .collect(),
-        audiences: SandboxAudiences {
-            payment: audience(Api::Payment).unwrap_or(defaults.audiences.payment),
-            status: audience(Api::Status).unwrap_or(defaults.audiences.status),
-            hpp: audience(Api::Hpp).unwrap_or(defaults.audiences.hpp),
-        },
-        token_lifetime: settings.token_lifetime,
-        seed: settings.seed,
-        session_step: settings.session_step,
-    })
-}
-
 async fn serve(
     config_path: PathBuf,
     listen: Option<SocketAddr>,
@@ -206,16 +181,11 @@ async fn serve(
         config.listen.admin = Some(a);
     }
     // The embedded sandbox must be up before the gateway fetches its first token.
-    let (_sandbox, sandbox_base) = match sandbox_config_for(&config) {
-        Some(sc) => {
-            let handle = sandbox::spawn(sc).await?;
-            announce("sandbox", handle.addr);
-            let base: http::Uri = format!("http://{}", handle.addr).parse()?;
-            config.point_at_sandbox(&base);
-            (Some(handle), Some(base))
-        }
-        None => (None, None),
-    };
+    #[cfg(feature = "sandbox")]
+    let (_sandbox, sandbox_base) = embedded::start(&mut config).await?;
+    // Without the feature, `Config::from_file` has refused `[sandbox] embedded = true`.
+    #[cfg(not(feature = "sandbox"))]
+    let sandbox_base: Option<http::Uri> = None;
     let gateway = Gateway::build(&config).await?;
     let live = LiveGateway::new(
         gateway,
@@ -276,22 +246,77 @@ async fn serve(
     Ok(())
 }
 
-async fn run_sandbox(
-    listen: SocketAddr,
-    token_lifetime_secs: u64,
-    seed: Option<u64>,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind the sandbox listener {listen}: {e}"))?;
-    announce("sandbox", listener.local_addr()?);
-    let config = SandboxConfig {
-        token_lifetime: Duration::from_secs(token_lifetime_secs),
-        seed,
-        ..SandboxConfig::default()
+/// The sandbox in this binary: embedded in `serve` (`[sandbox] embedded = true`) or alone
+/// (`ratepay-gateway sandbox`). Absent from a build without the `sandbox` feature.
+#[cfg(feature = "sandbox")]
+mod embedded {
+    use std::{net::SocketAddr, time::Duration};
+
+    use ratepay_gateway::{
+        config::Config,
+        routes::Api,
+        sandbox::{self, SandboxAudiences, SandboxClient, SandboxConfig, SandboxHandle},
     };
-    sandbox::serve(listener, config, shutdown_signal()).await?;
-    Ok(())
+    use tokio::net::TcpListener;
+
+    use super::{announce, shutdown_signal};
+
+    fn sandbox_config_for(config: &Config) -> Option<SandboxConfig> {
+        let settings = config.sandbox.as_ref()?;
+        let defaults = SandboxConfig::default();
+        let audience = |api| config.upstreams.get(&api).map(|u| u.audience.clone());
+        Some(SandboxConfig {
+            clients: config
+                .credentials
+                .values()
+                .map(|c| SandboxClient {
+                    client_id: c.client_id.clone(),
+                    client_secret: c.client_secret.clone(),
+                })
+                .collect(),
+            audiences: SandboxAudiences {
+                payment: audience(Api::Payment).unwrap_or(defaults.audiences.payment),
+                status: audience(Api::Status).unwrap_or(defaults.audiences.status),
+                hpp: audience(Api::Hpp).unwrap_or(defaults.audiences.hpp),
+            },
+            token_lifetime: settings.token_lifetime,
+            seed: settings.seed,
+            session_step: settings.session_step,
+        })
+    }
+
+    /// Starts the embedded sandbox when the configuration asks for one and points every
+    /// upstream at it; the handle (keep it: dropping it stops the sandbox) and its base URL.
+    pub(crate) async fn start(
+        config: &mut Config,
+    ) -> anyhow::Result<(Option<SandboxHandle>, Option<http::Uri>)> {
+        let Some(sc) = sandbox_config_for(config) else {
+            return Ok((None, None));
+        };
+        let handle = sandbox::spawn(sc).await?;
+        announce("sandbox", handle.addr);
+        let base: http::Uri = format!("http://{}", handle.addr).parse()?;
+        config.point_at_sandbox(&base);
+        Ok((Some(handle), Some(base)))
+    }
+
+    pub(crate) async fn run_alone(
+        listen: SocketAddr,
+        token_lifetime_secs: u64,
+        seed: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind the sandbox listener {listen}: {e}"))?;
+        announce("sandbox", listener.local_addr()?);
+        let config = SandboxConfig {
+            token_lifetime: Duration::from_secs(token_lifetime_secs),
+            seed,
+            ..SandboxConfig::default()
+        };
+        sandbox::serve(listener, config, shutdown_signal()).await?;
+        Ok(())
+    }
 }
 
 /// mimalloc: less fragmentation than glibc's malloc under a long-lived cache interleaved with
@@ -326,11 +351,12 @@ fn main() -> ExitCode {
                         listen,
                         admin_listen,
                     } => serve(config, listen, admin_listen).await,
+                    #[cfg(feature = "sandbox")]
                     Command::Sandbox {
                         listen,
                         token_lifetime_secs,
                         seed,
-                    } => run_sandbox(listen, token_lifetime_secs, seed).await,
+                    } => embedded::run_alone(listen, token_lifetime_secs, seed).await,
                     Command::CheckConfig { .. } | Command::Audit { .. } => Ok(()),
                 }
             }),

@@ -50,13 +50,63 @@ enum Seg {
     Session,
 }
 
+use OperationId as Id;
 use Seg::{Lit, Resource, Session, Transaction};
+
+/// Which operation a route names, as a value to match on: code that answers each operation in
+/// its own way (the sandbox) matches on this, exhaustively, instead of taking names apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperationId {
+    /// `payment.transactions.create`: authorize a new transaction.
+    TransactionsCreate,
+    /// `payment.transactions.get`.
+    TransactionsGet,
+    /// `payment.transactions.update` (PATCH).
+    TransactionsUpdate,
+    /// `payment.<follow-ups>.create`.
+    FollowUpsCreate(FollowUpKind),
+    /// `payment.<follow-ups>.list`.
+    FollowUpsList(FollowUpKind),
+    /// `payment.<follow-ups>.get`.
+    FollowUpsGet(FollowUpKind),
+    /// `payment.shipping_information.create`.
+    ShippingInformationCreate,
+    /// `payment.otp.verify`.
+    OtpVerify,
+    /// `payment.otp.regenerate`.
+    OtpRegenerate,
+    /// `status.transactions.get`.
+    StatusTransactionsGet,
+    /// `hpp.sessions.create`.
+    HppSessionsCreate,
+    /// `hpp.session_records.list`.
+    HppSessionRecordsList,
+    /// `hpp.session_records.get`.
+    HppSessionRecordsGet,
+    /// `gateway.oauth.token`, the gateway's own token endpoint (never forwarded).
+    GatewayOauthToken,
+}
+
+/// The follow-up resources of a Payment API transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FollowUpKind {
+    /// `authorizations` (incremental authorizations).
+    Authorization,
+    /// `captures`.
+    Capture,
+    /// `refunds`.
+    Refund,
+    /// `cancellations`.
+    Cancellation,
+}
 
 /// A named Ratepay operation the gateway may forward.
 #[derive(Debug)]
 pub struct Operation {
     /// Stable name, e.g. `payment.cancellations.create`.
     pub name: &'static str,
+    /// The same operation as a value to match on.
+    pub id: OperationId,
     /// HTTP method.
     pub method: Method,
     /// The API that serves it.
@@ -98,9 +148,10 @@ impl Operation {
 }
 
 macro_rules! op {
-    ($name:literal, $method:ident, $api:ident, $creating:literal, [$($seg:expr),* $(,)?]) => {
+    ($name:literal = $id:expr, $method:ident, $api:ident, $creating:literal, [$($seg:expr),* $(,)?]) => {
         Operation {
             name: $name,
+            id: $id,
             method: Method::$method,
             api: Api::$api,
             keys: if $creating { Keys::Generated } else { Keys::None },
@@ -117,70 +168,70 @@ const TX: Seg = Lit("transactions");
 /// Every operation the gateway knows, in match order.
 pub static OPERATIONS: &[Operation] = &[
     op!(
-        "payment.transactions.create",
+        "payment.transactions.create" = Id::TransactionsCreate,
         POST,
         Payment,
         true,
         [PM, MG, V2, TX]
     ),
     op!(
-        "payment.transactions.get",
+        "payment.transactions.get" = Id::TransactionsGet,
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction]
     ),
     op!(
-        "payment.transactions.update",
+        "payment.transactions.update" = Id::TransactionsUpdate,
         PATCH,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction]
     ),
     op!(
-        "payment.authorizations.create",
+        "payment.authorizations.create" = Id::FollowUpsCreate(FollowUpKind::Authorization),
         POST,
         Payment,
         true,
         [PM, MG, V2, TX, Transaction, Lit("authorizations")]
     ),
     op!(
-        "payment.authorizations.list",
+        "payment.authorizations.list" = Id::FollowUpsList(FollowUpKind::Authorization),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("authorizations")]
     ),
     op!(
-        "payment.authorizations.get",
+        "payment.authorizations.get" = Id::FollowUpsGet(FollowUpKind::Authorization),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("authorizations"), Resource]
     ),
     op!(
-        "payment.captures.create",
+        "payment.captures.create" = Id::FollowUpsCreate(FollowUpKind::Capture),
         POST,
         Payment,
         true,
         [PM, MG, V2, TX, Transaction, Lit("captures")]
     ),
     op!(
-        "payment.captures.list",
+        "payment.captures.list" = Id::FollowUpsList(FollowUpKind::Capture),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("captures")]
     ),
     op!(
-        "payment.captures.get",
+        "payment.captures.get" = Id::FollowUpsGet(FollowUpKind::Capture),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("captures"), Resource]
     ),
     op!(
-        "payment.shipping_information.create",
+        "payment.shipping_information.create" = Id::ShippingInformationCreate,
         POST,
         Payment,
         true,
@@ -196,56 +247,56 @@ pub static OPERATIONS: &[Operation] = &[
         ]
     ),
     op!(
-        "payment.refunds.create",
+        "payment.refunds.create" = Id::FollowUpsCreate(FollowUpKind::Refund),
         POST,
         Payment,
         true,
         [PM, MG, V2, TX, Transaction, Lit("refunds")]
     ),
     op!(
-        "payment.refunds.list",
+        "payment.refunds.list" = Id::FollowUpsList(FollowUpKind::Refund),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("refunds")]
     ),
     op!(
-        "payment.refunds.get",
+        "payment.refunds.get" = Id::FollowUpsGet(FollowUpKind::Refund),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("refunds"), Resource]
     ),
     op!(
-        "payment.cancellations.create",
+        "payment.cancellations.create" = Id::FollowUpsCreate(FollowUpKind::Cancellation),
         POST,
         Payment,
         true,
         [PM, MG, V2, TX, Transaction, Lit("cancellations")]
     ),
     op!(
-        "payment.cancellations.list",
+        "payment.cancellations.list" = Id::FollowUpsList(FollowUpKind::Cancellation),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("cancellations")]
     ),
     op!(
-        "payment.cancellations.get",
+        "payment.cancellations.get" = Id::FollowUpsGet(FollowUpKind::Cancellation),
         GET,
         Payment,
         false,
         [PM, MG, V2, TX, Transaction, Lit("cancellations"), Resource]
     ),
     op!(
-        "payment.otp.verify",
+        "payment.otp.verify" = Id::OtpVerify,
         POST,
         Payment,
         false,
         [PM, MG, Lit("2fa"), Lit("v1"), Lit("verify"), Transaction]
     ),
     op!(
-        "payment.otp.regenerate",
+        "payment.otp.regenerate" = Id::OtpRegenerate,
         POST,
         Payment,
         false,
@@ -259,7 +310,7 @@ pub static OPERATIONS: &[Operation] = &[
         ]
     ),
     op!(
-        "status.transactions.get",
+        "status.transactions.get" = Id::StatusTransactionsGet,
         GET,
         Status,
         false,
@@ -267,20 +318,21 @@ pub static OPERATIONS: &[Operation] = &[
     ),
     Operation {
         name: "hpp.sessions.create",
+        id: Id::HppSessionsCreate,
         method: Method::POST,
         api: Api::Hpp,
         keys: Keys::CallerOptional,
         pattern: &[Lit("pps"), Lit("api"), Lit("v1"), Lit("session")],
     },
     op!(
-        "hpp.session_records.list",
+        "hpp.session_records.list" = Id::HppSessionRecordsList,
         GET,
         Hpp,
         false,
         [Lit("pps"), Lit("api"), Lit("v1"), Lit("session-record")]
     ),
     op!(
-        "hpp.session_records.get",
+        "hpp.session_records.get" = Id::HppSessionRecordsGet,
         GET,
         Hpp,
         false,
@@ -298,6 +350,7 @@ pub static OPERATIONS: &[Operation] = &[
 /// [`OPERATIONS`], never forwarded), named for the access log and metrics.
 pub static GATEWAY_OAUTH_TOKEN: Operation = Operation {
     name: "gateway.oauth.token",
+    id: OperationId::GatewayOauthToken,
     method: Method::POST,
     api: Api::Payment,
     keys: Keys::None,
@@ -444,6 +497,43 @@ mod tests {
         assert!(!operation("payment.transactions.update")
             .unwrap()
             .retry_safe(true));
+    }
+
+    /// The name each id stands for, spelled out independently of the table.
+    fn name_of(id: OperationId) -> String {
+        let follow_up = |k, verb| {
+            let plural = match k {
+                FollowUpKind::Authorization => "authorizations",
+                FollowUpKind::Capture => "captures",
+                FollowUpKind::Refund => "refunds",
+                FollowUpKind::Cancellation => "cancellations",
+            };
+            format!("payment.{plural}.{verb}")
+        };
+        match id {
+            Id::TransactionsCreate => "payment.transactions.create".into(),
+            Id::TransactionsGet => "payment.transactions.get".into(),
+            Id::TransactionsUpdate => "payment.transactions.update".into(),
+            Id::FollowUpsCreate(k) => follow_up(k, "create"),
+            Id::FollowUpsList(k) => follow_up(k, "list"),
+            Id::FollowUpsGet(k) => follow_up(k, "get"),
+            Id::ShippingInformationCreate => "payment.shipping_information.create".into(),
+            Id::OtpVerify => "payment.otp.verify".into(),
+            Id::OtpRegenerate => "payment.otp.regenerate".into(),
+            Id::StatusTransactionsGet => "status.transactions.get".into(),
+            Id::HppSessionsCreate => "hpp.sessions.create".into(),
+            Id::HppSessionRecordsList => "hpp.session_records.list".into(),
+            Id::HppSessionRecordsGet => "hpp.session_records.get".into(),
+            Id::GatewayOauthToken => "gateway.oauth.token".into(),
+        }
+    }
+
+    /// With the names unique (tested below), this also makes every id unique.
+    #[test]
+    fn every_operation_id_names_its_operation() {
+        for op in OPERATIONS.iter().chain([&GATEWAY_OAUTH_TOKEN]) {
+            assert_eq!(name_of(op.id), op.name, "{:?}", op.id);
+        }
     }
 
     #[test]

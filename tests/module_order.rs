@@ -1,5 +1,6 @@
 //! The module graph has no cycles: every top-level module of `src/` imports only from the
-//! modules below it in [`ORDER`]. Reads the `crate::…` paths of each file's code (comments and
+//! modules below it in [`ORDER`], and every file of the sandbox only from the ones below it in
+//! [`SANDBOX_ORDER`]. Reads the `crate::…` paths of each file's code (comments and
 //! `#[cfg(test)]` modules left out) and fails naming the file, the import and both places in the
 //! order. A new top-level module must be given its place here.
 
@@ -42,6 +43,30 @@ const ORDER: &[&str] = &[
     "edge",
     "reload",
     "server",
+];
+
+/// The sandbox's own files (`src/sandbox/<name>.rs` or `<name>/`), bottom first, by the same
+/// rule: the operations import the shared types below them (`reply`, `call`, `state`), and only
+/// `dispatch` and `http` above them reach the operations.
+const SANDBOX_ORDER: &[&str] = &[
+    "config",
+    "reply",
+    "call",
+    "ledger",
+    "sessions",
+    "tokens",
+    "faults",
+    "stats",
+    "idempotency",
+    "state",
+    // The operations.
+    "oauth",
+    "payment",
+    "hpp",
+    "control",
+    // Operation → code, then the request flow.
+    "dispatch",
+    "http",
 ];
 
 fn src() -> PathBuf {
@@ -99,11 +124,16 @@ fn ident_at(s: &str) -> &str {
 /// Top-level module names used through `crate::`: `crate::a::…`, `crate::a` and each item of
 /// `crate::{a::…, b, c::{…}}`.
 fn crate_refs(code: &str) -> BTreeSet<String> {
+    refs_after(code, "crate::")
+}
+
+/// The first name of each path that starts with `prefix` (see [`crate_refs`]).
+fn refs_after(code: &str, prefix: &str) -> BTreeSet<String> {
     let mut refs = BTreeSet::new();
     let mut rest = code;
-    while let Some(i) = rest.find("crate::") {
+    while let Some(i) = rest.find(prefix) {
         let before = rest[..i].chars().last();
-        rest = &rest[i + "crate::".len()..];
+        rest = &rest[i + prefix.len()..];
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue; // e.g. `ratepay_gateway::crate::` never occurs; `mycrate::` is not ours
         }
@@ -168,6 +198,60 @@ fn no_module_imports_from_a_module_above_it() {
                 )),
                 None => violations.push(format!(
                     "{}: imports `crate::{used}`, which has no place in ORDER",
+                    file.display()
+                )),
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+#[test]
+fn no_sandbox_file_imports_from_one_above_it() {
+    let sandbox = src().join("sandbox");
+    let mut files = Vec::new();
+    rust_files(&sandbox, &mut files);
+    files.sort();
+    let place = |m: &str| SANDBOX_ORDER.iter().position(|o| *o == m);
+    let mut violations = Vec::new();
+    for file in &files {
+        let rel: Vec<String> = file
+            .strip_prefix(&sandbox)
+            .expect("under src/sandbox")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let module = rel[0].trim_end_matches(".rs").to_owned();
+        if module == "mod" {
+            continue;
+        }
+        let Some(own) = place(&module) else {
+            violations.push(format!(
+                "{}: `sandbox::{module}` has no place in SANDBOX_ORDER (tests/module_order.rs)",
+                file.display()
+            ));
+            continue;
+        };
+        let text = fs::read_to_string(file).expect("read");
+        let code = code(&text);
+        let mut used = refs_after(&code, "crate::sandbox::");
+        // `super::` names a sibling in `sandbox/a.rs` and `sandbox/a/mod.rs`; deeper, it stays
+        // inside `a`.
+        if rel.len() == 1 || rel[1] == "mod.rs" {
+            used.extend(refs_after(&code, "super::"));
+        }
+        for used in used {
+            if used == module {
+                continue;
+            }
+            match place(&used) {
+                Some(p) if p < own => {}
+                Some(p) => violations.push(format!(
+                    "{}: `sandbox::{module}` (place {own}) imports `sandbox::{used}` (place {p}), a file above it",
+                    file.display()
+                )),
+                None => violations.push(format!(
+                    "{}: imports `sandbox::{used}`, which has no place in SANDBOX_ORDER",
                     file.display()
                 )),
             }

@@ -1,4 +1,4 @@
-//! The sandbox's request validation (`sandbox/payment.rs`, `hpp.rs`, `oauth.rs`: JSON bodies of
+//! The sandbox's request validation (`sandbox/payment/`, `hpp.rs`, `oauth.rs`: JSON bodies of
 //! authorize, change, follow-ups, OTP, HPP sessions and the token endpoint), driven in-process
 //! through `sandbox::InProcess`, as a client would reach it over HTTP.
 //!

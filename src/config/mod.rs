@@ -167,6 +167,11 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Why `sandbox.embedded = true` is refused by a binary built without the `sandbox` feature.
+const WITHOUT_SANDBOX: &str = "this binary was built without the embedded sandbox (cargo \
+     feature `sandbox`); set `embedded = false` or remove `[sandbox]` to talk to Ratepay, or \
+     build with the default features to run against the sandbox";
+
 /// `[sandbox]`, validated.
 #[derive(Debug, Clone)]
 pub struct SandboxSettings {
@@ -701,6 +706,9 @@ impl Config {
         )?;
 
         if let Some(s) = &f.sandbox {
+            if s.embedded && !cfg!(feature = "sandbox") {
+                return Err(cx.err("sandbox.embedded", WITHOUT_SANDBOX));
+            }
             if let Some(v) = s.token_lifetime_secs {
                 within(cx, "sandbox.token_lifetime_secs", v, 0, 86_400, "seconds")?;
             }

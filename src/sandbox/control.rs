@@ -6,11 +6,12 @@
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
+use time::OffsetDateTime;
 
 use super::{
     faults::FaultSpec,
-    hpp,
-    http::Reply,
+    reply::Reply,
+    sessions::SessionStatus,
     state::{lock, Sandbox},
 };
 
@@ -65,11 +66,38 @@ pub(crate) fn handle(sandbox: &Sandbox, method: &Method, path: &str, body: &[u8]
         }
         (&Method::POST, r) if r.starts_with("/sessions/") => {
             let id = &r["/sessions/".len()..];
-            hpp::set_status(sandbox, id, body)
+            set_status(sandbox, id, body)
         }
         _ => Reply::json(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "message": "sandbox endpoints: GET /_sandbox/stats, GET|POST|DELETE /_sandbox/faults, POST /_sandbox/tokens/revoke, POST /_sandbox/sessions/{id}, POST /_sandbox/reset"}),
         ),
+    }
+}
+
+/// Handles `POST /_sandbox/sessions/{id}` with `{"session_status": ..., "decline_reasons"?: ...}`.
+fn set_status(sandbox: &Sandbox, id: &str, body: &[u8]) -> Reply {
+    let parsed: Option<(SessionStatus, Option<Value>)> =
+        serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+            let status = SessionStatus::parse(v.get("session_status")?.as_str()?)?;
+            Some((status, v.get("decline_reasons").cloned()))
+        });
+    let Some((status, reasons)) = parsed else {
+        return Reply::json(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "body must be {\"session_status\": <one of CREATED, IN_PROGRESS, OTP_PENDING, FRAUD_CANCELLATION_REQUESTED, COMPLETED, ERROR, EXPIRED, CANCELED>}"}),
+        );
+    };
+    let now = OffsetDateTime::now_utc();
+    if lock(&sandbox.inner)
+        .sessions
+        .set_status(id, status, reasons, now)
+    {
+        Reply::json(
+            StatusCode::OK,
+            &json!({"session_id": id, "session_status": status.as_str()}),
+        )
+    } else {
+        Reply::json(StatusCode::NOT_FOUND, &json!({"error": "no such session"}))
     }
 }

@@ -5,182 +5,32 @@
 //! → idempotency (creating POSTs with a key) → operation. Every outcome is a [`Reply`]; the
 //! service never fails, except that a `close_connection` fault deliberately drops the
 //! connection through the kill switch of its connection task.
+//!
+//! The top of the sandbox's files: it calls the token endpoint (`oauth`), the test endpoints
+//! (`control`) and, through `dispatch`, the API operations; they all take the shared [`Call`]
+//! and [`Reply`] from `call.rs` and `reply.rs`, never from here.
 
 use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tokio::sync::Notify;
 
 use super::{
-    control,
+    call::Call,
+    control, dispatch,
     faults::{FaultAction, OAUTH_TOKEN},
-    hpp,
     idempotency::{self, Begin},
-    oauth, payment,
+    oauth,
+    reply::{decline, invalid_fields, Reply},
     state::{lock, Sandbox},
 };
-use crate::routes::{self, Api, PathParams};
+use crate::routes::{self, Api};
 
 /// Largest request body accepted; larger ones get 413.
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
-
-/// A complete answer, cheap to clone so that idempotency can store and replay it exactly.
-#[derive(Debug, Clone)]
-pub(crate) struct Reply {
-    /// Status.
-    pub status: StatusCode,
-    /// Headers besides the ones hyper adds.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl Reply {
-    /// A body with a content type.
-    pub(crate) fn raw(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
-        Reply {
-            status,
-            headers: vec![(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-            body,
-        }
-    }
-
-    /// `application/json`.
-    pub(crate) fn json(status: StatusCode, v: &Value) -> Reply {
-        Reply::raw(status, "application/json", Bytes::from(v.to_string()))
-    }
-
-    /// `application/hal+json` (Payment API resources).
-    pub(crate) fn hal(status: StatusCode, v: &Value) -> Reply {
-        Reply::raw(status, "application/hal+json", Bytes::from(v.to_string()))
-    }
-
-    /// Adds a header.
-    pub(crate) fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// The hyper response.
-    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let mut res = Response::new(Full::new(self.body));
-        *res.status_mut() = self.status;
-        for (k, v) in self.headers {
-            res.headers_mut().append(k, v);
-        }
-        res
-    }
-}
-
-/// A Ratepay decline: `{"category", "reasons", "message"}` (the DeclineDto shape of
-/// Ratepay's HPP docs; the Payment API uses the same category/reason vocabulary).
-pub(crate) fn decline(
-    status: StatusCode,
-    category: &str,
-    reasons: &[&str],
-    message: &str,
-) -> Reply {
-    Reply::json(
-        status,
-        &json!({"category": category, "reasons": reasons, "message": message}),
-    )
-}
-
-/// 400 `SYNTAX` / `INVALID_FIELDS` naming each bad field.
-pub(crate) fn invalid_fields_many(fields: &[(String, String)]) -> Reply {
-    let list: Vec<Value> = fields
-        .iter()
-        .map(|(p, m)| json!({"json_path": p, "message": m}))
-        .collect();
-    let message = fields
-        .iter()
-        .map(|(p, m)| format!("{p}: {m}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Reply::json(
-        StatusCode::BAD_REQUEST,
-        &json!({"category": "SYNTAX", "reasons": ["INVALID_FIELDS"], "invalid_fields": list, "message": message}),
-    )
-}
-
-/// 400 `INVALID_FIELDS` for one field.
-pub(crate) fn invalid_fields(path: &str, message: &str) -> Reply {
-    invalid_fields_many(&[(path.to_owned(), message.to_owned())])
-}
-
-/// 400 `SYNTAX` / `INVALID_JSON`.
-pub(crate) fn invalid_json(message: &str) -> Reply {
-    decline(
-        StatusCode::BAD_REQUEST,
-        "SYNTAX",
-        &["INVALID_JSON"],
-        message,
-    )
-}
-
-/// Whether the request declares a JSON body (`application/json` or `*/*+json`).
-pub(crate) fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| {
-            let m = m.trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        })
-        .unwrap_or(false)
-}
-
-/// One authenticated API call, as the operations see it.
-pub(crate) struct Call<'a> {
-    /// Query string.
-    pub query: Option<&'a str>,
-    /// Request headers.
-    pub headers: &'a HeaderMap,
-    /// Request body.
-    pub body: &'a [u8],
-    /// OAuth client id (`sub` of the token).
-    pub client: &'a str,
-    /// `X-Partner`, if sent.
-    pub partner: Option<&'a str>,
-    /// Ids from the path.
-    pub params: &'a PathParams,
-}
-
-impl Call<'_> {
-    /// The body as a JSON object, or the 400/415 answer explaining why not.
-    pub(crate) fn json_object(&self) -> Result<Map<String, Value>, Reply> {
-        if self.body.is_empty() {
-            return Err(invalid_json("a JSON request body is required"));
-        }
-        if !is_json(self.headers) {
-            return Err(decline(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "SYNTAX",
-                &["INVALID_JSON"],
-                "Content-Type must be application/json",
-            ));
-        }
-        match serde_json::from_slice::<Value>(self.body) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err(invalid_json("the request body must be a JSON object")),
-            Err(e) => Err(invalid_json(&format!("malformed JSON: {e}"))),
-        }
-    }
-
-    /// `Prefer: return=representation` (RFC 7240).
-    pub(crate) fn wants_representation(&self) -> bool {
-        self.headers
-            .get_all("prefer")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim().eq_ignore_ascii_case("return=representation"))
-    }
-}
 
 /// Reads a body of at most [`MAX_BODY`] bytes.
 async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, Reply>
@@ -401,10 +251,7 @@ where
         partner,
         params: &m.params,
     };
-    let execute = |call: &Call<'_>| match op.api {
-        Api::Payment | Api::Status => payment::execute(sandbox, op.name, call),
-        Api::Hpp => hpp::execute(sandbox, op.name, call),
-    };
+    let execute = |call: &Call<'_>| dispatch::execute(sandbox, op.id, call);
     // Ratepay: idempotency is applied "if requested by the client"; a creating POST without a
     // key simply executes.
     let key = match parts.headers.get("idempotency-key") {
@@ -503,24 +350,6 @@ fn method_not_allowed(allow: &'static str) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_content_types() {
-        let mut h = HeaderMap::new();
-        assert!(!is_json(&h));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
-        assert!(is_json(&h));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/hal+json"),
-        );
-        assert!(is_json(&h));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        assert!(!is_json(&h));
-    }
 
     #[tokio::test]
     async fn bodies_over_the_limit_are_refused() {

@@ -16,7 +16,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::http::Reply;
+use super::reply::Reply;
 
 /// How long Ratepay honours a key.
 pub(crate) const KEY_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);

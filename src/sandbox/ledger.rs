@@ -2,13 +2,15 @@
 //!
 //! The decision core of the Payment API simulation: what a transaction may still do (capture,
 //! cancel, refund, authorize more) and why not (Ratepay's 422 `UNPROCESSABLE_OPERATION`
-//! reasons). `payment.rs` parses requests and renders responses around it; nothing here knows
+//! reasons). `payment/` parses requests and renders responses around it; nothing here knows
 //! about HTTP, so the rules are unit-tested directly.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 use time::OffsetDateTime;
+
+use crate::routes::FollowUpKind;
 
 /// An amount in cents (hundredths of the transaction's currency unit).
 pub(crate) type Cents = i64;
@@ -110,6 +112,17 @@ pub(crate) enum Kind {
     Refund,
     /// Cancellation of open authorized money.
     Cancellation,
+}
+
+impl From<FollowUpKind> for Kind {
+    fn from(k: FollowUpKind) -> Kind {
+        match k {
+            FollowUpKind::Authorization => Kind::Authorization,
+            FollowUpKind::Capture => Kind::Capture,
+            FollowUpKind::Refund => Kind::Refund,
+            FollowUpKind::Cancellation => Kind::Cancellation,
+        }
+    }
 }
 
 impl Kind {

@@ -13,8 +13,8 @@ use std::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use super::{
-    faults::Faults, hpp::Sessions, idempotency::IdempotencyStore, ledger::Ledger,
-    oauth::TokenIssuer, stats::Stats, SandboxConfig,
+    config::SandboxConfig, faults::Faults, idempotency::IdempotencyStore, ledger::Ledger,
+    sessions::Sessions, stats::Stats, tokens::TokenIssuer,
 };
 
 /// Ratepay's id alphabet: `[A-Za-z0-9_-]`, 64 symbols, so one random byte's low 6 bits pick one.

@@ -1,9 +1,11 @@
 //! Running the real binary: spawn it, read its `listening <name> <addr>` lines, kill it on drop.
+//! Also built without the `sandbox` feature (tests/without_sandbox.rs), so what needs the
+//! sandbox's types is marked.
 
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
 };
 
@@ -78,7 +80,8 @@ pub fn spawn_command(mut command: Command, names: &[&str]) -> (Running, HashMap<
 
 /// A gateway configuration in `dir` against a separate sandbox process at `sandbox` (its
 /// default client and audiences), one caller with [`KEY`], audit log in `dir/audit/`.
-pub fn gateway_config(dir: &Path, sandbox: &str) -> PathBuf {
+#[cfg(feature = "sandbox")]
+pub fn gateway_config(dir: &Path, sandbox: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.join("secret"),
         ratepay_gateway::sandbox::DEFAULT_CLIENT_SECRET,
@@ -169,6 +172,7 @@ pub async fn sandbox_fault(http: &reqwest::Client, sandbox: &str, fault: serde_j
 
 /// A Payment API token straight from the sandbox process (its default client), to look at
 /// Ratepay's side without the gateway.
+#[cfg(feature = "sandbox")]
 pub async fn sandbox_token(http: &reqwest::Client, sandbox: &str) -> String {
     let body: serde_json::Value = http
         .post(format!("http://{sandbox}/oauth/token"))
