@@ -239,6 +239,14 @@ fn jwt_keys_are_parsed_at_load_and_never_printed() {
         .filter(|l| !l.starts_with("-----"))
         .collect();
     assert!(!printed.contains(&private_body[..40]), "{printed}");
+    // Nor as hex or as a byte list (how a derived Debug would show the parsed key).
+    let der = pair.serialize_der();
+    assert!(!printed.contains(&hex::encode(&der)[..40]), "{printed}");
+    let bytes = format!("{:?}", &der[..12]);
+    assert!(
+        !printed.contains(bytes.trim_matches(['[', ']'])),
+        "{printed}"
+    );
 
     // A pair that does not parse is refused at load.
     let dir = tempfile::tempdir().unwrap();
