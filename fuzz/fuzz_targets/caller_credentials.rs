@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     callers::Callers,
     config::{
-        sha256, CallerConfig, CallersConfig, IssuerConfig, OperationMatcher, PartnerPolicy, SigningKey,
+        sha256, CallerConfig, CallersConfig, IssuerConfig, OperationMatcher, PartnerPolicy,
+        SigningKey,
     },
 };
 
