@@ -34,8 +34,8 @@ use ratepay_gateway::{
     body,
     callers::{Callers, Issuer},
     config::{
-        sha256, CacheSettings, CallerConfig, CallersConfig, IssuerConfig, PartnerPolicy, Rate,
-        RateLimitSettings, SigningKey, TokenSettings,
+        sha256, CacheSettings, CallerConfig, CallersConfig, IssuerConfig, OperationMatcher,
+        PartnerPolicy, Rate, RateLimitSettings, SigningKey, TokenSettings,
     },
     context::{Authenticated, RequestContext, RequestFacts},
     error::GatewayError,
@@ -69,12 +69,11 @@ fn runtime() -> tokio::runtime::Runtime {
 fn callers() -> (Callers, String) {
     ratepay_gateway::crypto::install_providers();
     let issuer = IssuerConfig {
-        key: SigningKey::Hs256(SecretString::from("k".repeat(32))),
+        key: SigningKey::hs256("k".repeat(32).as_bytes()),
         issuer: "ratepay-gateway".into(),
         lifetime: Duration::from_secs(900),
     };
     let jwt = Issuer::new(&issuer)
-        .expect("issuer")
         .issue("bench", AUDIENCE)
         .expect("jwt")
         .0;
@@ -83,7 +82,7 @@ fn callers() -> (Callers, String) {
             name: "bench".into(),
             api_key_sha256: Some(sha256(API_KEY.as_bytes())),
             client: None,
-            operations: vec!["*".into()],
+            operations: OperationMatcher::all(),
             partner: PartnerPolicy::Fixed("p-bench".into()),
             client_cert: Vec::new(),
         }],

@@ -34,19 +34,13 @@ pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
 /// The upstream client type.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the client; fails when the extra CA file is unreadable or holds no certificate.
-pub fn build(config: &UpstreamClientConfig) -> Result<HttpClient, String> {
+/// Builds the client, trusting the webpki roots and the extra CAs parsed at load.
+pub fn build(config: &UpstreamClientConfig) -> HttpClient {
     crate::crypto::install_providers();
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &config.ca_file {
-        let certs = crate::tls::pem_certificates(path)
-            .map_err(|e| format!("upstream_client.ca_file: {e}"))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-        }
+    if let Some(ca) = &config.ca_file {
+        roots.extend(ca.anchors.iter().cloned());
     }
     let tls = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -60,9 +54,9 @@ pub fn build(config: &UpstreamClientConfig) -> Result<HttpClient, String> {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.pool_idle_timeout)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector))
+        .build(connector)
 }

@@ -77,7 +77,7 @@ impl Gateway {
     ///
     /// Opening the audit log closes intents a previous run left open (see [`recover`]).
     pub async fn build(config: &Config) -> Result<Gateway, BuildError> {
-        let client = client::build(&config.upstream_client).map_err(BuildError)?;
+        let client = client::build(&config.upstream_client);
         let (tokens, token_keys, _) = token_sources(config, &client, &BTreeMap::new());
         let (audit, open_intents) = open_audit(config).await?;
         // Close what a previous run left open, asking Ratepay before the listeners open.
@@ -121,7 +121,7 @@ impl Gateway {
         let mut config = config.clone();
         let mut notes = Vec::new();
         keep_restart_only(&old.config, &mut config, &mut notes);
-        let client = client::build(&config.upstream_client).map_err(BuildError)?;
+        let client = client::build(&config.upstream_client);
         let reusable = if config.tokens == old.config.tokens {
             old.token_keys.clone()
         } else {
@@ -331,14 +331,8 @@ fn keep_restart_only(running: &Config, new: &mut Config, notes: &mut Vec<String>
             ));
         }
     };
-    keep(
-        "listen",
-        format!("{:?}", running.listen) != format!("{:?}", new.listen),
-    );
-    keep(
-        "sandbox",
-        format!("{:?}", running.sandbox) != format!("{:?}", new.sandbox),
-    );
+    keep("listen", running.listen != new.listen);
+    keep("sandbox", running.sandbox != new.sandbox);
     keep("audit (file settings)", running.audit.log != new.audit.log);
     keep("idempotency", running.idempotency != new.idempotency);
     new.listen = running.listen.clone();

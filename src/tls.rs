@@ -60,6 +60,23 @@ pub struct TlsSettings {
     pub server_config: Arc<ServerConfig>,
 }
 
+impl TlsSettings {
+    /// `handshake_timeout_ms` when not set.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// Equal when loaded from the same settings: the rustls configuration is built from these
+/// (reload compares them to tell whether `[listen.tls]` changed).
+impl PartialEq for TlsSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && self.client_ca_file == other.client_ca_file
+            && self.client_auth == other.client_auth
+            && self.handshake_timeout == other.handshake_timeout
+    }
+}
+
 impl fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The rustls configuration holds the private key: never printed.

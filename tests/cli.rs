@@ -39,6 +39,49 @@ fn check_config_accepts_local_and_rejects_a_broken_file_naming_the_key() {
     assert!(err.contains("broken.toml") && err.contains("admn"), "{err}");
 }
 
+/// `check-config` and `serve` refuse a file with three mistakes naming all three, one per line.
+#[test]
+fn a_broken_file_is_refused_with_every_problem_listed() {
+    let mut broken = std::fs::read_to_string("config/local.toml").unwrap();
+    for (good, bad) in [
+        ("proxy = \"127.0.0.1:8080\"", "proxy = \"nonsense\""),
+        ("connect_timeout_ms = 2000", "connect_timeout_ms = 0"),
+        ("lifetime_secs = 900", "lifetime_secs = 0"),
+    ] {
+        assert!(broken.contains(good), "config/local.toml has {good}");
+        broken = broken.replacen(good, bad, 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, broken).unwrap();
+    let file = path.display().to_string();
+    for command in ["check-config", "serve"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let problems: Vec<&str> = err
+            .lines()
+            .map(|l| l.trim_start_matches("error: "))
+            .filter(|l| l.starts_with(&format!("{file}: ")))
+            .collect();
+        assert_eq!(problems.len(), 3, "{command}: {err}");
+        for (line, key) in problems.iter().zip([
+            "listen.proxy",
+            "upstream_client",
+            "gateway_tokens.lifetime_secs",
+        ]) {
+            assert!(
+                line.starts_with(&format!("{file}: {key}: ")),
+                "{command}: {err}"
+            );
+        }
+    }
+}
+
 /// A working directory holding a copy of config/local.toml and the files it names, laid out
 /// as in the repository, so that `serve` runs exactly as from the repository root while the
 /// files it writes (the audit log under `var/audit/`) stay out of the repository.

@@ -21,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     body,
     callers::Callers,
-    config::{sha256, CacheSettings, CallerConfig, CallersConfig, PartnerPolicy},
+    config::{sha256, CacheSettings, CallerConfig, CallersConfig, OperationMatcher, PartnerPolicy},
     context::{Authenticated, RequestContext, RequestFacts},
     error::GatewayError,
     middleware::{
@@ -69,7 +69,7 @@ fn authenticated() -> Authenticated {
                 name: "svc".into(),
                 api_key_sha256: Some(sha256(b"k")),
                 client: None,
-                operations: vec!["*".into()],
+                operations: OperationMatcher::all(),
                 partner: PartnerPolicy::None,
                 client_cert: vec![],
             }],

@@ -14,9 +14,11 @@ use http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     callers::Callers,
-    config::{sha256, CallerConfig, CallersConfig, IssuerConfig, PartnerPolicy, SigningKey},
+    config::{
+        sha256, CallerConfig, CallersConfig, IssuerConfig, OperationMatcher, PartnerPolicy,
+        SigningKey,
+    },
 };
-use secrecy::SecretString;
 
 const AUDIENCES: [&str; 3] = ["aud-payment", "aud-hpp", "aud-other"];
 
@@ -33,7 +35,7 @@ fn fixture() -> &'static Fixture {
             name: name.into(),
             api_key_sha256: Some(sha256(key)),
             client: client.map(|(id, secret)| (id.to_owned(), sha256(secret))),
-            operations: vec!["*".into()],
+            operations: OperationMatcher::all(),
             partner: PartnerPolicy::None,
             client_cert: vec![],
         };
@@ -43,7 +45,7 @@ fn fixture() -> &'static Fixture {
                 caller("b", b"key-b", None),
             ],
             issuer: Some(IssuerConfig {
-                key: SigningKey::Hs256(SecretString::from("k".repeat(32))),
+                key: SigningKey::hs256("k".repeat(32).as_bytes()),
                 issuer: "gw".into(),
                 lifetime: Duration::from_secs(3600),
             }),

@@ -7,13 +7,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{IssuerConfig, SigningKey},
-    error::GatewayError,
-};
+use crate::{config::IssuerConfig, error::GatewayError};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -35,44 +31,16 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// Builds the issuer from its configuration.
-    pub fn new(config: &IssuerConfig) -> Result<Issuer, GatewayError> {
+    /// The issuer of its configuration (the keys were parsed at load).
+    pub fn new(config: &IssuerConfig) -> Issuer {
         crate::crypto::install_providers();
-        let bad = |what: &str| GatewayError::Internal(format!("gateway token key: {what}"));
-        let (encoding, decoding, algorithm) = match &config.key {
-            SigningKey::Hs256(k) => (
-                EncodingKey::from_secret(k.expose_secret().as_bytes()),
-                DecodingKey::from_secret(k.expose_secret().as_bytes()),
-                Algorithm::HS256,
-            ),
-            SigningKey::EdDsa {
-                private_pem,
-                public_pem,
-            } => (
-                EncodingKey::from_ed_pem(private_pem.expose_secret().as_bytes())
-                    .map_err(|_| bad("invalid EdDSA private key"))?,
-                DecodingKey::from_ed_pem(public_pem.as_bytes())
-                    .map_err(|_| bad("invalid EdDSA public key"))?,
-                Algorithm::EdDSA,
-            ),
-            SigningKey::Rs256 {
-                private_pem,
-                public_pem,
-            } => (
-                EncodingKey::from_rsa_pem(private_pem.expose_secret().as_bytes())
-                    .map_err(|_| bad("invalid RS256 private key"))?,
-                DecodingKey::from_rsa_pem(public_pem.as_bytes())
-                    .map_err(|_| bad("invalid RS256 public key"))?,
-                Algorithm::RS256,
-            ),
-        };
-        Ok(Issuer {
-            encoding,
-            decoding,
-            algorithm,
+        Issuer {
+            encoding: config.key.encoding().clone(),
+            decoding: config.key.decoding().clone(),
+            algorithm: config.key.algorithm(),
             issuer: config.issuer.clone(),
             lifetime: config.lifetime,
-        })
+        }
     }
 
     /// Issues a token for `caller` and `audience`; returns it with its lifetime in seconds.
@@ -121,15 +89,14 @@ impl Issuer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
+    use crate::config::SigningKey;
 
     fn issuer(lifetime: u64) -> Issuer {
         Issuer::new(&IssuerConfig {
-            key: SigningKey::Hs256(SecretString::from("k".repeat(32))),
+            key: SigningKey::hs256("k".repeat(32).as_bytes()),
             issuer: "gw".into(),
             lifetime: Duration::from_secs(lifetime),
         })
-        .unwrap()
     }
 
     #[test]

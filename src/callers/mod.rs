@@ -15,7 +15,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::{
-    config::{sha256, CallersConfig, PartnerPolicy},
+    config::{sha256, CallersConfig, OperationMatcher, PartnerPolicy},
     error::GatewayError,
     routes::Operation,
     tls::{CertIdentity, PeerIdentity},
@@ -26,7 +26,7 @@ pub use issuer::Issuer;
 pub struct Caller {
     /// Name from the configuration.
     pub name: Arc<str>,
-    operations: Vec<String>,
+    operations: OperationMatcher,
     partner: PartnerPolicy,
 }
 
@@ -41,12 +41,7 @@ impl fmt::Debug for Caller {
 impl Caller {
     /// Whether the policy allows `op`.
     pub fn may_call(&self, op: &Operation) -> bool {
-        self.operations.iter().any(|p| {
-            p == "*"
-                || p == op.name
-                || p.strip_suffix('*')
-                    .is_some_and(|prefix| op.name.starts_with(prefix))
-        })
+        self.operations.allows(op)
     }
 
     /// The X-Partner to send, given what the caller asked for with its own header.
@@ -103,7 +98,7 @@ impl Callers {
             by_name: HashMap::new(),
             clients: HashMap::new(),
             by_cert: HashMap::new(),
-            issuer: config.issuer.as_ref().map(Issuer::new).transpose()?,
+            issuer: config.issuer.as_ref().map(Issuer::new),
             audiences: config.audiences.clone(),
         };
         for cc in &config.callers {
@@ -322,7 +317,7 @@ mod tests {
     fn caller(ops: &[&str], partner: PartnerPolicy) -> Caller {
         Caller {
             name: "svc".into(),
-            operations: ops.iter().map(|s| s.to_string()).collect(),
+            operations: OperationMatcher::parse(ops).unwrap(),
             partner,
         }
     }
@@ -333,7 +328,7 @@ mod tests {
             name: name.into(),
             api_key_sha256: Some(sha256(key)),
             client: None,
-            operations: vec!["*".into()],
+            operations: OperationMatcher::all(),
             partner: PartnerPolicy::None,
             client_cert: ids
                 .iter()

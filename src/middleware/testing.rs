@@ -9,7 +9,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request};
 use super::GwRequest;
 use crate::{
     callers::Callers,
-    config::{sha256, CallerConfig, CallersConfig, PartnerPolicy},
+    config::{sha256, CallerConfig, CallersConfig, OperationMatcher, PartnerPolicy},
     context::{Authenticated, RequestContext, RequestFacts},
     routes,
 };
@@ -24,7 +24,7 @@ pub fn authenticated(partner: Option<&str>) -> Authenticated {
             name: CALLER.into(),
             api_key_sha256: Some(sha256(b"k")),
             client: None,
-            operations: vec!["*".into()],
+            operations: OperationMatcher::all(),
             partner: PartnerPolicy::None,
             client_cert: vec![],
         }],
