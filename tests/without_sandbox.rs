@@ -29,7 +29,8 @@ fn assert_refusal(message: &str) {
 #[test]
 fn a_configuration_embedding_the_sandbox_is_refused_at_load_naming_the_key() {
     let err = Config::from_file(Path::new("config/local.toml")).unwrap_err();
-    assert_eq!(err.key, "sandbox.embedded");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["sandbox.embedded"], "the one problem of the file");
     assert_refusal(&err.to_string());
     assert!(err.to_string().starts_with("config/local.toml: "), "{err}");
 
