@@ -18,6 +18,8 @@ pub mod chain;
 pub mod files;
 mod open;
 pub mod record;
+mod reopen;
+mod stats;
 mod writer;
 
 use std::{
@@ -35,9 +37,12 @@ pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use record::{
     AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
 };
-pub use writer::{AuditStats, Recovery, TruncatedTail, PROBE_INTERVAL};
+pub use reopen::{Recovery, TruncatedTail};
+pub use stats::AuditStats;
+pub use writer::PROBE_INTERVAL;
 
-use writer::{Job, StatsCells};
+use stats::StatsCells;
+use writer::Job;
 
 /// Appends that may wait for the writer before `append` itself waits (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
@@ -194,7 +199,7 @@ impl AuditLog {
         let stats_for_open = Arc::clone(&stats);
         // Scanning reads whole files: keep it off the async workers.
         let opened = tokio::task::spawn_blocking(move || {
-            writer::open_blocking(&config, clock, stats_for_open)
+            reopen::open_blocking(&config, clock, stats_for_open)
         })
         .await
         .map_err(|e| AuditError::Open {

@@ -1,5 +1,5 @@
-//! The writer: recovery of an existing log at open, and the one thread that appends records,
-//! rotates files and syncs them (group commit).
+//! The writer: the one thread that appends records, rotates files and syncs them (group
+//! commit). Opening an existing log is in `reopen.rs`, the counters in `stats.rs`.
 //!
 //! Only this thread touches the active file after open, so seq/prev assignment, rotation and
 //! the durable length need no locks. Callers talk to it through a bounded channel and each
@@ -11,14 +11,10 @@
 //! for good (see [`Writer::poison`]).
 
 use std::{
-    collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{self, Write},
-    path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -26,11 +22,15 @@ use time::{Date, OffsetDateTime, UtcOffset};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    chain::{scan_file, Chain, Tail},
-    files::{log_files, parent_dir, rotated_path},
-    record::{build_record, encode, parse_ts, AuditEntry, AuditRecord, RecordKind, GENESIS},
-    Appended, AuditConfig, AuditError, Clock,
+    files::rotated_path,
+    record::{build_record, encode, AuditEntry},
+    Appended, AuditError, Clock,
 };
+
+use super::{reopen::*, stats::*};
+
+/// Appends waiting to be answered once their bytes are synced.
+type Waiting = Vec<(oneshot::Sender<Result<Appended, AuditError>>, Appended)>;
 
 /// Most records taken into one batch; bounds the memory and latency of one write + sync.
 const MAX_BATCH: usize = 1024;
@@ -45,312 +45,51 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<Appended, AuditError>>,
 }
 
-/// Counters shared between the writer (which updates them) and [`super::AuditLog::stats`].
-#[derive(Debug, Default)]
-pub(crate) struct StatsCells {
-    pub records: AtomicU64,
-    pub syncs: AtomicU64,
-    pub sync_nanos_total: AtomicU64,
-    pub sync_nanos_last: AtomicU64,
-    pub failed_appends: AtomicU64,
-    pub rotations: AtomicU64,
-    pub last_seq: AtomicU64,
-    pub poisoned: AtomicBool,
-    pub write_failed: AtomicBool,
-    pub write_errors: AtomicU64,
-    pub recoveries: AtomicU64,
-}
-
-/// A snapshot of the log's counters, for metrics and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct AuditStats {
-    /// Records written and synced since open.
-    pub records_written: u64,
-    /// `fdatasync` calls that succeeded since open.
-    pub syncs: u64,
-    /// Duration of the last successful sync.
-    pub last_sync: Duration,
-    /// Mean duration of successful syncs.
-    pub avg_sync: Duration,
-    /// Appends answered with an error since open.
-    pub failed_appends: u64,
-    /// File rotations since open.
-    pub rotations: u64,
-    /// Seq of the last durable record (0 for an empty log).
-    pub last_seq: u64,
-    /// True once a sync or rotation failed: every append fails until the log is reopened.
-    pub poisoned: bool,
-    /// True while appends are refused after a failed write, until a later write and sync
-    /// succeed.
-    pub write_failed: bool,
-    /// Times the log went from accepting appends to refusing them after a failed write.
-    pub write_errors: u64,
-    /// Times the log accepted appends again after a failed write.
-    pub recoveries: u64,
-}
-
-impl StatsCells {
-    pub(crate) fn snapshot(&self) -> AuditStats {
-        let syncs = self.syncs.load(Ordering::Relaxed);
-        let total = self.sync_nanos_total.load(Ordering::Relaxed);
-        AuditStats {
-            records_written: self.records.load(Ordering::Relaxed),
-            syncs,
-            last_sync: Duration::from_nanos(self.sync_nanos_last.load(Ordering::Relaxed)),
-            avg_sync: Duration::from_nanos(total.checked_div(syncs).unwrap_or(0)),
-            failed_appends: self.failed_appends.load(Ordering::Relaxed),
-            rotations: self.rotations.load(Ordering::Relaxed),
-            last_seq: self.last_seq.load(Ordering::Relaxed),
-            poisoned: self.poisoned.load(Ordering::Relaxed),
-            write_failed: self.write_failed.load(Ordering::Relaxed),
-            write_errors: self.write_errors.load(Ordering::Relaxed),
-            recoveries: self.recoveries.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// A partial last line that open cut away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TruncatedTail {
-    /// The file that had it.
-    pub path: PathBuf,
-    /// Length the file was cut to (end of its last complete record).
-    pub kept_bytes: u64,
-    /// Bytes removed.
-    pub removed_bytes: u64,
-}
-
-/// What open found in the existing log.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Recovery {
-    /// Intent records with no outcome record (by `intent_seq`), in seq order: the gateway
-    /// should settle each with Ratepay and append an outcome.
-    pub open_intents: Vec<AuditRecord>,
-    /// A torn last line (crash during a write) that was cut away, if any.
-    pub truncated: Option<TruncatedTail>,
-    /// Records found in all files.
-    pub records: u64,
-    /// Seq of the last record (0 for a new log).
-    pub last_seq: u64,
-    /// Hash of the last record ([`GENESIS`] for a new log).
-    pub head: String,
-}
-
 /// The writer's state: owned by the writer thread after open.
 pub(crate) struct Writer {
-    path: PathBuf,
-    dir: PathBuf,
-    file: File,
+    pub(super) path: PathBuf,
+    pub(super) dir: PathBuf,
+    pub(super) file: File,
     /// Bytes in the active file, synced or not.
-    written: u64,
+    pub(super) written: u64,
     /// Bytes of the active file known to be on disk.
-    durable: u64,
+    pub(super) durable: u64,
     /// Seq and UTC day of the active file's first record (`None` while it is empty).
-    file_first: Option<(u64, Date)>,
-    last_seq: u64,
-    last_hash: String,
-    rotate_bytes: Option<u64>,
-    rotate_daily: bool,
-    clock: Clock,
-    stats: Arc<StatsCells>,
+    pub(super) file_first: Option<(u64, Date)>,
+    pub(super) last_seq: u64,
+    pub(super) last_hash: String,
+    pub(super) rotate_bytes: Option<u64>,
+    pub(super) rotate_daily: bool,
+    pub(super) clock: Clock,
+    pub(super) stats: Arc<StatsCells>,
     /// The chain head and first record of the active file as of `durable`: where the chain
     /// continues after a failed write.
-    durable_head: DurableHead,
+    pub(super) durable_head: DurableHead,
     /// Set by a failed write; cleared when a later batch is written and synced.
-    write_failed: Option<WriteFailure>,
+    pub(super) write_failed: Option<WriteFailure>,
     /// The batch being built is the probe after a failed write.
-    probing: bool,
+    pub(super) probing: bool,
     /// Set by the first sync/rotation failure; see `poison`.
-    poisoned: Option<String>,
+    pub(super) poisoned: Option<String>,
 }
 
 /// What the chain looked like at the last durable byte.
 #[derive(Clone)]
-struct DurableHead {
-    seq: u64,
-    hash: String,
-    file_first: Option<(u64, Date)>,
+pub(super) struct DurableHead {
+    pub(super) seq: u64,
+    pub(super) hash: String,
+    pub(super) file_first: Option<(u64, Date)>,
 }
 
 /// The refusing state after a failed write.
-struct WriteFailure {
+pub(super) struct WriteFailure {
     /// The write error, returned to every append refused meanwhile.
-    error: AuditError,
+    pub(super) error: AuditError,
     /// When the failure happened or a probe was last tried (the writer's clock).
-    last_attempt: OffsetDateTime,
+    pub(super) last_attempt: OffsetDateTime,
     /// The file is cut back to `durable` (and that is synced): false if the cut failed.
-    cut: bool,
+    pub(super) cut: bool,
 }
-
-fn open_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
-    move |source| AuditError::Open {
-        path: path.to_owned(),
-        source: Arc::new(source),
-    }
-}
-
-/// Makes directory entries (a created or renamed file) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Scans the existing log, cuts a torn tail, opens (or creates) the active file and locks it.
-pub(crate) fn open_blocking(
-    config: &AuditConfig,
-    clock: Clock,
-    stats: Arc<StatsCells>,
-) -> Result<(Writer, Recovery), AuditError> {
-    let path = config.path.clone();
-    if path.file_name().is_none() || rotated_path(&path, 1).is_none() {
-        return Err(AuditError::Config(format!(
-            "audit log path {} needs a UTF-8 file name",
-            path.display()
-        )));
-    }
-    if config.rotate_bytes == Some(0) {
-        return Err(AuditError::Config("rotate_bytes must be > 0".into()));
-    }
-    let dir = parent_dir(&path);
-    // Listing the directory fails clearly when it is missing or not a directory.
-    let files = log_files(&path).map_err(open_err(&path))?;
-
-    let mut chain = Chain::default();
-    let mut intents: BTreeMap<u64, AuditRecord> = BTreeMap::new();
-    let mut records = 0u64;
-    let mut truncated = None;
-    let mut active_first: Option<AuditRecord> = None;
-    let mut previous: Option<&Path> = None;
-    for (i, file) in files.iter().enumerate() {
-        // Only the last file can hold a torn write: every earlier one was synced before
-        // rotation. A partial line anywhere else is damage, and open refuses to go on.
-        let last = i + 1 == files.len();
-        let tail = if last { Tail::Tolerant } else { Tail::Strict };
-        let scan = scan_file(file, &mut chain, previous, tail, &mut |r| match r.kind {
-            RecordKind::Intent => {
-                intents.insert(r.seq, r.clone());
-            }
-            RecordKind::Outcome => {
-                if let Some(seq) = r.intent_seq {
-                    intents.remove(&seq);
-                }
-            }
-        })?;
-        records += scan.records;
-        if scan.torn_bytes > 0 {
-            cut_tail(file, scan.good_len).map_err(open_err(file))?;
-            tracing::warn!(
-                file = %file.display(),
-                kept_bytes = scan.good_len,
-                removed_bytes = scan.torn_bytes,
-                "audit log: cut a torn last line left by a crash"
-            );
-            truncated = Some(TruncatedTail {
-                path: file.clone(),
-                kept_bytes: scan.good_len,
-                removed_bytes: scan.torn_bytes,
-            });
-        }
-        if *file == path {
-            active_first = scan.first;
-        }
-        previous = Some(file);
-    }
-
-    let existed = path.exists();
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(open_err(&path))?;
-    lock(&file, &path)?;
-    if !existed {
-        sync_dir(&dir).map_err(open_err(&dir))?;
-    }
-    let written = file.metadata().map_err(open_err(&path))?.len();
-
-    let (last_seq, last_hash) = match chain.last() {
-        Some((seq, hash)) => (seq, hash.to_owned()),
-        None => (0, GENESIS.to_owned()),
-    };
-    stats.last_seq.store(last_seq, Ordering::Relaxed);
-    // A first record whose ts cannot be read gets today's date: daily rotation then waits for
-    // the next day change rather than rotating a file it cannot date.
-    let file_first = active_first.map(|r| {
-        let day = parse_ts(&r.ts)
-            .unwrap_or_else(|| (clock)())
-            .to_offset(UtcOffset::UTC)
-            .date();
-        (r.seq, day)
-    });
-    let recovery = Recovery {
-        open_intents: intents.into_values().collect(),
-        truncated,
-        records,
-        last_seq,
-        head: last_hash.clone(),
-    };
-    let writer = Writer {
-        path,
-        dir,
-        file,
-        written,
-        durable: written,
-        file_first,
-        last_seq,
-        last_hash: last_hash.clone(),
-        rotate_bytes: config.rotate_bytes,
-        rotate_daily: config.rotate_daily,
-        clock,
-        stats,
-        durable_head: DurableHead {
-            seq: last_seq,
-            hash: last_hash.clone(),
-            file_first,
-        },
-        write_failed: None,
-        probing: false,
-        poisoned: None,
-    };
-    Ok((writer, recovery))
-}
-
-/// Why cutting the active file back failed.
-enum CutError {
-    /// The truncate itself: nothing is known to have changed, so it may be retried.
-    Truncate(io::Error),
-    /// The sync after it: what the file holds is unknown.
-    Sync(io::Error),
-}
-
-/// Cuts the open active file to `len` bytes and syncs the new length.
-fn cut_to(file: &File, len: u64) -> Result<(), CutError> {
-    file.set_len(len).map_err(CutError::Truncate)?;
-    file.sync_all().map_err(CutError::Sync)
-}
-
-/// Cuts `path` to `len` bytes and syncs, so the chain continues after the last whole record.
-fn cut_tail(path: &Path, len: u64) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
-    file.set_len(len)?;
-    file.sync_all()
-}
-
-/// Takes an exclusive advisory lock so that a second process cannot fork the chain.
-fn lock(file: &File, path: &Path) -> Result<(), AuditError> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked {
-            path: path.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::Open {
-            path: path.to_owned(),
-            source: Arc::new(e),
-        }),
-    }
-}
-
-/// Appends waiting to be answered once their bytes are synced.
-type Waiting = Vec<(oneshot::Sender<Result<Appended, AuditError>>, Appended)>;
 
 impl Writer {
     /// The writer thread's loop: take everything queued, write it, sync once, answer everyone.
