@@ -4,10 +4,12 @@
 //! their policy, injects Ratepay's OAuth tokens and forwards to Ratepay. The request's way:
 //!
 //! ```text
-//! listener (server; TLS/mTLS: tls)  → edge: request id, deadline, body limit, route (stack, routes)
-//!   → caller: authenticate, policy, X-Partner (callers)
-//!   → caller rate limit, session-record cache, cancellation invalidation
-//!     (middleware::rate_limit, middleware::cache)
+//! listener (server; TLS/mTLS: tls) → edge: request id, deadline, body limit, route
+//!   (edge, request_id, routes); POST /oauth/token → its own stack (middleware::token_endpoint)
+//!   → caller: authenticate, policy, X-Partner (middleware::caller, callers)
+//!   → caller rate limit (middleware::rate_limit, limits), strict JSON body
+//!     (middleware::json_body, json), session-record cache and cancellation invalidation
+//!     (middleware::cache)
 //!   → idempotency keys (middleware::idempotency)
 //!   → upstream rate limit and Ratepay 429 pause (middleware::rate_limit)
 //!   → audit intent/outcome for cancellations (middleware::audit, audit)
@@ -18,12 +20,14 @@
 //! ```
 //!
 //! Module map: [`config`] file schema and validated config; [`server`] listeners and drain;
-//! [`tls`] inbound TLS/mTLS and client-certificate identities;
-//! [`stack`] layer order and the edge; [`routes`] the operation table; [`callers`] caller auth,
-//! policy and gateway-issued JWTs; [`token`] Ratepay token source; [`middleware`] one file per
-//! layer; [`proxy`] the innermost forwarder; [`error`] problem responses; [`audit`] the
-//! hash-chained audit log; [`metrics`] Prometheus metrics; `sandbox` the local Ratepay
-//! simulator (cargo feature `sandbox`, on by default).
+//! [`tls`] inbound TLS/mTLS and client-certificate identities; [`edge`] the edge;
+//! [`gateway`] build and reload; [`stack`] the layer order; [`routes`] the operation table;
+//! [`callers`] caller auth and gateway-issued JWTs; [`token`] Ratepay token source;
+//! [`middleware`] one file or folder per layer; [`proxy`] the innermost forwarder; [`error`]
+//! problem responses; [`limits`] what a rate-limit refusal says; [`audit`] the hash-chained
+//! audit log; [`metrics`] Prometheus metrics; `sandbox` the local Ratepay simulator (cargo
+//! feature `sandbox`, on by default). `tests/module_order.rs` holds the modules' order: each
+//! imports only from those below it.
 
 #![forbid(unsafe_code)]
 
