@@ -1130,3 +1130,98 @@ async fn the_python_verifier_in_docs_accepts_a_gateway_log_and_rejects_a_tampere
     assert!(run_python(&code, &files).0);
     h.stop().await;
 }
+
+/// The outcome records of `path`, as (intent_seq, outcome, error) in file order.
+fn outcomes(path: &Path) -> Vec<(u64, String, Option<String>)> {
+    lines(path)
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "outcome")
+        .map(|r| {
+            (
+                r["intent_seq"].as_u64().unwrap(),
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["error"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Issue 13, defect 11: every intent gets exactly one outcome on every path. A call that
+/// finishes writes its own; a call whose future is dropped (a caller hanging up, a cancelled
+/// task) or unwound by a panic gets `unknown` with [`CUT_OFF`] from its guard; an intent still
+/// open when the log closes gets `unknown` with [`SHUT_DOWN`], and finishing it afterwards
+/// writes nothing more.
+#[tokio::test]
+async fn every_intent_gets_one_outcome_on_every_path() {
+    use futures_util::FutureExt;
+    use ratepay_gateway::audit::{CUT_OFF, SHUT_DOWN};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let (log, _) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
+    let attempts: ratepay_gateway::audit::AttemptCounter = Arc::new(|| 2);
+
+    // Finished: the call's own outcome.
+    let (open, a) = log.begin(intent(1), attempts.clone()).await.unwrap();
+    let written = open
+        .finish(|o| {
+            o.outcome = OutcomeKind::Success;
+            o.status = Some(201);
+        })
+        .await
+        .unwrap();
+    assert!(written.is_some());
+    assert_eq!(a.seq, 1);
+
+    // Dropped mid-call: the guard settles it.
+    let dropped = {
+        let log = log.clone();
+        let attempts = attempts.clone();
+        async move {
+            let (_open, a) = log.begin(intent(2), attempts).await.unwrap();
+            // Never finishes: the future is dropped here, as hyper drops a hung-up request.
+            std::future::pending::<()>().await;
+            a.seq
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), dropped)
+            .await
+            .is_err(),
+        "the call never finishes"
+    );
+
+    // Unwound by a panic: the guard settles it and the panic goes on.
+    let panicked = std::panic::AssertUnwindSafe({
+        let log = log.clone();
+        let attempts = attempts.clone();
+        async move {
+            let (_open, _) = log.begin(intent(3), attempts).await.unwrap();
+            panic!("a bug inside the audited call");
+        }
+    })
+    .catch_unwind()
+    .await;
+    assert!(panicked.is_err(), "the panic reached the caller");
+
+    // Open at shutdown: settled by close; a late finish writes nothing.
+    let (late, _) = log.begin(intent(4), attempts.clone()).await.unwrap();
+    assert_eq!(log.open_intents(), 1, "only the last call is still open");
+    log.close().await;
+    assert!(late.finish(|_| {}).await.unwrap().is_none());
+
+    let got = outcomes(&path);
+    let cut = Some(CUT_OFF.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            (1, "success".to_owned(), None),
+            (3, "unknown".to_owned(), cut.clone()),
+            (5, "unknown".to_owned(), cut),
+            (7, "unknown".to_owned(), Some(SHUT_DOWN.to_owned())),
+        ],
+        "one outcome per intent, in order"
+    );
+    assert!(verify(&[path]).is_ok(), "the chain verifies");
+}
