@@ -14,6 +14,7 @@ use http::{header::RETRY_AFTER, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     body,
+    config::RetrySettings,
     middleware::{
         retry::{retry_after, AttemptOutcome, RetryPolicy, Verdict},
         GwResponse,
