@@ -19,6 +19,36 @@
 //! missing authentication does not compile. The token endpoint's inner layers get a
 //! [`token_endpoint::Granted`] (the `Call` and the client's grant); a layer that serves both
 //! stacks (the caller rate limit) takes any context that is `AsRef<Call>`.
+//!
+//! What the edge can hold is a stack whose outermost layer authenticates:
+//!
+//! ```
+//! use ratepay_gateway::middleware::{
+//!     caller::CallerPolicy, json_body::JsonBody, rate_limit::CallerRateLimit,
+//!     token_endpoint::{ClientCredentials, IssueToken}, BoxHandler, Handler,
+//! };
+//! fn edge_holds<H: BoxHandler>() {}
+//! fn stacks<S: Handler>() {
+//!     edge_holds::<CallerPolicy<JsonBody<S>>>();
+//!     edge_holds::<ClientCredentials<CallerRateLimit<IssueToken>>>();
+//! }
+//! ```
+//!
+//! and a stack without the authenticating layer does not compile:
+//!
+//! ```compile_fail
+//! # use ratepay_gateway::middleware::{json_body::JsonBody, BoxHandler, Handler};
+//! fn edge_holds<H: BoxHandler>() {}
+//! fn stacks<S: Handler>() {
+//!     edge_holds::<JsonBody<S>>();
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! # use ratepay_gateway::middleware::{token_endpoint::IssueToken, BoxHandler};
+//! fn edge_holds<H: BoxHandler>() {}
+//! edge_holds::<IssueToken>();
+//! ```
 
 pub mod audit;
 pub mod cache;
