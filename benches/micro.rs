@@ -37,7 +37,7 @@ use ratepay_gateway::{
         sha256, CacheSettings, CallerConfig, CallersConfig, IssuerConfig, OperationMatcher,
         PartnerPolicy, Rate, RateLimitSettings, SigningKey, TokenSettings,
     },
-    context::{Authenticated, RequestContext, RequestFacts},
+    context::{Authenticated, Call, Peer, RequestContext, RequestFacts},
     error::GatewayError,
     middleware::{
         cache::{SessionRecordCache, SessionRecordCacheLayer},
@@ -183,7 +183,7 @@ impl FetchToken for StaticToken {
 struct Answering(&'static str);
 
 impl Handler for Answering {
-    async fn handle(&self, _req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, _call: &Call, _req: GwRequest) -> Result<GwResponse, GatewayError> {
         let mut resp = Response::new(body::full(Bytes::from_static(self.0.as_bytes())));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -197,9 +197,9 @@ fn answering(body: &'static str) -> Answering {
     Answering(body)
 }
 
-/// A routed, authenticated request as the inner layers see it.
-fn routed(callers: &Callers, method: Method, path: &str) -> GwRequest {
-    let mut req = Request::builder()
+/// A routed, authenticated request and its call, as the inner layers see them.
+fn routed(callers: &Callers, method: Method, path: &str) -> (Call, GwRequest) {
+    let req = Request::builder()
         .method(method.clone())
         .uri(path)
         .header(header::AUTHORIZATION, format!("Bearer {API_KEY}"))
@@ -210,19 +210,20 @@ fn routed(callers: &Callers, method: Method, path: &str) -> GwRequest {
         .expect("caller");
     let partner = caller.partner_for(None).expect("partner");
     let source: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
-    req.extensions_mut()
-        .insert(RequestContext::new(RequestFacts {
-            request_id: Arc::from("0193a5f0-0000-7000-8000-000000000000"),
-            route: routes::match_route(&method, path)
-                .expect("valid")
-                .expect("known"),
-            source,
-            received: Instant::now(),
-            stats: Arc::default(),
-        }));
-    req.extensions_mut()
-        .insert(Authenticated { caller, partner });
-    req
+    let ctx = RequestContext::new(RequestFacts {
+        request_id: Arc::from("0193a5f0-0000-7000-8000-000000000000"),
+        route: routes::match_route(&method, path)
+            .expect("valid")
+            .expect("known"),
+        peer: Peer::plain(source),
+        received: Instant::now(),
+        stats: Arc::default(),
+    });
+    let call = Call {
+        ctx,
+        auth: Authenticated { caller, partner },
+    };
+    (call, req)
 }
 
 fn token(c: &mut Criterion) {
@@ -245,9 +246,10 @@ fn token(c: &mut Criterion) {
             .iter(|| async { source.bearer().await.expect("bearer") })
     });
     g.bench_function("inject_layer", |b| {
+        let svc = &svc;
         b.to_async(&rt).iter_batched(
             || routed(&callers, Method::GET, TX_PATH),
-            |req| async { svc.handle(req).await.expect("response") },
+            |(call, req)| async move { svc.handle(&call, req).await.expect("response") },
             BatchSize::SmallInput,
         )
     });
@@ -261,19 +263,18 @@ fn cache(c: &mut Criterion) {
         let cache = SessionRecordCache::new(&CacheSettings::default());
         let svc = SessionRecordCacheLayer::new(cache).layer(answering(RECORD));
         // The first call stores the record; every later one is a hit.
-        let resp = svc
-            .handle(routed(&callers, Method::GET, RECORD_PATH))
-            .await
-            .expect("miss");
+        let (call, req) = routed(&callers, Method::GET, RECORD_PATH);
+        let resp = svc.handle(&call, req).await.expect("miss");
         assert_eq!(resp.headers()["x-cache"], "MISS");
         svc
     });
     let mut g = c.benchmark_group("cache");
     g.bench_function("session_record_hit", |b| {
+        let svc = &svc;
         b.to_async(&rt).iter_batched(
             || routed(&callers, Method::GET, RECORD_PATH),
-            |req| async {
-                let resp = svc.handle(req).await.expect("hit");
+            |(call, req)| async move {
+                let resp = svc.handle(&call, req).await.expect("hit");
                 debug_assert_eq!(resp.headers()["x-cache"], "HIT");
                 resp
             },

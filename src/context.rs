@@ -1,7 +1,16 @@
-//! Per-request facts that layers hand inward through request extensions.
+//! Per-request facts, handed inward as an argument of every layer's call, never looked up.
 //!
-//! The edge inserts a [`RequestContext`] after routing; the caller layer adds an
-//! [`Authenticated`]. Inner layers only read them, so the order of facts follows the flow.
+//! Two phases, each with its own type, so a layer cannot run before the facts it needs exist:
+//!
+//! - The edge builds a [`RequestContext`] once the request is routed (request id, route, the
+//!   connection's [`Peer`], arrival time, stats) and calls the outer layers with
+//!   `&RequestContext`: the ones that authenticate ([`crate::middleware::caller`], and the token
+//!   endpoint's [`crate::middleware::token_endpoint`]).
+//! - An authenticating layer that accepts the caller builds a [`Call`] (the context plus the
+//!   [`Authenticated`] caller and its X-Partner) and calls every inner layer with `&Call`.
+//!
+//! Both are shared handles (`Arc`s): a layer that spawns a task (idempotency, the cache's shared
+//! fetch) moves a clone into it.
 
 use std::{
     net::SocketAddr,
@@ -12,10 +21,32 @@ use std::{
     time::Instant,
 };
 
-use crate::{callers::Caller, routes::RouteMatch};
+use crate::{callers::Caller, routes::RouteMatch, tls::PeerIdentity};
 
-/// Set by the edge for every routed request. A shared handle: layers that copy a request (the
-/// token layer's replay, the retry layer's spare) copy a pointer, not the facts.
+/// What a request's connection says about it: known when the connection is accepted (and its
+/// TLS handshake done), handed by the server to the edge with every request on it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The connection's remote address.
+    pub addr: SocketAddr,
+    /// The verified client certificate's identities (mTLS); `None` on plain TCP and on TLS
+    /// connections without a client certificate.
+    pub identity: Option<Arc<PeerIdentity>>,
+}
+
+impl Peer {
+    /// A peer that sent no client certificate.
+    pub fn plain(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            identity: None,
+        }
+    }
+}
+
+/// Built by the edge for every routed request. A shared handle: layers that copy a request (the
+/// token layer's replay, the retry layer's spare) or move the call into a task copy a pointer,
+/// not the facts.
 #[derive(Debug, Clone)]
 pub struct RequestContext(Arc<RequestFacts>);
 
@@ -40,8 +71,8 @@ pub struct RequestFacts {
     pub request_id: Arc<str>,
     /// The matched operation and path ids.
     pub route: RouteMatch,
-    /// Peer address of the connection.
-    pub source: SocketAddr,
+    /// The connection the request came on: its address and client-certificate identities.
+    pub peer: Peer,
     /// When the gateway received the request.
     pub received: Instant,
     /// Counters the inner layers fill in and the edge reads (access log, metrics).
@@ -64,11 +95,28 @@ pub struct RequestStats {
     pub operation: std::sync::OnceLock<&'static crate::routes::Operation>,
 }
 
-/// Set by the caller layer once the caller is known and allowed.
+/// Decided by an authenticating layer once the caller is known and allowed.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The caller.
     pub caller: Arc<Caller>,
     /// The X-Partner to send, if any.
     pub partner: Option<Arc<str>>,
+}
+
+/// What every layer after authentication is called with: the request's context and its
+/// authenticated caller. The authenticating layers build it, so no inner layer can be reached
+/// without both.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// What the edge knows about the request.
+    pub ctx: RequestContext,
+    /// The caller, allowed to call this operation, and its X-Partner.
+    pub auth: Authenticated,
+}
+
+impl AsRef<Call> for Call {
+    fn as_ref(&self) -> &Call {
+        self
+    }
 }

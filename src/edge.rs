@@ -1,9 +1,9 @@
-//! The edge: turns a hyper request into a routed, bounded, buffered request for the stack,
-//! and every outcome (an answer, a gateway error, the whole-request deadline, a panic) into
-//! one response with its request id, its Idempotency-Key, metrics and one access record.
+//! The edge: turns a hyper request into a routed, bounded, buffered request and its
+//! [`RequestContext`] for the stack, and every outcome (an answer, a gateway error, the
+//! whole-request deadline, a panic) into one response with its request id, its
+//! Idempotency-Key, metrics and one access record.
 
 use std::{
-    net::SocketAddr,
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::{
     body::Body,
-    context::{RequestContext, RequestFacts, RequestStats},
+    context::{Peer, RequestContext, RequestFacts, RequestStats},
     error::GatewayError,
     gateway::Gateway,
     metrics::{status_class, Name, OperationLabels, RequestLabels, ResultLabels, ScopeLabels},
@@ -30,8 +30,9 @@ use crate::{
 };
 
 impl Gateway {
-    /// Serves one request; never fails: every error becomes a problem response.
-    pub async fn handle<B>(&self, req: Request<B>, source: SocketAddr) -> Response<Body>
+    /// Serves one request that arrived from `peer`; never fails: every error becomes a problem
+    /// response.
+    pub async fn handle<B>(&self, req: Request<B>, peer: Peer) -> Response<Body>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<crate::body::BoxError>,
@@ -50,7 +51,7 @@ impl Gateway {
         // and every other request on it carry on.
         let call = std::panic::AssertUnwindSafe(self.route_and_call(
             req,
-            source,
+            peer,
             &request_id,
             received,
             stats.clone(),
@@ -157,7 +158,7 @@ impl Gateway {
     async fn route_and_call<B>(
         &self,
         req: Request<B>,
-        source: SocketAddr,
+        peer: Peer,
         request_id: &Arc<str>,
         received: Instant,
         stats: Arc<RequestStats>,
@@ -208,28 +209,27 @@ impl Gateway {
             }
         }
         let bytes = self.read_body(body).await.map_err(|e| (e, op))?;
-        let mut req = Request::from_parts(parts, bytes);
-        req.extensions_mut()
-            .insert(RequestContext::new(RequestFacts {
-                request_id: request_id.clone(),
-                route,
-                source,
-                received,
-                stats,
-            }));
+        let req = Request::from_parts(parts, bytes);
+        let ctx = RequestContext::new(RequestFacts {
+            request_id: request_id.clone(),
+            route,
+            peer,
+            received,
+            stats,
+        });
         if token_endpoint {
             // A refused token request is unauthenticated: no operation in the metrics.
             return self
                 .inner
                 .token_stack
-                .handle_boxed(req)
+                .handle_boxed(&ctx, req)
                 .await
                 .map(|r| (r, op))
                 .map_err(|e| (e, None));
         }
         self.inner
             .stack
-            .handle_boxed(req)
+            .handle_boxed(&ctx, req)
             .await
             .map(|r| (r, op))
             .map_err(|e| (e, op))

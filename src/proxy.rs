@@ -14,7 +14,7 @@ use http_body_util::Full;
 use crate::{
     body,
     client::HttpClient,
-    context::RequestContext,
+    context::Call,
     error::GatewayError,
     metrics::{status_class, Metrics, UpstreamLabels, UpstreamOnly},
     middleware::{headers::strip_hop_by_hop, GwRequest, GwResponse, Handler},
@@ -122,12 +122,9 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), String> {
 }
 
 impl Handler for Proxy {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let inner = &*self.inner;
-        let ctx = req
-            .extensions()
-            .get::<RequestContext>()
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+        let ctx = &call.ctx;
         let api = ctx.route.operation.api;
         ctx.stats
             .attempts

@@ -6,7 +6,7 @@
 //!
 //! The proxy listener may serve TLS ([`Listener::tls`]): the handshake runs on the connection's
 //! own task under a deadline, so a slow client never holds up the accept loop, and the client
-//! certificate's identities (mTLS) ride in every request's extensions as `Arc<PeerIdentity>`.
+//! certificate's identities (mTLS) are handed with every request on it, in its [`Peer`].
 //! A plain-TCP listener takes exactly the path it took before TLS existed.
 //!
 //! Every connection is bounded (`[listen]`): its first request head must arrive within
@@ -37,6 +37,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use crate::{
     body::Body,
     config::ConnectionLimits,
+    context::Peer,
     gateway::READY_TOKEN_WAIT,
     metrics::{ConnectionLabels, ListenerLabels, Metrics},
     reload::LiveGateway,
@@ -244,7 +245,7 @@ async fn accept_loop<F, Fut>(
     conns: Connections,
     handler: F,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -340,7 +341,7 @@ impl Drop for InFlightOnConnection {
 }
 
 /// Serves one connection (plain, or after its TLS handshake) until it closes. The client
-/// certificate's identities, when there are any, ride in every request's extensions.
+/// certificate's identities, when there are any, go with every request in its [`Peer`].
 ///
 /// hyper-util's auto builder has no timer while it sniffs the protocol, and h2 none until the
 /// first HEADERS: a connection that sends nothing, or trickles the preface, would stay open for
@@ -359,15 +360,17 @@ async fn serve<I, F, Fut>(
     accepted: Instant,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        if let Some(identity) = &identity {
-            req.extensions_mut().insert(identity.clone());
-        }
+    let from = Peer {
+        addr: peer,
+        identity,
+    };
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let from = from.clone();
         seen.served.store(true, Ordering::Relaxed);
         seen.in_flight.fetch_add(1, Ordering::Acquire);
         let in_flight = InFlightOnConnection {
@@ -376,7 +379,7 @@ async fn serve<I, F, Fut>(
         };
         let handler = handler.clone();
         async move {
-            let resp = handler(req, peer).await;
+            let resp = handler(req, from).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }

@@ -2,7 +2,9 @@
 //! says why it sits where it does.
 //!
 //! [`crate::gateway`] builds what the layers share and calls [`layers`]; [`crate::edge`] turns
-//! a hyper request into the routed, bounded, buffered request this stack serves.
+//! a hyper request into the routed, bounded, buffered request this stack serves, with its
+//! [`crate::context::RequestContext`]; the outermost layer of each stack authenticates and
+//! calls the layers inside it with the resulting [`crate::context::Call`].
 
 use std::{collections::BTreeMap, sync::Arc};
 

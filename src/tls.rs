@@ -4,9 +4,9 @@
 //! rustls server configuration (checked at configuration load, so `check-config` catches a bad
 //! certificate or a key that does not match it); [`ServerTls::handshake`] runs the handshake on
 //! the connection's own task under a timeout; [`PeerIdentity::from_connection`] reads the
-//! verified client certificate's SPIFFE URI and DNS SANs once per connection. The server puts an
-//! `Arc<PeerIdentity>` into every request's extensions and the caller layer maps it to a
-//! configured caller ([`crate::callers::Callers::authenticate_with_peer`]).
+//! verified client certificate's SPIFFE URI and DNS SANs once per connection. The server hands an
+//! `Arc<PeerIdentity>` with every request (in its [`crate::context::Peer`]) and the caller layer
+//! maps it to a configured caller ([`crate::callers::Callers::authenticate_with_peer`]).
 
 use std::{fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 

@@ -21,8 +21,10 @@ use libfuzzer_sys::fuzz_target;
 use ratepay_gateway::{
     body,
     callers::Callers,
-    config::{sha256, CacheSettings, CallerConfig, CallersConfig, OperationMatcher, PartnerPolicy},
-    context::{Authenticated, RequestContext, RequestFacts},
+    config::{
+        sha256, CacheSettings, CallerConfig, CallersConfig, OperationMatcher, PartnerPolicy,
+    },
+    context::{Authenticated, Call, Peer, RequestContext, RequestFacts},
     error::GatewayError,
     middleware::{
         cache::{SessionRecordCache, SessionRecordCacheLayer, X_CACHE},
@@ -40,7 +42,7 @@ struct Upstream {
 }
 
 impl Handler for Upstream {
-    async fn handle(&self, _req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, _call: &Call, _req: GwRequest) -> Result<GwResponse, GatewayError> {
         let status = if self.terminal {
             "COMPLETED"
         } else {
@@ -86,7 +88,8 @@ fn authenticated() -> Authenticated {
     }
 }
 
-fn request(headers: &[(header::HeaderName, HeaderValue)]) -> GwRequest {
+/// A routed session-record read with `headers`, and its call from caller `svc`.
+fn request(headers: &[(header::HeaderName, HeaderValue)]) -> (Call, GwRequest) {
     let route = routes::match_route(&Method::GET, PATH).unwrap().unwrap();
     let mut req = Request::builder()
         .method(Method::GET)
@@ -96,16 +99,18 @@ fn request(headers: &[(header::HeaderName, HeaderValue)]) -> GwRequest {
     for (k, v) in headers {
         req.headers_mut().append(k.clone(), v.clone());
     }
-    req.extensions_mut()
-        .insert(RequestContext::new(RequestFacts {
-            request_id: Arc::from("fuzz"),
-            route,
-            source: "127.0.0.1:1".parse().unwrap(),
-            received: std::time::Instant::now(),
-            stats: Arc::default(),
-        }));
-    req.extensions_mut().insert(authenticated());
-    req
+    let ctx = RequestContext::new(RequestFacts {
+        request_id: Arc::from("fuzz"),
+        route,
+        peer: Peer::plain("127.0.0.1:1".parse().unwrap()),
+        received: std::time::Instant::now(),
+        stats: Arc::default(),
+    });
+    let call = Call {
+        ctx,
+        auth: authenticated(),
+    };
+    (call, req)
 }
 
 /// Splits the input into header values at `\n` (at most `n`), dropping bytes no header takes.
@@ -210,11 +215,13 @@ fuzz_target!(|data: &[u8]| {
         },
     );
     runtime().block_on(async {
-        let a = svc.handle(request(&first)).await.expect("first answer");
+        let (call, req) = request(&first);
+        let a = svc.handle(&call, req).await.expect("first answer");
         let a_seen = seen(&a);
         let _ = a.into_body().collect().await.unwrap();
         clock.advance(later);
-        let b = svc.handle(request(&second)).await.expect("second answer");
+        let (call, req) = request(&second);
+        let b = svc.handle(&call, req).await.expect("second answer");
         let b_seen = seen(&b);
         let _ = b.into_body().collect().await.unwrap();
         if ratepay_no_store || caller_no_store {

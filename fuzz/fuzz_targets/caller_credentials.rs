@@ -1,5 +1,6 @@
 //! The caller credential parser (`Callers::authenticate`: `Authorization: Bearer <API key |
-//! gateway JWT>`) and the gateway's own token endpoint body (`Callers::issue_token`).
+//! gateway JWT>`) and the gateway's own token endpoint body (`Callers::authenticate_client`,
+//! then `Callers::issue_token`).
 //!
 //! The registry is small and fixed: callers `a` and `b` with API keys, an HS256 issuer, and an
 //! OAuth client for `a`. Inputs are raw header bytes, a credential after `Bearer `, a mutated
@@ -52,14 +53,22 @@ fn fixture() -> &'static Fixture {
             audiences: vec![AUDIENCES[0].into(), AUDIENCES[1].into()],
         })
         .unwrap();
-        let issued = callers
-            .issue_token(
-                br#"{"client_id":"client-a","client_secret":"secret-a","audience":"aud-payment","grant_type":"client_credentials"}"#,
-            )
-            .unwrap();
+        let issued = token_response(
+            &callers,
+            br#"{"client_id":"client-a","client_secret":"secret-a","audience":"aud-payment","grant_type":"client_credentials"}"#,
+        )
+        .unwrap();
         let token = issued["access_token"].as_str().unwrap().to_owned();
         Fixture { callers, token }
     })
+}
+
+/// What `POST /oauth/token` answers for `body`: the client authenticated, then its token issued.
+fn token_response(
+    callers: &Callers,
+    body: &[u8],
+) -> Result<serde_json::Value, ratepay_gateway::error::GatewayError> {
+    callers.issue_token(&callers.authenticate_client(body)?)
 }
 
 /// The credential as the gateway's rule reads it: `Bearer` (any case), one space, trimmed rest.
@@ -125,7 +134,7 @@ fuzz_target!(|data: &[u8]| {
             check_header(f, &t, audience);
         }
         _ => {
-            let Ok(resp) = f.callers.issue_token(rest) else {
+            let Ok(resp) = token_response(&f.callers, rest) else {
                 return;
             };
             let token = resp["access_token"]

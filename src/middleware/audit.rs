@@ -20,7 +20,7 @@ use crate::{
         OutcomeKind, CUT_OFF,
     },
     body,
-    context::{Authenticated, RequestContext},
+    context::Call,
     error::GatewayError,
 };
 
@@ -99,20 +99,13 @@ impl Settled {
     }
 }
 
-fn intent(req: &GwRequest) -> Result<Intent, GatewayError> {
-    let ctx = req
-        .extensions()
-        .get::<RequestContext>()
-        .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-    let auth = req
-        .extensions()
-        .get::<Authenticated>()
-        .ok_or_else(|| GatewayError::Internal("caller missing before audit".into()))?;
+fn intent(call: &Call, req: &GwRequest) -> Intent {
+    let (ctx, auth) = (&call.ctx, &call.auth);
     let fields = CancellationFields::from_body(req.body());
-    Ok(Intent {
+    Intent {
         request_id: ctx.request_id.to_string(),
         caller: auth.caller.name.to_string(),
-        source: ctx.source.ip(),
+        source: ctx.peer.addr.ip(),
         operation: ctx.route.operation.name.to_owned(),
         ratepay_transaction_id: ctx.route.params.transaction_id.clone().unwrap_or_default(),
         partner: auth.partner.as_deref().map(str::to_owned),
@@ -125,34 +118,25 @@ fn intent(req: &GwRequest) -> Result<Intent, GatewayError> {
             .get(&IDEMPOTENCY_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-    })
+    }
 }
 
 impl<S: Handler> Handler for Audit<S> {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let audited = req
-            .extensions()
-            .get::<RequestContext>()
-            .is_some_and(|c| self.operations.contains(c.route.operation.name));
-        if !audited {
-            return self.inner.handle(req).await;
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        if !self.operations.contains(call.ctx.route.operation.name) {
+            return self.inner.handle(call, req).await;
         }
         let log = &self.log;
-        let intent = intent(&req)?;
-        let attempts: AttemptCounter = match req.extensions().get::<RequestContext>() {
-            Some(c) => {
-                let stats = c.stats.clone();
-                Arc::new(move || stats.attempts.load(Ordering::Relaxed))
-            }
-            None => Arc::new(|| 0),
-        };
+        let intent = intent(call, &req);
+        let stats = call.ctx.stats.clone();
+        let attempts: AttemptCounter = Arc::new(move || stats.attempts.load(Ordering::Relaxed));
         // From here an outcome follows on every path: below, or from the guard if this future
         // unwinds or is dropped, or from the log's close at shutdown.
         let (open, appended) = log.begin(intent, attempts).await.map_err(|e| {
             tracing::error!(error = %e, "audit intent not written; refusing the call");
             GatewayError::AuditUnavailable(e.to_string())
         })?;
-        let result = std::panic::AssertUnwindSafe(self.inner.handle(req))
+        let result = std::panic::AssertUnwindSafe(self.inner.handle(call, req))
             .catch_unwind()
             .await;
         let result = match result {

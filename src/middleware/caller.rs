@@ -1,15 +1,17 @@
 //! The caller layer: authenticate, check the operation against the caller's policy, decide the
 //! X-Partner. Runs right after routing; refusals never reach Ratepay.
+//!
+//! The boundary between the two phases ([`crate::context`]): called by the edge with the
+//! request's [`RequestContext`], it calls the rest of the stack with the [`Call`] it built.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     callers::Callers,
-    context::{Authenticated, RequestContext},
+    context::{Authenticated, Call, RequestContext},
     error::GatewayError,
     middleware::{headers::X_PARTNER, GwRequest, GwResponse, Handler},
     routes::Api,
-    tls::PeerIdentity,
 };
 
 /// Layer for [`CallerPolicy`].
@@ -49,21 +51,14 @@ pub struct CallerPolicy<S> {
 }
 
 impl<S> CallerPolicy<S> {
-    fn decide(&self, req: &GwRequest) -> Result<Authenticated, GatewayError> {
-        let ctx = req
-            .extensions()
-            .get::<RequestContext>()
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+    fn decide(&self, ctx: &RequestContext, req: &GwRequest) -> Result<Authenticated, GatewayError> {
         let op = ctx.route.operation;
         let audience = self
             .audiences
             .get(&op.api)
             .ok_or(GatewayError::NoUpstream(op.api.name()))?;
         // Present only on TLS connections where the client sent a (verified) certificate.
-        let peer = req
-            .extensions()
-            .get::<Arc<PeerIdentity>>()
-            .map(|p| p.as_ref());
+        let peer = ctx.peer.identity.as_deref();
         let caller = self
             .callers
             .authenticate_with_peer(req.headers(), peer, audience)?;
@@ -97,10 +92,17 @@ impl<S> CallerPolicy<S> {
     }
 }
 
-impl<S: Handler> Handler for CallerPolicy<S> {
-    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let auth = self.decide(&req)?;
-        req.extensions_mut().insert(auth);
-        self.inner.handle(req).await
+impl<S: Handler> Handler<RequestContext> for CallerPolicy<S> {
+    async fn handle(
+        &self,
+        ctx: &RequestContext,
+        req: GwRequest,
+    ) -> Result<GwResponse, GatewayError> {
+        let auth = self.decide(ctx, &req)?;
+        let call = Call {
+            ctx: ctx.clone(),
+            auth,
+        };
+        self.inner.handle(&call, req).await
     }
 }

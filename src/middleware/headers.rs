@@ -13,7 +13,7 @@
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use super::{GwRequest, GwResponse, Handler};
-use crate::{context::Authenticated, error::GatewayError};
+use crate::{context::Call, error::GatewayError};
 
 /// `X-Partner`.
 pub static X_PARTNER: HeaderName = HeaderName::from_static("x-partner");
@@ -135,14 +135,10 @@ pub struct Headers<S> {
 }
 
 impl<S: Handler> Handler for Headers<S> {
-    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, call: &Call, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
         strip_caller_only(req.headers_mut());
-        let partner = req
-            .extensions()
-            .get::<Authenticated>()
-            .and_then(|a| a.partner.clone());
-        if let Some(p) = partner {
-            match HeaderValue::from_str(&p) {
+        if let Some(p) = &call.auth.partner {
+            match HeaderValue::from_str(p) {
                 Ok(v) => {
                     req.headers_mut().insert(X_PARTNER.clone(), v);
                 }
@@ -153,7 +149,7 @@ impl<S: Handler> Handler for Headers<S> {
                 }
             }
         }
-        self.inner.handle(req).await
+        self.inner.handle(call, req).await
     }
 }
 

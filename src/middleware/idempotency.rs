@@ -21,11 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{GwRequest, GwResponse, Handler};
 use crate::{
-    body,
-    config::IdempotencySettings,
-    context::{Authenticated, RequestContext},
-    error::GatewayError,
-    metrics::Metrics,
+    body, config::IdempotencySettings, context::Call, error::GatewayError, metrics::Metrics,
     routes::Keys,
 };
 /// `Idempotency-Key`.
@@ -188,31 +184,23 @@ fn replay(stored: &Stored, key: &str) -> GwResponse {
 }
 
 impl<S: Handler> Handler for Idempotency<S> {
-    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let keys = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.route.operation.keys)
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+    async fn handle(&self, call: &Call, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let keys = call.ctx.route.operation.keys;
         match (keys, req.headers().contains_key(&IDEMPOTENCY_KEY)) {
             // The edge removed any caller key from these; nothing to scope or store.
-            (Keys::None, _) | (Keys::CallerOptional, false) => return self.inner.handle(req).await,
+            (Keys::None, _) | (Keys::CallerOptional, false) => {
+                return self.inner.handle(call, req).await
+            }
             (Keys::Generated | Keys::CallerOptional, _) => {}
         }
         let metrics = &self.metrics;
-        let auth = req
-            .extensions()
-            .get::<Authenticated>()
-            .cloned()
-            .ok_or_else(|| GatewayError::Internal("caller missing before idempotency".into()))?;
+        let auth = &call.auth;
         let key: Arc<str> = match req.headers().get(&IDEMPOTENCY_KEY) {
             Some(v) => Arc::from(validate_key(v.as_bytes())?),
             None => Arc::from(uuid::Uuid::new_v4().to_string()),
         };
         // From here every answer (a gateway problem included) names the key.
-        if let Some(ctx) = req.extensions().get::<RequestContext>() {
-            let _ = ctx.stats.idempotency_key.set(key.clone());
-        }
+        let _ = call.ctx.stats.idempotency_key.set(key.clone());
         let up = upstream_key(&auth.caller.name, &key);
         let up = HeaderValue::from_str(&up)
             .map_err(|_| GatewayError::Internal("upstream key".into()))?;
@@ -241,11 +229,11 @@ impl<S: Handler> Handler for Idempotency<S> {
             metrics.idempotency_replays.inc();
             return Ok(replay(stored, &key));
         }
-        let (inner, store) = (self.inner.clone(), self.store.clone());
+        let (inner, store, call) = (self.inner.clone(), self.store.clone(), call.clone());
         // The upstream call and the storing run on their own task: if this caller hangs up,
         // the call still completes and its answer is stored for the retry.
         let task = tokio::spawn(async move {
-            let resp = inner.handle(req).await?;
+            let resp = inner.handle(&call, req).await?;
             // A 5xx is re-executed by Ratepay on retry; a 429 only asked to slow down. Neither
             // is a final answer to store.
             if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -299,7 +287,7 @@ mod tests {
     }
 
     impl Handler for Created {
-        async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        async fn handle(&self, _: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
             let key = req
                 .headers()
                 .get(&IDEMPOTENCY_KEY)
@@ -329,8 +317,8 @@ mod tests {
     }
 
     /// A cancellation through the layer with the caller's `key`.
-    fn cancellation(key: &str) -> GwRequest {
-        let mut req = testing::request(
+    fn cancellation(key: &str) -> (Call, GwRequest) {
+        let (call, mut req) = testing::request(
             http::Method::POST,
             "/transaction/management/v2/transactions/tx0123456789/cancellations",
             None,
@@ -339,7 +327,13 @@ mod tests {
         *req.body_mut() = bytes::Bytes::from_static(br#"{"gross_amount": 1}"#);
         req.headers_mut()
             .insert(IDEMPOTENCY_KEY.clone(), HeaderValue::from_str(key).unwrap());
-        req
+        (call, req)
+    }
+
+    /// `svc` answering the cancellation with `key`.
+    async fn cancel(svc: &Idempotency<Created>, key: &str) -> GwResponse {
+        let (call, req) = cancellation(key);
+        svc.handle(&call, req).await.unwrap()
     }
 
     #[tokio::test]
@@ -356,7 +350,7 @@ mod tests {
         )
         .await;
         for i in 0..50 {
-            let resp = svc.handle(cancellation(&format!("key-{i}"))).await.unwrap();
+            let resp = cancel(&svc, &format!("key-{i}")).await;
             assert_eq!(resp.status(), StatusCode::CREATED);
         }
         assert_eq!(
@@ -384,7 +378,7 @@ mod tests {
                     .contains_key(&(Arc::from(testing::CALLER), Arc::from(k.as_str())))
             })
             .expect("some key is held");
-        let resp = svc.handle(cancellation(&kept)).await.unwrap();
+        let resp = cancel(&svc, &kept).await;
         assert_eq!(resp.headers()[&IDEMPOTENT_REPLAYED], "true");
         assert_eq!(
             body::read_limited(resp.into_body(), 1 << 20)
@@ -399,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn ratepay_receives_sha256_of_caller_colon_key() {
         let (svc, _store, _dir) = layer(1 << 20, Created::default()).await;
-        svc.handle(cancellation("order-4711")).await.unwrap();
+        cancel(&svc, "order-4711").await;
         // `printf 'svc:order-4711' | sha256sum`: the README's formula, computed outside.
         assert_eq!(
             *svc.inner.keys.lock().unwrap(),

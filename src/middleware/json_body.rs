@@ -7,7 +7,7 @@
 //! ([`crate::routes::Keys`] other than `None`); every other request passes untouched.
 
 use super::{GwRequest, GwResponse, Handler};
-use crate::{context::RequestContext, error::GatewayError, routes::Keys};
+use crate::{context::Call, error::GatewayError, routes::Keys};
 
 /// Layer for [`JsonBody`].
 #[derive(Clone, Debug, Default)]
@@ -27,18 +27,14 @@ pub struct JsonBody<S> {
 }
 
 impl<S: Handler> Handler for JsonBody<S> {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let op = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.route.operation)
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let op = call.ctx.route.operation;
         if op.keys != Keys::None {
             crate::json::check_object(req.body()).map_err(|reason| GatewayError::InvalidJson {
                 operation: op.name,
                 reason,
             })?;
         }
-        self.inner.handle(req).await
+        self.inner.handle(call, req).await
     }
 }

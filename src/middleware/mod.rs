@@ -3,6 +3,52 @@
 //! Every layer is a `tower::Layer` whose service is a [`Handler`] of `Request<Bytes>`, answering
 //! `Response<Body>` or a typed [`GatewayError`]: request bodies are buffered at the edge (bounded
 //! by `limits`), so layers can hash, audit and replay them; response bodies stream.
+//!
+//! A layer is called with the request and, beside it, what is known about the request so far
+//! ([`crate::context`]), in two typed phases (as Pingora hands every phase its `CTX`):
+//!
+//! ```text
+//! edge ── &RequestContext ──▶ CallerPolicy / ClientCredentials   Handler<RequestContext>
+//!                                 │ authenticate, build the Call
+//!                                 ▼
+//!                   &Call ──▶ every inner layer … Proxy           Handler (= Handler<Call>)
+//! ```
+//!
+//! No layer looks its facts up in the request's extensions: a layer that needs the caller is a
+//! `Handler<Call>`, and only a layer holding a `Call` can call it, so a missing context or a
+//! missing authentication does not compile. The token endpoint's inner layers get a
+//! [`token_endpoint::Granted`] (the `Call` and the client's grant); a layer that serves both
+//! stacks (the caller rate limit) takes any context that is `AsRef<Call>`.
+//!
+//! What the edge can hold is a stack whose outermost layer authenticates:
+//!
+//! ```
+//! use ratepay_gateway::middleware::{
+//!     caller::CallerPolicy, json_body::JsonBody, rate_limit::CallerRateLimit,
+//!     token_endpoint::{ClientCredentials, IssueToken}, BoxHandler, Handler,
+//! };
+//! fn edge_holds<H: BoxHandler>() {}
+//! fn stacks<S: Handler>() {
+//!     edge_holds::<CallerPolicy<JsonBody<S>>>();
+//!     edge_holds::<ClientCredentials<CallerRateLimit<IssueToken>>>();
+//! }
+//! ```
+//!
+//! and a stack without the authenticating layer does not compile:
+//!
+//! ```compile_fail
+//! # use ratepay_gateway::middleware::{json_body::JsonBody, BoxHandler, Handler};
+//! fn edge_holds<H: BoxHandler>() {}
+//! fn stacks<S: Handler>() {
+//!     edge_holds::<JsonBody<S>>();
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! # use ratepay_gateway::middleware::{token_endpoint::IssueToken, BoxHandler};
+//! fn edge_holds<H: BoxHandler>() {}
+//! edge_holds::<IssueToken>();
+//! ```
 
 pub mod audit;
 pub mod cache;
@@ -22,7 +68,11 @@ use std::{future::Future, pin::Pin};
 use bytes::Bytes;
 use http::{Request, Response};
 
-use crate::{body::Body, error::GatewayError};
+use crate::{
+    body::Body,
+    context::{Call, RequestContext},
+    error::GatewayError,
+};
 
 /// The request type inside the stack.
 pub type GwRequest = Request<Bytes>;
@@ -31,7 +81,8 @@ pub type GwResponse = Response<Body>;
 /// Boxed future (the one box per request, at the edge; see [`BoxHandler`]).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One layer of the request path, called through `&self`.
+/// One layer of the request path, called through `&self` with the request's context `cx`:
+/// a [`Call`] (the default) after authentication, a [`crate::context::RequestContext`] before.
 ///
 /// Why not `tower::Service`: its `call(&mut self)` makes every layer clone the rest of the
 /// stack into its own `'static` boxed future (tower's readiness contract), which the load
@@ -40,34 +91,44 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// behind `Arc`s, so a shared reference is all a call needs: the layers still compose with
 /// `tower::Layer` and `ServiceBuilder`, and the whole stack's future is one value, boxed once.
 /// A layer that must outlive its caller (a fetch shared by waiters, a call that completes after
-/// the caller hung up) keeps its inner handler in an `Arc` and moves a clone into its task.
-pub trait Handler: Send + Sync + 'static {
+/// the caller hung up) keeps its inner handler in an `Arc` and moves a clone of it, and of the
+/// context, into its task.
+pub trait Handler<Cx = Call>: Send + Sync + 'static {
     /// Answers `req`, or says why not.
     fn handle(
         &self,
+        cx: &Cx,
         req: GwRequest,
-    ) -> impl Future<Output = Result<GwResponse, GatewayError>> + Send + '_;
+    ) -> impl Future<Output = Result<GwResponse, GatewayError>> + Send;
 }
 
-/// [`Handler`] behind a pointer: what the edge holds.
+/// A [`Handler`] of the edge's phase behind a pointer: what the edge holds.
 pub trait BoxHandler: Send + Sync + 'static {
     /// [`Handler::handle`] with its future boxed.
-    fn handle_boxed(&self, req: GwRequest) -> BoxFuture<'_, Result<GwResponse, GatewayError>>;
+    fn handle_boxed<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        req: GwRequest,
+    ) -> BoxFuture<'a, Result<GwResponse, GatewayError>>;
 }
 
-impl<H: Handler> BoxHandler for H {
-    fn handle_boxed(&self, req: GwRequest) -> BoxFuture<'_, Result<GwResponse, GatewayError>> {
-        Box::pin(self.handle(req))
+impl<H: Handler<RequestContext>> BoxHandler for H {
+    fn handle_boxed<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        req: GwRequest,
+    ) -> BoxFuture<'a, Result<GwResponse, GatewayError>> {
+        Box::pin(self.handle(ctx, req))
     }
 }
 
-/// A copy of a buffered request, for a replay or a retry.
+/// A copy of a buffered request, for a replay or a retry. Extensions are not copied: nothing in
+/// the stack reads them (the facts travel as the handler's context) and none is forwarded.
 pub fn clone_request(req: &GwRequest) -> GwRequest {
     let mut out = Request::new(req.body().clone());
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = req.uri().clone();
     *out.version_mut() = req.version();
     *out.headers_mut() = req.headers().clone();
-    *out.extensions_mut() = req.extensions().clone();
     out
 }

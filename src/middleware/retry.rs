@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::{clone_request, idempotency::IDEMPOTENCY_KEY, GwRequest, GwResponse, Handler};
 use crate::{
     config::RetrySettings,
-    context::RequestContext,
+    context::Call,
     error::GatewayError,
     metrics::{Metrics, UpstreamOnly},
 };
@@ -30,11 +30,6 @@ use crate::{
 /// rate-limit layer caps its pause lower still (`rate_limits.upstream_pause_max_secs`).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
-fn this_upstream(req: &GwRequest) -> &'static str {
-    req.extensions()
-        .get::<RequestContext>()
-        .map_or("-", |c| c.route.operation.api.name())
-}
 /// What one attempt produced, as far as retrying cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -158,27 +153,21 @@ pub struct Retry<S> {
     metrics: Arc<Metrics>,
 }
 impl<S: Handler> Handler for Retry<S> {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
         // One rule for every operation (routes::Keys): GETs, and calls carrying a scoped key.
         let keyed = req.headers().contains_key(&IDEMPOTENCY_KEY);
-        let retryable = req
-            .extensions()
-            .get::<RequestContext>()
-            .is_some_and(|c| c.route.operation.retry_safe(keyed));
-        if !retryable {
-            return self.inner.handle(req).await;
+        let operation = call.ctx.route.operation;
+        if !operation.retry_safe(keyed) {
+            return self.inner.handle(call, req).await;
         }
         let started = Instant::now();
-        let upstream = this_upstream(&req);
+        let upstream = operation.api.name();
         let mut attempt = 0u32;
-        let mut next = Some(req);
+        let mut this = req;
         loop {
             attempt += 1;
-            let Some(this) = next.take() else {
-                return Err(GatewayError::Internal("retry without a request".into()));
-            };
             let spare = clone_request(&this);
-            let result = self.inner.handle(this).await;
+            let result = self.inner.handle(call, this).await;
             let outcome = match &result {
                 Ok(resp) => AttemptOutcome::Status(resp.status(), retry_after(resp)),
                 Err(
@@ -201,7 +190,7 @@ impl<S: Handler> Handler for Retry<S> {
                         .get_or_create(&UpstreamOnly { upstream })
                         .inc();
                     tokio::time::sleep(wait).await;
-                    next = Some(spare);
+                    this = spare;
                 }
             }
         }

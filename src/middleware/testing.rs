@@ -1,5 +1,5 @@
 //! Test support for the layers' unit tests: a request as the edge and the caller layer leave it
-//! (routed, with its context and an authenticated caller), without sockets.
+//! (routed, with the [`Call`] the inner layers are called with), without sockets.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use super::GwRequest;
 use crate::{
     callers::Callers,
     config::{sha256, CallerConfig, CallersConfig, OperationMatcher, PartnerPolicy},
-    context::{Authenticated, RequestContext, RequestFacts},
+    context::{Authenticated, Call, Peer, RequestContext, RequestFacts},
     routes,
 };
 
@@ -40,13 +40,13 @@ pub fn authenticated(partner: Option<&str>) -> Authenticated {
     }
 }
 
-/// A routed request for `path_and_query` with `headers`, its context and caller [`CALLER`].
+/// A routed request for `path_and_query` with `headers`, and its call from caller [`CALLER`].
 pub fn request(
     method: Method,
     path_and_query: &str,
     partner: Option<&str>,
     headers: &[(&'static str, &'static str)],
-) -> GwRequest {
+) -> (Call, GwRequest) {
     let path = path_and_query.split('?').next().unwrap();
     let route = routes::match_route(&method, path).unwrap().unwrap();
     let mut req = Request::builder()
@@ -57,14 +57,16 @@ pub fn request(
     for (k, v) in headers {
         req.headers_mut().insert(*k, HeaderValue::from_static(v));
     }
-    req.extensions_mut()
-        .insert(RequestContext::new(RequestFacts {
-            request_id: Arc::from("t"),
-            route,
-            source: "127.0.0.1:1".parse().unwrap(),
-            received: std::time::Instant::now(),
-            stats: Arc::default(),
-        }));
-    req.extensions_mut().insert(authenticated(partner));
-    req
+    let ctx = RequestContext::new(RequestFacts {
+        request_id: Arc::from("t"),
+        route,
+        peer: Peer::plain("127.0.0.1:1".parse().unwrap()),
+        received: std::time::Instant::now(),
+        stats: Arc::default(),
+    });
+    let call = Call {
+        ctx,
+        auth: authenticated(partner),
+    };
+    (call, req)
 }

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use http::{header, StatusCode};
 
 use super::{clone_request, GwRequest, GwResponse, Handler};
-use crate::{context::RequestContext, error::GatewayError, routes::Api, token::TokenSource};
+use crate::{context::Call, error::GatewayError, routes::Api, token::TokenSource};
 
 /// Layer for [`InjectToken`].
 #[derive(Clone, Debug)]
@@ -42,12 +42,8 @@ pub struct InjectToken<S> {
 }
 
 impl<S: Handler> Handler for InjectToken<S> {
-    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let api = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.route.operation.api)
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
+    async fn handle(&self, call: &Call, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let api = call.ctx.route.operation.api;
         let source = self
             .sources
             .get(&api)
@@ -60,7 +56,7 @@ impl<S: Handler> Handler for InjectToken<S> {
         let replay = clone_request(&req);
         req.headers_mut()
             .insert(header::AUTHORIZATION, bearer.header);
-        let resp = self.inner.handle(req).await?;
+        let resp = self.inner.handle(call, req).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -78,6 +74,6 @@ impl<S: Handler> Handler for InjectToken<S> {
         again
             .headers_mut()
             .insert(header::AUTHORIZATION, fresh.header);
-        self.inner.handle(again).await
+        self.inner.handle(call, again).await
     }
 }

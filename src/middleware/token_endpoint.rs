@@ -3,6 +3,10 @@
 //! authenticates the internal OAuth client from the body, the caller's rate limit applies as
 //! to every other request of that caller, and [`IssueToken`] signs the JWT. Nothing here is
 //! forwarded to Ratepay.
+//!
+//! [`ClientCredentials`] is called by the edge with the [`RequestContext`]; it calls the layers
+//! inside it with a [`Granted`]: the caller's [`Call`] (what the caller rate limit reads) and the
+//! [`ClientGrant`] that [`IssueToken`] signs.
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use super::{GwRequest, GwResponse, Handler};
 use crate::{
     body,
     callers::{Callers, ClientGrant},
-    context::{Authenticated, RequestContext},
+    context::{Authenticated, Call, RequestContext},
     error::GatewayError,
 };
 
@@ -47,18 +51,41 @@ pub struct ClientCredentials<S> {
     callers: Arc<Callers>,
 }
 
-impl<S: Handler> Handler for ClientCredentials<S> {
-    async fn handle(&self, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
+/// What the token endpoint's inner layers are called with: the call of the client's caller and
+/// the grant it proved.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// The request's context and the client's caller (no X-Partner: nothing is forwarded).
+    pub call: Call,
+    /// The authenticated client and the audience it asked for.
+    pub grant: ClientGrant,
+}
+
+impl AsRef<Call> for Granted {
+    fn as_ref(&self) -> &Call {
+        &self.call
+    }
+}
+
+impl<S: Handler<Granted>> Handler<RequestContext> for ClientCredentials<S> {
+    async fn handle(
+        &self,
+        ctx: &RequestContext,
+        req: GwRequest,
+    ) -> Result<GwResponse, GatewayError> {
         let grant = self.callers.authenticate_client(req.body())?;
-        if let Some(ctx) = req.extensions().get::<RequestContext>() {
-            let _ = ctx.stats.caller.set(grant.caller.name.clone());
-        }
-        req.extensions_mut().insert(Authenticated {
-            caller: grant.caller.clone(),
-            partner: None,
-        });
-        req.extensions_mut().insert(grant);
-        self.inner.handle(req).await
+        let _ = ctx.stats.caller.set(grant.caller.name.clone());
+        let granted = Granted {
+            call: Call {
+                ctx: ctx.clone(),
+                auth: Authenticated {
+                    caller: grant.caller.clone(),
+                    partner: None,
+                },
+            },
+            grant,
+        };
+        self.inner.handle(&granted, req).await
     }
 }
 
@@ -76,13 +103,9 @@ impl IssueToken {
     }
 }
 
-impl Handler for IssueToken {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let grant = req
-            .extensions()
-            .get::<ClientGrant>()
-            .ok_or_else(|| GatewayError::Internal("token grant missing".into()))?;
-        let json = self.callers.issue_token(grant)?;
+impl Handler<Granted> for IssueToken {
+    async fn handle(&self, granted: &Granted, _req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let json = self.callers.issue_token(&granted.grant)?;
         let mut resp = Response::new(body::full(serde_json::to_vec(&json).unwrap_or_default()));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -7,10 +7,7 @@ use governor::clock::{Clock, DefaultClock};
 use http::Method;
 
 use crate::middleware::{GwRequest, GwResponse, Handler};
-use crate::{
-    context::{Authenticated, RequestContext},
-    error::GatewayError,
-};
+use crate::{context::Call, error::GatewayError};
 
 use super::*;
 
@@ -70,25 +67,19 @@ where
     S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let Some(cache) = &self.cache else {
-            return self.inner.handle(req).await;
+            return self.inner.handle(call, req).await;
         };
-        let operation = match req.extensions().get::<RequestContext>() {
-            Some(ctx)
-                if req.method() == Method::GET
-                    && matches!(ctx.route.operation.name, RECORD_GET | RECORD_LIST) =>
-            {
-                ctx.route.operation
-            }
-            _ => return self.inner.handle(req).await,
-        };
-        let partner = req
-            .extensions()
-            .get::<Authenticated>()
-            .and_then(|a| a.partner.clone());
+        let operation = call.ctx.route.operation;
+        if req.method() != Method::GET || !matches!(operation.name, RECORD_GET | RECORD_LIST) {
+            return self.inner.handle(call, req).await;
+        }
+        let partner = call.auth.partner.clone();
         let key = CacheKey::new(operation.api, partner, req.uri().path(), req.uri().query());
-        cache.serve(&self.inner, req, key, operation.name).await
+        cache
+            .serve(&self.inner, call, req, key, operation.name)
+            .await
     }
 }
 
@@ -142,16 +133,16 @@ where
     S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let transaction = req
-            .extensions()
-            .get::<RequestContext>()
-            .filter(|c| c.route.operation.name == CANCELLATION)
-            .and_then(|c| c.route.params.transaction_id.clone());
-        let (Some(cache), Some(transaction)) = (&self.cache, transaction) else {
-            return self.inner.handle(req).await;
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
+        let route = &call.ctx.route;
+        let transaction = match route.operation.name {
+            CANCELLATION => route.params.transaction_id.clone(),
+            _ => None,
         };
-        let resp = self.inner.handle(req).await?;
+        let (Some(cache), Some(transaction)) = (&self.cache, transaction) else {
+            return self.inner.handle(call, req).await;
+        };
+        let resp = self.inner.handle(call, req).await?;
         if resp.status().is_success() {
             cache.invalidate_transaction(&transaction);
         }

@@ -10,7 +10,7 @@ use moka::{future::Cache, ops::compute::Op};
 use time::OffsetDateTime;
 
 use crate::middleware::{GwRequest, GwResponse, Handler};
-use crate::{body, config::CacheSettings, error::GatewayError, routes::Api};
+use crate::{body, config::CacheSettings, context::Call, error::GatewayError, routes::Api};
 
 use super::*;
 
@@ -158,12 +158,13 @@ where
     pub(super) async fn fetch<S: Handler>(
         &self,
         inner: &S,
+        call: &Call,
         req: GwRequest,
         operation: &'static str,
         upstream: Api,
     ) -> Result<Arc<Entry<C::Instant>>, Uncached> {
         let query = req.uri().query().map(str::to_owned);
-        let resp = match inner.handle(req).await {
+        let resp = match inner.handle(call, req).await {
             Ok(r) => r,
             Err(error) => {
                 let stale_ok = matches!(
@@ -239,6 +240,7 @@ where
     pub(super) async fn serve<S: Handler>(
         &self,
         inner: &Arc<S>,
+        call: &Call,
         req: GwRequest,
         key: CacheKey,
         operation: &'static str,
@@ -248,7 +250,7 @@ where
         match directive(req.headers()) {
             Directive::Normal => {}
             d => {
-                let fetched = self.fetch(&**inner, req, operation, upstream).await;
+                let fetched = self.fetch(&**inner, call, req, operation, upstream).await;
                 return match fetched {
                     Ok(entry) => {
                         if d == Directive::NoCache {
@@ -282,12 +284,12 @@ where
 
         let this = self.clone();
         let stale = cached.clone();
-        let inner = inner.clone();
+        let (inner, call) = (inner.clone(), call.clone());
         let shared = tokio::spawn(async move {
             let entries = this.inner.entries.clone();
             entries
                 .try_get_with(key, async move {
-                    match this.fetch(&*inner, req, operation, upstream).await {
+                    match this.fetch(&*inner, &call, req, operation, upstream).await {
                         // Put the stale entry back for every waiter (and later readers).
                         Err(u) if u.stale_ok() => {
                             match stale.filter(|e| e.kept(this.inner.clock.now())) {

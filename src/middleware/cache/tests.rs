@@ -7,7 +7,7 @@ use http_body_util::BodyExt;
 use time::Date;
 
 use crate::middleware::{GwRequest, GwResponse, Handler};
-use crate::{body, config::CacheSettings, error::GatewayError, routes::Api};
+use crate::{body, config::CacheSettings, context::Call, error::GatewayError, routes::Api};
 use std::{
     collections::VecDeque,
     sync::{
@@ -269,7 +269,7 @@ impl Script {
 }
 
 impl Handler for Script {
-    async fn handle(&self, _req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, _call: &Call, _req: GwRequest) -> Result<GwResponse, GatewayError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let answer = {
             let mut a = self.answers.lock().unwrap();
@@ -293,7 +293,7 @@ impl Handler for Script {
     }
 }
 
-fn get(partner: Option<&str>) -> GwRequest {
+fn get(partner: Option<&str>) -> (Call, GwRequest) {
     request(
         Method::GET,
         &format!("/pps/api/v1/session-record/{SID}"),
@@ -311,9 +311,9 @@ struct Answer {
 
 async fn call<S: Handler>(
     svc: &mut SessionRecordCacheService<S, FakeRelativeClock>,
-    req: GwRequest,
+    (call, req): (Call, GwRequest),
 ) -> Result<Answer, GatewayError> {
-    let resp = svc.handle(req).await?;
+    let resp = svc.handle(&call, req).await?;
     let x_cache = resp
         .headers()
         .get(&X_CACHE)
@@ -525,7 +525,7 @@ async fn ratepay_no_store_is_obeyed() {
     #[derive(Clone)]
     struct NoStore(Arc<AtomicUsize>);
     impl Handler for NoStore {
-        async fn handle(&self, _: GwRequest) -> Result<GwResponse, GatewayError> {
+        async fn handle(&self, _: &Call, _: GwRequest) -> Result<GwResponse, GatewayError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             let mut resp = GwResponse::new(body::full(record("COMPLETED", None)));
             resp.headers_mut().insert(
@@ -627,16 +627,12 @@ async fn cancellation_invalidates_the_transactions_records_only() {
         &InvalidateOnCancellationLayer::new(Some(cache.clone())),
         outcome,
     );
-    let resp = cancel
-        .handle(request(Method::POST, cancel_path, None, &[]))
-        .await
-        .unwrap();
+    let (cx, req) = request(Method::POST, cancel_path, None, &[]);
+    let resp = cancel.handle(&cx, req).await.unwrap();
     assert_eq!(resp.status(), 422);
     assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "HIT");
-    let resp = cancel
-        .handle(request(Method::POST, cancel_path, None, &[]))
-        .await
-        .unwrap();
+    let (cx, req) = request(Method::POST, cancel_path, None, &[]);
+    let resp = cancel.handle(&cx, req).await.unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(call(&mut svc, get(None)).await.unwrap().x_cache, "MISS");
     assert_eq!(script.calls(), 2);
@@ -648,10 +644,8 @@ async fn other_operations_pass_through_untouched() {
     let (svc, _cache, _clock) = service(&script, settings());
     let path = "/transaction/management/v2/transactions/txAAAAAAAAAAAAAAAAAAA";
     for _ in 0..2 {
-        let resp = svc
-            .handle(request(Method::GET, path, None, &[]))
-            .await
-            .unwrap();
+        let (cx, req) = request(Method::GET, path, None, &[]);
+        let resp = svc.handle(&cx, req).await.unwrap();
         assert!(resp.headers().get(&X_CACHE).is_none());
     }
     assert_eq!(script.calls(), 2);

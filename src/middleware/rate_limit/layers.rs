@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::decision::{parse_retry_after, Decision, RateLimits};
 use crate::{
-    context::{Authenticated, RequestContext},
+    context::{Call, RequestContext},
     error::GatewayError,
     limits::Headroom,
     middleware::{GwRequest, GwResponse, Handler},
@@ -21,11 +21,10 @@ use crate::{
 /// together never hold a request longer than `max_wait`.
 /// Time spent queued is added to the request's stats (access log, metrics).
 async fn admit(
-    req: &GwRequest,
+    ctx: &RequestContext,
     mut check: impl FnMut(Duration) -> Decision,
 ) -> Result<Option<Headroom>, GatewayError> {
-    let ctx = req.extensions().get::<RequestContext>();
-    let received = ctx.map_or_else(std::time::Instant::now, |c| c.received);
+    let received = ctx.received;
     let mut queued = Duration::ZERO;
     let result = loop {
         match check(received.elapsed()) {
@@ -38,7 +37,7 @@ async fn admit(
             }
         }
     };
-    if let (Some(ctx), false) = (ctx, queued.is_zero()) {
+    if !queued.is_zero() {
         ctx.stats.queued_us.fetch_add(
             queued.as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -92,22 +91,22 @@ impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
     }
 }
 
-impl<S, C> Handler for CallerRateLimit<S, C>
+/// In both stacks (the proxied calls' and the token endpoint's), so it takes any context that
+/// holds the caller's [`Call`].
+impl<S, C, Cx> Handler<Cx> for CallerRateLimit<S, C>
 where
-    S: Handler,
+    S: Handler<Cx>,
     C: Clock + Clone + Send + Sync + 'static,
+    Cx: AsRef<Call> + Sync,
 {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, cx: &Cx, req: GwRequest) -> Result<GwResponse, GatewayError> {
         if !self.limits.limits_callers() {
-            return self.inner.handle(req).await;
+            return self.inner.handle(cx, req).await;
         }
-        let caller = req
-            .extensions()
-            .get::<Authenticated>()
-            .map(|a| a.caller.name.clone())
-            .ok_or_else(|| GatewayError::Internal("caller missing before the rate limit".into()))?;
-        let headroom = admit(&req, |waited| self.limits.check_caller(&caller, waited)).await?;
-        let mut resp = self.inner.handle(req).await?;
+        let call = cx.as_ref();
+        let caller = &call.auth.caller.name;
+        let headroom = admit(&call.ctx, |waited| self.limits.check_caller(caller, waited)).await?;
+        let mut resp = self.inner.handle(cx, req).await?;
         // The caller paces itself by its own budget, not by whatever Ratepay reports.
         if let Some(h) = headroom {
             h.write_headers(resp.headers_mut());
@@ -166,18 +165,14 @@ where
     S: Handler,
     C: Clock + Clone + Send + Sync + 'static,
 {
-    async fn handle(&self, req: GwRequest) -> Result<GwResponse, GatewayError> {
+    async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let limits = &self.limits;
-        let op = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.route.operation)
-            .ok_or_else(|| GatewayError::Internal("request context missing".into()))?;
-        admit(&req, |waited| {
+        let op = call.ctx.route.operation;
+        admit(&call.ctx, |waited| {
             limits.check_upstream(op.api, op.name, waited)
         })
         .await?;
-        let resp = self.inner.handle(req).await?;
+        let resp = self.inner.handle(call, req).await?;
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             let asked = resp
                 .headers()
