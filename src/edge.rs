@@ -193,6 +193,8 @@ impl Gateway {
             Self::route(&parts.method, path)?
         };
         let op = Some(route.operation);
+        // A refused token request is unauthenticated: no operation in the metrics.
+        let err_op = if token_endpoint { None } else { op };
         let _ = stats.operation.set(route.operation);
         match route.operation.keys {
             // A key on an operation that takes none would leave the gateway unscoped: it goes.
@@ -208,7 +210,7 @@ impl Gateway {
                 }
             }
         }
-        let bytes = self.read_body(body).await.map_err(|e| (e, op))?;
+        let bytes = self.read_body(body).await.map_err(|e| (e, err_op))?;
         let req = Request::from_parts(parts, bytes);
         let ctx = RequestContext::new(RequestFacts {
             request_id: request_id.clone(),
@@ -217,22 +219,16 @@ impl Gateway {
             received,
             stats,
         });
-        if token_endpoint {
-            // A refused token request is unauthenticated: no operation in the metrics.
-            return self
-                .inner
-                .token_stack
-                .handle_boxed(&ctx, req)
-                .await
-                .map(|r| (r, op))
-                .map_err(|e| (e, None));
-        }
-        self.inner
-            .stack
+        let stack = if token_endpoint {
+            &self.inner.token_stack
+        } else {
+            &self.inner.stack
+        };
+        stack
             .handle_boxed(&ctx, req)
             .await
             .map(|r| (r, op))
-            .map_err(|e| (e, op))
+            .map_err(|e| (e, err_op))
     }
 
     /// The Ratepay operation at `method` + `path`: 405 for a known path with another method,

@@ -77,7 +77,7 @@ where
 
 /// The path of a transaction's cancellations.
 pub fn cancel_path(tx: &str) -> String {
-    format!("{}/{tx}/cancellations", super::TX_PATH)
+    super::tx_path(tx, "cancellations")
 }
 
 impl Harness {
