@@ -15,7 +15,10 @@
 //! phase, or another with `BENCH_PERF_CASE=cached|audited`; needs `perf`), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
 //! cache-hit GETs for this long and samples the gateway's RSS every minute), `BENCH_GW_THREADS`
-//! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core).
+//! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core),
+//! `BENCH_BASELINE_BIN` (another build's `ratepay-gateway` binary: its uncached, cache-hit and
+//! audited cases run right after this build's, on the same configuration, for a before/after
+//! comparison within one run).
 //! The `direct_process` case (not in the default list either) repeats the direct case with the
 //! static upstream in a process of its own and reads that process's CPU per request.
 //!
@@ -607,10 +610,15 @@ enabled = {audit_enabled}
 /// Starts `ratepay-gateway serve` on `config` in `dir` (stderr, the access log included, goes
 /// to `dir/gateway.log`); returns it and its proxy address once it announced it.
 async fn spawn_gateway(dir: &Path, config: String) -> (Proc, SocketAddr) {
+    spawn_gateway_bin(Path::new(env!("CARGO_BIN_EXE_ratepay-gateway")), dir, config).await
+}
+
+/// [`spawn_gateway`] with another build of the gateway (the `baseline` case).
+async fn spawn_gateway_bin(bin: &Path, dir: &Path, config: String) -> (Proc, SocketAddr) {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).expect("config");
     let log = dir.join("gateway.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ratepay-gateway"))
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .envs(
             std::env::var("BENCH_GW_THREADS")
@@ -913,6 +921,9 @@ const UNCACHED_AGAIN: &str = "gateway uncached, again (steady state)";
 const CACHED: &str = "gateway cache hit: GET session record";
 const AUDITED: &str = "gateway POST cancellation, audited";
 const UNAUDITED: &str = "gateway POST cancellation, audit off";
+const BASE_UNCACHED: &str = "baseline build uncached: GET transaction";
+const BASE_CACHED: &str = "baseline build cache hit: GET session record";
+const BASE_AUDITED: &str = "baseline build POST cancellation, audited";
 const NGINX_PASS: &str = "nginx proxy_pass: GET transaction";
 const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
 
@@ -1103,6 +1114,34 @@ async fn run() {
             bench
                 .case(AUDITED, &Target::cancellation(addr), Some(gw.pid()))
                 .await;
+        }
+        drop(gw);
+    }
+
+    // Gateway A': an earlier build (`BENCH_BASELINE_BIN`) on the same configuration, right after
+    // this build's cases, so a refactoring is compared before/after within one run.
+    if let Some(bin) = std::env::var_os("BENCH_BASELINE_BIN").map(PathBuf::from) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = gateway_toml(dir.path(), upstream, true);
+        let (gw, addr) = spawn_gateway_bin(&bin, dir.path(), config).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bench.notes.push(format!(
+            "baseline build {} pid {}: idle RSS after start {}",
+            bin.display(),
+            gw.pid(),
+            mib(tree_bytes(gw.pid(), "VmRSS:"))
+        ));
+        if bench.wants("uncached") {
+            let t = Target::get(addr, TX_PATH, &caller, false);
+            bench.case(BASE_UNCACHED, &t, Some(gw.pid())).await;
+        }
+        if bench.wants("cached") {
+            let t = Target::get(addr, RECORD_PATH, &caller, false);
+            bench.case(BASE_CACHED, &t, Some(gw.pid())).await;
+        }
+        if bench.wants("audited") {
+            let t = Target::cancellation(addr);
+            bench.case(BASE_AUDITED, &t, Some(gw.pid())).await;
         }
         drop(gw);
     }
