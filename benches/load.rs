@@ -610,7 +610,12 @@ enabled = {audit_enabled}
 /// Starts `ratepay-gateway serve` on `config` in `dir` (stderr, the access log included, goes
 /// to `dir/gateway.log`); returns it and its proxy address once it announced it.
 async fn spawn_gateway(dir: &Path, config: String) -> (Proc, SocketAddr) {
-    spawn_gateway_bin(Path::new(env!("CARGO_BIN_EXE_ratepay-gateway")), dir, config).await
+    spawn_gateway_bin(
+        Path::new(env!("CARGO_BIN_EXE_ratepay-gateway")),
+        dir,
+        config,
+    )
+    .await
 }
 
 /// [`spawn_gateway`] with another build of the gateway (the `baseline` case).
