@@ -18,7 +18,10 @@
 //! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core),
 //! `BENCH_BASELINE_BIN` (another build's `ratepay-gateway` binary: its uncached, cache-hit and
 //! audited cases run right after this build's, on the same configuration, for a before/after
-//! comparison within one run).
+//! comparison within one run), `BENCH_AB_ROUNDS` (1: with a baseline, this many rounds of both
+//! builds, alternating which goes first, and the median CPU per request of each), `BENCH_PIN`
+//! (1: this process, the generator and the upstream, on CPU 0; each measured proxy alone on
+//! CPU 1 with one worker thread or process; needs `taskset` and two CPUs).
 //! The `direct_process` case (not in the default list either) repeats the direct case with the
 //! static upstream in a process of its own and reads that process's CPU per request.
 //!
@@ -623,13 +626,9 @@ async fn spawn_gateway_bin(bin: &Path, dir: &Path, config: String) -> (Proc, Soc
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).expect("config");
     let log = dir.join("gateway.log");
-    let mut child = Command::new(bin)
+    let mut child = pinned_command(bin)
         .args(["serve", "--config"])
-        .envs(
-            std::env::var("BENCH_GW_THREADS")
-                .ok()
-                .map(|v| ("TOKIO_WORKER_THREADS", v)),
-        )
+        .envs(gateway_threads().map(|v| ("TOKIO_WORKER_THREADS", v)))
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -659,6 +658,30 @@ async fn spawn_gateway_bin(bin: &Path, dir: &Path, config: String) -> (Proc, Soc
     (proc, addr)
 }
 
+/// `BENCH_PIN`: the bench (generator and upstream) runs on CPU 0, every measured proxy alone on
+/// CPU 1 with one worker, so a proxy's CPU per request is not mixed with scheduler sharing.
+fn pinned() -> bool {
+    std::env::var_os("BENCH_PIN").is_some_and(|v| v != "0")
+}
+
+/// The measured proxy's command: under `taskset -c 1` when pinned.
+fn pinned_command(program: &Path) -> Command {
+    if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The gateway's worker threads: `BENCH_GW_THREADS`, or one when pinned.
+fn gateway_threads() -> Option<String> {
+    std::env::var("BENCH_GW_THREADS")
+        .ok()
+        .or_else(|| pinned().then(|| "1".to_owned()))
+}
+
 fn find_nginx() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -682,13 +705,14 @@ fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     let d = dir.display();
     // As root, workers would drop to `nobody` and could not write the cache in this directory.
     let user = if running_as_root() { "user root;" } else { "" };
+    let workers = if pinned() { "1" } else { "auto" };
     format!(
         r#"
 {user}
 daemon off;
 master_process on;
-# One worker per core, as the gateway runs one tokio worker thread per core.
-worker_processes auto;
+# One worker per core, as the gateway runs one tokio worker thread per core (one when pinned).
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -736,7 +760,7 @@ async fn spawn_nginx(nginx: &Path, dir: &Path, upstream: SocketAddr) -> Option<(
     };
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_conf(dir, listen, upstream)).ok()?;
-    let child = Command::new(nginx)
+    let child = pinned_command(nginx)
         .arg("-p")
         .arg(dir)
         .arg("-c")
@@ -1151,6 +1175,24 @@ async fn run() {
         drop(gw);
     }
 
+    // More before/after rounds (`BENCH_AB_ROUNDS`), alternating which build goes first, so
+    // neither always runs on a warmer machine; then the median of each build's rounds.
+    if let Some(bin) = std::env::var_os("BENCH_BASELINE_BIN").map(PathBuf::from) {
+        let rounds = env_or("BENCH_AB_ROUNDS", 1);
+        let head = PathBuf::from(env!("CARGO_BIN_EXE_ratepay-gateway"));
+        for round in 2..=rounds {
+            let order = if round % 2 == 0 {
+                [(&bin, AB_BASE), (&head, AB_HEAD)]
+            } else {
+                [(&head, AB_HEAD), (&bin, AB_BASE)]
+            };
+            for (b, build) in order {
+                ab_round(&mut bench, b, build, round, upstream, &caller).await;
+            }
+        }
+        ab_summary(&mut bench);
+    }
+
     // Gateway B: the same configuration with audit off.
     if bench.wants("unaudited") {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1244,6 +1286,80 @@ async fn run() {
          workers) during the phase; upstream = calls the static upstream answered"
     );
     targets(&bench, idle_rss, steady, filled, drift);
+}
+
+const AB_HEAD: &str = "this build";
+const AB_BASE: &str = "baseline build";
+/// The A/B cases: the kind as it appears in round labels, the round-1 labels of this build and of
+/// the baseline.
+const AB_KINDS: [(&str, &str, &str); 3] = [
+    ("uncached", UNCACHED, BASE_UNCACHED),
+    ("cached", CACHED, BASE_CACHED),
+    ("audited", AUDITED, BASE_AUDITED),
+];
+
+fn ab_label(build: &str, kind: &str, round: u64) -> String {
+    format!("{build} {kind}, round {round}")
+}
+
+/// One A/B round of `bin`: a fresh gateway on the usual configuration, the wanted A/B cases.
+async fn ab_round(
+    bench: &mut Bench,
+    bin: &Path,
+    build: &str,
+    round: u64,
+    upstream: SocketAddr,
+    caller: &str,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = gateway_toml(dir.path(), upstream, true);
+    let (gw, addr) = spawn_gateway_bin(bin, dir.path(), config).await;
+    for (kind, _, _) in AB_KINDS {
+        if !bench.wants(kind) {
+            continue;
+        }
+        let target = match kind {
+            "uncached" => Target::get(addr, TX_PATH, caller, false),
+            "cached" => Target::get(addr, RECORD_PATH, caller, false),
+            _ => Target::cancellation(addr),
+        };
+        // Labels live as long as the rows, which live until the process ends.
+        let label: &'static str = Box::leak(ab_label(build, kind, round).into_boxed_str());
+        bench.case(label, &target, Some(gw.pid())).await;
+    }
+    drop(gw);
+}
+
+/// The median saturation CPU µs per request of each build over its rounds, as a note.
+fn ab_summary(bench: &mut Bench) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    for (kind, head_first, base_first) in AB_KINDS {
+        let samples = |first: &str, build: &str| {
+            let prefix = format!("{build} {kind}, round ");
+            bench
+                .rows
+                .iter()
+                .filter(|r| r.mode == Mode::Saturation)
+                .filter(|r| r.case == first || r.case.starts_with(&prefix))
+                .filter_map(|r| r.cpu_per_request)
+                .map(|d| d.as_nanos() as f64 / 1000.0)
+                .collect::<Vec<_>>()
+        };
+        let (head, base) = (samples(head_first, AB_HEAD), samples(base_first, AB_BASE));
+        if let (Some(h), Some(b)) = (median(head.clone()), median(base.clone())) {
+            let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>();
+            bench.notes.push(format!(
+                "before/after {kind}: CPU µs/request median {h:.1} (this build, {:?}) vs {b:.1} \
+                 (baseline, {:?}): {:+.1} %",
+                list(&head),
+                list(&base),
+                (h / b - 1.0) * 100.0
+            ));
+        }
+    }
 }
 
 /// What the steady run saw: RSS after its first minute and at its end, and its errors.
@@ -1406,6 +1522,15 @@ fn targets(
 }
 
 fn main() {
+    if pinned() && std::env::var_os(UPSTREAM_ROLE).is_none() {
+        // Before the runtime exists, so every thread it starts inherits the mask.
+        let ok = Command::new("taskset")
+            .args(["-p", "-c", "0", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "BENCH_PIN needs `taskset` (util-linux) and two CPUs");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
