@@ -111,6 +111,10 @@ pub enum GatewayError {
     /// Over a gateway rate limit, or Ratepay's 429 pause on the upstream (429 + Retry-After).
     #[error("{0}")]
     RateLimited(crate::limits::Refusal),
+    /// Redis holds the shared rate limits, cannot be reached, and the configured fallback is
+    /// to refuse (`cluster.rate_limit_fallback = "refuse"`).
+    #[error("the shared rate limits (Redis) cannot be reached and this gateway is configured to refuse rather than limit locally (cluster.rate_limit_fallback = \"refuse\"); retry shortly")]
+    SharedLimitsUnavailable,
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -230,6 +234,11 @@ impl GatewayError {
                     "Rate limit exceeded",
                 ),
             },
+            SharedLimitsUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shared-limits-unavailable",
+                "Shared rate limits unavailable",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -25,7 +25,7 @@
 //! [`callers`] caller auth and gateway-issued JWTs; [`token`] Ratepay token source;
 //! [`middleware`] one file or folder per layer; [`proxy`] the innermost forwarder; [`error`]
 //! problem responses; [`limits`] what a rate-limit refusal says; [`audit`] the hash-chained
-//! audit log; [`metrics`] Prometheus metrics; `sandbox` the local Ratepay simulator (cargo
+//! audit log; [`metrics`] Prometheus metrics; [`cluster`] state shared with other instances through Redis; `sandbox` the local Ratepay simulator (cargo
 //! feature `sandbox`, on by default). `tests/module_order.rs` holds the modules' order: each
 //! imports only from those below it.
 
@@ -35,6 +35,7 @@ pub mod audit;
 pub mod body;
 pub mod callers;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod crypto;

@@ -399,7 +399,8 @@ pub struct RouteMatch {
     pub params: PathParams,
 }
 
-fn valid_id(s: &str) -> bool {
+/// Whether `s` is an id as Ratepay's paths carry them: 1 to 127 of `[A-Za-z0-9_-]`.
+pub fn valid_id(s: &str) -> bool {
     (1..=127).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

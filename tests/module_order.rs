@@ -33,6 +33,8 @@ const ORDER: &[&str] = &[
     "client",
     "context",
     "token",
+    // Shared state in Redis: buckets, pauses and invalidations (no layer types).
+    "cluster",
     "metrics",
     // Every layer of the request path.
     "middleware",

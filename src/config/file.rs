@@ -55,6 +55,39 @@ pub struct FileConfig {
     /// `[cache]`: the session-record cache (absent: no caching).
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// `[cluster]`: state shared with other instances through Redis (absent: in-process).
+    #[serde(default)]
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// This instance's name, unique in the fleet (`[A-Za-z0-9_-]`, 1 to 64).
+    pub instance: String,
+    /// How many instances share the limits (the local fallback divides every rate by it).
+    pub instances: u32,
+    /// Environment variable holding the `redis://` or `rediss://` URL.
+    pub redis_url_env: Option<String>,
+    /// File holding the URL.
+    pub redis_url_file: Option<String>,
+    /// ACL user name.
+    pub redis_username: Option<String>,
+    /// Environment variable holding the AUTH password.
+    pub redis_password_env: Option<String>,
+    /// File holding the AUTH password.
+    pub redis_password_file: Option<String>,
+    /// Extra PEM CA bundle trusted for `rediss://`.
+    pub redis_ca_file: Option<String>,
+    /// Prefix of every key and channel (default `ratepay-gateway:`).
+    pub key_prefix: Option<String>,
+    /// Bound of each Redis call on the request path (default 5 ms).
+    pub redis_timeout_ms: Option<u64>,
+    /// After a failed Redis call, how long the fallback is used before Redis is tried again.
+    pub retry_after_failure_ms: Option<u64>,
+    /// `local` (default) or `refuse`: shared rate limits while Redis is unreachable.
+    pub rate_limit_fallback: Option<String>,
 }
 
 /// `[idempotency]`.

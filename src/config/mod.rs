@@ -10,10 +10,11 @@
 //!
 //! The files: [`file`] (the schema), `sections` and `callers` (the validated types and their
 //! defaults), `operations` (caller operation patterns), `secrets` (secrets, URLs, addresses),
-//! `validate/` (one file per group of sections), `problems` (the problem collector) and
+//! `cluster` (the `[cluster]` settings), `validate/` (one file per group of sections), `problems` (the problem collector) and
 //! `redacted` (the `check-config` printer).
 
 mod callers;
+mod cluster;
 pub mod file;
 mod operations;
 mod problems;
@@ -35,6 +36,7 @@ use file::FileConfig;
 pub use callers::{
     valid_caller_name, CallerConfig, CallersConfig, IssuerConfig, PartnerPolicy, SigningKey,
 };
+pub use cluster::{share_of, ClusterSettings, RateLimitFallback};
 pub use operations::{OperationMatcher, OperationPattern};
 pub use problems::{ConfigError, ConfigProblem};
 pub use secrets::sha256;
@@ -76,6 +78,8 @@ pub struct Config {
     pub rate_limits: RateLimitSettings,
     /// The session-record cache (`None`: off).
     pub cache: Option<CacheSettings>,
+    /// State shared with other instances through Redis (`None`: in-process only).
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {

@@ -192,6 +192,22 @@ impl Config {
                 );
             }
         }
+        if let Some(c) = &self.cluster {
+            // The URL and the password are secrets; the CA file is printed by path.
+            let _ = writeln!(
+                s,
+                "\n[cluster]\ninstance = \"{}\"\ninstances = {}\nredis_url = \"[REDACTED]\"\nredis_username = {:?}\nredis_password = {}\nredis_ca_file = {:?}\nkey_prefix = {:?}\nredis_timeout_ms = {}\nretry_after_failure_ms = {}\nrate_limit_fallback = \"{}\"",
+                c.instance,
+                c.instances,
+                c.redis_username.as_deref().unwrap_or(""),
+                if c.redis_password.is_some() { "\"[REDACTED]\"" } else { "\"\"" },
+                c.redis_ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                c.key_prefix,
+                c.redis_timeout.as_millis(),
+                c.retry_after_failure.as_millis(),
+                c.rate_limit_fallback.name(),
+            );
+        }
         s
     }
 }

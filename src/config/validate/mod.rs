@@ -7,6 +7,7 @@
 
 mod audit;
 mod callers;
+mod cluster;
 mod limits;
 mod listen;
 mod upstreams;
@@ -43,6 +44,10 @@ pub(super) fn config(f: &FileConfig, cx: &Ctx<'_>, path: &Path) -> Option<Config
         Some(c) if c.enabled.unwrap_or(true) => limits::cache(c, cx).map(Some),
         _ => Some(None),
     };
+    let cluster = match &f.cluster {
+        Some(c) => cluster::cluster(c, cx).map(Some),
+        None => Some(None),
+    };
 
     let upstreams = upstreams?;
     let audiences = upstreams.values().map(|u| u.audience.clone()).collect();
@@ -65,6 +70,7 @@ pub(super) fn config(f: &FileConfig, cx: &Ctx<'_>, path: &Path) -> Option<Config
         audit: audit?,
         rate_limits: rate_limits?,
         cache: cache?,
+        cluster: cluster?,
     })
 }
 

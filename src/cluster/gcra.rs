@@ -1,0 +1,142 @@
+//! Shared GCRA buckets in Redis: one Lua script checks every bucket a request spends from (the
+//! caller's, or the operation's and the API's) against Redis's own clock (`TIME`, so instances
+//! need no synchronised clocks), and spends from all of them or from none. One round trip per
+//! layer per request, whatever the number of buckets.
+//!
+//! Chosen over leased local budgets because it is exact: N instances see one bucket, so the
+//! fleet admits the configured rate (±0 beyond the round trip's reordering) however unevenly the
+//! load is spread, where a lease scheme trades accuracy for round trips. Its cost is one
+//! loopback round trip (tens of µs; see the README's cluster benchmark) per limited layer.
+//!
+//! Each bucket stores its theoretical arrival time (µs since the epoch, Redis's clock) and
+//! expires when it is indistinguishable from a fresh bucket, so idle callers cost nothing.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::config::Rate;
+
+/// The script. `KEYS[i]` is bucket i; `ARGV[2i-1]` its emission interval in µs (may be
+/// fractional), `ARGV[2i]` its burst. Returns `{1, i, remaining}` (admitted; `i` the bucket
+/// with the least headroom) or `{0, i, wait_us}` (bucket `i` refused; nothing was spent).
+const LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+local best_i, best_rem = 0, -1
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - interval * burst
+  if now < allow_at then
+    return {0, i, math.ceil(allow_at - now)}
+  end
+  tats[i] = new_tat
+  local rem = math.floor((now - allow_at) / interval)
+  if best_rem < 0 or rem < best_rem then best_i, best_rem = i, rem end
+end
+for i = 1, #KEYS do
+  local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
+  redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', ttl_ms)
+end
+return {1, best_i, best_rem}
+"#;
+
+/// The compiled script (its SHA is computed once; `EVALSHA`, `EVAL` on a cold server).
+pub fn script() -> Script {
+    Script::new(LUA)
+}
+
+/// One bucket to spend from.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    /// The full Redis key.
+    pub key: String,
+    /// Its rate.
+    pub rate: Rate,
+}
+
+/// What the script decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted; `bucket` (an index into the buckets given) has the least headroom left.
+    Admitted {
+        /// Index of the tightest bucket.
+        bucket: usize,
+        /// Requests it admits at once now.
+        remaining: u32,
+    },
+    /// Refused by `bucket`, which admits again after `wait`.
+    Refused {
+        /// Index of the refusing bucket.
+        bucket: usize,
+        /// Time until it admits one request.
+        wait: Duration,
+    },
+}
+
+/// The script's arguments for `buckets`.
+pub fn args(buckets: &[Bucket]) -> Vec<String> {
+    let mut out = Vec::with_capacity(buckets.len() * 2);
+    for b in buckets {
+        let interval_us = 1e6 / b.rate.per_sec.max(f64::MIN_POSITIVE);
+        out.push(format!("{interval_us:.6}"));
+        out.push(b.rate.burst.max(1).to_string());
+    }
+    out
+}
+
+/// Reads the script's reply; `None` when it is not what the script returns.
+pub fn verdict(reply: &[i64], buckets: usize) -> Option<Verdict> {
+    let [ok, i, n] = *reply else { return None };
+    let bucket = usize::try_from(i).ok()?.checked_sub(1)?;
+    if bucket >= buckets {
+        return None;
+    }
+    match ok {
+        1 => Some(Verdict::Admitted {
+            bucket,
+            remaining: u32::try_from(n.max(0)).unwrap_or(u32::MAX),
+        }),
+        0 => Some(Verdict::Refused {
+            bucket,
+            // A day at most: no configurable rate waits longer for one request.
+            wait: Duration::from_micros(u64::try_from(n.max(0)).unwrap_or(0))
+                .min(Duration::from_secs(86_400)),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_and_bounded() {
+        assert_eq!(
+            verdict(&[1, 2, 5], 2),
+            Some(Verdict::Admitted { bucket: 1, remaining: 5 })
+        );
+        assert_eq!(
+            verdict(&[0, 1, 250_000], 1),
+            Some(Verdict::Refused { bucket: 0, wait: Duration::from_millis(250) })
+        );
+        assert_eq!(
+            verdict(&[0, 1, i64::MAX], 1),
+            Some(Verdict::Refused { bucket: 0, wait: Duration::from_secs(86_400) })
+        );
+        for bad in [&[][..], &[1, 0, 1], &[1, 3, 1], &[2, 1, 1], &[1, 1]] {
+            assert_eq!(verdict(bad, 2), None, "{bad:?}");
+        }
+        let a = args(&[Bucket {
+            key: "k".into(),
+            rate: Rate { per_sec: 4.0, burst: 3 },
+        }]);
+        assert_eq!(a, ["250000.000000", "3"]);
+    }
+}

@@ -1,0 +1,395 @@
+//! State shared by several gateway instances through Redis (`[cluster]`): the rate-limit
+//! buckets ([`gcra`]), Ratepay's 429 pauses and cache invalidations ([`events`], over pub/sub).
+//!
+//! Nothing secret goes to Redis: bucket keys carry caller, operation and API names, pause keys
+//! the API's name, and messages an API name, a duration or a transaction id. Ratepay tokens,
+//! credentials and bodies stay in process memory.
+//!
+//! Every call on the request path is bounded by `redis_timeout` (5 ms by default) and goes
+//! through a [`breaker::Breaker`]: once a call fails, calls skip Redis for
+//! `retry_after_failure` and the caller takes its fallback at once, so a slow or dead Redis
+//! costs a request at most one timeout. The connection is made in the background and
+//! re-made by redis-rs's connection manager; the subscription by a task of its own that
+//! resubscribes and reads the pauses in force whenever it reconnects.
+
+pub mod breaker;
+pub mod events;
+pub mod gcra;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, RwLock, Weak,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, IntoConnectionInfo, Script};
+use secrecy::ExposeSecret;
+
+use crate::{config::ClusterSettings, routes::Api};
+use breaker::Breaker;
+use events::{Event, EventSink};
+use gcra::{Bucket, Verdict};
+
+/// Bound of background calls (connecting, subscribing, announcing): off the request path.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Sets the pause key unless a longer pause is in force, and tells the other instances.
+const PAUSE_LUA: &str = r#"
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return redis.call('PUBLISH', KEYS[2], ARGV[2])
+"#;
+
+/// Why Redis was not used for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Not connected yet, or the breaker is open after a failure.
+    Down,
+    /// The call failed or took longer than `redis_timeout`.
+    Failed,
+}
+
+/// Counters read by the metrics.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Calls on the request path that failed or timed out.
+    pub failures: AtomicU64,
+    /// Rate-limit decisions taken by the fallback.
+    pub rate_limit_fallbacks: AtomicU64,
+    /// Messages received from the instances (this one's own included).
+    pub events_received: AtomicU64,
+    /// Messages that could not be sent.
+    pub events_lost: AtomicU64,
+}
+
+/// One instance's link to the shared Redis.
+pub struct Cluster {
+    settings: ClusterSettings,
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    breaker: Breaker,
+    gcra: Script,
+    pause: Script,
+    subscribed: AtomicBool,
+    sink: RwLock<Option<Arc<dyn EventSink>>>,
+    /// Counters for the metrics.
+    pub stats: ClusterStats,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance", &self.settings.instance)
+            .field("connected", &self.connected())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/readyz` says about Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Connected, calls succeeding, subscribed.
+    Up,
+    /// Unreachable or failing: the fallbacks are in use.
+    Degraded,
+}
+
+impl Cluster {
+    /// Builds the client and starts connecting and subscribing in the background (a Redis
+    /// that is down at start leaves the instance degraded, not failed). Needs a runtime.
+    pub fn start(settings: &ClusterSettings) -> Result<Arc<Cluster>, String> {
+        let client = client(settings)?;
+        let cluster = Arc::new(Cluster {
+            settings: settings.clone(),
+            client,
+            conn: ArcSwapOption::empty(),
+            breaker: Breaker::new(settings.retry_after_failure),
+            gcra: gcra::script(),
+            pause: Script::new(PAUSE_LUA),
+            subscribed: AtomicBool::new(false),
+            sink: RwLock::new(None),
+            stats: ClusterStats::default(),
+        });
+        tokio::spawn(connect(Arc::downgrade(&cluster)));
+        tokio::spawn(subscribe(Arc::downgrade(&cluster)));
+        Ok(cluster)
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// The full name of a key or channel.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.settings.key_prefix)
+    }
+
+    fn channel(&self) -> String {
+        self.key("events")
+    }
+
+    /// Whether the connection is up and the last call succeeded.
+    pub fn connected(&self) -> bool {
+        self.conn.load().is_some() && !self.breaker.is_open()
+    }
+
+    /// Redis's state for `/readyz` and the metrics.
+    pub fn health(&self) -> Health {
+        if self.connected() && self.subscribed.load(Ordering::Relaxed) {
+            Health::Up
+        } else {
+            Health::Degraded
+        }
+    }
+
+    /// Where peers' messages go from now on (the gateway's current rate limits and cache).
+    pub fn set_sink(&self, sink: Arc<dyn EventSink>) {
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    fn sink(&self) -> Option<Arc<dyn EventSink>> {
+        self.sink.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Spends one request from every bucket, or from none (one round trip, bounded by
+    /// `redis_timeout`).
+    pub async fn spend(&self, buckets: &[Bucket]) -> Result<Verdict, Unavailable> {
+        if !self.breaker.allows() {
+            return Err(Unavailable::Down);
+        }
+        let Some(conn) = self.conn.load_full() else {
+            return Err(Unavailable::Down);
+        };
+        let mut conn = (*conn).clone();
+        let mut invocation = self.gcra.prepare_invoke();
+        for b in buckets {
+            invocation.key(&b.key);
+        }
+        for a in gcra::args(buckets) {
+            invocation.arg(a);
+        }
+        let reply =
+            tokio::time::timeout(self.settings.redis_timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+                .await;
+        let verdict = match reply {
+            Ok(Ok(v)) => gcra::verdict(&v, buckets.len()).ok_or("an unexpected reply"),
+            Ok(Err(_)) => Err("an error"),
+            Err(_) => Err("no answer within redis_timeout_ms"),
+        };
+        match verdict {
+            Ok(v) => {
+                if self.breaker.is_open() {
+                    tracing::info!(
+                        instance = %self.settings.instance,
+                        "redis answers again; shared rate limits are back"
+                    );
+                }
+                self.breaker.succeeded();
+                Ok(v)
+            }
+            Err(why) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if !self.breaker.is_open() {
+                    tracing::warn!(
+                        instance = %self.settings.instance,
+                        problem = why,
+                        retry_ms = self.settings.retry_after_failure.as_millis() as u64,
+                        "redis call failed; rate limits use the fallback until redis answers"
+                    );
+                }
+                self.breaker.failed();
+                Err(Unavailable::Failed)
+            }
+        }
+    }
+
+    /// Tells every instance (this one included) about `event`, in the background; a pause is
+    /// also kept in a key with its expiry, so an instance that reconnects later learns it.
+    pub fn announce(self: &Arc<Self>, event: Event) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Some(conn) = this.conn.load_full() else {
+                this.stats.events_lost.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut conn = (*conn).clone();
+            let text = event.encode();
+            let sent = match &event {
+                Event::Pause(api, pause) => {
+                    let mut inv = this.pause.prepare_invoke();
+                    inv.key(this.key(&format!("pause:{}", api.name())))
+                        .key(this.channel())
+                        .arg(pause.as_millis().max(1) as u64)
+                        .arg(&text);
+                    tokio::time::timeout(BACKGROUND_TIMEOUT, inv.invoke_async::<i64>(&mut conn))
+                        .await
+                }
+                Event::Invalidate(_) => {
+                    tokio::time::timeout(
+                        BACKGROUND_TIMEOUT,
+                        redis::cmd("PUBLISH")
+                            .arg(this.channel())
+                            .arg(&text)
+                            .query_async::<i64>(&mut conn),
+                    )
+                    .await
+                }
+            };
+            if !matches!(sent, Ok(Ok(_))) {
+                this.stats.events_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    instance = %this.settings.instance,
+                    event = %text,
+                    "could not tell the other instances through redis"
+                );
+            }
+        });
+    }
+
+    fn receive(&self, text: &str) {
+        self.stats.events_received.fetch_add(1, Ordering::Relaxed);
+        let Some(event) = Event::parse(text) else {
+            tracing::warn!(
+                instance = %self.settings.instance,
+                len = text.len(),
+                "ignored a malformed message on the cluster channel"
+            );
+            return;
+        };
+        let Some(sink) = self.sink() else { return };
+        match event {
+            Event::Pause(api, d) => sink.pause(api, d),
+            Event::Invalidate(tx) => sink.invalidate(&tx),
+        }
+    }
+
+    /// After (re)subscribing: the pauses set while this instance was not listening.
+    async fn read_pauses(&self, conn: &mut ConnectionManager) {
+        for api in Api::ALL {
+            let key = self.key(&format!("pause:{}", api.name()));
+            let left = tokio::time::timeout(
+                BACKGROUND_TIMEOUT,
+                redis::cmd("PTTL").arg(&key).query_async::<i64>(conn),
+            )
+            .await;
+            if let (Ok(Ok(ms)), Some(sink)) = (left, self.sink()) {
+                if ms > 0 {
+                    sink.pause(api, Duration::from_millis(ms.unsigned_abs()));
+                }
+            }
+        }
+    }
+}
+
+/// The client for `settings`: URL, ACL user and password, and for `rediss://` the extra CA.
+fn client(settings: &ClusterSettings) -> Result<redis::Client, String> {
+    let url = settings.redis_url.expose_secret();
+    let mut info = url
+        .into_connection_info()
+        .map_err(|_| "cluster.redis_url: not a usable redis:// or rediss:// URL".to_owned())?;
+    let mut redis = info.redis_settings().clone();
+    if let Some(user) = &settings.redis_username {
+        redis = redis.set_username(user);
+    }
+    if let Some(pw) = &settings.redis_password {
+        redis = redis.set_password(pw.expose_secret());
+    }
+    info = info.set_redis_settings(redis);
+    match &settings.redis_ca_file {
+        Some(ca) => {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cluster.redis_ca_file {}: {e}", ca.display()))?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|_| "cluster.redis_ca_file: cannot build a TLS client with it".to_owned())
+        }
+        None => redis::Client::open(info)
+            .map_err(|_| "cluster.redis_url: cannot build a client for it".to_owned()),
+    }
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(BACKGROUND_TIMEOUT))
+        .set_response_timeout(Some(BACKGROUND_TIMEOUT))
+        .set_max_delay(MAX_BACKOFF)
+}
+
+/// Connects until it succeeds; redis-rs's manager reconnects by itself from then on.
+async fn connect(cluster: Weak<Cluster>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let client = c.client.clone();
+        drop(c);
+        let made = tokio::time::timeout(
+            BACKGROUND_TIMEOUT,
+            ConnectionManager::new_with_config(client, manager_config()),
+        )
+        .await;
+        if let (Ok(Ok(m)), Some(c)) = (made, cluster.upgrade()) {
+            c.conn.store(Some(Arc::new(m)));
+            tracing::info!(instance = %c.settings.instance, "connected to redis");
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Keeps a subscription to the events channel, resubscribing after every loss.
+async fn subscribe(cluster: Weak<Cluster>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let (client, channel) = (c.client.clone(), c.channel());
+        drop(c);
+        let subscribed = tokio::time::timeout(BACKGROUND_TIMEOUT, async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        if let Ok(Ok(ps)) = subscribed {
+            backoff = Duration::from_millis(50);
+            if let Some(c) = cluster.upgrade() {
+                c.subscribed.store(true, Ordering::Relaxed);
+                if let Some(conn) = c.conn.load_full() {
+                    c.read_pauses(&mut (*conn).clone()).await;
+                }
+            }
+            let mut messages = ps.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let Some(c) = cluster.upgrade() else { return };
+                match msg.get_payload::<String>() {
+                    Ok(text) => c.receive(&text),
+                    Err(_) => c.receive(""),
+                }
+            }
+            if let Some(c) = cluster.upgrade() {
+                c.subscribed.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    instance = %c.settings.instance,
+                    "lost the redis subscription; pauses and invalidations from other instances \
+                     resume when it is back"
+                );
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
