@@ -11,11 +11,14 @@ use crate::{
     audit::{AuditLog, AuditRecord},
     callers::Callers,
     client::{self, HttpClient},
+    cluster::{events::EventSink, Cluster},
     config::{Config, Limits},
     error::BuildError,
     metrics::Metrics,
     middleware::{
-        cache::SessionRecordCache, idempotency::IdempotencyStore, rate_limit::RateLimits,
+        cache::SessionRecordCache,
+        idempotency::IdempotencyStore,
+        rate_limit::{RateLimits, SharedRateLimits},
     },
     recovery,
     routes::Api,
@@ -44,6 +47,8 @@ pub(crate) struct GatewayInner {
     token_keys: BTreeMap<TokenKey, TokenSource>,
     rate_limits: Arc<RateLimits>,
     idempotency: IdempotencyStore,
+    cluster: Option<Arc<Cluster>>,
+    shared_limits: Option<Arc<SharedRateLimits>>,
 }
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +66,31 @@ struct Parts {
     rate_limits: Arc<RateLimits>,
     cache: Option<SessionRecordCache>,
     idempotency: IdempotencyStore,
+    cluster: Option<Arc<Cluster>>,
+    shared_limits: Option<Arc<SharedRateLimits>>,
+}
+
+/// Applies the fleet's messages to the rate limits and cache a gateway runs.
+struct Sink {
+    rate_limits: Arc<RateLimits>,
+    cache: Option<SessionRecordCache>,
+}
+
+impl EventSink for Sink {
+    fn pause(&self, api: Api, pause: Duration) {
+        let applied = self.rate_limits.pause_upstream(api, Some(pause));
+        tracing::debug!(
+            upstream = api.name(),
+            pause_ms = applied.as_millis() as u64,
+            "another instance saw Ratepay's 429; holding calls to this API"
+        );
+    }
+
+    fn invalidate(&self, transaction: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate_transaction(transaction);
+        }
+    }
 }
 
 /// A reloaded gateway and what the operator should know about the reload.
@@ -95,7 +125,12 @@ impl Gateway {
         };
         recovery::recover(&audit, &open_intents, ratepay.as_ref()).await?;
         let tokens = Arc::new(tokens);
-        let metrics = Metrics::new(tokens.clone(), audit.clone());
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::start(c).map_err(BuildError)?),
+            None => None,
+        };
+        let metrics = Metrics::new(tokens.clone(), audit.clone(), cluster.clone());
+        let rate_limits = new_rate_limits(config);
         Gateway::assemble(
             config.clone(),
             Parts {
@@ -104,9 +139,11 @@ impl Gateway {
                 token_keys,
                 audit,
                 metrics,
-                rate_limits: new_rate_limits(config),
+                shared_limits: shared_limits(&cluster, config),
+                rate_limits,
                 cache: config.cache.as_ref().map(SessionRecordCache::new),
                 idempotency: IdempotencyStore::new(&config.idempotency),
+                cluster,
             },
         )
     }
@@ -152,11 +189,14 @@ impl Gateway {
                 fresh.len()
             ));
         }
-        let rate_limits = if config.rate_limits == old.config.rate_limits {
-            old.rate_limits.clone()
+        let (rate_limits, shared) = if config.rate_limits == old.config.rate_limits {
+            (old.rate_limits.clone(), old.shared_limits.clone())
         } else {
-            notes.push("rate_limits: changed; budgets start full".into());
-            new_rate_limits(&config)
+            notes.push("rate_limits: changed; local budgets start full".into());
+            (
+                new_rate_limits(&config),
+                shared_limits(&old.cluster, &config),
+            )
         };
         let cache = if config.cache == old.config.cache {
             old.cache.clone()
@@ -176,6 +216,8 @@ impl Gateway {
                 rate_limits,
                 cache,
                 idempotency: old.idempotency.clone(),
+                cluster: old.cluster.clone(),
+                shared_limits: shared,
             },
         )?;
         old.metrics.set_token_sources(tokens);
@@ -193,7 +235,15 @@ impl Gateway {
             rate_limits,
             cache,
             idempotency,
+            cluster,
+            shared_limits,
         } = parts;
+        if let Some(c) = &cluster {
+            c.set_sink(Arc::new(Sink {
+                rate_limits: rate_limits.clone(),
+                cache: cache.clone(),
+            }));
+        }
         let callers =
             Arc::new(Callers::new(&config.callers).map_err(|e| BuildError(e.to_string()))?);
         let stack = stack::layers(stack::Parts {
@@ -206,11 +256,17 @@ impl Gateway {
             rate_limits: rate_limits.clone(),
             cache: cache.clone(),
             idempotency: idempotency.clone(),
+            cluster: cluster.clone(),
+            shared_limits: shared_limits.clone(),
         });
         Ok(Gateway {
             inner: Arc::new(GatewayInner {
                 stack,
-                token_stack: stack::token_endpoint(callers.clone(), rate_limits.clone()),
+                token_stack: stack::token_endpoint(
+                    callers.clone(),
+                    rate_limits.clone(),
+                    shared_limits.clone(),
+                ),
                 limits: config.limits.clone(),
                 tokens,
                 audit,
@@ -220,6 +276,8 @@ impl Gateway {
                 token_keys,
                 rate_limits,
                 idempotency,
+                cluster,
+                shared_limits,
             }),
         })
     }
@@ -247,6 +305,11 @@ impl Gateway {
     /// The session-record cache, when enabled.
     pub fn session_record_cache(&self) -> Option<&SessionRecordCache> {
         self.inner.cache.as_ref()
+    }
+
+    /// Redis's state with `[cluster]` (readiness).
+    pub fn cluster_health(&self) -> Option<crate::cluster::Health> {
+        self.inner.cluster.as_ref().map(|c| c.health())
     }
 
     /// Token sources per API (readiness and metrics).
@@ -315,6 +378,13 @@ fn token_sources(
     (out, by_key, fresh)
 }
 
+/// The rate limits kept in the fleet's Redis, with `[cluster]`.
+fn shared_limits(cluster: &Option<Arc<Cluster>>, config: &Config) -> Option<Arc<SharedRateLimits>> {
+    cluster
+        .as_ref()
+        .map(|c| Arc::new(SharedRateLimits::new(c.clone(), &config.rate_limits)))
+}
+
 fn new_rate_limits(config: &Config) -> Arc<RateLimits> {
     let limits = Arc::new(RateLimits::new(&config.rate_limits));
     limits.spawn_housekeeping(Duration::from_secs(60));
@@ -335,6 +405,8 @@ fn keep_restart_only(running: &Config, new: &mut Config, notes: &mut Vec<String>
     keep("sandbox", running.sandbox != new.sandbox);
     keep("audit (file settings)", running.audit.log != new.audit.log);
     keep("idempotency", running.idempotency != new.idempotency);
+    keep("cluster", running.cluster != new.cluster);
+    new.cluster = running.cluster.clone();
     new.listen = running.listen.clone();
     new.sandbox = running.sandbox.clone();
     new.audit.log = running.audit.log.clone();

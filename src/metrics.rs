@@ -28,7 +28,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{audit::AuditLog, routes::Api, token::TokenSource};
+use crate::{
+    audit::AuditLog,
+    cluster::{Cluster, Health},
+    routes::Api,
+    token::TokenSource,
+};
 
 /// Labels of `ratepay_gateway_config_reloads`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,7 +159,11 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     /// A registry with every metric, plus token and audit state read at scrape time.
-    pub fn new(tokens: Arc<BTreeMap<Api, TokenSource>>, audit: AuditLog) -> Arc<Metrics> {
+    pub fn new(
+        tokens: Arc<BTreeMap<Api, TokenSource>>,
+        audit: AuditLog,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Arc<Metrics> {
         let tokens = Arc::new(ArcSwap::new(tokens));
         let mut registry = Registry::with_prefix("ratepay_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -263,6 +272,9 @@ impl Metrics {
             tokens: tokens.clone(),
             audit,
         }));
+        if let Some(cluster) = cluster {
+            registry.register_collector(Box::new(ClusterCollector(cluster)));
+        }
         Arc::new(Metrics {
             registry,
             tokens,
@@ -411,6 +423,50 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
         )?)?;
+        Ok(())
+    }
+}
+
+/// The fleet's Redis link (`[cluster]`), read when scraped.
+#[derive(Debug)]
+struct ClusterCollector(Arc<Cluster>);
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        ConstGauge::new(i64::from(c.health() == Health::Up)).encode(encoder.encode_descriptor(
+            "cluster_redis_up",
+            "1 while Redis answers and the events subscription is up; 0: degraded, fallbacks in use",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+            (
+                "cluster_redis_failures",
+                "Redis calls on the request path that failed or timed out",
+                &c.stats.failures,
+            ),
+            (
+                "cluster_rate_limit_fallbacks",
+                "Rate-limit decisions taken by the fallback because Redis was unreachable",
+                &c.stats.rate_limit_fallbacks,
+            ),
+            (
+                "cluster_events_received",
+                "Pause and invalidation messages received from the fleet",
+                &c.stats.events_received,
+            ),
+            (
+                "cluster_events_lost",
+                "Pause and invalidation messages that could not be sent",
+                &c.stats.events_lost,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(
+                encoder.encode_descriptor(name, help, None, MetricType::Counter)?,
+            )?;
+        }
         Ok(())
     }
 }

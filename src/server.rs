@@ -487,13 +487,22 @@ async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Bo
                     )),
                 }
             }
+            // Redis away is degraded, not failed: the fallbacks keep the instance serving.
+            let redis = match gw.cluster_health() {
+                None => "",
+                Some(crate::cluster::Health::Up) => "redis: up\n",
+                Some(crate::cluster::Health::Degraded) => {
+                    "redis: degraded (unreachable; rate limits use their fallback, pauses and \
+                     invalidations from other instances resume when it is back)\n"
+                }
+            };
             if problems.is_empty() {
-                simple(StatusCode::OK, "text/plain", "ready\n")
+                simple(StatusCode::OK, "text/plain", format!("ready\n{redis}"))
             } else {
                 simple(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    format!("not ready\n{}\n", problems.join("\n")),
+                    format!("not ready\n{}\n{redis}", problems.join("\n")),
                 )
             }
         }

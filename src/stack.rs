@@ -14,6 +14,7 @@ use crate::{
     audit::AuditLog,
     callers::Callers,
     client::HttpClient,
+    cluster::Cluster,
     config::Config,
     metrics::Metrics,
     middleware::{
@@ -23,7 +24,9 @@ use crate::{
         headers::HeadersLayer,
         idempotency::{IdempotencyLayer, IdempotencyStore},
         json_body::JsonBodyLayer,
-        rate_limit::{CallerRateLimitLayer, RateLimits, UpstreamRateLimitLayer},
+        rate_limit::{
+            CallerRateLimitLayer, RateLimits, SharedRateLimits, UpstreamRateLimitLayer,
+        },
         retry::RetryLayer,
         token::InjectTokenLayer,
         token_endpoint::{ClientCredentialsLayer, IssueToken},
@@ -57,6 +60,10 @@ pub struct Parts<'a> {
     pub cache: Option<SessionRecordCache>,
     /// The idempotency store.
     pub idempotency: IdempotencyStore,
+    /// The fleet's shared Redis, with `[cluster]`.
+    pub cluster: Option<Arc<Cluster>>,
+    /// The rate limits kept in it.
+    pub shared_limits: Option<Arc<SharedRateLimits>>,
 }
 
 /// The layer stack, outermost first, around the proxy to Ratepay.
@@ -86,7 +93,7 @@ pub fn layers(p: Parts<'_>) -> Stack {
         // Who is calling and may it: before any work is spent on the request.
         .layer(CallerPolicyLayer::new(p.callers, audiences))
         // The caller's own budget, spent before any shared work: cache hits count too.
-        .layer(CallerRateLimitLayer::new(p.rate_limits.clone()))
+        .layer(CallerRateLimitLayer::new(p.rate_limits.clone()).shared(p.shared_limits.clone()))
         // Money calls must be one JSON object with unique keys before any layer reads
         // fields from them (cache key, idempotency fingerprint, audit) or sends them.
         .layer(JsonBodyLayer)
@@ -97,7 +104,7 @@ pub fn layers(p: Parts<'_>) -> Stack {
             SessionRecordCacheLayer::new,
         ))
         // Once Ratepay confirmed a cancellation, the transaction's cached records go.
-        .layer(InvalidateOnCancellationLayer::new(p.cache.clone()))
+        .layer(InvalidateOnCancellationLayer::new(p.cache.clone()).shared(p.cluster.clone()))
         // Keys are scoped per caller, so this follows the caller layer; replays, waiting
         // duplicates and 409s answer here without spending the budget toward Ratepay.
         .layer(IdempotencyLayer::new(
@@ -106,7 +113,10 @@ pub fn layers(p: Parts<'_>) -> Stack {
         ))
         // The budget toward Ratepay and Ratepay's own 429 pause: only calls about to leave.
         // Its refusals are errors, never stored as idempotent answers.
-        .layer(UpstreamRateLimitLayer::new(p.rate_limits.clone()))
+        .layer(
+            UpstreamRateLimitLayer::new(p.rate_limits.clone())
+                .shared(p.shared_limits.clone().zip(p.cluster.clone())),
+        )
         // Intent durable before anything leaves; outcome after every retry is done. After
         // the limits, so a refused cancellation (it never left) writes no intent.
         .layer(AuditLayer::new(p.audit.clone(), audited))
@@ -129,12 +139,16 @@ pub fn layers(p: Parts<'_>) -> Stack {
 
 /// The gateway's own `POST /oauth/token`: never forwarded, but rate-limited like every other
 /// request of the caller whose client asks.
-pub fn token_endpoint(callers: Arc<Callers>, rate_limits: Arc<RateLimits>) -> Stack {
+pub fn token_endpoint(
+    callers: Arc<Callers>,
+    rate_limits: Arc<RateLimits>,
+    shared_limits: Option<Arc<SharedRateLimits>>,
+) -> Stack {
     let stack = ServiceBuilder::new()
         // The body names the internal OAuth client; its caller is known from here on.
         .layer(ClientCredentialsLayer::new(callers.clone()))
         // The caller's own budget: asking for tokens spends it too.
-        .layer(CallerRateLimitLayer::new(rate_limits))
+        .layer(CallerRateLimitLayer::new(rate_limits).shared(shared_limits))
         .service(IssueToken::new(callers));
     Box::new(stack)
 }

@@ -312,7 +312,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             max_bytes,
         });
-        let layer = IdempotencyLayer::new(store.clone(), Metrics::new(Arc::default(), audit));
+        let layer = IdempotencyLayer::new(store.clone(), Metrics::new(Arc::default(), audit, None));
         (tower::Layer::layer(&layer, inner), store, dir)
     }
 

@@ -7,7 +7,11 @@ use governor::clock::{Clock, DefaultClock};
 use http::Method;
 
 use crate::middleware::{GwRequest, GwResponse, Handler};
-use crate::{context::Call, error::GatewayError};
+use crate::{
+    cluster::{events::Event, Cluster},
+    context::Call,
+    error::GatewayError,
+};
 
 use super::*;
 
@@ -85,13 +89,15 @@ where
 
 /// Layer for [`InvalidateOnCancellation`].
 pub struct InvalidateOnCancellationLayer<C: Clock = DefaultClock> {
-    pub(super) cache: Option<SessionRecordCache<C>>,
+    cache: Option<SessionRecordCache<C>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<C: Clock> Clone for InvalidateOnCancellationLayer<C> {
     fn clone(&self) -> Self {
         InvalidateOnCancellationLayer {
             cache: self.cache.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -99,7 +105,16 @@ impl<C: Clock> Clone for InvalidateOnCancellationLayer<C> {
 impl<C: Clock> InvalidateOnCancellationLayer<C> {
     /// Invalidates in `cache` (a disabled cache: `None`, the layer passes through).
     pub fn new(cache: Option<SessionRecordCache<C>>) -> Self {
-        InvalidateOnCancellationLayer { cache }
+        InvalidateOnCancellationLayer {
+            cache,
+            cluster: None,
+        }
+    }
+
+    /// Also tells every instance of the fleet to drop the transaction's records.
+    pub fn shared(mut self, cluster: Option<Arc<Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 }
 
@@ -109,14 +124,17 @@ impl<S, C: Clock> tower::Layer<S> for InvalidateOnCancellationLayer<C> {
         InvalidateOnCancellation {
             inner,
             cache: self.cache.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
 
-/// After a 2xx `payment.cancellations.create`, drops the transaction's cached session records.
+/// After a 2xx `payment.cancellations.create`, drops the transaction's cached session records
+/// (in every instance of a fleet).
 pub struct InvalidateOnCancellation<S, C: Clock = DefaultClock> {
-    pub(super) inner: S,
-    pub(super) cache: Option<SessionRecordCache<C>>,
+    inner: S,
+    cache: Option<SessionRecordCache<C>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl<S: Clone, C: Clock> Clone for InvalidateOnCancellation<S, C> {
@@ -124,6 +142,7 @@ impl<S: Clone, C: Clock> Clone for InvalidateOnCancellation<S, C> {
         InvalidateOnCancellation {
             inner: self.inner.clone(),
             cache: self.cache.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -139,12 +158,19 @@ where
             CANCELLATION => route.params.transaction_id.clone(),
             _ => None,
         };
-        let (Some(cache), Some(transaction)) = (&self.cache, transaction) else {
+        let Some(transaction) =
+            transaction.filter(|_| self.cache.is_some() || self.cluster.is_some())
+        else {
             return self.inner.handle(call, req).await;
         };
         let resp = self.inner.handle(call, req).await?;
         if resp.status().is_success() {
-            cache.invalidate_transaction(&transaction);
+            if let Some(cache) = &self.cache {
+                cache.invalidate_transaction(&transaction);
+            }
+            if let Some(cluster) = &self.cluster {
+                cluster.announce(Event::Invalidate(transaction.to_string()));
+            }
         }
         Ok(resp)
     }

@@ -50,6 +50,8 @@ pub enum Decision {
     Wait(Duration),
     /// Refuse with 429.
     Refuse(Refusal),
+    /// The shared limits cannot be reached and their fallback is to refuse (503).
+    Unavailable,
 }
 
 /// One configured limit.
@@ -151,7 +153,7 @@ where
     }
 
     /// Refused for `wait`: in queue mode within the budget a wait, else a refusal.
-    fn over(&self, wait: Duration, waited: Duration, scope: Scope, rate: Option<Rate>) -> Decision {
+    pub(super) fn over(&self, wait: Duration, waited: Duration, scope: Scope, rate: Option<Rate>) -> Decision {
         match self.over_limit {
             OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => {
                 Decision::Wait(wait)

@@ -1,14 +1,18 @@
 //! The two rate-limit layers ([`CallerRateLimitLayer`] before the cache,
 //! [`UpstreamRateLimitLayer`] after it) and the queue-mode wait they share.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::ready, future::Future, sync::Arc, time::Duration};
 
 use governor::clock::{Clock, DefaultClock};
 use http::{header, StatusCode};
 use time::OffsetDateTime;
 
-use super::decision::{parse_retry_after, Decision, RateLimits};
+use super::{
+    decision::{parse_retry_after, Decision, RateLimits},
+    shared::SharedRateLimits,
+};
 use crate::{
+    cluster::{events::Event, Cluster},
     context::{Call, RequestContext},
     error::GatewayError,
     limits::Headroom,
@@ -20,16 +24,17 @@ use crate::{
 /// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
 /// together never hold a request longer than `max_wait`.
 /// Time spent queued is added to the request's stats (access log, metrics).
-async fn admit(
+async fn admit<F: Future<Output = Decision>>(
     ctx: &RequestContext,
-    mut check: impl FnMut(Duration) -> Decision,
+    mut check: impl FnMut(Duration) -> F,
 ) -> Result<Option<Headroom>, GatewayError> {
     let received = ctx.received;
     let mut queued = Duration::ZERO;
     let result = loop {
-        match check(received.elapsed()) {
+        match check(received.elapsed()).await {
             Decision::Allow(h) => break Ok(h),
             Decision::Refuse(r) => break Err(GatewayError::RateLimited(r)),
+            Decision::Unavailable => break Err(GatewayError::SharedLimitsUnavailable),
             Decision::Wait(d) => {
                 let d = d.max(Duration::from_millis(1));
                 tokio::time::sleep(d).await;
@@ -49,12 +54,14 @@ async fn admit(
 /// Layer for [`CallerRateLimit`].
 pub struct CallerRateLimitLayer<C: Clock = DefaultClock> {
     limits: Arc<RateLimits<C>>,
+    shared: Option<Arc<SharedRateLimits>>,
 }
 
 impl<C: Clock> Clone for CallerRateLimitLayer<C> {
     fn clone(&self) -> Self {
         CallerRateLimitLayer {
             limits: self.limits.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -62,7 +69,16 @@ impl<C: Clock> Clone for CallerRateLimitLayer<C> {
 impl<C: Clock> CallerRateLimitLayer<C> {
     /// Enforces the caller limits of `limits`.
     pub fn new(limits: Arc<RateLimits<C>>) -> Self {
-        CallerRateLimitLayer { limits }
+        CallerRateLimitLayer {
+            limits,
+            shared: None,
+        }
+    }
+
+    /// Keeps the budgets in the fleet's Redis instead (`None`: in-process, as [`Self::new`]).
+    pub fn shared(mut self, shared: Option<Arc<SharedRateLimits>>) -> Self {
+        self.shared = shared;
+        self
     }
 }
 
@@ -72,6 +88,7 @@ impl<S, C: Clock> tower::Layer<S> for CallerRateLimitLayer<C> {
         CallerRateLimit {
             inner,
             limits: self.limits.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -80,6 +97,7 @@ impl<S, C: Clock> tower::Layer<S> for CallerRateLimitLayer<C> {
 pub struct CallerRateLimit<S, C: Clock = DefaultClock> {
     inner: S,
     limits: Arc<RateLimits<C>>,
+    shared: Option<Arc<SharedRateLimits>>,
 }
 
 impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
@@ -87,6 +105,7 @@ impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
         CallerRateLimit {
             inner: self.inner.clone(),
             limits: self.limits.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -105,7 +124,13 @@ where
         }
         let call = cx.as_ref();
         let caller = &call.auth.caller.name;
-        let headroom = admit(&call.ctx, |waited| self.limits.check_caller(caller, waited)).await?;
+        let limits = &*self.limits;
+        let headroom = match &self.shared {
+            Some(shared) => {
+                admit(&call.ctx, |waited| shared.check_caller(limits, caller, waited)).await?
+            }
+            None => admit(&call.ctx, |waited| ready(limits.check_caller(caller, waited))).await?,
+        };
         let mut resp = self.inner.handle(cx, req).await?;
         // The caller paces itself by its own budget, not by whatever Ratepay reports.
         if let Some(h) = headroom {
@@ -118,12 +143,14 @@ where
 /// Layer for [`UpstreamRateLimit`].
 pub struct UpstreamRateLimitLayer<C: Clock = DefaultClock> {
     limits: Arc<RateLimits<C>>,
+    cluster: Option<(Arc<SharedRateLimits>, Arc<Cluster>)>,
 }
 
 impl<C: Clock> Clone for UpstreamRateLimitLayer<C> {
     fn clone(&self) -> Self {
         UpstreamRateLimitLayer {
             limits: self.limits.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -131,7 +158,16 @@ impl<C: Clock> Clone for UpstreamRateLimitLayer<C> {
 impl<C: Clock> UpstreamRateLimitLayer<C> {
     /// Enforces the upstream and operation limits of `limits` and Ratepay's 429 pauses.
     pub fn new(limits: Arc<RateLimits<C>>) -> Self {
-        UpstreamRateLimitLayer { limits }
+        UpstreamRateLimitLayer {
+            limits,
+            cluster: None,
+        }
+    }
+
+    /// Keeps the budgets in the fleet's Redis and tells every instance of a Ratepay 429.
+    pub fn shared(mut self, cluster: Option<(Arc<SharedRateLimits>, Arc<Cluster>)>) -> Self {
+        self.cluster = cluster;
+        self
     }
 }
 
@@ -141,6 +177,7 @@ impl<S, C: Clock> tower::Layer<S> for UpstreamRateLimitLayer<C> {
         UpstreamRateLimit {
             inner,
             limits: self.limits.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -149,6 +186,7 @@ impl<S, C: Clock> tower::Layer<S> for UpstreamRateLimitLayer<C> {
 pub struct UpstreamRateLimit<S, C: Clock = DefaultClock> {
     inner: S,
     limits: Arc<RateLimits<C>>,
+    cluster: Option<(Arc<SharedRateLimits>, Arc<Cluster>)>,
 }
 
 impl<S: Clone, C: Clock> Clone for UpstreamRateLimit<S, C> {
@@ -156,6 +194,7 @@ impl<S: Clone, C: Clock> Clone for UpstreamRateLimit<S, C> {
         UpstreamRateLimit {
             inner: self.inner.clone(),
             limits: self.limits.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -166,12 +205,22 @@ where
     C: Clock + Clone + Send + Sync + 'static,
 {
     async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let limits = &self.limits;
+        let limits = &*self.limits;
         let op = call.ctx.route.operation;
-        admit(&call.ctx, |waited| {
-            limits.check_upstream(op.api, op.name, waited)
-        })
-        .await?;
+        match &self.cluster {
+            Some((shared, _)) => {
+                admit(&call.ctx, |waited| {
+                    shared.check_upstream(limits, op.api, op.name, waited)
+                })
+                .await?
+            }
+            None => {
+                admit(&call.ctx, |waited| {
+                    ready(limits.check_upstream(op.api, op.name, waited))
+                })
+                .await?
+            }
+        };
         let resp = self.inner.handle(call, req).await?;
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             let asked = resp
@@ -179,6 +228,9 @@ where
                 .get(header::RETRY_AFTER)
                 .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
             let pause = limits.pause_upstream(op.api, asked);
+            if let Some((_, cluster)) = &self.cluster {
+                cluster.announce(Event::Pause(op.api, pause));
+            }
             tracing::warn!(
                 upstream = op.api.name(),
                 operation = op.name,

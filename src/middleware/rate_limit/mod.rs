@@ -14,13 +14,16 @@
 //! injectable clock ([`governor::clock::FakeRelativeClock`] in tests); the services only sleep.
 //!
 //! Files: `decision.rs` the GCRA decisions and the 429 pauses (plain synchronous calls, clock
-//! injected); `layers.rs` the two tower layers and the queue-mode wait; what a refusal says to
+//! injected); `shared.rs` the same budgets kept in Redis for a fleet (`[cluster]`), with their
+//! fallback; `layers.rs` the two tower layers and the queue-mode wait; what a refusal says to
 //! the caller lives in [`crate::limits`].
 
 mod decision;
 mod layers;
+mod shared;
 
 pub use decision::{parse_retry_after, Decision, RateLimits};
+pub use shared::SharedRateLimits;
 pub use layers::{
     CallerRateLimit, CallerRateLimitLayer, UpstreamRateLimit, UpstreamRateLimitLayer,
 };
