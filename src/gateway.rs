@@ -131,7 +131,7 @@ impl Gateway {
         };
         let metrics = Metrics::new(tokens.clone(), audit.clone(), cluster.clone());
         let rate_limits = new_rate_limits(config);
-        Gateway::assemble(
+        let gateway = Gateway::assemble(
             config.clone(),
             Parts {
                 client,
@@ -145,7 +145,17 @@ impl Gateway {
                 idempotency: IdempotencyStore::new(&config.idempotency),
                 cluster,
             },
-        )
+        )?;
+        if let Some(c) = &gateway.inner.cluster {
+            // Learn the pauses the fleet holds before serving (bounded: Redis may be away).
+            if !c.wait_synced(CLUSTER_SYNC_WAIT).await {
+                tracing::warn!(
+                    wait_ms = CLUSTER_SYNC_WAIT.as_millis() as u64,
+                    "redis did not answer at start; serving degraded (fallbacks) until it does"
+                );
+            }
+        }
+        Ok(gateway)
     }
 
     /// Builds a gateway from `config` that takes over this one's audit log, metrics and
@@ -431,6 +441,9 @@ async fn open_audit(config: &Config) -> Result<(AuditLog, Vec<AuditRecord>), Bui
     }
     Ok((log, recovery.open_intents))
 }
+
+/// How long a starting instance waits for Redis to tell it the pauses in force.
+const CLUSTER_SYNC_WAIT: Duration = Duration::from_secs(1);
 
 /// How long readiness waits for a token before calling an upstream not ready.
 pub const READY_TOKEN_WAIT: Duration = Duration::from_secs(2);

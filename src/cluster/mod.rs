@@ -80,6 +80,12 @@ pub struct Cluster {
     pause: Script,
     subscribed: AtomicBool,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
+    /// Signalled once the first sink is set: the subscription starts then, so the pauses read
+    /// when it starts have somewhere to go.
+    sink_set: tokio::sync::Notify,
+    /// Set (and signalled) once the first subscription read the pauses in force.
+    synced: AtomicBool,
+    synced_notify: tokio::sync::Notify,
     /// Counters for the metrics.
     pub stats: ClusterStats,
 }
@@ -116,6 +122,9 @@ impl Cluster {
             pause: Script::new(PAUSE_LUA),
             subscribed: AtomicBool::new(false),
             sink: RwLock::new(None),
+            sink_set: tokio::sync::Notify::new(),
+            synced: AtomicBool::new(false),
+            synced_notify: tokio::sync::Notify::new(),
             stats: ClusterStats::default(),
         });
         tokio::spawn(connect(Arc::downgrade(&cluster)));
@@ -154,6 +163,20 @@ impl Cluster {
     /// Where peers' messages go from now on (the gateway's current rate limits and cache).
     pub fn set_sink(&self, sink: Arc<dyn EventSink>) {
         *self.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        self.sink_set.notify_one();
+    }
+
+    /// Waits (at most `limit`) until the first subscription has read the pauses in force, so
+    /// that a starting instance does not call an API the fleet holds. A Redis that does not
+    /// answer in time leaves the instance starting degraded.
+    pub async fn wait_synced(&self, limit: Duration) -> bool {
+        let notified = self.synced_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.synced.load(Ordering::Acquire) {
+            return true;
+        }
+        tokio::time::timeout(limit, notified).await.is_ok()
     }
 
     fn sink(&self) -> Option<Arc<dyn EventSink>> {
@@ -273,7 +296,7 @@ impl Cluster {
     }
 
     /// After (re)subscribing: the pauses set while this instance was not listening.
-    async fn read_pauses(&self, conn: &mut ConnectionManager) {
+    async fn read_pauses(&self, conn: &mut impl redis::aio::ConnectionLike) {
         for api in Api::ALL {
             let key = self.key(&format!("pause:{}", api.name()));
             let left = tokio::time::timeout(
@@ -353,6 +376,11 @@ async fn connect(cluster: Weak<Cluster>) {
 
 /// Keeps a subscription to the events channel, resubscribing after every loss.
 async fn subscribe(cluster: Weak<Cluster>) {
+    let Some(c) = cluster.upgrade() else { return };
+    if c.sink().is_none() {
+        c.sink_set.notified().await;
+    }
+    drop(c);
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(c) = cluster.upgrade() else { return };
@@ -370,7 +398,16 @@ async fn subscribe(cluster: Weak<Cluster>) {
                 c.subscribed.store(true, Ordering::Relaxed);
                 if let Some(conn) = c.conn.load_full() {
                     c.read_pauses(&mut (*conn).clone()).await;
+                } else if let Ok(Ok(mut conn)) = tokio::time::timeout(
+                    BACKGROUND_TIMEOUT,
+                    c.client.get_multiplexed_async_connection(),
+                )
+                .await
+                {
+                    c.read_pauses(&mut conn).await;
                 }
+                c.synced.store(true, Ordering::Release);
+                c.synced_notify.notify_waiters();
             }
             let mut messages = ps.into_on_message();
             while let Some(msg) = messages.next().await {

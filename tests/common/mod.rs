@@ -4,6 +4,7 @@
 
 pub mod custom;
 pub mod process;
+pub mod redis_server;
 pub mod upstream;
 
 use std::{path::Path, time::Duration};

@@ -1,0 +1,502 @@
+//! Several gateway processes sharing one Redis (`[cluster]`): global rate limits, Ratepay's 429
+//! pause and cache invalidation reach every instance, Redis killed and restarted, one instance
+//! SIGKILLed mid-burst, and nothing secret written to Redis. Each test starts its own
+//! `redis-server` and sandbox on loopback and three `ratepay-gateway serve` processes.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{
+    authorize_body, config_text,
+    custom::eventually,
+    keys,
+    process::{spawn_command, Running, BIN},
+    redis_server::Redis,
+    sandbox_config, Options, RATEPAY_SECRET, SVC_SECRET, TX_PATH,
+};
+use ratepay_gateway::sandbox::{self, SandboxHandle};
+use serde_json::{json, Value};
+
+/// The variable the instances read the Redis URL from.
+const URL_ENV: &str = "RG_TEST_REDIS_URL";
+
+struct Instance {
+    process: Option<Running>,
+    proxy: String,
+    admin: String,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    redis_url: String,
+}
+
+impl Instance {
+    fn start(sandbox: &str, redis_url: &str, name: &str, extra: &str) -> Instance {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = Options {
+            extra_toml: format!(
+                "{extra}\n[cluster]\ninstance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\nretry_after_failure_ms = 100\n"
+            ),
+            ..Options::default()
+        };
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, config_text(dir.path(), sandbox, &opts)).expect("config");
+        let mut i = Instance {
+            process: None,
+            proxy: String::new(),
+            admin: String::new(),
+            dir,
+            config,
+            redis_url: redis_url.to_owned(),
+        };
+        i.launch();
+        i
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .env(URL_ENV, &self.redis_url)
+            .current_dir(self.dir.path());
+        let (process, addrs) = spawn_command(cmd, &["proxy", "admin"]);
+        self.process = Some(process);
+        self.proxy = format!("http://{}", addrs["proxy"]);
+        self.admin = format!("http://{}", addrs["admin"]);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy)
+    }
+
+    async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
+        let text = http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        common::metric(&text, &format!("ratepay_gateway_{name} ")).unwrap_or(0.0)
+    }
+
+    async fn ready(&self, http: &reqwest::Client) -> (u16, String) {
+        let r = http
+            .get(format!("{}/readyz", self.admin))
+            .send()
+            .await
+            .expect("readyz");
+        (r.status().as_u16(), r.text().await.expect("text"))
+    }
+}
+
+struct Fleet {
+    sandbox: SandboxHandle,
+    redis: Redis,
+    gw: Vec<Instance>,
+    http: reqwest::Client,
+}
+
+impl Fleet {
+    async fn start(extra: &str) -> Fleet {
+        let redis = Redis::start();
+        let sandbox = sandbox::spawn(sandbox_config(Duration::from_secs(1800)))
+            .await
+            .expect("sandbox");
+        let gw = ["gw-a", "gw-b", "gw-c"]
+            .iter()
+            .map(|n| Instance::start(&sandbox.url(), &redis.url(), n, extra))
+            .collect();
+        let fleet = Fleet {
+            sandbox,
+            redis,
+            gw,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+        };
+        for g in &fleet.gw {
+            eventually("every instance connected to redis and subscribed", || async {
+                g.ready(&fleet.http).await.1.contains("redis: up")
+            })
+            .await;
+        }
+        fleet
+    }
+
+    async fn get(&self, i: usize, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.gw[i].url(path))
+            .bearer_auth(keys::FULL)
+            .send()
+            .await
+            .expect("answered")
+    }
+
+    async fn op_count(&self, op: &str) -> u64 {
+        let stats: Value = self
+            .http
+            .get(format!("{}/_sandbox/stats", self.sandbox.url()))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        stats["requests"][op].as_u64().unwrap_or(0)
+    }
+
+    async fn fault(&self, fault: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_sandbox/faults", self.sandbox.url()))
+            .json(&fault)
+            .send()
+            .await
+            .expect("fault");
+        assert!(r.status().is_success());
+    }
+
+    async fn authorize(&self, i: usize) -> String {
+        let r = self
+            .http
+            .post(self.gw[i].url(TX_PATH))
+            .bearer_auth(keys::FULL)
+            .json(&authorize_body(10.0))
+            .send()
+            .await
+            .expect("authorize");
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.expect("json")["ratepay_transaction_id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+}
+
+const MISSING_TX: &str = "/transaction/management/v2/transactions/tx-not-there";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_admit_the_global_caller_rate_however_the_load_is_spread() {
+    // 40 requests/s and a burst of 10 for the caller, across the fleet.
+    let fleet = Fleet::start("[rate_limits.per_caller]\nrate_per_sec = 40.0\nburst = 10\n").await;
+    // Twice the rate, 60 % / 30 % / 10 % over the instances, for 5 s, open loop.
+    let total = 400usize;
+    let mut tick = tokio::time::interval(Duration::from_micros(12_500));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        let which = match i % 10 {
+            0..=5 => 0,
+            6..=8 => 1,
+            _ => 2,
+        };
+        let rb = fleet
+            .http
+            .get(fleet.gw[which].url(MISSING_TX))
+            .bearer_auth(keys::FULL);
+        tasks.push(tokio::spawn(async move {
+            let r = rb.send().await.expect("answered");
+            let headers = r.headers().clone();
+            (r.status().as_u16(), headers)
+        }));
+    }
+    let elapsed = started.elapsed();
+    let mut admitted = 0.0;
+    let mut refused = None;
+    for t in tasks {
+        let (status, headers) = t.await.expect("task");
+        match status {
+            429 => refused = Some(headers),
+            404 => admitted += 1.0,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // GCRA admits the burst plus one request per emission interval of the window.
+    let expected = 10.0 + 40.0 * elapsed.as_secs_f64();
+    assert!(
+        (admitted - expected).abs() <= 0.05 * expected,
+        "admitted {admitted}, expected {expected:.1} ± 5 % (per-instance limits would admit about 3 ×)"
+    );
+    let h = refused.expect("some requests were refused");
+    let retry_after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=1).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(h["ratelimit-policy"], "\"caller\";q=10;w=1");
+    assert!(h["ratelimit"].to_str().unwrap().starts_with("\"caller\";r=0;t="));
+    // Every decision went through Redis.
+    for g in &fleet.gw {
+        assert_eq!(g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await, 0.0);
+    }
+    assert_nothing_secret_in(&fleet.redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ratepay_429_on_one_instance_pauses_the_api_on_all() {
+    let fleet = Fleet::start("").await;
+    fleet
+        .fault(json!({"operation": "payment.transactions.get", "status": 429, "retry_after": 30, "count": 1}))
+        .await;
+    let r = fleet.get(0, MISSING_TX).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(fleet.op_count("payment.transactions.get").await, 1);
+    for i in [1, 2] {
+        let g = &fleet.gw[i];
+        eventually("the pause reached the instance", || async {
+            g.metric(&fleet.http, "cluster_events_received_total").await >= 1.0
+        })
+        .await;
+        let r = fleet.get(i, MISSING_TX).await;
+        assert_eq!(r.status(), 429);
+        let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((25..=30).contains(&retry_after), "Retry-After {retry_after}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["type"],
+            "https://ratepay-gateway.dev/problems/upstream-paused"
+        );
+    }
+    // The paused instances never called Ratepay; another API is not paused.
+    assert_eq!(fleet.op_count("payment.transactions.get").await, 1);
+    let r = fleet
+        .get(1, "/pps/api/v1/session-record/no-such-session")
+        .await;
+    assert_ne!(r.status(), 429);
+    // An instance started later learns the pause in force from Redis.
+    let late = Instance::start(&fleet.sandbox.url(), &fleet.redis.url(), "gw-d", "");
+    eventually("the late instance holds the pause", || async {
+        let r = fleet
+            .http
+            .get(late.url(MISSING_TX))
+            .bearer_auth(keys::FULL)
+            .send()
+            .await
+            .unwrap();
+        r.status() == 429
+    })
+    .await;
+    assert_eq!(fleet.op_count("payment.transactions.get").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_on_one_instance_drops_the_cached_records_on_all() {
+    let fleet = Fleet::start("[cache]\n").await;
+    // A completed HPP session whose record is cached on instance b.
+    let r = fleet
+        .http
+        .post(fleet.gw[1].url("/pps/api/v1/session"))
+        .bearer_auth(keys::FULL)
+        .json(&json!({"order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
+                      "buyer": {"contact": {"email": "b@example.com"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sid = r.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = fleet
+        .http
+        .post(format!("{}/_sandbox/sessions/{sid}", fleet.sandbox.url()))
+        .json(&json!({"session_status": "COMPLETED"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let record = format!("/pps/api/v1/session-record/{sid}");
+    let x_cache = |r: &reqwest::Response| r.headers()["x-cache"].to_str().unwrap().to_owned();
+    let first = fleet.get(1, &record).await;
+    assert_eq!(x_cache(&first), "MISS");
+    let tx = first.json::<Value>().await.unwrap()["transaction_id"]
+        .as_str()
+        .expect("a completed record names its transaction")
+        .to_owned();
+    assert_eq!(x_cache(&fleet.get(1, &record).await), "HIT");
+    // The cancellation goes through instance a.
+    fleet
+        .fault(json!({"operation": "payment.cancellations.create", "status": 201, "count": 1}))
+        .await;
+    let before = fleet.gw[1]
+        .metric(&fleet.http, "cluster_events_received_total")
+        .await;
+    let r = fleet
+        .http
+        .post(fleet.gw[0].url(&format!("{TX_PATH}/{tx}/cancellations")))
+        .bearer_auth(keys::FULL)
+        .json(&json!({"gross_amount": 10.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let g = &fleet.gw[1];
+    eventually("the invalidation reached instance b", || async {
+        g.metric(&fleet.http, "cluster_events_received_total").await > before
+    })
+    .await;
+    assert_eq!(x_cache(&fleet.get(1, &record).await), "MISS");
+    assert_eq!(fleet.op_count("hpp.session_records.get").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_then_restarted_the_fleet_keeps_answering_and_shares_again() {
+    // 3/s and a burst of 3 across the fleet: each instance alone gets 1/s and a burst of 1.
+    let mut fleet =
+        Fleet::start("[rate_limits.per_caller]\nrate_per_sec = 3.0\nburst = 3\n").await;
+    fleet.redis.kill();
+    for g in &fleet.gw {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let sent = tokio::time::Instant::now();
+            let r = fleet
+                .http
+                .get(g.url(MISSING_TX))
+                .bearer_auth(keys::FULL)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                sent.elapsed() < Duration::from_secs(2),
+                "answered promptly without redis"
+            );
+            statuses.push(r.status().as_u16());
+        }
+        // The local fallback: a third of the burst, so one admitted and the rest refused.
+        assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 1, "{statuses:?}");
+        assert!(statuses.iter().all(|s| [404, 429].contains(s)), "{statuses:?}");
+        let (status, text) = g.ready(&fleet.http).await;
+        assert_eq!(status, 200, "degraded, not failed");
+        assert!(text.contains("redis: degraded"), "{text}");
+        assert!(g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await >= 4.0);
+        assert_eq!(g.metric(&fleet.http, "cluster_redis_up").await, 0.0);
+    }
+    fleet.redis.restart();
+    for g in &fleet.gw {
+        eventually("the instance uses redis again", || async {
+            // Each try lets the breaker retry; readiness follows the subscription.
+            let _ = fleet
+                .http
+                .get(g.url(MISSING_TX))
+                .bearer_auth(keys::FULL)
+                .send()
+                .await;
+            g.ready(&fleet.http).await.1.contains("redis: up")
+        })
+        .await;
+    }
+    // Shared again: one fresh bucket of 3 for the whole fleet, whichever instance is asked.
+    eventually("the shared bucket is back to full", || async {
+        let mut c = fleet.redis.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*rl:caller:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if keys.is_empty() {
+            return true;
+        }
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
+        false
+    })
+    .await;
+    let before: f64 = {
+        let mut sum = 0.0;
+        for g in &fleet.gw {
+            sum += g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await;
+        }
+        sum
+    };
+    let mut admitted = 0;
+    for i in 0..6 {
+        admitted += u32::from(fleet.get(i % 3, MISSING_TX).await.status() == 404);
+    }
+    assert_eq!(admitted, 3, "the fleet's one burst of 3");
+    let mut after = 0.0;
+    for g in &fleet.gw {
+        after += g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await;
+    }
+    assert_eq!(after, before, "no fallback once redis is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_sigkilled_mid_burst_the_others_serve_and_its_chain_verifies() {
+    let mut fleet = Fleet::start("").await;
+    let mut txs = Vec::new();
+    for i in 0..6 {
+        txs.push(fleet.authorize(i % 3).await);
+    }
+    // Cancellations held by Ratepay for a while, so the kill lands with calls in flight.
+    fleet
+        .fault(json!({"operation": "payment.cancellations.create", "latency_ms": 300}))
+        .await;
+    let mut tasks = Vec::new();
+    for n in 0..60 {
+        let i = n % 3;
+        let rb = fleet
+            .http
+            .post(fleet.gw[i].url(&format!("{TX_PATH}/{}/cancellations", txs[n % txs.len()])))
+            .bearer_auth(keys::FULL)
+            .json(&json!({"gross_amount": 0.01}));
+        tasks.push((i, tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) })));
+    }
+    eventually("cancellations reached ratepay", || async {
+        fleet.op_count("payment.cancellations.create").await >= 10
+    })
+    .await;
+    drop(fleet.gw[1].process.take());
+    for (i, t) in tasks {
+        let outcome = t.await.expect("task");
+        if i != 1 {
+            assert_eq!(outcome.ok(), Some(201), "instance {i} kept serving");
+        }
+    }
+    // Restarted, instance b closes its own open intents and its chain verifies.
+    fleet.gw[1].launch();
+    let r = fleet.get(1, MISSING_TX).await;
+    assert_eq!(r.status(), 404);
+    for g in &fleet.gw {
+        let out = Command::new(BIN)
+            .args(["audit", "verify"])
+            .arg(g.dir.path().join("audit.jsonl"))
+            .output()
+            .expect("audit verify");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            g.dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_nothing_secret_in(&fleet.redis).await;
+}
+
+/// Every key and string value in `redis`: no API key, client secret or Ratepay token.
+async fn assert_nothing_secret_in(redis: &Redis) {
+    let mut c = redis.connection().await;
+    let names: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+    let mut seen = String::new();
+    for k in &names {
+        seen.push_str(k);
+        seen.push('\n');
+        let kind: String = redis::cmd("TYPE").arg(k).query_async(&mut c).await.unwrap();
+        if kind == "string" {
+            let v: Option<String> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+            seen.push_str(&v.unwrap_or_default());
+            seen.push('\n');
+        }
+    }
+    for secret in [
+        keys::FULL,
+        keys::CHOOSER,
+        keys::READER,
+        keys::NOPARTNER,
+        RATEPAY_SECRET,
+        SVC_SECRET,
+        // Any JWT (the sandbox's tokens are JWTs).
+        "eyJ",
+    ] {
+        assert!(!seen.contains(secret), "redis holds {secret:?}");
+    }
+}
