@@ -98,6 +98,31 @@ impl StoredAnswer {
     pub fn bytes(&self) -> usize {
         self.buf.len()
     }
+
+    /// The answer as one byte string (status, body length, then the buffer), to store it
+    /// outside the process.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10 + self.buf.len());
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&(self.body_len as u64).to_be_bytes());
+        out.extend_from_slice(&self.buf);
+        out
+    }
+
+    /// Reads what [`StoredAnswer::to_bytes`] wrote; `None` for anything else.
+    pub fn from_bytes(bytes: &[u8]) -> Option<StoredAnswer> {
+        let status =
+            http::StatusCode::from_u16(u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?))
+                .ok()?;
+        let body_len =
+            usize::try_from(u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)).ok()?;
+        let buf = Bytes::copy_from_slice(bytes.get(10..)?);
+        (body_len <= buf.len()).then_some(StoredAnswer {
+            status,
+            buf,
+            body_len,
+        })
+    }
 }
 
 /// Why [`read_limited`] stopped.
@@ -231,6 +256,30 @@ where
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_stored_answer_round_trips_through_bytes_and_garbage_is_refused() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("content-length", "7".parse().unwrap());
+        let a = StoredAnswer::new(http::StatusCode::CREATED, &h, b"{\"a\":1}");
+        let b = StoredAnswer::from_bytes(&a.to_bytes()).unwrap();
+        let r = b.response();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert!(r.headers().get("content-length").is_none());
+        assert_eq!(b.bytes(), a.bytes());
+        let mut long = a.to_bytes();
+        long[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        for bad in [
+            &[][..],
+            &[0, 201],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &long[..],
+        ] {
+            assert!(StoredAnswer::from_bytes(bad).is_none(), "{bad:?}");
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_fails_after_the_idle_timeout() {

@@ -11,7 +11,7 @@ use crate::{
     audit::{AuditLog, AuditRecord},
     callers::Callers,
     client::{self, HttpClient},
-    cluster::{events::EventSink, Cluster},
+    cluster::{events::EventSink, idempotency::SharedAnswers, Cluster},
     config::{Config, Limits},
     error::BuildError,
     metrics::Metrics,
@@ -142,7 +142,8 @@ impl Gateway {
                 shared_limits: shared_limits(&cluster, config),
                 rate_limits,
                 cache: config.cache.as_ref().map(SessionRecordCache::new),
-                idempotency: IdempotencyStore::new(&config.idempotency),
+                idempotency: IdempotencyStore::new(&config.idempotency)
+                    .shared(shared_answers(&cluster, config)?),
                 cluster,
             },
         )?;
@@ -386,6 +387,19 @@ fn token_sources(
         out.insert(*api, source);
     }
     (out, by_key, fresh)
+}
+
+/// The idempotency records kept in the fleet's Redis, with `[cluster]`: a lease outlives the
+/// longest a call may take (the request deadline) by a margin.
+fn shared_answers(
+    cluster: &Option<Arc<Cluster>>,
+    config: &Config,
+) -> Result<Option<Arc<SharedAnswers>>, BuildError> {
+    let Some(c) = cluster else { return Ok(None) };
+    let lease = config.limits.request_timeout + Duration::from_secs(5);
+    SharedAnswers::new(c.clone(), lease, config.idempotency.ttl)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(BuildError)
 }
 
 /// The rate limits kept in the fleet's Redis, with `[cluster]`.

@@ -440,7 +440,7 @@ impl Collector for ClusterCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+        let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
             (
                 "cluster_redis_failures",
                 "Redis calls on the request path that failed or timed out",
@@ -450,6 +450,16 @@ impl Collector for ClusterCollector {
                 "cluster_rate_limit_fallbacks",
                 "Rate-limit decisions taken by the fallback because Redis was unreachable",
                 &c.stats.rate_limit_fallbacks,
+            ),
+            (
+                "cluster_idempotency_fallbacks",
+                "Keyed calls decided by this instance's idempotency store alone because Redis was unreachable",
+                &c.stats.idempotency_fallbacks,
+            ),
+            (
+                "cluster_answers_not_shared",
+                "Completed idempotent answers that could not be stored in Redis",
+                &c.stats.answers_not_shared,
             ),
             (
                 "cluster_events_received",
@@ -463,9 +473,12 @@ impl Collector for ClusterCollector {
             ),
         ];
         for (name, help, value) in counters {
-            ConstCounter::new(value.load(Ordering::Relaxed)).encode(
-                encoder.encode_descriptor(name, help, None, MetricType::Counter)?,
-            )?;
+            ConstCounter::new(value.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
         }
         Ok(())
     }

@@ -24,9 +24,7 @@ use crate::{
         headers::HeadersLayer,
         idempotency::{IdempotencyLayer, IdempotencyStore},
         json_body::JsonBodyLayer,
-        rate_limit::{
-            CallerRateLimitLayer, RateLimits, SharedRateLimits, UpstreamRateLimitLayer,
-        },
+        rate_limit::{CallerRateLimitLayer, RateLimits, SharedRateLimits, UpstreamRateLimitLayer},
         retry::RetryLayer,
         token::InjectTokenLayer,
         token_endpoint::{ClientCredentialsLayer, IssueToken},

@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 
 /// The variable the instances read the Redis URL from.
 const URL_ENV: &str = "RG_TEST_REDIS_URL";
+/// The key sealing the answers the fleet stores in Redis.
+const ANSWER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+/// Another key, for rotations.
+const NEW_ANSWER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 
 struct Instance {
     process: Option<Running>,
@@ -32,10 +36,35 @@ struct Instance {
 
 impl Instance {
     fn start(sandbox: &str, redis_url: &str, name: &str, extra: &str) -> Instance {
+        Instance::start_keyed(sandbox, redis_url, name, extra, ANSWER_KEY, None)
+    }
+
+    /// An instance sealing answers with `key` (and opening those of `previous`).
+    fn start_keyed(
+        sandbox: &str,
+        redis_url: &str,
+        name: &str,
+        extra: &str,
+        key: &str,
+        previous: Option<&str>,
+    ) -> Instance {
         let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("answer-key"), key).expect("key");
+        let previous = match previous {
+            Some(p) => {
+                std::fs::write(dir.path().join("previous-answer-key"), p).expect("key");
+                format!(
+                    "previous_answer_key_file = \"{}\"\n",
+                    dir.path().join("previous-answer-key").display()
+                )
+            }
+            None => String::new(),
+        };
         let opts = Options {
             extra_toml: format!(
-                "{extra}\n[cluster]\ninstance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\nretry_after_failure_ms = 100\n"
+                "{extra}\n[cluster]\ninstance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\n\
+                 retry_after_failure_ms = 100\nanswer_key_file = \"{}\"\n{previous}",
+                dir.path().join("answer-key").display()
             ),
             ..Options::default()
         };
@@ -91,7 +120,12 @@ impl Instance {
     }
 }
 
+/// One fleet at a time: three gateways each already share the two cores with the test, and
+/// the rate test measures real time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Fleet {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
     sandbox: SandboxHandle,
     redis: Redis,
     gw: Vec<Instance>,
@@ -100,6 +134,7 @@ struct Fleet {
 
 impl Fleet {
     async fn start(extra: &str) -> Fleet {
+        let serial = SERIAL.lock().await;
         let redis = Redis::start();
         let sandbox = sandbox::spawn(sandbox_config(Duration::from_secs(1800)))
             .await
@@ -109,6 +144,7 @@ impl Fleet {
             .map(|n| Instance::start(&sandbox.url(), &redis.url(), n, extra))
             .collect();
         let fleet = Fleet {
+            _serial: serial,
             sandbox,
             redis,
             gw,
@@ -118,9 +154,10 @@ impl Fleet {
                 .expect("client"),
         };
         for g in &fleet.gw {
-            eventually("every instance connected to redis and subscribed", || async {
-                g.ready(&fleet.http).await.1.contains("redis: up")
-            })
+            eventually(
+                "every instance connected to redis and subscribed",
+                || async { g.ready(&fleet.http).await.1.contains("redis: up") },
+            )
             .await;
         }
         fleet
@@ -225,10 +262,17 @@ async fn three_instances_admit_the_global_caller_rate_however_the_load_is_spread
     let retry_after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=1).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(h["ratelimit-policy"], "\"caller\";q=10;w=1");
-    assert!(h["ratelimit"].to_str().unwrap().starts_with("\"caller\";r=0;t="));
+    assert!(h["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"caller\";r=0;t="));
     // Every decision went through Redis.
     for g in &fleet.gw {
-        assert_eq!(g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await, 0.0);
+        assert_eq!(
+            g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total")
+                .await,
+            0.0
+        );
     }
     assert_nothing_secret_in(&fleet.redis).await;
 }
@@ -250,8 +294,15 @@ async fn a_ratepay_429_on_one_instance_pauses_the_api_on_all() {
         .await;
         let r = fleet.get(i, MISSING_TX).await;
         assert_eq!(r.status(), 429);
-        let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-        assert!((25..=30).contains(&retry_after), "Retry-After {retry_after}");
+        let retry_after: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (25..=30).contains(&retry_after),
+            "Retry-After {retry_after}"
+        );
         let body: Value = r.json().await.unwrap();
         assert_eq!(
             body["type"],
@@ -288,8 +339,10 @@ async fn a_cancellation_on_one_instance_drops_the_cached_records_on_all() {
         .http
         .post(fleet.gw[1].url("/pps/api/v1/session"))
         .bearer_auth(keys::FULL)
-        .json(&json!({"order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
-                      "buyer": {"contact": {"email": "b@example.com"}}}}))
+        .json(
+            &json!({"order_data": {"shop_baskets": [{"gross_amount": 10.0}], "currency": "EUR",
+                      "buyer": {"contact": {"email": "b@example.com"}}}}),
+        )
         .send()
         .await
         .unwrap();
@@ -343,8 +396,7 @@ async fn a_cancellation_on_one_instance_drops_the_cached_records_on_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_then_restarted_the_fleet_keeps_answering_and_shares_again() {
     // 3/s and a burst of 3 across the fleet: each instance alone gets 1/s and a burst of 1.
-    let mut fleet =
-        Fleet::start("[rate_limits.per_caller]\nrate_per_sec = 3.0\nburst = 3\n").await;
+    let mut fleet = Fleet::start("[rate_limits.per_caller]\nrate_per_sec = 3.0\nburst = 3\n").await;
     fleet.redis.kill();
     for g in &fleet.gw {
         let mut statuses = Vec::new();
@@ -364,12 +416,23 @@ async fn redis_killed_then_restarted_the_fleet_keeps_answering_and_shares_again(
             statuses.push(r.status().as_u16());
         }
         // The local fallback: a third of the burst, so one admitted and the rest refused.
-        assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 1, "{statuses:?}");
-        assert!(statuses.iter().all(|s| [404, 429].contains(s)), "{statuses:?}");
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 404).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| [404, 429].contains(s)),
+            "{statuses:?}"
+        );
         let (status, text) = g.ready(&fleet.http).await;
         assert_eq!(status, 200, "degraded, not failed");
         assert!(text.contains("redis: degraded"), "{text}");
-        assert!(g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await >= 4.0);
+        assert!(
+            g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total")
+                .await
+                >= 4.0
+        );
         assert_eq!(g.metric(&fleet.http, "cluster_redis_up").await, 0.0);
     }
     fleet.redis.restart();
@@ -397,14 +460,20 @@ async fn redis_killed_then_restarted_the_fleet_keeps_answering_and_shares_again(
         if keys.is_empty() {
             return true;
         }
-        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .unwrap();
         false
     })
     .await;
     let before: f64 = {
         let mut sum = 0.0;
         for g in &fleet.gw {
-            sum += g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await;
+            sum += g
+                .metric(&fleet.http, "cluster_rate_limit_fallbacks_total")
+                .await;
         }
         sum
     };
@@ -415,7 +484,9 @@ async fn redis_killed_then_restarted_the_fleet_keeps_answering_and_shares_again(
     assert_eq!(admitted, 3, "the fleet's one burst of 3");
     let mut after = 0.0;
     for g in &fleet.gw {
-        after += g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total").await;
+        after += g
+            .metric(&fleet.http, "cluster_rate_limit_fallbacks_total")
+            .await;
     }
     assert_eq!(after, before, "no fallback once redis is back");
 }
@@ -439,7 +510,10 @@ async fn one_instance_sigkilled_mid_burst_the_others_serve_and_its_chain_verifie
             .post(fleet.gw[i].url(&format!("{TX_PATH}/{}/cancellations", txs[n % txs.len()])))
             .bearer_auth(keys::FULL)
             .json(&json!({"gross_amount": 0.01}));
-        tasks.push((i, tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) })));
+        tasks.push((
+            i,
+            tokio::spawn(async move { rb.send().await.map(|r| r.status().as_u16()) }),
+        ));
     }
     eventually("cancellations reached ratepay", || async {
         fleet.op_count("payment.cancellations.create").await >= 10
@@ -475,7 +549,11 @@ async fn one_instance_sigkilled_mid_burst_the_others_serve_and_its_chain_verifie
 /// Every key and string value in `redis`: no API key, client secret or Ratepay token.
 async fn assert_nothing_secret_in(redis: &Redis) {
     let mut c = redis.connection().await;
-    let names: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut c).await.unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let mut seen = String::new();
     for k in &names {
         seen.push_str(k);
@@ -494,9 +572,163 @@ async fn assert_nothing_secret_in(redis: &Redis) {
         keys::NOPARTNER,
         RATEPAY_SECRET,
         SVC_SECRET,
+        ANSWER_KEY,
+        NEW_ANSWER_KEY,
         // Any JWT (the sandbox's tokens are JWTs).
         "eyJ",
     ] {
         assert!(!seen.contains(secret), "redis holds {secret:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_duplicates_over_three_instances_reach_ratepay_once_with_one_answer() {
+    let fleet = Fleet::start("").await;
+    let tx = fleet.authorize(0).await;
+    // Ratepay takes a while, so the duplicates arrive while the first is executing.
+    fleet
+        .fault(json!({"operation": "payment.cancellations.create", "latency_ms": 300}))
+        .await;
+    let path = format!("{TX_PATH}/{tx}/cancellations");
+    let send = |i: usize, body: Value| {
+        fleet
+            .http
+            .post(fleet.gw[i % 3].url(&path))
+            .bearer_auth(keys::FULL)
+            .header("idempotency-key", "cancel-once-7")
+            .json(&body)
+    };
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let rb = send(i, json!({"gross_amount": 1.5}));
+        tasks.push(tokio::spawn(async move {
+            let r = rb.send().await.expect("answered");
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            (r.status().as_u16(), replayed, r.text().await.expect("body"))
+        }));
+    }
+    let mut bodies = std::collections::BTreeSet::new();
+    let mut replays = 0;
+    for t in tasks {
+        let (status, replayed, body) = t.await.expect("task");
+        assert_eq!(status, 201, "{body}");
+        replays += usize::from(replayed);
+        bodies.insert(body);
+    }
+    assert_eq!(fleet.op_count("payment.cancellations.create").await, 1);
+    assert_eq!(
+        bodies.len(),
+        1,
+        "one answer for every duplicate: {bodies:?}"
+    );
+    assert_eq!(replays, 49);
+    // Later: replayed by every instance; the same key for another body is 409 on every one.
+    for i in 0..3 {
+        let r = send(i, json!({"gross_amount": 1.5})).send().await.unwrap();
+        assert_eq!(r.headers()["idempotent-replayed"], "true");
+        assert!(bodies.contains(&r.text().await.unwrap()));
+        let r = send(i, json!({"gross_amount": 2.5})).send().await.unwrap();
+        assert_eq!(r.status(), 409, "instance {i}");
+    }
+    assert_eq!(fleet.op_count("payment.cancellations.create").await, 1);
+    // The stored answer is sealed: Redis holds neither the transaction id nor the amount.
+    let mut c = fleet.redis.connection().await;
+    let record = format!(
+        "ratepay-gateway:idem:{}",
+        common::scoped_key("full", "cancel-once-7")
+    );
+    let fields: Vec<Vec<u8>> = redis::cmd("HVALS")
+        .arg(&record)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(fields.len(), 3, "state, fingerprint and the sealed answer");
+    let all: Vec<u8> = fields.concat();
+    for plain in [tx.as_bytes(), b"gross_amount", b"cancel-once-7"] {
+        assert!(
+            !all.windows(plain.len()).any(|w| w == plain),
+            "redis holds {}",
+            String::from_utf8_lossy(plain)
+        );
+    }
+    assert_nothing_secret_in(&fleet.redis).await;
+
+    // Rotation: an instance with a new key and the old one as previous still replays.
+    let rotated = Instance::start_keyed(
+        &fleet.sandbox.url(),
+        &fleet.redis.url(),
+        "gw-d",
+        "",
+        NEW_ANSWER_KEY,
+        Some(ANSWER_KEY),
+    );
+    let r = fleet
+        .http
+        .post(rotated.url(&path))
+        .bearer_auth(keys::FULL)
+        .header("idempotency-key", "cancel-once-7")
+        .json(&json!({"gross_amount": 1.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["idempotent-replayed"], "true");
+    assert!(bodies.contains(&r.text().await.unwrap()));
+    // Without the old key the answer cannot be opened: the call executes again, with the same
+    // upstream Idempotency-Key (Ratepay deduplicates it), and answers the same.
+    let stranger = Instance::start_keyed(
+        &fleet.sandbox.url(),
+        &fleet.redis.url(),
+        "gw-e",
+        "",
+        NEW_ANSWER_KEY,
+        None,
+    );
+    let r = fleet
+        .http
+        .post(stranger.url(&path))
+        .bearer_auth(keys::FULL)
+        .header("idempotency-key", "cancel-once-7")
+        .json(&json!({"gross_amount": 1.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(!r.headers().contains_key("idempotent-replayed"));
+    assert_eq!(fleet.op_count("payment.cancellations.create").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_calls_keep_working_while_redis_is_away() {
+    let mut fleet = Fleet::start("").await;
+    let tx = fleet.authorize(0).await;
+    fleet.redis.kill();
+    let path = format!("{TX_PATH}/{tx}/cancellations");
+    for i in 0..3 {
+        for _ in 0..2 {
+            let r = fleet
+                .http
+                .post(fleet.gw[i].url(&path))
+                .bearer_auth(keys::FULL)
+                .header("idempotency-key", format!("away-{i}"))
+                .json(&json!({"gross_amount": 0.5}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        // The second was replayed by the instance's own store.
+        assert!(
+            fleet.gw[i]
+                .metric(&fleet.http, "cluster_idempotency_fallbacks_total")
+                .await
+                >= 1.0
+        );
+        assert!(
+            fleet.gw[i]
+                .metric(&fleet.http, "idempotency_replays_total")
+                .await
+                >= 1.0
+        );
+    }
+    assert_eq!(fleet.op_count("payment.cancellations.create").await, 3);
 }

@@ -37,9 +37,7 @@ impl Event {
                 let ms: u64 = ms.parse().ok()?;
                 Event::Pause(api, Duration::from_millis(ms).min(MAX_PAUSE))
             }
-            ("invalidate", tx, None) if routes::valid_id(tx) => {
-                Event::Invalidate(tx.to_owned())
-            }
+            ("invalidate", tx, None) if routes::valid_id(tx) => Event::Invalidate(tx.to_owned()),
             _ => return None,
         };
         parts.next().is_none().then_some(event)

@@ -120,22 +120,34 @@ mod tests {
     fn replies_are_read_and_bounded() {
         assert_eq!(
             verdict(&[1, 2, 5], 2),
-            Some(Verdict::Admitted { bucket: 1, remaining: 5 })
+            Some(Verdict::Admitted {
+                bucket: 1,
+                remaining: 5
+            })
         );
         assert_eq!(
             verdict(&[0, 1, 250_000], 1),
-            Some(Verdict::Refused { bucket: 0, wait: Duration::from_millis(250) })
+            Some(Verdict::Refused {
+                bucket: 0,
+                wait: Duration::from_millis(250)
+            })
         );
         assert_eq!(
             verdict(&[0, 1, i64::MAX], 1),
-            Some(Verdict::Refused { bucket: 0, wait: Duration::from_secs(86_400) })
+            Some(Verdict::Refused {
+                bucket: 0,
+                wait: Duration::from_secs(86_400)
+            })
         );
         for bad in [&[][..], &[1, 0, 1], &[1, 3, 1], &[2, 1, 1], &[1, 1]] {
             assert_eq!(verdict(bad, 2), None, "{bad:?}");
         }
         let a = args(&[Bucket {
             key: "k".into(),
-            rate: Rate { per_sec: 4.0, burst: 3 },
+            rate: Rate {
+                per_sec: 4.0,
+                burst: 3,
+            },
         }]);
         assert_eq!(a, ["250000.000000", "3"]);
     }

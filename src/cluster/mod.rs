@@ -15,6 +15,8 @@
 pub mod breaker;
 pub mod events;
 pub mod gcra;
+pub mod idempotency;
+pub mod sealed;
 
 use std::{
     sync::{
@@ -64,6 +66,11 @@ pub struct ClusterStats {
     pub failures: AtomicU64,
     /// Rate-limit decisions taken by the fallback.
     pub rate_limit_fallbacks: AtomicU64,
+    /// Keyed calls handled by the local idempotency store because Redis was unreachable.
+    pub idempotency_fallbacks: AtomicU64,
+    /// Completed answers that could not be stored in Redis (a later duplicate re-executes
+    /// with the same upstream Idempotency-Key, which Ratepay deduplicates).
+    pub answers_not_shared: AtomicU64,
     /// Messages received from the instances (this one's own included).
     pub events_received: AtomicU64,
     /// Messages that could not be sent.
@@ -186,13 +193,6 @@ impl Cluster {
     /// Spends one request from every bucket, or from none (one round trip, bounded by
     /// `redis_timeout`).
     pub async fn spend(&self, buckets: &[Bucket]) -> Result<Verdict, Unavailable> {
-        if !self.breaker.allows() {
-            return Err(Unavailable::Down);
-        }
-        let Some(conn) = self.conn.load_full() else {
-            return Err(Unavailable::Down);
-        };
-        let mut conn = (*conn).clone();
         let mut invocation = self.gcra.prepare_invoke();
         for b in buckets {
             invocation.key(&b.key);
@@ -200,39 +200,64 @@ impl Cluster {
         for a in gcra::args(buckets) {
             invocation.arg(a);
         }
-        let reply =
-            tokio::time::timeout(self.settings.redis_timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
-                .await;
-        let verdict = match reply {
-            Ok(Ok(v)) => gcra::verdict(&v, buckets.len()).ok_or("an unexpected reply"),
-            Ok(Err(_)) => Err("an error"),
-            Err(_) => Err("no answer within redis_timeout_ms"),
+        let reply: Vec<i64> = self
+            .guarded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        match gcra::verdict(&reply, buckets.len()) {
+            Some(v) => Ok(v),
+            None => {
+                self.failed("an unexpected reply");
+                Err(Unavailable::Failed)
+            }
+        }
+    }
+
+    /// One call on the request path: skipped while the breaker is open, bounded by
+    /// `redis_timeout`; a failure opens the breaker (logged once per outage).
+    pub(crate) async fn guarded<T, F, Fut>(&self, call: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.breaker.allows() {
+            return Err(Unavailable::Down);
+        }
+        let Some(conn) = self.conn.load_full() else {
+            return Err(Unavailable::Down);
         };
-        match verdict {
-            Ok(v) => {
+        match tokio::time::timeout(self.settings.redis_timeout, call((*conn).clone())).await {
+            Ok(Ok(v)) => {
                 if self.breaker.is_open() {
                     tracing::info!(
                         instance = %self.settings.instance,
-                        "redis answers again; shared rate limits are back"
+                        "redis answers again; shared limits and idempotency are back"
                     );
                 }
                 self.breaker.succeeded();
                 Ok(v)
             }
-            Err(why) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                if !self.breaker.is_open() {
-                    tracing::warn!(
-                        instance = %self.settings.instance,
-                        problem = why,
-                        retry_ms = self.settings.retry_after_failure.as_millis() as u64,
-                        "redis call failed; rate limits use the fallback until redis answers"
-                    );
-                }
-                self.breaker.failed();
+            Ok(Err(_)) => {
+                self.failed("an error");
+                Err(Unavailable::Failed)
+            }
+            Err(_) => {
+                self.failed("no answer within redis_timeout_ms");
                 Err(Unavailable::Failed)
             }
         }
+    }
+
+    fn failed(&self, why: &'static str) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.breaker.is_open() {
+            tracing::warn!(
+                instance = %self.settings.instance,
+                problem = why,
+                retry_ms = self.settings.retry_after_failure.as_millis() as u64,
+                "redis call failed; rate limits and idempotency use their fallbacks until redis answers"
+            );
+        }
+        self.breaker.failed();
     }
 
     /// Tells every instance (this one included) about `event`, in the background; a pause is

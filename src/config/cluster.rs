@@ -2,9 +2,9 @@
 //! limits, Ratepay's 429 pauses and cache invalidations through, and what each instance does
 //! while Redis cannot be reached.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 use super::{Rate, RateLimitSettings};
 
@@ -50,7 +50,14 @@ pub struct ClusterSettings {
     pub retry_after_failure: Duration,
     /// What shared rate limits do while Redis is unreachable.
     pub rate_limit_fallback: RateLimitFallback,
+    /// AES-256 key sealing the idempotent answers stored in Redis.
+    pub answer_key: AnswerKey,
+    /// The key before the last rotation: still opens answers, never seals.
+    pub previous_answer_key: Option<AnswerKey>,
 }
+
+/// A 32-byte key, never printed.
+pub type AnswerKey = Arc<SecretBox<[u8; 32]>>;
 
 impl fmt::Debug for ClusterSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -60,12 +67,20 @@ impl fmt::Debug for ClusterSettings {
             .field("instances", &self.instances)
             .field("redis_url", &"[REDACTED]")
             .field("redis_username", &self.redis_username)
-            .field("redis_password", &self.redis_password.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "redis_password",
+                &self.redis_password.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("redis_ca_file", &self.redis_ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("redis_timeout", &self.redis_timeout)
             .field("retry_after_failure", &self.retry_after_failure)
             .field("rate_limit_fallback", &self.rate_limit_fallback)
+            .field("answer_key", &"[REDACTED]")
+            .field(
+                "previous_answer_key",
+                &self.previous_answer_key.as_ref().map(|_| "[REDACTED]"),
+            )
             .finish()
     }
 }
@@ -88,6 +103,12 @@ impl PartialEq for ClusterSettings {
             && self.redis_timeout == o.redis_timeout
             && self.retry_after_failure == o.retry_after_failure
             && self.rate_limit_fallback == o.rate_limit_fallback
+            && self.answer_key.expose_secret() == o.answer_key.expose_secret()
+            && self
+                .previous_answer_key
+                .as_ref()
+                .map(|k| *k.expose_secret())
+                == o.previous_answer_key.as_ref().map(|k| *k.expose_secret())
     }
 }
 

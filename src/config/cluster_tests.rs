@@ -35,7 +35,10 @@ fn a_cluster_section_loads_with_defaults_and_hides_its_secrets() {
     assert_eq!(cl.instances, 3);
     assert_eq!(cl.key_prefix, ClusterSettings::DEFAULT_PREFIX);
     assert_eq!(cl.redis_timeout, ClusterSettings::DEFAULT_TIMEOUT);
-    assert_eq!(cl.retry_after_failure, ClusterSettings::DEFAULT_RETRY_AFTER_FAILURE);
+    assert_eq!(
+        cl.retry_after_failure,
+        ClusterSettings::DEFAULT_RETRY_AFTER_FAILURE
+    );
     assert_eq!(cl.rate_limit_fallback, RateLimitFallback::Local);
     let shown = format!("{}\n{:?}", c.redacted(), c);
     assert!(shown.contains("[cluster]") && shown.contains("instance = \"gw-1\""));
@@ -65,7 +68,11 @@ fn every_cluster_mistake_is_reported_in_one_pass() {
         ],
         "{e}"
     );
-    assert!(e.to_string().contains("set redis_url_env or redis_url_file"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("set redis_url_env or redis_url_file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,7 +90,10 @@ fn urls_with_credentials_or_another_scheme_are_refused_without_echoing_them() {
         ))
         .unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("cluster.redis_url") && text.contains(says), "{text}");
+        assert!(
+            text.contains("cluster.redis_url") && text.contains(says),
+            "{text}"
+        );
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
@@ -101,7 +111,17 @@ fn the_local_fallback_divides_every_rate_among_the_instances() {
             burst: 4
         }
     );
-    assert_eq!(share_of(&Rate { per_sec: 1.0, burst: 1 }, 4).burst, 1);
+    assert_eq!(
+        share_of(
+            &Rate {
+                per_sec: 1.0,
+                burst: 1
+            },
+            4
+        )
+        .burst,
+        1
+    );
     let s = RateLimitSettings {
         per_caller: Some(r),
         upstreams: [(Api::Payment, r)].into(),

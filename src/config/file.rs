@@ -88,6 +88,14 @@ pub struct ClusterFile {
     pub retry_after_failure_ms: Option<u64>,
     /// `local` (default) or `refuse`: shared rate limits while Redis is unreachable.
     pub rate_limit_fallback: Option<String>,
+    /// Environment variable holding the AES-256 key (64 hex digits) that seals stored answers.
+    pub answer_key_env: Option<String>,
+    /// File holding that key.
+    pub answer_key_file: Option<String>,
+    /// The previous key during a rotation (opens, never seals): environment variable.
+    pub previous_answer_key_env: Option<String>,
+    /// The previous key: file.
+    pub previous_answer_key_file: Option<String>,
 }
 
 /// `[idempotency]`.

@@ -125,6 +125,6 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod cluster_tests;
+#[cfg(test)]
+mod tests;

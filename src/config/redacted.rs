@@ -196,7 +196,7 @@ impl Config {
             // The URL and the password are secrets; the CA file is printed by path.
             let _ = writeln!(
                 s,
-                "\n[cluster]\ninstance = \"{}\"\ninstances = {}\nredis_url = \"[REDACTED]\"\nredis_username = {:?}\nredis_password = {}\nredis_ca_file = {:?}\nkey_prefix = {:?}\nredis_timeout_ms = {}\nretry_after_failure_ms = {}\nrate_limit_fallback = \"{}\"",
+                "\n[cluster]\ninstance = \"{}\"\ninstances = {}\nredis_url = \"[REDACTED]\"\nredis_username = {:?}\nredis_password = {}\nredis_ca_file = {:?}\nkey_prefix = {:?}\nredis_timeout_ms = {}\nretry_after_failure_ms = {}\nrate_limit_fallback = \"{}\"\nanswer_key = \"[REDACTED]\"\nprevious_answer_key = {}",
                 c.instance,
                 c.instances,
                 c.redis_username.as_deref().unwrap_or(""),
@@ -206,6 +206,7 @@ impl Config {
                 c.redis_timeout.as_millis(),
                 c.retry_after_failure.as_millis(),
                 c.rate_limit_fallback.name(),
+                if c.previous_answer_key.is_some() { "\"[REDACTED]\"" } else { "\"\"" },
             );
         }
         s

@@ -21,7 +21,12 @@ use sha2::{Digest, Sha256};
 
 use super::{GwRequest, GwResponse, Handler};
 use crate::{
-    body, config::IdempotencySettings, context::Call, error::GatewayError, metrics::Metrics,
+    body,
+    cluster::idempotency::{Begin, SharedAnswers},
+    config::IdempotencySettings,
+    context::Call,
+    error::GatewayError,
+    metrics::Metrics,
     routes::Keys,
 };
 /// `Idempotency-Key`.
@@ -85,6 +90,9 @@ struct Slot {
 pub struct IdempotencyStore {
     // Behind one Arc: the layer is cloned per request and a moka handle is several.
     slots: Arc<Slots>,
+    /// The fleet's records in Redis, with `[cluster]`; the local slots still coalesce this
+    /// instance's own duplicates and hold its replays.
+    shared: Option<Arc<SharedAnswers>>,
 }
 
 /// Slots by (caller, key).
@@ -121,7 +129,14 @@ impl IdempotencyStore {
             .build();
         IdempotencyStore {
             slots: Arc::new(slots),
+            shared: None,
         }
+    }
+
+    /// Keeps the records in the fleet's Redis too (`None`: this instance only).
+    pub fn shared(mut self, shared: Option<Arc<SharedAnswers>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Number of keys held (eviction is lazy; for metrics and tests).
@@ -201,8 +216,8 @@ impl<S: Handler> Handler for Idempotency<S> {
         };
         // From here every answer (a gateway problem included) names the key.
         let _ = call.ctx.stats.idempotency_key.set(key.clone());
-        let up = upstream_key(&auth.caller.name, &key);
-        let up = HeaderValue::from_str(&up)
+        let up_hex = upstream_key(&auth.caller.name, &key);
+        let up = HeaderValue::from_str(&up_hex)
             .map_err(|_| GatewayError::Internal("upstream key".into()))?;
         req.headers_mut().insert(IDEMPOTENCY_KEY.clone(), up);
         let fp = fingerprint(&req, auth.partner.as_deref());
@@ -229,32 +244,74 @@ impl<S: Handler> Handler for Idempotency<S> {
             metrics.idempotency_replays.inc();
             return Ok(replay(stored, &key));
         }
+        // The fleet's record: a duplicate executing on another instance, a completed answer
+        // or a mismatch there answer here too.
+        let lease = match &self.store.shared {
+            Some(shared) => match fleet_record(shared, &up_hex, &fp).await {
+                Err(e) => {
+                    // The fleet saw this key with another request: so must this instance.
+                    metrics.idempotency_conflicts.inc();
+                    drop(guard);
+                    self.store.slots.invalidate(&slot_key).await;
+                    return Err(e);
+                }
+                Ok(Fleet::Execute(lease)) => Some(lease),
+                Ok(Fleet::Replay(stored)) => {
+                    metrics.idempotency_replays.inc();
+                    let resp = replay(&stored, &key);
+                    *guard = Some(stored);
+                    drop(guard);
+                    self.store.slots.insert(slot_key, slot).await;
+                    return Ok(resp);
+                }
+                Ok(Fleet::Local) => None,
+            },
+            None => None,
+        };
         let (inner, store, call) = (self.inner.clone(), self.store.clone(), call.clone());
         // The upstream call and the storing run on their own task: if this caller hangs up,
         // the call still completes and its answer is stored for the retry.
         let task = tokio::spawn(async move {
-            let resp = inner.handle(&call, req).await?;
+            let resp = match inner.handle(&call, req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let (Some(shared), Some(l)) = (&store.shared, &lease) {
+                        l.give_up(shared).await;
+                    }
+                    return Err(e);
+                }
+            };
             // A 5xx is re-executed by Ratepay on retry; a 429 only asked to slow down. Neither
             // is a final answer to store.
             if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS {
                 drop(guard);
+                if let (Some(shared), Some(l)) = (&store.shared, &lease) {
+                    l.give_up(shared).await;
+                }
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
             let bytes = match body::read_limited(body, MAX_STORED_BODY).await {
                 Ok(b) => b,
                 Err(e) => {
+                    if let (Some(shared), Some(l)) = (&store.shared, &lease) {
+                        l.give_up(shared).await;
+                    }
                     return Err(GatewayError::UpstreamUnreachable {
                         upstream: "payment",
                         reason: format!("reading the answer failed: {e}"),
-                    })
+                    });
                 }
             };
             // Per-request headers are not part of the stored answer.
             let mut headers = parts.headers.clone();
             headers.remove(crate::request_id::X_REQUEST_ID.clone());
             // Stored for a day, in its own compact copy.
-            *guard = Some(Stored::new(parts.status, &headers, &bytes));
+            let stored = Stored::new(parts.status, &headers, &bytes);
+            if let (Some(shared), Some(l)) = (&store.shared, &lease) {
+                l.complete(shared, &stored).await;
+            }
+            *guard = Some(stored);
             drop(guard);
             // Re-insert the same slot so moka weighs the stored answer against max_bytes.
             store.slots.insert(slot_key, slot).await;
@@ -268,6 +325,91 @@ impl<S: Handler> Handler for Idempotency<S> {
         };
         echo_key(&mut resp, &key);
         Ok(resp)
+    }
+}
+
+/// What the fleet's record decided for a request this instance has not answered before.
+enum Fleet {
+    /// This request holds the fleet's lease: execute, then complete or give it up.
+    Execute(Lease),
+    /// Completed elsewhere: replay.
+    Replay(Stored),
+    /// Redis is unreachable: this instance's store alone decides (Ratepay still deduplicates
+    /// the upstream key).
+    Local,
+}
+
+/// The fleet's lease on one record.
+struct Lease {
+    record: String,
+    fingerprint: [u8; 32],
+    owner: String,
+}
+
+impl Lease {
+    /// Stores the final answer for the fleet.
+    async fn complete(&self, shared: &SharedAnswers, stored: &Stored) {
+        let c = shared.cluster();
+        match shared
+            .finish(&self.record, &self.fingerprint, &self.owner, stored)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the idempotency lease expired before the call completed; another execution's \
+                 answer stands in redis"
+            ),
+            Err(_) => {
+                c.stats
+                    .answers_not_shared
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "could not store the answer in redis; a duplicate on another instance \
+                     executes again once the lease expires (Ratepay deduplicates it)"
+                );
+            }
+        }
+    }
+
+    /// No final answer: the next attempt, on any instance, executes again.
+    async fn give_up(&self, shared: &SharedAnswers) {
+        // Unreachable Redis: the lease expires by itself.
+        let _ = shared.abandon(&self.record, &self.owner).await;
+    }
+}
+
+async fn fleet_record(
+    shared: &SharedAnswers,
+    upstream_key: &str,
+    fingerprint: &[u8; 32],
+) -> Result<Fleet, GatewayError> {
+    let record = shared.record(upstream_key);
+    let owner = format!(
+        "{}:{}",
+        shared.cluster().settings().instance,
+        uuid::Uuid::new_v4()
+    );
+    match shared.acquire(&record, fingerprint, &owner).await {
+        Ok(Begin::Run) => Ok(Fleet::Execute(Lease {
+            record,
+            fingerprint: *fingerprint,
+            owner,
+        })),
+        Ok(Begin::Conflict) => Err(GatewayError::IdempotencyConflict),
+        Ok(Begin::Done(stored)) => Ok(Fleet::Replay(stored)),
+        // Still pending after a whole lease, or unreadable twice: decide locally.
+        Ok(Begin::Pending | Begin::Unreadable) | Err(_) => {
+            shared
+                .cluster()
+                .stats
+                .idempotency_fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                "redis is unreachable for the idempotency record; this instance's store decides \
+                 (Ratepay still deduplicates by the upstream Idempotency-Key)"
+            );
+            Ok(Fleet::Local)
+        }
     }
 }
 

@@ -2,9 +2,9 @@
 //! the fallback. Secrets come from `*_env` / `*_file` only; a URL with credentials in it is
 //! refused (they belong in their own keys, which are redacted).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretBox};
 
 use super::{ms, within};
 use crate::config::{
@@ -30,15 +30,16 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
             f.instance
         ),
     );
-    let instances = cx.check(within(
-        cx,
-        "cluster.instances",
-        u64::from(f.instances),
-        1,
-        64,
-        "instances",
-    ))
-    .map(|()| f.instances);
+    let instances = cx
+        .check(within(
+            cx,
+            "cluster.instances",
+            u64::from(f.instances),
+            1,
+            64,
+            "instances",
+        ))
+        .map(|()| f.instances);
     let url = match cx.check(cx.secret("cluster.redis_url", &f.redis_url_env, &f.redis_url_file)) {
         Some(Some(url)) => {
             let text = url.expose_secret();
@@ -72,7 +73,9 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
         &f.redis_password_file,
     ));
     let username_ok = cx.require(
-        f.redis_username.is_none() || f.redis_password_env.is_some() || f.redis_password_file.is_some(),
+        f.redis_username.is_none()
+            || f.redis_password_env.is_some()
+            || f.redis_password_file.is_some(),
         "cluster.redis_username",
         "an ACL user needs its password (redis_password_env or redis_password_file)",
     );
@@ -81,7 +84,10 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
             if pem.contains("-----BEGIN CERTIFICATE-----") {
                 Ok(())
             } else {
-                Err(cx.err("cluster.redis_ca_file", format!("{p} holds no PEM certificate")))
+                Err(cx.err(
+                    "cluster.redis_ca_file",
+                    format!("{p} holds no PEM certificate"),
+                ))
             }
         })),
         None => Some(()),
@@ -127,8 +133,51 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
             None
         }
     };
+    let key = |base: &str, env: &Option<String>, file: &Option<String>| {
+        let secret = cx.check(cx.secret(base, env, file))?;
+        match secret {
+            None => Some(None),
+            Some(hex_key) => {
+                let bytes = hex::decode(hex_key.expose_secret().trim())
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok());
+                match bytes {
+                    Some(b) => Some(Some(Arc::new(SecretBox::new(Box::new(b))))),
+                    None => {
+                        cx.report(base, "expected 64 hex digits (a 32-byte AES-256 key; e.g. `openssl rand -hex 32`)");
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let answer_key = match key("cluster.answer_key", &f.answer_key_env, &f.answer_key_file) {
+        Some(Some(k)) => Some(k),
+        Some(None) => {
+            cx.report(
+                "cluster.answer_key",
+                "set answer_key_env or answer_key_file: 64 hex digits (`openssl rand -hex 32`) that seal the idempotent answers kept in Redis",
+            );
+            None
+        }
+        None => None,
+    };
+    let previous = key(
+        "cluster.previous_answer_key",
+        &f.previous_answer_key_env,
+        &f.previous_answer_key_file,
+    );
+    let distinct = match (&answer_key, &previous) {
+        (Some(a), Some(Some(p))) => cx.require(
+            a.expose_secret() != p.expose_secret(),
+            "cluster.previous_answer_key",
+            "is the same key as answer_key; after a rotation it holds the key before it",
+        ),
+        _ => Some(()),
+    };
     instance?;
     username_ok?;
+    distinct?;
     ca_ok?;
     prefix_ok?;
     timeout_ok?;
@@ -144,5 +193,7 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
         redis_timeout: timeout,
         retry_after_failure: retry.max(Duration::from_millis(10)),
         rate_limit_fallback: fallback?,
+        answer_key: answer_key?,
+        previous_answer_key: previous?,
     })
 }

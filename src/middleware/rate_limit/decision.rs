@@ -153,7 +153,13 @@ where
     }
 
     /// Refused for `wait`: in queue mode within the budget a wait, else a refusal.
-    pub(super) fn over(&self, wait: Duration, waited: Duration, scope: Scope, rate: Option<Rate>) -> Decision {
+    pub(super) fn over(
+        &self,
+        wait: Duration,
+        waited: Duration,
+        scope: Scope,
+        rate: Option<Rate>,
+    ) -> Decision {
         match self.over_limit {
             OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => {
                 Decision::Wait(wait)

@@ -127,9 +127,17 @@ where
         let limits = &*self.limits;
         let headroom = match &self.shared {
             Some(shared) => {
-                admit(&call.ctx, |waited| shared.check_caller(limits, caller, waited)).await?
+                admit(&call.ctx, |waited| {
+                    shared.check_caller(limits, caller, waited)
+                })
+                .await?
             }
-            None => admit(&call.ctx, |waited| ready(limits.check_caller(caller, waited))).await?,
+            None => {
+                admit(&call.ctx, |waited| {
+                    ready(limits.check_caller(caller, waited))
+                })
+                .await?
+            }
         };
         let mut resp = self.inner.handle(cx, req).await?;
         // The caller paces itself by its own budget, not by whatever Ratepay reports.

@@ -23,7 +23,7 @@ mod layers;
 mod shared;
 
 pub use decision::{parse_retry_after, Decision, RateLimits};
-pub use shared::SharedRateLimits;
 pub use layers::{
     CallerRateLimit, CallerRateLimitLayer, UpstreamRateLimit, UpstreamRateLimitLayer,
 };
+pub use shared::SharedRateLimits;

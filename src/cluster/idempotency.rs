@@ -1,0 +1,235 @@
+//! Idempotency records shared by the fleet: one Redis hash per (caller, key), so a duplicate
+//! on any instance waits for the executing one, a completed answer is replayed by every
+//! instance, and a mismatch is refused by every instance.
+//!
+//! A record is created by [`SharedAnswers::begin`] as a *lease* (`s = r`, the request's
+//! fingerprint and the executing owner, expiring after `lease`); the owner either
+//! [`finish`](SharedAnswers::finish)es it with the sealed answer (`s = d`, kept for the
+//! idempotency TTL) or [`abandon`](SharedAnswers::abandon)s it (a 5xx, a 429 or a transport
+//! error is no final answer: the next attempt executes again, as at Ratepay). If the owner dies
+//! the lease expires and a later duplicate executes again with the same upstream
+//! Idempotency-Key, which Ratepay deduplicates. Answers are sealed ([`super::sealed`]);
+//! the record's key is the SHA-256 the upstream key already is, never the caller's key.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{sealed::Sealer, Cluster, Unavailable};
+use crate::body::StoredAnswer;
+
+/// Creates the lease, or reports what the record holds.
+const BEGIN: &str = r#"
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 0 then
+  redis.call('HSET', k, 's', 'r', 'fp', ARGV[1], 'o', ARGV[2])
+  redis.call('PEXPIRE', k, ARGV[3])
+  return {1, ''}
+end
+if redis.call('HGET', k, 'fp') ~= ARGV[1] then return {2, ''} end
+if redis.call('HGET', k, 's') == 'r' then return {3, ''} end
+return {4, redis.call('HGET', k, 'a') or ''}
+"#;
+
+/// Stores the answer, if the lease is still this owner's.
+const FINISH: &str = r#"
+local k = KEYS[1]
+if redis.call('HGET', k, 'o') ~= ARGV[1] then return 0 end
+redis.call('HSET', k, 's', 'd', 'a', ARGV[2])
+redis.call('HDEL', k, 'o')
+redis.call('PEXPIRE', k, ARGV[3])
+return 1
+"#;
+
+/// Drops the lease, if it is still this owner's.
+const ABANDON: &str = r#"
+if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Drops a completed record whose answer cannot be opened (so the call can execute again).
+const DISCARD: &str = r#"
+if redis.call('HGET', KEYS[1], 's') == 'd' then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// What a record says to a request.
+#[derive(Debug)]
+pub enum Begin {
+    /// The lease is this request's: execute.
+    Run,
+    /// The key was used for another request.
+    Conflict,
+    /// Another instance is executing it.
+    Pending,
+    /// Completed: replay this.
+    Done(StoredAnswer),
+    /// Completed, but the answer cannot be opened here (unknown key, damaged).
+    Unreadable,
+}
+
+/// The fleet's idempotency records.
+pub struct SharedAnswers {
+    cluster: std::sync::Arc<Cluster>,
+    sealer: Sealer,
+    lease: Duration,
+    ttl: Duration,
+    begin: Script,
+    finish: Script,
+    abandon: Script,
+    discard: Script,
+}
+
+impl std::fmt::Debug for SharedAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedAnswers").finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl SharedAnswers {
+    /// Records in `cluster`'s Redis: leases of `lease`, answers kept for `ttl`.
+    pub fn new(
+        cluster: std::sync::Arc<Cluster>,
+        lease: Duration,
+        ttl: Duration,
+    ) -> Result<SharedAnswers, String> {
+        use secrecy::ExposeSecret;
+        let s = cluster.settings();
+        let sealer = Sealer::new(
+            s.answer_key.expose_secret(),
+            s.previous_answer_key.as_ref().map(|k| k.expose_secret()),
+        )
+        .ok_or("cluster.answer_key: not a usable AES-256 key")?;
+        Ok(SharedAnswers {
+            cluster,
+            sealer,
+            lease,
+            ttl,
+            begin: Script::new(BEGIN),
+            finish: Script::new(FINISH),
+            abandon: Script::new(ABANDON),
+            discard: Script::new(DISCARD),
+        })
+    }
+
+    /// The cluster these records live in.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The Redis key of the record whose upstream key is `upstream_key` (hex SHA-256).
+    pub fn record(&self, upstream_key: &str) -> String {
+        self.cluster.key(&format!("idem:{upstream_key}"))
+    }
+
+    fn aad(record: &str, fingerprint: &[u8; 32]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(record.len() + 32);
+        aad.extend_from_slice(record.as_bytes());
+        aad.extend_from_slice(fingerprint);
+        aad
+    }
+
+    /// Takes the lease for `owner`, or says what the record holds.
+    pub async fn begin(
+        &self,
+        record: &str,
+        fingerprint: &[u8; 32],
+        owner: &str,
+    ) -> Result<Begin, Unavailable> {
+        let mut inv = self.begin.prepare_invoke();
+        inv.key(record)
+            .arg(hex::encode(fingerprint))
+            .arg(owner)
+            .arg(millis(self.lease));
+        let (code, sealed): (i64, Vec<u8>) = self
+            .cluster
+            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(match code {
+            1 => Begin::Run,
+            2 => Begin::Conflict,
+            3 => Begin::Pending,
+            _ => match self.sealer.open(&Self::aad(record, fingerprint), &sealed) {
+                Ok(plain) => {
+                    StoredAnswer::from_bytes(&plain).map_or(Begin::Unreadable, Begin::Done)
+                }
+                Err(_) => Begin::Unreadable,
+            },
+        })
+    }
+
+    /// Stores `answer` under `owner`'s lease; `false` when the lease was lost (expired and
+    /// taken by another execution, whose answer stands).
+    pub async fn finish(
+        &self,
+        record: &str,
+        fingerprint: &[u8; 32],
+        owner: &str,
+        answer: &StoredAnswer,
+    ) -> Result<bool, Unavailable> {
+        let sealed = self
+            .sealer
+            .seal(&Self::aad(record, fingerprint), &answer.to_bytes())
+            .ok_or(Unavailable::Failed)?;
+        let mut inv = self.finish.prepare_invoke();
+        inv.key(record).arg(owner).arg(sealed).arg(millis(self.ttl));
+        let stored: i64 = self
+            .cluster
+            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// [`SharedAnswers::begin`] until the record is this request's, completed or conflicting:
+    /// while another instance executes, it asks again (every 10 ms, backing off to 100 ms),
+    /// for at most the lease (after which the lease is free); an answer that cannot be opened
+    /// is dropped and the call executes again (same upstream key: Ratepay deduplicates).
+    pub async fn acquire(
+        &self,
+        record: &str,
+        fingerprint: &[u8; 32],
+        owner: &str,
+    ) -> Result<Begin, Unavailable> {
+        let mut pause = Duration::from_millis(10);
+        let give_up = tokio::time::Instant::now() + self.lease;
+        loop {
+            match self.begin(record, fingerprint, owner).await? {
+                Begin::Pending if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Begin::Unreadable => {
+                    tracing::warn!(
+                        "a stored answer in redis cannot be opened with the configured answer                          keys; it is dropped and the call executes again (Ratepay deduplicates                          it by its Idempotency-Key)"
+                    );
+                    self.discard(record).await?;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Gives `owner`'s lease up: no final answer, the next attempt executes again.
+    pub async fn abandon(&self, record: &str, owner: &str) -> Result<(), Unavailable> {
+        let mut inv = self.abandon.prepare_invoke();
+        inv.key(record).arg(owner);
+        self.cluster
+            .guarded(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Drops a completed record that cannot be opened here.
+    pub async fn discard(&self, record: &str) -> Result<(), Unavailable> {
+        let mut inv = self.discard.prepare_invoke();
+        inv.key(record);
+        self.cluster
+            .guarded(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+}
