@@ -1,6 +1,8 @@
 //! `[cluster]`: what loads, what is refused (all at once), what `check-config` and `Debug`
 //! show of its secrets, and the fallback's share of each rate.
 
+use secrecy::ExposeSecret;
+
 use super::*;
 
 const BASE: &str = r#"
@@ -23,11 +25,14 @@ fn a_cluster_section_loads_with_defaults_and_hides_its_secrets() {
     std::fs::write(&url, "redis://redis.internal.example:6380/2\n").unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "s3cret-redis-password").unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
     let c = load(&format!(
         "[cluster]\ninstance = \"gw-1\"\ninstances = 3\nredis_url_file = \"{}\"\n\
-         redis_username = \"gateway\"\nredis_password_file = \"{}\"\n",
+         redis_username = \"gateway\"\nredis_password_file = \"{}\"\nanswer_key_file = \"{}\"\n",
         url.display(),
-        pw.display()
+        pw.display(),
+        key.display()
     ))
     .unwrap();
     let cl = c.cluster.as_ref().unwrap();
@@ -42,7 +47,14 @@ fn a_cluster_section_loads_with_defaults_and_hides_its_secrets() {
     assert_eq!(cl.rate_limit_fallback, RateLimitFallback::Local);
     let shown = format!("{}\n{:?}", c.redacted(), c);
     assert!(shown.contains("[cluster]") && shown.contains("instance = \"gw-1\""));
-    for secret in ["s3cret-redis-password", "redis.internal.example"] {
+    assert_eq!(*cl.answer_key.expose_secret(), [0xab; 32]);
+    assert!(cl.previous_answer_key.is_none());
+    for secret in [
+        "s3cret-redis-password",
+        "redis.internal.example",
+        "abababab",
+        "171, 171",
+    ] {
         assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
     }
     assert!(load("").unwrap().cluster.is_none());
@@ -64,7 +76,8 @@ fn every_cluster_mistake_is_reported_in_one_pass() {
             "cluster.redis_url",
             "cluster.redis_username",
             "cluster.redis_timeout_ms",
-            "cluster.rate_limit_fallback"
+            "cluster.rate_limit_fallback",
+            "cluster.answer_key"
         ],
         "{e}"
     );
