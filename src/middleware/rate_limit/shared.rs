@@ -31,7 +31,7 @@ pub struct SharedRateLimits {
 
 enum Fallback {
     /// Local buckets at the shared rates divided among the instances.
-    Local(RateLimits),
+    Local(Box<RateLimits>),
     /// 503 while Redis is away.
     Refuse,
 }
@@ -57,9 +57,9 @@ impl SharedRateLimits {
     /// The budgets of `settings`, in the Redis of `cluster`.
     pub fn new(cluster: Arc<Cluster>, settings: &RateLimitSettings) -> SharedRateLimits {
         let fallback = match cluster.settings().rate_limit_fallback {
-            RateLimitFallback::Local => Fallback::Local(RateLimits::new(
+            RateLimitFallback::Local => Fallback::Local(Box::new(RateLimits::new(
                 &settings.divided_by(cluster.settings().instances),
-            )),
+            ))),
             RateLimitFallback::Refuse => Fallback::Refuse,
         };
         SharedRateLimits {
