@@ -658,6 +658,99 @@ async fn spawn_gateway_bin(bin: &Path, dir: &Path, config: String) -> (Proc, Soc
     (proc, addr)
 }
 
+/// A `redis-server` on a free loopback port, persistence off (with the generator on CPU 0
+/// when pinned: like the upstream it is what the gateway talks to, not what is measured).
+fn spawn_redis(dir: &Path) -> Option<(Proc, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok()?
+        .port();
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Ready to accept connections"));
+    std::thread::spawn(move || for _ in lines {});
+    let proc = Proc {
+        child,
+        name: "redis-server",
+    };
+    ready.then_some((proc, port))
+}
+
+/// The `cluster` cases: gateway E with `[cluster]` (one instance), so each GET spends its caller
+/// and upstream budgets with one script call each in Redis, and each keyed POST also takes and
+/// completes its idempotency lease there. Compared with gateways A (uncached) and B (audit off).
+async fn cluster_cases(bench: &mut Bench, upstream: SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((redis, port)) = spawn_redis(dir.path()) else {
+        bench
+            .notes
+            .push("cluster: redis-server not installed or did not start, skipped".into());
+        return;
+    };
+    std::fs::write(dir.path().join("redis-url"), format!("redis://127.0.0.1:{port}")).expect("url");
+    std::fs::write(dir.path().join("answer-key"), "42".repeat(32)).expect("key");
+    let config = format!(
+        "{}\n[cluster]\ninstance = \"bench\"\ninstances = 1\nredis_url_file = \"{}\"\nanswer_key_file = \"{}\"\n",
+        gateway_toml(dir.path(), upstream, false),
+        dir.path().join("redis-url").display(),
+        dir.path().join("answer-key").display()
+    );
+    let (gw, addr) = spawn_gateway(dir.path(), config).await;
+    let caller = format!("Bearer {API_KEY}");
+    let redis_cpu0 = tree_cpu(redis.pid());
+    let t = Target::get(addr, TX_PATH, &caller, false);
+    bench.case(CLUSTER_UNCACHED, &t, Some(gw.pid())).await;
+    bench
+        .case(CLUSTER_POST, &Target::cancellation(addr), Some(gw.pid()))
+        .await;
+    let requests: u64 = [CLUSTER_UNCACHED, CLUSTER_POST]
+        .iter()
+        .flat_map(|c| [Mode::Saturation, Mode::FixedRate].map(|m| (*c, m)))
+        .filter_map(|(c, m)| bench.row(c, m))
+        .map(|r| (r.run.rate() * r.run.elapsed.as_secs_f64()) as u64)
+        .sum();
+    if let (Some(a), Some(b)) = (redis_cpu0, tree_cpu(redis.pid())) {
+        bench.notes.push(format!(
+            "cluster: redis-server spent {:.1} µs CPU per request of the cluster cases",
+            (b - a).as_secs_f64() * 1e6 / requests.max(1) as f64
+        ));
+    }
+    for (shared, local) in [(CLUSTER_UNCACHED, UNCACHED), (CLUSTER_POST, UNAUDITED)] {
+        let fixed = |c| bench.row(c, Mode::FixedRate).and_then(|r| r.run.percentile_us(0.5));
+        let cpu = |c| bench.row(c, Mode::Saturation).and_then(|r| r.cpu_per_request);
+        if let (Some(s), Some(l)) = (fixed(shared), fixed(local)) {
+            bench.notes.push(format!(
+                "cluster vs in-process, {shared}: p50 at {} req/s {s:.0} µs vs {l:.0} µs (+{:.0} µs); \
+                 CPU per request {}",
+                bench.rate,
+                s - l,
+                match (cpu(shared), cpu(local)) {
+                    (Some(a), Some(b)) => format!(
+                        "{:.1} vs {:.1} µs",
+                        a.as_secs_f64() * 1e6,
+                        b.as_secs_f64() * 1e6
+                    ),
+                    _ => "n/a".into(),
+                }
+            ));
+        }
+    }
+    drop(gw);
+    drop(redis);
+}
+
 /// `BENCH_PIN`: the bench (generator and upstream) runs on CPU 0, every measured proxy alone on
 /// CPU 1 with one worker, so a proxy's CPU per request is not mixed with scheduler sharing.
 fn pinned() -> bool {
@@ -953,6 +1046,8 @@ const UNAUDITED: &str = "gateway POST cancellation, audit off";
 const BASE_UNCACHED: &str = "baseline build uncached: GET transaction";
 const BASE_CACHED: &str = "baseline build cache hit: GET session record";
 const BASE_AUDITED: &str = "baseline build POST cancellation, audited";
+const CLUSTER_UNCACHED: &str = "cluster (redis) uncached: GET transaction";
+const CLUSTER_POST: &str = "cluster (redis) POST cancellation, audit off";
 const NGINX_PASS: &str = "nginx proxy_pass: GET transaction";
 const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
 
@@ -1067,7 +1162,9 @@ async fn run() {
         connections: env_or("BENCH_CONNECTIONS", 32) as usize,
         rate: env_or("BENCH_RATE", 2000) as f64,
         cases: std::env::var("BENCH_CASES")
-            .unwrap_or_else(|_| "direct,uncached,cached,audited,unaudited,nginx,memory".into())
+            .unwrap_or_else(|_| {
+                "direct,uncached,cached,audited,unaudited,cluster,nginx,memory".into()
+            })
             .split(',')
             .map(|s| s.trim().to_owned())
             .collect(),
@@ -1201,6 +1298,11 @@ async fn run() {
             .case(UNAUDITED, &Target::cancellation(addr), Some(gw.pid()))
             .await;
         drop(gw);
+    }
+
+    // Gateway E: limits and idempotency in Redis (`[cluster]`), against gateways A and B.
+    if bench.wants("cluster") {
+        cluster_cases(&mut bench, upstream).await;
     }
 
     if bench.wants("nginx") {
