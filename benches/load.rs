@@ -699,7 +699,11 @@ async fn cluster_cases(bench: &mut Bench, upstream: SocketAddr) {
             .push("cluster: redis-server not installed or did not start, skipped".into());
         return;
     };
-    std::fs::write(dir.path().join("redis-url"), format!("redis://127.0.0.1:{port}")).expect("url");
+    std::fs::write(
+        dir.path().join("redis-url"),
+        format!("redis://127.0.0.1:{port}"),
+    )
+    .expect("url");
     std::fs::write(dir.path().join("answer-key"), "42".repeat(32)).expect("key");
     let config = format!(
         "{}\n[cluster]\ninstance = \"bench\"\ninstances = 1\nredis_url_file = \"{}\"\nanswer_key_file = \"{}\"\n",
@@ -728,8 +732,16 @@ async fn cluster_cases(bench: &mut Bench, upstream: SocketAddr) {
         ));
     }
     for (shared, local) in [(CLUSTER_UNCACHED, UNCACHED), (CLUSTER_POST, UNAUDITED)] {
-        let fixed = |c| bench.row(c, Mode::FixedRate).and_then(|r| r.run.percentile_us(0.5));
-        let cpu = |c| bench.row(c, Mode::Saturation).and_then(|r| r.cpu_per_request);
+        let fixed = |c| {
+            bench
+                .row(c, Mode::FixedRate)
+                .and_then(|r| r.run.percentile_us(0.5))
+        };
+        let cpu = |c| {
+            bench
+                .row(c, Mode::Saturation)
+                .and_then(|r| r.cpu_per_request)
+        };
         if let (Some(s), Some(l)) = (fixed(shared), fixed(local)) {
             bench.notes.push(format!(
                 "cluster vs in-process, {shared}: p50 at {} req/s {s:.0} µs vs {l:.0} µs (+{:.0} µs); \

@@ -33,7 +33,7 @@ where
 /// buffer, which must not stay pinned; and one buffer costs far less than a `HeaderMap` per
 /// entry. Headers are rebuilt per use from slices of the buffer: well-known names resolve to
 /// constants and values share the buffer, so a use allocates only the response's map.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoredAnswer {
     status: http::StatusCode,
     /// The body, then for each header: name, `\0`, value, `\0`.

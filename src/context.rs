@@ -93,6 +93,9 @@ pub struct RequestStats {
     pub idempotency_key: std::sync::OnceLock<Arc<str>>,
     /// The routed operation, once known (named in the access log even after a panic).
     pub operation: std::sync::OnceLock<&'static crate::routes::Operation>,
+    /// The budgets toward Ratepay were already spent, with the caller's, in one call to the
+    /// fleet's Redis (a request that neither the cache nor idempotency can answer).
+    pub upstream_admitted: std::sync::atomic::AtomicBool,
 }
 
 /// Decided by an authenticating layer once the caller is known and allowed.

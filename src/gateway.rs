@@ -389,15 +389,13 @@ fn token_sources(
     (out, by_key, fresh)
 }
 
-/// The idempotency records kept in the fleet's Redis, with `[cluster]`: a lease outlives the
-/// longest a call may take (the request deadline) by a margin.
+/// The idempotency records kept in the fleet's Redis, with `[cluster]`.
 fn shared_answers(
     cluster: &Option<Arc<Cluster>>,
     config: &Config,
 ) -> Result<Option<Arc<SharedAnswers>>, BuildError> {
     let Some(c) = cluster else { return Ok(None) };
-    let lease = config.limits.request_timeout + Duration::from_secs(5);
-    SharedAnswers::new(c.clone(), lease, config.idempotency.ttl)
+    SharedAnswers::new(c.clone(), IDEMPOTENCY_LEASE, config.idempotency.ttl)
         .map(|s| Some(Arc::new(s)))
         .map_err(BuildError)
 }
@@ -455,6 +453,10 @@ async fn open_audit(config: &Config) -> Result<(AuditLog, Vec<AuditRecord>), Bui
     }
     Ok((log, recovery.open_intents))
 }
+
+/// A fleet idempotency lease: renewed every third of it while its call runs, so a duplicate
+/// waits at most this long past the death of the instance executing the call.
+const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(3);
 
 /// How long a starting instance waits for Redis to tell it the pauses in force.
 const CLUSTER_SYNC_WAIT: Duration = Duration::from_secs(1);

@@ -91,7 +91,11 @@ pub fn layers(p: Parts<'_>) -> Stack {
         // Who is calling and may it: before any work is spent on the request.
         .layer(CallerPolicyLayer::new(p.callers, audiences))
         // The caller's own budget, spent before any shared work: cache hits count too.
-        .layer(CallerRateLimitLayer::new(p.rate_limits.clone()).shared(p.shared_limits.clone()))
+        .layer(
+            CallerRateLimitLayer::new(p.rate_limits.clone())
+                .shared(p.shared_limits.clone())
+                .combining_upstream(),
+        )
         // Money calls must be one JSON object with unique keys before any layer reads
         // fields from them (cache key, idempotency fingerprint, audit) or sends them.
         .layer(JsonBodyLayer)

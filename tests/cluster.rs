@@ -63,7 +63,7 @@ impl Instance {
         let opts = Options {
             extra_toml: format!(
                 "{extra}\n[cluster]\ninstance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\n\
-                 retry_after_failure_ms = 100\nanswer_key_file = \"{}\"\n{previous}",
+                 retry_after_failure_ms = 100\nredis_timeout_ms = 100\nanswer_key_file = \"{}\"\n{previous}",
                 dir.path().join("answer-key").display()
             ),
             ..Options::default()
@@ -615,6 +615,13 @@ async fn fifty_duplicates_over_three_instances_reach_ratepay_once_with_one_answe
         replays += usize::from(replayed);
         bodies.insert(body);
     }
+    for g in &fleet.gw {
+        assert_eq!(
+            g.metric(&fleet.http, "cluster_redis_failures_total").await,
+            0.0,
+            "redis calls failed (timeout?)"
+        );
+    }
     assert_eq!(fleet.op_count("payment.cancellations.create").await, 1);
     assert_eq!(
         bodies.len(),
@@ -731,4 +738,63 @@ async fn keyed_calls_keep_working_while_redis_is_away() {
         );
     }
     assert_eq!(fleet.op_count("payment.cancellations.create").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_executes_again_once_the_dead_instances_lease_expires() {
+    let mut fleet = Fleet::start("").await;
+    let tx = fleet.authorize(0).await;
+    // Ratepay holds the first call long enough for its instance to be killed meanwhile.
+    fleet
+        .fault(
+            json!({"operation": "payment.cancellations.create", "latency_ms": 30_000, "count": 1}),
+        )
+        .await;
+    let path = format!("{TX_PATH}/{tx}/cancellations");
+    let urls: Vec<String> = fleet.gw.iter().map(|g| g.url(&path)).collect();
+    let http = fleet.http.clone();
+    let post = |i: usize| {
+        http.post(&urls[i])
+            .bearer_auth(keys::FULL)
+            .header("idempotency-key", "lease-1")
+            .json(&json!({"gross_amount": 0.5}))
+    };
+    let first = post(0);
+    let held = tokio::spawn(async move { first.send().await.map(|r| r.status().as_u16()) });
+    eventually("the first call reached ratepay", || async {
+        fleet.op_count("payment.cancellations.create").await >= 1
+    })
+    .await;
+    // While its owner lives, a duplicate elsewhere waits rather than executing.
+    let waiting = tokio::time::timeout(Duration::from_millis(1500), post(1).send()).await;
+    assert!(
+        waiting.is_err(),
+        "the duplicate waited for the running call"
+    );
+    assert_eq!(fleet.op_count("payment.cancellations.create").await, 1);
+    drop(fleet.gw[0].process.take());
+    assert!(held.await.expect("task").is_err(), "its instance died");
+    // The lease expires (3 s, no longer renewed): the duplicate executes, with the same key.
+    let r = post(2).send().await.expect("answered");
+    assert_eq!(r.status(), 201);
+    assert_eq!(fleet.op_count("payment.cancellations.create").await, 2);
+    let stats: Value = fleet
+        .http
+        .get(format!("{}/_sandbox/stats", fleet.sandbox.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent = stats["idempotency_keys"]["payment.cancellations.create"]
+        .as_array()
+        .expect("keys")
+        .clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[0], sent[1],
+        "the same upstream Idempotency-Key both times"
+    );
+    assert_eq!(sent[0], common::scoped_key("full", "lease-1"));
 }

@@ -18,13 +18,14 @@ use redis::Script;
 use crate::config::Rate;
 
 /// The script. `KEYS[i]` is bucket i; `ARGV[2i-1]` its emission interval in µs (may be
-/// fractional), `ARGV[2i]` its burst. Returns `{1, i, remaining}` (admitted; `i` the bucket
-/// with the least headroom) or `{0, i, wait_us}` (bucket `i` refused; nothing was spent).
+/// fractional), `ARGV[2i]` its burst. Returns `{1, i, remaining, first}` (admitted; `i` the
+/// bucket with the least headroom, `first` the headroom of bucket 1) or `{0, i, wait_us, 0}`
+/// (bucket `i` refused; nothing was spent).
 const LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tats = {}
-local best_i, best_rem = 0, -1
+local best_i, best_rem, first = 0, -1, 0
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
@@ -33,17 +34,18 @@ for i = 1, #KEYS do
   local new_tat = tat + interval
   local allow_at = new_tat - interval * burst
   if now < allow_at then
-    return {0, i, math.ceil(allow_at - now)}
+    return {0, i, math.ceil(allow_at - now), 0}
   end
   tats[i] = new_tat
   local rem = math.floor((now - allow_at) / interval)
+  if i == 1 then first = rem end
   if best_rem < 0 or rem < best_rem then best_i, best_rem = i, rem end
 end
 for i = 1, #KEYS do
   local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
   redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', ttl_ms)
 end
-return {1, best_i, best_rem}
+return {1, best_i, best_rem, first}
 "#;
 
 /// The compiled script (its SHA is computed once; `EVALSHA`, `EVAL` on a cold server).
@@ -69,6 +71,8 @@ pub enum Verdict {
         bucket: usize,
         /// Requests it admits at once now.
         remaining: u32,
+        /// Requests the first bucket admits at once now.
+        first: u32,
     },
     /// Refused by `bucket`, which admits again after `wait`.
     Refused {
@@ -92,7 +96,10 @@ pub fn args(buckets: &[Bucket]) -> Vec<String> {
 
 /// Reads the script's reply; `None` when it is not what the script returns.
 pub fn verdict(reply: &[i64], buckets: usize) -> Option<Verdict> {
-    let [ok, i, n] = *reply else { return None };
+    let [ok, i, n, first] = *reply else {
+        return None;
+    };
+    let count = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
     let bucket = usize::try_from(i).ok()?.checked_sub(1)?;
     if bucket >= buckets {
         return None;
@@ -100,7 +107,8 @@ pub fn verdict(reply: &[i64], buckets: usize) -> Option<Verdict> {
     match ok {
         1 => Some(Verdict::Admitted {
             bucket,
-            remaining: u32::try_from(n.max(0)).unwrap_or(u32::MAX),
+            remaining: count(n),
+            first: count(first),
         }),
         0 => Some(Verdict::Refused {
             bucket,

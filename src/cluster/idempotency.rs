@@ -3,7 +3,9 @@
 //! instance, and a mismatch is refused by every instance.
 //!
 //! A record is created by [`SharedAnswers::begin`] as a *lease* (`s = r`, the request's
-//! fingerprint and the executing owner, expiring after `lease`); the owner either
+//! fingerprint and the executing owner, expiring after `lease`, which the owner renews every
+//! third of it while its call runs, so a lease outlives a slow call but not a dead owner by
+//! more than one lease); the owner either
 //! [`finish`](SharedAnswers::finish)es it with the sealed answer (`s = d`, kept for the
 //! idempotency TTL) or [`abandon`](SharedAnswers::abandon)s it (a 5xx, a 429 or a transport
 //! error is no final answer: the next attempt executes again, as at Ratepay). If the owner dies
@@ -47,6 +49,14 @@ if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then return redis.call('DEL', KEY
 return 0
 "#;
 
+/// Extends the lease, if it is still this owner's.
+const RENEW: &str = r#"
+if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 /// Drops a completed record whose answer cannot be opened (so the call can execute again).
 const DISCARD: &str = r#"
 if redis.call('HGET', KEYS[1], 's') == 'd' then return redis.call('DEL', KEYS[1]) end
@@ -77,6 +87,7 @@ pub struct SharedAnswers {
     begin: Script,
     finish: Script,
     abandon: Script,
+    renew: Script,
     discard: Script,
 }
 
@@ -112,6 +123,7 @@ impl SharedAnswers {
             begin: Script::new(BEGIN),
             finish: Script::new(FINISH),
             abandon: Script::new(ABANDON),
+            renew: Script::new(RENEW),
             discard: Script::new(DISCARD),
         })
     }
@@ -179,14 +191,15 @@ impl SharedAnswers {
         inv.key(record).arg(owner).arg(sealed).arg(millis(self.ttl));
         let stored: i64 = self
             .cluster
-            .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
+            .background(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         Ok(stored == 1)
     }
 
     /// [`SharedAnswers::begin`] until the record is this request's, completed or conflicting:
-    /// while another instance executes, it asks again (every 10 ms, backing off to 100 ms),
-    /// for at most the lease (after which the lease is free); an answer that cannot be opened
+    /// while another instance executes, it asks again (every 10 ms, backing off to 100 ms) for
+    /// as long as that instance keeps renewing its lease (the request's own deadline bounds the
+    /// wait, as it bounds every request); an answer that cannot be opened
     /// is dropped and the call executes again (same upstream key: Ratepay deduplicates).
     pub async fn acquire(
         &self,
@@ -195,10 +208,9 @@ impl SharedAnswers {
         owner: &str,
     ) -> Result<Begin, Unavailable> {
         let mut pause = Duration::from_millis(10);
-        let give_up = tokio::time::Instant::now() + self.lease;
         loop {
             match self.begin(record, fingerprint, owner).await? {
-                Begin::Pending if tokio::time::Instant::now() < give_up => {
+                Begin::Pending => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
@@ -218,9 +230,24 @@ impl SharedAnswers {
         let mut inv = self.abandon.prepare_invoke();
         inv.key(record).arg(owner);
         self.cluster
-            .guarded(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .background(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())
+    }
+
+    /// How often the owner of a lease renews it while its call runs.
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// Extends `owner`'s lease by a whole lease; `false` when it is no longer this owner's.
+    pub async fn renew(&self, record: &str, owner: &str) -> Result<bool, Unavailable> {
+        let mut inv = self.renew.prepare_invoke();
+        inv.key(record).arg(owner).arg(millis(self.lease));
+        self.cluster
+            .background(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|n| n == 1)
     }
 
     /// Drops a completed record that cannot be opened here.

@@ -247,6 +247,25 @@ impl Cluster {
         }
     }
 
+    /// One call off the request path (completing or renewing a lease): bounded by a second,
+    /// not by `redis_timeout`, and not subject to the breaker, whose state it leaves alone.
+    pub(crate) async fn background<T, F, Fut>(&self, call: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(conn) = self.conn.load_full() else {
+            return Err(Unavailable::Down);
+        };
+        match tokio::time::timeout(BACKGROUND_TIMEOUT, call((*conn).clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Err(Unavailable::Failed)
+            }
+        }
+    }
+
     fn failed(&self, why: &'static str) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         if !self.breaker.is_open() {

@@ -272,11 +272,16 @@ impl<S: Handler> Handler for Idempotency<S> {
         // The upstream call and the storing run on their own task: if this caller hangs up,
         // the call still completes and its answer is stored for the retry.
         let task = tokio::spawn(async move {
-            let resp = match inner.handle(&call, req).await {
+            let run = inner.handle(&call, req);
+            let outcome = match (&store.shared, &lease) {
+                (Some(shared), Some(l)) => l.while_renewing(shared, run).await,
+                _ => run.await,
+            };
+            let resp = match outcome {
                 Ok(r) => r,
                 Err(e) => {
                     if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                        l.give_up(shared).await;
+                        l.give_up(shared);
                     }
                     return Err(e);
                 }
@@ -286,7 +291,7 @@ impl<S: Handler> Handler for Idempotency<S> {
             if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS {
                 drop(guard);
                 if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                    l.give_up(shared).await;
+                    l.give_up(shared);
                 }
                 return Ok(resp);
             }
@@ -295,7 +300,7 @@ impl<S: Handler> Handler for Idempotency<S> {
                 Ok(b) => b,
                 Err(e) => {
                     if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                        l.give_up(shared).await;
+                        l.give_up(shared);
                     }
                     return Err(GatewayError::UpstreamUnreachable {
                         upstream: "payment",
@@ -308,8 +313,10 @@ impl<S: Handler> Handler for Idempotency<S> {
             headers.remove(crate::request_id::X_REQUEST_ID.clone());
             // Stored for a day, in its own compact copy.
             let stored = Stored::new(parts.status, &headers, &bytes);
-            if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                l.complete(shared, &stored).await;
+            if let (Some(shared), Some(l)) = (&store.shared, lease) {
+                // Off the answer's path: a duplicate elsewhere meanwhile waits on the lease.
+                let (shared, answer) = (shared.clone(), stored.clone());
+                tokio::spawn(async move { l.complete(&shared, &answer).await });
             }
             *guard = Some(stored);
             drop(guard);
@@ -340,6 +347,7 @@ enum Fleet {
 }
 
 /// The fleet's lease on one record.
+#[derive(Clone)]
 struct Lease {
     record: String,
     fingerprint: [u8; 32],
@@ -371,10 +379,36 @@ impl Lease {
         }
     }
 
-    /// No final answer: the next attempt, on any instance, executes again.
-    async fn give_up(&self, shared: &SharedAnswers) {
-        // Unreachable Redis: the lease expires by itself.
-        let _ = shared.abandon(&self.record, &self.owner).await;
+    /// No final answer: the next attempt, on any instance, executes again. In the background;
+    /// with Redis unreachable the lease expires by itself.
+    fn give_up(&self, shared: &Arc<SharedAnswers>) {
+        let (shared, lease) = (shared.clone(), self.clone());
+        tokio::spawn(async move {
+            let _ = shared.abandon(&lease.record, &lease.owner).await;
+        });
+    }
+
+    /// Runs `call`, renewing the lease beside it until it is done.
+    async fn while_renewing<F: std::future::Future>(
+        &self,
+        shared: &Arc<SharedAnswers>,
+        call: F,
+    ) -> F::Output {
+        let (s, lease) = (shared.clone(), self.clone());
+        let renewer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(s.renew_every());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Ok(false) = s.renew(&lease.record, &lease.owner).await {
+                    return;
+                }
+            }
+        });
+        let out = call.await;
+        renewer.abort();
+        out
     }
 }
 
@@ -397,7 +431,7 @@ async fn fleet_record(
         })),
         Ok(Begin::Conflict) => Err(GatewayError::IdempotencyConflict),
         Ok(Begin::Done(stored)) => Ok(Fleet::Replay(stored)),
-        // Still pending after a whole lease, or unreadable twice: decide locally.
+        // (`acquire` returns neither Pending nor Unreadable; Err: Redis unreachable.)
         Ok(Begin::Pending | Begin::Unreadable) | Err(_) => {
             shared
                 .cluster()

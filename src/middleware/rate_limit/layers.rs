@@ -16,7 +16,9 @@ use crate::{
     context::{Call, RequestContext},
     error::GatewayError,
     limits::Headroom,
+    middleware::cache::{RECORD_GET, RECORD_LIST},
     middleware::{GwRequest, GwResponse, Handler},
+    routes::Keys,
 };
 
 /// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
@@ -55,6 +57,7 @@ async fn admit<F: Future<Output = Decision>>(
 pub struct CallerRateLimitLayer<C: Clock = DefaultClock> {
     limits: Arc<RateLimits<C>>,
     shared: Option<Arc<SharedRateLimits>>,
+    combine: bool,
 }
 
 impl<C: Clock> Clone for CallerRateLimitLayer<C> {
@@ -62,6 +65,7 @@ impl<C: Clock> Clone for CallerRateLimitLayer<C> {
         CallerRateLimitLayer {
             limits: self.limits.clone(),
             shared: self.shared.clone(),
+            combine: self.combine,
         }
     }
 }
@@ -72,7 +76,17 @@ impl<C: Clock> CallerRateLimitLayer<C> {
         CallerRateLimitLayer {
             limits,
             shared: None,
+            combine: false,
         }
+    }
+
+    /// With shared limits, spends a request's budgets toward Ratepay here too, in the same
+    /// round trip, when nothing between this layer and [`UpstreamRateLimitLayer`] can answer
+    /// it (not a session-record read, not a keyed call); that layer then skips them. Only for
+    /// the proxied stack, whose requests do go to Ratepay.
+    pub fn combining_upstream(mut self) -> Self {
+        self.combine = true;
+        self
     }
 
     /// Keeps the budgets in the fleet's Redis instead (`None`: in-process, as [`Self::new`]).
@@ -89,6 +103,7 @@ impl<S, C: Clock> tower::Layer<S> for CallerRateLimitLayer<C> {
             inner,
             limits: self.limits.clone(),
             shared: self.shared.clone(),
+            combine: self.combine,
         }
     }
 }
@@ -98,6 +113,7 @@ pub struct CallerRateLimit<S, C: Clock = DefaultClock> {
     inner: S,
     limits: Arc<RateLimits<C>>,
     shared: Option<Arc<SharedRateLimits>>,
+    combine: bool,
 }
 
 impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
@@ -106,6 +122,7 @@ impl<S: Clone, C: Clock> Clone for CallerRateLimit<S, C> {
             inner: self.inner.clone(),
             limits: self.limits.clone(),
             shared: self.shared.clone(),
+            combine: self.combine,
         }
     }
 }
@@ -119,20 +136,42 @@ where
     Cx: AsRef<Call> + Sync,
 {
     async fn handle(&self, cx: &Cx, req: GwRequest) -> Result<GwResponse, GatewayError> {
-        if !self.limits.limits_callers() {
+        let call = cx.as_ref();
+        let op = call.ctx.route.operation;
+        let combined = match &self.shared {
+            Some(shared)
+                if self.combine
+                    && op.keys == Keys::None
+                    && !matches!(op.name, RECORD_GET | RECORD_LIST) =>
+            {
+                Some(shared)
+            }
+            _ => None,
+        };
+        if combined.is_none() && !self.limits.limits_callers() {
             return self.inner.handle(cx, req).await;
         }
-        let call = cx.as_ref();
         let caller = &call.auth.caller.name;
         let limits = &*self.limits;
-        let headroom = match &self.shared {
-            Some(shared) => {
+        let headroom = match (&self.shared, combined) {
+            (_, Some(shared)) => {
+                let h = admit(&call.ctx, |waited| {
+                    shared.check_caller_and_upstream(limits, caller, op.api, op.name, waited)
+                })
+                .await?;
+                call.ctx
+                    .stats
+                    .upstream_admitted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                h
+            }
+            (Some(shared), None) => {
                 admit(&call.ctx, |waited| {
                     shared.check_caller(limits, caller, waited)
                 })
                 .await?
             }
-            None => {
+            (None, None) => {
                 admit(&call.ctx, |waited| {
                     ready(limits.check_caller(caller, waited))
                 })
@@ -215,7 +254,14 @@ where
     async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let limits = &*self.limits;
         let op = call.ctx.route.operation;
+        let spent = call
+            .ctx
+            .stats
+            .upstream_admitted
+            .load(std::sync::atomic::Ordering::Relaxed);
         match &self.cluster {
+            // Spent with the caller's budget already (see `combining_upstream`).
+            Some(_) if spent => None,
             Some((shared, _)) => {
                 admit(&call.ctx, |waited| {
                     shared.check_upstream(limits, op.api, op.name, waited)

@@ -76,6 +76,93 @@ impl SharedRateLimits {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    fn caller_rate(&self, caller: &str) -> Option<Rate> {
+        self.settings
+            .callers
+            .get(caller)
+            .or(self.settings.per_caller.as_ref())
+            .copied()
+    }
+
+    /// The caller's bucket, then the operation's and the API's, as configured.
+    fn buckets(
+        &self,
+        caller: Option<&str>,
+        upstream: Option<(Api, &'static str)>,
+    ) -> (Vec<Bucket>, Vec<Scope>) {
+        let mut buckets = Vec::with_capacity(3);
+        let mut scopes = Vec::with_capacity(3);
+        if let Some((caller, rate)) = caller.and_then(|c| Some((c, self.caller_rate(c)?))) {
+            buckets.push(Bucket {
+                key: self.cluster.key(&format!("rl:caller:{caller}")),
+                rate,
+            });
+            scopes.push(Scope::Caller(caller.to_owned()));
+        }
+        if let Some((api, operation)) = upstream {
+            if let Some(rate) = self.settings.operations.get(operation) {
+                buckets.push(Bucket {
+                    key: self.cluster.key(&format!("rl:operation:{operation}")),
+                    rate: *rate,
+                });
+                scopes.push(Scope::Operation(operation));
+            }
+            if let Some(rate) = self.settings.upstreams.get(&api) {
+                buckets.push(Bucket {
+                    key: self.cluster.key(&format!("rl:upstream:{}", api.name())),
+                    rate: *rate,
+                });
+                scopes.push(Scope::Upstream(api));
+            }
+        }
+        (buckets, scopes)
+    }
+
+    /// Spends from `buckets` in one call; `Err` when Redis is unreachable. The headroom is the
+    /// caller's when its bucket is first (`caller_first`), else the tightest bucket's.
+    async fn spend<C: Clock + Clone>(
+        &self,
+        local: &RateLimits<C>,
+        buckets: Vec<Bucket>,
+        mut scopes: Vec<Scope>,
+        caller_first: bool,
+        waited: Duration,
+    ) -> Result<Decision, ()> {
+        if buckets.is_empty() {
+            return Ok(Decision::Allow(None));
+        }
+        match self.cluster.spend(&buckets).await {
+            Ok(Verdict::Admitted {
+                bucket,
+                remaining,
+                first,
+            }) => Ok(Decision::Allow(Some(if caller_first {
+                headroom("caller", buckets[0].rate, first)
+            } else {
+                headroom(
+                    scopes[bucket].policy_name(),
+                    buckets[bucket].rate,
+                    remaining,
+                )
+            }))),
+            Ok(Verdict::Refused { bucket, wait }) => {
+                let rate = buckets[bucket].rate;
+                Ok(local.over(wait, waited, scopes.swap_remove(bucket), Some(rate)))
+            }
+            Err(_) => {
+                self.fell_back();
+                Err(())
+            }
+        }
+    }
+
+    fn refuse_or<F: FnOnce(&RateLimits) -> Decision>(&self, local: F) -> Decision {
+        match &self.fallback {
+            Fallback::Local(l) => local(l),
+            Fallback::Refuse => Decision::Unavailable,
+        }
+    }
+
     /// The caller's budget; `local` decides the refusal's form (queue mode).
     pub async fn check_caller<C: Clock + Clone>(
         &self,
@@ -83,33 +170,10 @@ impl SharedRateLimits {
         caller: &str,
         waited: Duration,
     ) -> Decision {
-        let Some(rate) = self
-            .settings
-            .callers
-            .get(caller)
-            .or(self.settings.per_caller.as_ref())
-            .copied()
-        else {
-            return Decision::Allow(None);
-        };
-        let buckets = [Bucket {
-            key: self.cluster.key(&format!("rl:caller:{caller}")),
-            rate,
-        }];
-        match self.cluster.spend(&buckets).await {
-            Ok(Verdict::Admitted { remaining, .. }) => {
-                Decision::Allow(Some(headroom("caller", rate, remaining)))
-            }
-            Ok(Verdict::Refused { wait, .. }) => {
-                local.over(wait, waited, Scope::Caller(caller.to_owned()), Some(rate))
-            }
-            Err(_) => {
-                self.fell_back();
-                match &self.fallback {
-                    Fallback::Local(l) => l.check_caller(caller, waited),
-                    Fallback::Refuse => Decision::Unavailable,
-                }
-            }
+        let (buckets, scopes) = self.buckets(Some(caller), None);
+        match self.spend(local, buckets, scopes, true, waited).await {
+            Ok(d) => d,
+            Err(()) => self.refuse_or(|l| l.check_caller(caller, waited)),
         }
     }
 
@@ -124,41 +188,43 @@ impl SharedRateLimits {
         if let Some(left) = local.paused_for(api) {
             return local.over(left, waited, Scope::Paused(api), None);
         }
-        let mut buckets = Vec::with_capacity(2);
-        let mut scopes = Vec::with_capacity(2);
-        if let Some(rate) = self.settings.operations.get(operation) {
-            buckets.push(Bucket {
-                key: self.cluster.key(&format!("rl:operation:{operation}")),
-                rate: *rate,
-            });
-            scopes.push(Scope::Operation(operation));
+        let (buckets, scopes) = self.buckets(None, Some((api, operation)));
+        match self.spend(local, buckets, scopes, false, waited).await {
+            Ok(d) => d,
+            Err(()) => self.refuse_or(|l| l.check_upstream(api, operation, waited)),
         }
-        if let Some(rate) = self.settings.upstreams.get(&api) {
-            buckets.push(Bucket {
-                key: self.cluster.key(&format!("rl:upstream:{}", api.name())),
-                rate: *rate,
-            });
-            scopes.push(Scope::Upstream(api));
+    }
+
+    /// Both at once, for a request that will reach Ratepay whatever happens between the two
+    /// layers (neither the cache nor idempotency can answer it): one round trip instead of two.
+    /// All or nothing: a refusal by the API's budget spends nothing from the caller's.
+    pub async fn check_caller_and_upstream<C: Clock + Clone>(
+        &self,
+        local: &RateLimits<C>,
+        caller: &str,
+        api: Api,
+        operation: &'static str,
+        waited: Duration,
+    ) -> Decision {
+        if let Some(left) = local.paused_for(api) {
+            return local.over(left, waited, Scope::Paused(api), None);
         }
-        if buckets.is_empty() {
-            return Decision::Allow(None);
-        }
-        match self.cluster.spend(&buckets).await {
-            Ok(Verdict::Admitted { bucket, remaining }) => {
-                let (b, s) = (&buckets[bucket], &scopes[bucket]);
-                Decision::Allow(Some(headroom(s.policy_name(), b.rate, remaining)))
-            }
-            Ok(Verdict::Refused { bucket, wait }) => {
-                let rate = buckets[bucket].rate;
-                local.over(wait, waited, scopes.swap_remove(bucket), Some(rate))
-            }
-            Err(_) => {
-                self.fell_back();
-                match &self.fallback {
-                    Fallback::Local(l) => l.check_upstream(api, operation, waited),
-                    Fallback::Refuse => Decision::Unavailable,
-                }
-            }
+        let caller_first = self.caller_rate(caller).is_some();
+        let (buckets, scopes) = self.buckets(Some(caller), Some((api, operation)));
+        match self
+            .spend(local, buckets, scopes, caller_first, waited)
+            .await
+        {
+            // Without a caller limit there is no caller headroom to announce.
+            Ok(Decision::Allow(_)) if !caller_first => Decision::Allow(None),
+            Ok(d) => d,
+            Err(()) => self.refuse_or(|l| match l.check_caller(caller, waited) {
+                Decision::Allow(h) => match l.check_upstream(api, operation, waited) {
+                    Decision::Allow(_) => Decision::Allow(h),
+                    other => other,
+                },
+                other => other,
+            }),
         }
     }
 }
