@@ -798,3 +798,93 @@ async fn a_duplicate_executes_again_once_the_dead_instances_lease_expires() {
     );
     assert_eq!(sent[0], common::scoped_key("full", "lease-1"));
 }
+
+/// `config/cluster.toml` as shipped: two instances from the one file (names from the
+/// environment), one sandbox process, one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_cluster_toml_runs_a_fleet_as_documented() {
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start();
+    let (_sandbox, addrs) = common::process::spawn(
+        &["sandbox", "--listen", "127.0.0.1:0", "--seed", "5"],
+        &["sandbox"],
+    );
+    let sandbox = &addrs["sandbox"];
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("config/local")).unwrap();
+    for f in ["ratepay-client-secret", "gateway-hs256-key", "demo-client-secret"] {
+        std::fs::copy(
+            format!("config/local/{f}"),
+            root.path().join("config/local").join(f),
+        )
+        .unwrap();
+    }
+    let text = std::fs::read_to_string("config/cluster.toml")
+        .unwrap()
+        .replace("127.0.0.1:9400", sandbox);
+    std::fs::write(root.path().join("config/cluster.toml"), text).unwrap();
+    let mut gw = Vec::new();
+    for name in ["gw-1", "gw-2"] {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(root.path())
+            .args(["serve", "--config", "config/cluster.toml"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("GATEWAY_INSTANCE", name)
+            .env("GATEWAY_REDIS_URL", redis.url())
+            .env("GATEWAY_ANSWER_KEY", ANSWER_KEY);
+        gw.push(spawn_command(cmd, &["proxy", "admin"]));
+    }
+    let http = reqwest::Client::new();
+    for (_, a) in &gw {
+        let text = http
+            .get(format!("http://{}/readyz", a["admin"]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("redis: up"), "{text}");
+    }
+    let r = http
+        .post(format!("http://{}{TX_PATH}", gw[0].1["proxy"]))
+        .bearer_auth("demo-key")
+        .json(&authorize_body(5.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let tx = r.json::<Value>().await.unwrap()["ratepay_transaction_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut answers = Vec::new();
+    for (_, a) in &gw {
+        let r = http
+            .post(format!("http://{}{TX_PATH}/{tx}/cancellations", a["proxy"]))
+            .bearer_auth("demo-key")
+            .header("idempotency-key", "doc-example")
+            .json(&json!({"gross_amount": 1.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        answers.push(r.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(answers, [false, true], "the second instance replayed the first's answer");
+    for name in ["gw-1", "gw-2"] {
+        let out = Command::new(BIN)
+            .args(["audit", "verify"])
+            .arg(root.path().join("var/audit").join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Only the first instance forwarded the cancellation, so only its chain holds it.
+    let audit = |name: &str| {
+        std::fs::read_to_string(root.path().join("var/audit").join(name).join("audit.jsonl"))
+            .unwrap_or_default()
+    };
+    assert!(audit("gw-1").contains(&tx));
+    assert!(!audit("gw-2").contains(&tx));
+}

@@ -65,7 +65,9 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// This instance's name, unique in the fleet (`[A-Za-z0-9_-]`, 1 to 64).
-    pub instance: String,
+    pub instance: Option<String>,
+    /// Environment variable holding the name instead (one file for every instance).
+    pub instance_env: Option<String>,
     /// How many instances share the limits (the local fallback divides every rate by it).
     pub instances: u32,
     /// Environment variable holding the `redis://` or `rediss://` URL.

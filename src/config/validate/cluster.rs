@@ -17,19 +17,43 @@ use crate::config::{
 const MAX_TIMEOUT_MS: u64 = 1000;
 
 pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> {
-    let instance = cx.require(
-        !f.instance.is_empty()
-            && f.instance.len() <= 64
-            && f
-                .instance
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-        "cluster.instance",
-        format!(
-            "expected 1 to 64 of [A-Za-z0-9_-] (it names this instance in logs, metrics and audit files), got {:?}",
-            f.instance
-        ),
-    );
+    let name = match (&f.instance, &f.instance_env) {
+        (Some(n), None) => Some(n.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                cx.report(
+                    "cluster.instance_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            cx.report("cluster.instance", "set only one of instance and instance_env");
+            None
+        }
+        (None, None) => {
+            cx.report(
+                "cluster.instance",
+                "set instance (or instance_env): this instance's name, unique in the fleet",
+            );
+            None
+        }
+    };
+    let instance = name.and_then(|n| {
+        cx.require(
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "cluster.instance",
+            format!(
+                "expected 1 to 64 of [A-Za-z0-9_-] (it names this instance in logs, metrics and audit files), got {n:?}"
+            ),
+        )
+        .map(|()| n)
+    });
     let instances = cx
         .check(within(
             cx,
@@ -175,7 +199,6 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
         ),
         _ => Some(()),
     };
-    instance?;
     username_ok?;
     distinct?;
     ca_ok?;
@@ -183,7 +206,7 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
     timeout_ok?;
     retry_ok?;
     Some(ClusterSettings {
-        instance: f.instance.clone(),
+        instance: instance?,
         instances: instances?,
         redis_url: url?,
         redis_username: f.redis_username.clone(),

@@ -49,6 +49,17 @@ pub(super) fn config(f: &FileConfig, cx: &Ctx<'_>, path: &Path) -> Option<Config
         None => Some(None),
     };
 
+    // `{instance}` in the audit path: each instance of a fleet keeps its own chain.
+    let instance = cluster
+        .as_ref()
+        .and_then(|c| c.as_ref().map(|c| c.instance.clone()))
+        .unwrap_or_else(|| "gateway".to_owned());
+    let audit = audit.map(|mut a| {
+        if let Some(p) = a.log.path.to_str().filter(|p| p.contains("{instance}")) {
+            a.log.path = p.replace("{instance}", &instance).into();
+        }
+        a
+    });
     let upstreams = upstreams?;
     let audiences = upstreams.values().map(|u| u.audience.clone()).collect();
     Some(Config {
