@@ -127,27 +127,28 @@ mod tests {
     #[test]
     fn replies_are_read_and_bounded() {
         assert_eq!(
-            verdict(&[1, 2, 5], 2),
+            verdict(&[1, 2, 5, 7], 2),
             Some(Verdict::Admitted {
                 bucket: 1,
-                remaining: 5
+                remaining: 5,
+                first: 7
             })
         );
         assert_eq!(
-            verdict(&[0, 1, 250_000], 1),
+            verdict(&[0, 1, 250_000, 0], 1),
             Some(Verdict::Refused {
                 bucket: 0,
                 wait: Duration::from_millis(250)
             })
         );
         assert_eq!(
-            verdict(&[0, 1, i64::MAX], 1),
+            verdict(&[0, 1, i64::MAX, 0], 1),
             Some(Verdict::Refused {
                 bucket: 0,
                 wait: Duration::from_secs(86_400)
             })
         );
-        for bad in [&[][..], &[1, 0, 1], &[1, 3, 1], &[2, 1, 1], &[1, 1]] {
+        for bad in [&[][..], &[1, 0, 1, 0], &[1, 3, 1, 0], &[2, 1, 1, 0], &[1, 1, 1]] {
             assert_eq!(verdict(bad, 2), None, "{bad:?}");
         }
         let a = args(&[Bucket {
