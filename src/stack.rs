@@ -109,10 +109,10 @@ pub fn layers(p: Parts<'_>) -> Stack {
         .layer(InvalidateOnCancellationLayer::new(p.cache.clone()).shared(p.cluster.clone()))
         // Keys are scoped per caller, so this follows the caller layer; replays, waiting
         // duplicates and 409s answer here without spending the budget toward Ratepay.
-        .layer(IdempotencyLayer::new(
-            p.idempotency.clone(),
-            p.metrics.clone(),
-        ))
+        .layer(
+            IdempotencyLayer::new(p.idempotency.clone(), p.metrics.clone())
+                .spending_upstream(p.shared_limits.clone()),
+        )
         // The budget toward Ratepay and Ratepay's own 429 pause: only calls about to leave.
         // Its refusals are errors, never stored as idempotent answers.
         .layer(

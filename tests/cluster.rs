@@ -812,7 +812,11 @@ async fn config_cluster_toml_runs_a_fleet_as_documented() {
     let sandbox = &addrs["sandbox"];
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("config/local")).unwrap();
-    for f in ["ratepay-client-secret", "gateway-hs256-key", "demo-client-secret"] {
+    for f in [
+        "ratepay-client-secret",
+        "gateway-hs256-key",
+        "demo-client-secret",
+    ] {
         std::fs::copy(
             format!("config/local/{f}"),
             root.path().join("config/local").join(f),
@@ -871,14 +875,22 @@ async fn config_cluster_toml_runs_a_fleet_as_documented() {
         assert_eq!(r.status(), 201);
         answers.push(r.headers().contains_key("idempotent-replayed"));
     }
-    assert_eq!(answers, [false, true], "the second instance replayed the first's answer");
+    assert_eq!(
+        answers,
+        [false, true],
+        "the second instance replayed the first's answer"
+    );
     for name in ["gw-1", "gw-2"] {
         let out = Command::new(BIN)
             .args(["audit", "verify"])
             .arg(root.path().join("var/audit").join(name))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Only the first instance forwarded the cancellation, so only its chain holds it.
     let audit = |name: &str| {

@@ -61,7 +61,39 @@ fn every_file_in_config_dir_is_checked_above() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     names.sort();
-    assert_eq!(names, ["integration.toml", "local.toml", "production.toml"]);
+    assert_eq!(
+        names,
+        [
+            "cluster.toml",
+            "integration.toml",
+            "local.toml",
+            "production.toml"
+        ]
+    );
+}
+
+/// cluster.toml takes its instance name, Redis URL and answer key from the environment; with
+/// them set it validates, and `check-config` shows none of the secrets (tests/cluster.rs runs
+/// the file as a fleet).
+#[test]
+fn cluster_toml_is_valid_with_its_environment_and_redacts_it() {
+    for (var, value) in [
+        ("GATEWAY_INSTANCE", "gw-7"),
+        ("GATEWAY_REDIS_URL", "redis://redis-host.internal:6379"),
+        ("GATEWAY_ANSWER_KEY", &"5a".repeat(32)),
+    ] {
+        // SAFETY: this test binary's tests do not read these variables concurrently.
+        unsafe { std::env::set_var(var, value) };
+    }
+    let c = Config::from_file(Path::new("config/cluster.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let cl = c.cluster.as_ref().expect("a [cluster] section");
+    assert_eq!(cl.instance, "gw-7");
+    assert_eq!(c.audit.log.path, Path::new("var/audit/gw-7/audit.jsonl"));
+    let shown = c.redacted();
+    assert!(shown.contains("instance = \"gw-7\""), "{shown}");
+    for secret in ["redis-host.internal", "5a5a5a"] {
+        assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+    }
 }
 
 fn err(text: &str) -> String {

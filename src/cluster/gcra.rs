@@ -17,40 +17,44 @@ use redis::Script;
 
 use crate::config::Rate;
 
-/// The script. `KEYS[i]` is bucket i; `ARGV[2i-1]` its emission interval in µs (may be
-/// fractional), `ARGV[2i]` its burst. Returns `{1, i, remaining, first}` (admitted; `i` the
-/// bucket with the least headroom, `first` the headroom of bucket 1) or `{0, i, wait_us, 0}`
-/// (bucket `i` refused; nothing was spent).
-const LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tats = {}
-local best_i, best_rem, first = 0, -1, 0
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - interval * burst
-  if now < allow_at then
-    return {0, i, math.ceil(allow_at - now), 0}
+/// The GCRA function, shared by [`script`] and the idempotency lease (which spends the
+/// upstream buckets in the same round trip as it takes the lease). `spend(keys, args)` takes
+/// bucket i's key from `keys[i]`, its emission interval in µs (may be fractional) from
+/// `args[2i-1]` and its burst from `args[2i]`. Returns `{1, i, remaining, first}` (admitted;
+/// `i` the bucket with the least headroom, `first` the headroom of bucket 1) or
+/// `{0, i, wait_us, 0}` (bucket `i` refused; nothing was spent).
+pub const SPEND_FN: &str = r#"
+local function spend(keys, args)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tats = {}
+  local best_i, best_rem, first = 0, -1, 0
+  for i = 1, #keys do
+    local interval = tonumber(args[2 * i - 1])
+    local burst = tonumber(args[2 * i])
+    local tat = tonumber(redis.call('GET', keys[i]) or now) or now
+    if tat < now then tat = now end
+    local new_tat = tat + interval
+    local allow_at = new_tat - interval * burst
+    if now < allow_at then
+      return {0, i, math.ceil(allow_at - now), 0}
+    end
+    tats[i] = new_tat
+    local rem = math.floor((now - allow_at) / interval)
+    if i == 1 then first = rem end
+    if best_rem < 0 or rem < best_rem then best_i, best_rem = i, rem end
   end
-  tats[i] = new_tat
-  local rem = math.floor((now - allow_at) / interval)
-  if i == 1 then first = rem end
-  if best_rem < 0 or rem < best_rem then best_i, best_rem = i, rem end
+  for i = 1, #keys do
+    local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
+    redis.call('SET', keys[i], string.format('%.3f', tats[i]), 'PX', ttl_ms)
+  end
+  return {1, best_i, best_rem, first}
 end
-for i = 1, #KEYS do
-  local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
-  redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', ttl_ms)
-end
-return {1, best_i, best_rem, first}
 "#;
 
 /// The compiled script (its SHA is computed once; `EVALSHA`, `EVAL` on a cold server).
 pub fn script() -> Script {
-    Script::new(LUA)
+    Script::new(&format!("{SPEND_FN}\nreturn spend(KEYS, ARGV)"))
 }
 
 /// One bucket to spend from.
@@ -148,7 +152,13 @@ mod tests {
                 wait: Duration::from_secs(86_400)
             })
         );
-        for bad in [&[][..], &[1, 0, 1, 0], &[1, 3, 1, 0], &[2, 1, 1, 0], &[1, 1, 1]] {
+        for bad in [
+            &[][..],
+            &[1, 0, 1, 0],
+            &[1, 3, 1, 0],
+            &[2, 1, 1, 0],
+            &[1, 1, 1],
+        ] {
             assert_eq!(verdict(bad, 2), None, "{bad:?}");
         }
         let a = args(&[Bucket {

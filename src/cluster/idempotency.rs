@@ -17,20 +17,30 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{sealed::Sealer, Cluster, Unavailable};
+use super::{gcra::Bucket, sealed::Sealer, Cluster, Unavailable};
 use crate::body::StoredAnswer;
 
-/// Creates the lease, or reports what the record holds.
+/// Creates the lease, or reports what the record holds. `KEYS[2..]` are the request's budgets
+/// toward Ratepay (with their rates in `ARGV[4..]`): spent with the lease when they admit it,
+/// so a call that will leave pays one round trip for both; when they do not, the lease is
+/// taken anyway and the upstream layer decides (refusal, queue) as without a cluster.
 const BEGIN: &str = r#"
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 0 then
+  local spent = 0
+  if #KEYS > 1 then
+    local keys, args = {}, {}
+    for i = 2, #KEYS do keys[i - 1] = KEYS[i] end
+    for i = 4, #ARGV do args[i - 3] = ARGV[i] end
+    if spend(keys, args)[1] == 1 then spent = 1 end
+  end
   redis.call('HSET', k, 's', 'r', 'fp', ARGV[1], 'o', ARGV[2])
   redis.call('PEXPIRE', k, ARGV[3])
-  return {1, ''}
+  return {1, '', spent}
 end
-if redis.call('HGET', k, 'fp') ~= ARGV[1] then return {2, ''} end
-if redis.call('HGET', k, 's') == 'r' then return {3, ''} end
-return {4, redis.call('HGET', k, 'a') or ''}
+if redis.call('HGET', k, 'fp') ~= ARGV[1] then return {2, '', 0} end
+if redis.call('HGET', k, 's') == 'r' then return {3, '', 0} end
+return {4, redis.call('HGET', k, 'a') or '', 0}
 "#;
 
 /// Stores the answer, if the lease is still this owner's.
@@ -66,8 +76,11 @@ return 0
 /// What a record says to a request.
 #[derive(Debug)]
 pub enum Begin {
-    /// The lease is this request's: execute.
-    Run,
+    /// The lease is this request's: execute. `upstream_spent`: the budgets given were spent.
+    Run {
+        /// The upstream buckets admitted the call and were spent.
+        upstream_spent: bool,
+    },
     /// The key was used for another request.
     Conflict,
     /// Another instance is executing it.
@@ -120,7 +133,7 @@ impl SharedAnswers {
             sealer,
             lease,
             ttl,
-            begin: Script::new(BEGIN),
+            begin: Script::new(&format!("{}{BEGIN}", super::gcra::SPEND_FN)),
             finish: Script::new(FINISH),
             abandon: Script::new(ABANDON),
             renew: Script::new(RENEW),
@@ -145,24 +158,34 @@ impl SharedAnswers {
         aad
     }
 
-    /// Takes the lease for `owner`, or says what the record holds.
+    /// Takes the lease for `owner` (spending `upstream` with it when they admit the call),
+    /// or says what the record holds.
     pub async fn begin(
         &self,
         record: &str,
         fingerprint: &[u8; 32],
         owner: &str,
+        upstream: &[Bucket],
     ) -> Result<Begin, Unavailable> {
         let mut inv = self.begin.prepare_invoke();
-        inv.key(record)
-            .arg(hex::encode(fingerprint))
+        inv.key(record);
+        for b in upstream {
+            inv.key(&b.key);
+        }
+        inv.arg(hex::encode(fingerprint))
             .arg(owner)
             .arg(millis(self.lease));
-        let (code, sealed): (i64, Vec<u8>) = self
+        for a in super::gcra::args(upstream) {
+            inv.arg(a);
+        }
+        let (code, sealed, spent): (i64, Vec<u8>, i64) = self
             .cluster
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         Ok(match code {
-            1 => Begin::Run,
+            1 => Begin::Run {
+                upstream_spent: spent == 1,
+            },
             2 => Begin::Conflict,
             3 => Begin::Pending,
             _ => match self.sealer.open(&Self::aad(record, fingerprint), &sealed) {
@@ -206,10 +229,11 @@ impl SharedAnswers {
         record: &str,
         fingerprint: &[u8; 32],
         owner: &str,
+        upstream: &[Bucket],
     ) -> Result<Begin, Unavailable> {
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.begin(record, fingerprint, owner).await? {
+            match self.begin(record, fingerprint, owner, upstream).await? {
                 Begin::Pending => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));

@@ -22,11 +22,15 @@ use sha2::{Digest, Sha256};
 use super::{GwRequest, GwResponse, Handler};
 use crate::{
     body,
-    cluster::idempotency::{Begin, SharedAnswers},
+    cluster::{
+        gcra::Bucket,
+        idempotency::{Begin, SharedAnswers},
+    },
     config::IdempotencySettings,
     context::Call,
     error::GatewayError,
     metrics::Metrics,
+    middleware::rate_limit::SharedRateLimits,
     routes::Keys,
 };
 /// `Idempotency-Key`.
@@ -155,11 +159,23 @@ impl IdempotencyStore {
 pub struct IdempotencyLayer {
     store: IdempotencyStore,
     metrics: Arc<Metrics>,
+    limits: Option<Arc<SharedRateLimits>>,
 }
 impl IdempotencyLayer {
     /// A layer over `store`.
     pub fn new(store: IdempotencyStore, metrics: Arc<Metrics>) -> Self {
-        IdempotencyLayer { store, metrics }
+        IdempotencyLayer {
+            store,
+            metrics,
+            limits: None,
+        }
+    }
+
+    /// With the fleet's rate limits: a call that takes its lease in Redis spends its budgets
+    /// toward Ratepay in the same round trip (the upstream layer then does not spend them).
+    pub fn spending_upstream(mut self, limits: Option<Arc<SharedRateLimits>>) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -170,6 +186,7 @@ impl<S> tower::Layer<S> for IdempotencyLayer {
             inner: Arc::new(inner),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -181,6 +198,7 @@ pub struct Idempotency<S> {
     inner: Arc<S>,
     store: IdempotencyStore,
     metrics: Arc<Metrics>,
+    limits: Option<Arc<SharedRateLimits>>,
 }
 fn echo_key(resp: &mut GwResponse, key: &str) {
     if let Ok(v) = HeaderValue::from_str(key) {
@@ -247,7 +265,7 @@ impl<S: Handler> Handler for Idempotency<S> {
         // The fleet's record: a duplicate executing on another instance, a completed answer
         // or a mismatch there answer here too.
         let lease = match &self.store.shared {
-            Some(shared) => match fleet_record(shared, &up_hex, &fp).await {
+            Some(shared) => match fleet_record(shared, &up_hex, &fp, self.upstream(call)).await {
                 Err(e) => {
                     // The fleet saw this key with another request: so must this instance.
                     metrics.idempotency_conflicts.inc();
@@ -412,10 +430,24 @@ impl Lease {
     }
 }
 
+impl<S> Idempotency<S> {
+    /// The call's budgets toward Ratepay, for the lease to spend (with shared limits).
+    fn upstream<'a>(&self, call: &'a Call) -> (Vec<Bucket>, &'a Call) {
+        let op = call.ctx.route.operation;
+        let buckets = self
+            .limits
+            .as_ref()
+            .map(|l| l.upstream_buckets(op.api, op.name))
+            .unwrap_or_default();
+        (buckets, call)
+    }
+}
+
 async fn fleet_record(
     shared: &SharedAnswers,
     upstream_key: &str,
     fingerprint: &[u8; 32],
+    (upstream, call): (Vec<Bucket>, &Call),
 ) -> Result<Fleet, GatewayError> {
     let record = shared.record(upstream_key);
     let owner = format!(
@@ -423,12 +455,23 @@ async fn fleet_record(
         shared.cluster().settings().instance,
         uuid::Uuid::new_v4()
     );
-    match shared.acquire(&record, fingerprint, &owner).await {
-        Ok(Begin::Run) => Ok(Fleet::Execute(Lease {
-            record,
-            fingerprint: *fingerprint,
-            owner,
-        })),
+    match shared
+        .acquire(&record, fingerprint, &owner, &upstream)
+        .await
+    {
+        Ok(Begin::Run { upstream_spent }) => {
+            if upstream_spent {
+                call.ctx
+                    .stats
+                    .upstream_admitted
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Fleet::Execute(Lease {
+                record,
+                fingerprint: *fingerprint,
+                owner,
+            }))
+        }
         Ok(Begin::Conflict) => Err(GatewayError::IdempotencyConflict),
         Ok(Begin::Done(stored)) => Ok(Fleet::Replay(stored)),
         // (`acquire` returns neither Pending nor Unreadable; Err: Redis unreachable.)

@@ -30,7 +30,10 @@ pub(super) fn cluster(f: &ClusterFile, cx: &Ctx<'_>) -> Option<ClusterSettings> 
             }
         },
         (Some(_), Some(_)) => {
-            cx.report("cluster.instance", "set only one of instance and instance_env");
+            cx.report(
+                "cluster.instance",
+                "set only one of instance and instance_env",
+            );
             None
         }
         (None, None) => {

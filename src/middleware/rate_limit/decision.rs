@@ -238,6 +238,15 @@ where
         Decision::Allow(tightest)
     }
 
+    /// Only the pause on `api` (for a call whose budgets were already spent in the fleet's
+    /// Redis).
+    pub fn check_pause(&self, api: Api, waited: Duration) -> Decision {
+        match self.paused_for(api) {
+            Some(left) => self.over(left, waited, Scope::Paused(api), None),
+            None => Decision::Allow(None),
+        }
+    }
+
     /// Ratepay answered 429 on `api`: hold calls to it for `retry_after` (capped at
     /// `upstream_pause_max`, a day at most; a default when absent). A shorter pause never
     /// shortens a longer one in force. Returns the pause applied.

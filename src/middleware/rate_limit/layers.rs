@@ -260,8 +260,14 @@ where
             .upstream_admitted
             .load(std::sync::atomic::Ordering::Relaxed);
         match &self.cluster {
-            // Spent with the caller's budget already (see `combining_upstream`).
-            Some(_) if spent => None,
+            // Spent already, with the caller's budget (see `combining_upstream`) or with the
+            // idempotency lease; Ratepay's pause still holds the call.
+            Some(_) if spent => {
+                admit(&call.ctx, |waited| {
+                    ready(limits.check_pause(op.api, waited))
+                })
+                .await?
+            }
             Some((shared, _)) => {
                 admit(&call.ctx, |waited| {
                     shared.check_upstream(limits, op.api, op.name, waited)

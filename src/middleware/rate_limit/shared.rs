@@ -118,6 +118,12 @@ impl SharedRateLimits {
         (buckets, scopes)
     }
 
+    /// The buckets a call to `operation` of `api` spends toward Ratepay (for the idempotency
+    /// lease, which spends them in its own round trip).
+    pub fn upstream_buckets(&self, api: Api, operation: &'static str) -> Vec<Bucket> {
+        self.buckets(None, Some((api, operation))).0
+    }
+
     /// Spends from `buckets` in one call; `Err` when Redis is unreachable. The headroom is the
     /// caller's when its bucket is first (`caller_first`), else the tightest bucket's.
     async fn spend<C: Clock + Clone>(
