@@ -689,8 +689,8 @@ fn spawn_redis(dir: &Path) -> Option<(Proc, u16)> {
 }
 
 /// The `cluster` cases: gateway E with `[cluster]` (one instance), so each GET spends its caller
-/// and upstream budgets with one script call each in Redis, and each keyed POST also takes and
-/// completes its idempotency lease there. Compared with gateways A (uncached) and B (audit off).
+/// and upstream budgets in one script call in Redis, and each keyed POST spends its caller's,
+/// then takes its idempotency lease with the upstream budgets and completes it after answering. Compared with gateways A (uncached) and B (audit off).
 async fn cluster_cases(bench: &mut Bench, upstream: SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some((redis, port)) = spawn_redis(dir.path()) else {
