@@ -60,9 +60,11 @@ impl Instance {
             }
             None => String::new(),
         };
+        // Lines after a `[cluster_extra]` marker in `extra` go into the `[cluster]` section.
+        let (extra, cluster_extra) = extra.split_once("[cluster_extra]\n").unwrap_or((extra, ""));
         let opts = Options {
             extra_toml: format!(
-                "{extra}\n[cluster]\ninstance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\n\
+                "{extra}\n[cluster]\n{cluster_extra}instance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\n\
                  retry_after_failure_ms = 100\nredis_timeout_ms = 100\nanswer_key_file = \"{}\"\n{previous}",
                 dir.path().join("answer-key").display()
             ),
@@ -899,4 +901,86 @@ async fn config_cluster_toml_runs_a_fleet_as_documented() {
     };
     assert!(audit("gw-1").contains(&tx));
     assert!(!audit("gw-2").contains(&tx));
+}
+
+/// `rediss://` (rustls, the gateway's own crypto provider) with the test CA given as
+/// `redis_ca_file`, and AUTH with a password from a file: the fleet shares its budget over it;
+/// an instance with a wrong password is degraded (fallback), not failed, and never shows the
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_auth_to_redis_work_and_a_wrong_password_only_degrades() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let _serial = SERIAL.lock().await;
+    let pki = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "redis test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut server = CertificateParams::default();
+    server.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let cert = server.signed_by(&key, &ca).unwrap();
+    let files = ["cert.pem", "key.pem", "ca.pem"].map(|n| pki.path().join(n));
+    std::fs::write(&files[0], cert.pem()).unwrap();
+    std::fs::write(&files[1], key.serialize_pem()).unwrap();
+    std::fs::write(&files[2], ca.pem()).unwrap();
+    let password = "redis-pw-8c1e";
+    let redis = Redis::start_tls(Some(password), files.clone());
+    std::fs::write(pki.path().join("pw"), password).unwrap();
+    std::fs::write(pki.path().join("bad-pw"), "not-the-password").unwrap();
+    let sandbox = sandbox::spawn(sandbox_config(Duration::from_secs(1800)))
+        .await
+        .unwrap();
+    let tls = |pw: &str| {
+        format!(
+            "[rate_limits.per_caller]\nrate_per_sec = 0.01\nburst = 2\n[cluster_extra]\n\
+             redis_ca_file = \"{}\"\nredis_password_file = \"{}\"\n",
+            files[2].display(),
+            pki.path().join(pw).display()
+        )
+    };
+    let gw: Vec<Instance> = ["t-a", "t-b"]
+        .iter()
+        .map(|n| Instance::start(&sandbox.url(), &redis.url(), n, &tls("pw")))
+        .collect();
+    let wrong = Instance::start(&sandbox.url(), &redis.url(), "t-c", &tls("bad-pw"));
+    let http = reqwest::Client::new();
+    for g in &gw {
+        eventually("connected over TLS with AUTH", || async {
+            g.ready(&http).await.1.contains("redis: up")
+        })
+        .await;
+    }
+    // One burst of 2 for both: two on a, then b refuses (local shares would admit on b).
+    let mut statuses = Vec::new();
+    for i in [0, 0, 1] {
+        let r = http
+            .get(gw[i].url(MISSING_TX))
+            .bearer_auth(keys::FULL)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 429]);
+    let (status, text) = wrong.ready(&http).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("redis: degraded"), "{text}");
+    assert!(!text.contains("not-the-password") && !text.contains(password));
+    // It still serves, on its local share (burst 2 / 3 instances, rounded up: 1).
+    let r = http
+        .get(wrong.url(MISSING_TX))
+        .bearer_auth(keys::FULL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -16,6 +16,8 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     password: Option<String>,
+    /// TLS only (`rediss://`): certificate, key and CA PEM files.
+    tls: Option<[PathBuf; 3]>,
 }
 
 impl Drop for Redis {
@@ -64,12 +66,23 @@ impl Redis {
 
     /// A fresh server that requires `password` (AUTH).
     pub fn start_with(password: Option<&str>) -> Redis {
+        Redis::start_full(password, None)
+    }
+
+    /// A server that speaks only TLS (`rediss://`), with `cert`, `key` and `ca` PEM files,
+    /// clients not asked for certificates; and AUTH with `password` if given.
+    pub fn start_tls(password: Option<&str>, tls: [PathBuf; 3]) -> Redis {
+        Redis::start_full(password, Some(tls))
+    }
+
+    fn start_full(password: Option<&str>, tls: Option<[PathBuf; 3]>) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut redis = Redis {
             child: None,
             port: 0,
             dir,
             password: password.map(str::to_owned),
+            tls,
         };
         // A port found free can be taken before the server binds it: try a few.
         for _ in 0..5 {
@@ -88,8 +101,22 @@ impl Redis {
     /// Starts the server on its port; `false` when it exited first (port taken).
     fn launch(&mut self) -> bool {
         let mut cmd = Command::new(redis_server());
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some([cert, key, ca]) => {
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -121,7 +148,12 @@ impl Redis {
 
     /// Its URL (without credentials).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL): the gateways lose it mid-run.
