@@ -129,6 +129,19 @@ pub struct Headroom {
 }
 
 impl Headroom {
+    /// The headroom of policy `name` at `rate` with `remaining` requests left at once: the
+    /// whole burst is back after one period per spent request.
+    pub fn new(name: &'static str, rate: Rate, remaining: u32) -> Headroom {
+        Headroom {
+            name,
+            rate,
+            remaining,
+            reset: rate
+                .period()
+                .saturating_mul(rate.burst.saturating_sub(remaining)),
+        }
+    }
+
     /// Sets `RateLimit-Policy` and `RateLimit`.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         write_policy(

@@ -663,44 +663,33 @@ async fn fifty_duplicates_over_three_instances_reach_ratepay_once_with_one_answe
     assert_nothing_secret_in(&fleet.redis).await;
 
     // Rotation: an instance with a new key and the old one as previous still replays.
-    let rotated = Instance::start_keyed(
-        &fleet.sandbox.url(),
-        &fleet.redis.url(),
-        "gw-d",
-        "",
-        NEW_ANSWER_KEY,
-        Some(ANSWER_KEY),
-    );
-    let r = fleet
-        .http
-        .post(rotated.url(&path))
-        .bearer_auth(keys::FULL)
-        .header("idempotency-key", "cancel-once-7")
-        .json(&json!({"gross_amount": 1.5}))
-        .send()
-        .await
-        .unwrap();
+    let again = |previous: Option<&str>, name: &str| {
+        let g = Instance::start_keyed(
+            &fleet.sandbox.url(),
+            &fleet.redis.url(),
+            name,
+            "",
+            NEW_ANSWER_KEY,
+            previous,
+        );
+        let rb = fleet
+            .http
+            .post(g.url(&path))
+            .bearer_auth(keys::FULL)
+            .header("idempotency-key", "cancel-once-7")
+            .json(&json!({"gross_amount": 1.5}));
+        async move {
+            let r = rb.send().await.unwrap();
+            drop(g);
+            r
+        }
+    };
+    let r = again(Some(ANSWER_KEY), "gw-d").await;
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert!(bodies.contains(&r.text().await.unwrap()));
     // Without the old key the answer cannot be opened: the call executes again, with the same
     // upstream Idempotency-Key (Ratepay deduplicates it), and answers the same.
-    let stranger = Instance::start_keyed(
-        &fleet.sandbox.url(),
-        &fleet.redis.url(),
-        "gw-e",
-        "",
-        NEW_ANSWER_KEY,
-        None,
-    );
-    let r = fleet
-        .http
-        .post(stranger.url(&path))
-        .bearer_auth(keys::FULL)
-        .header("idempotency-key", "cancel-once-7")
-        .json(&json!({"gross_amount": 1.5}))
-        .send()
-        .await
-        .unwrap();
+    let r = again(None, "gw-e").await;
     assert_eq!(r.status(), 201);
     assert!(!r.headers().contains_key("idempotent-replayed"));
     assert_eq!(fleet.op_count("payment.cancellations.create").await, 2);

@@ -3,20 +3,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::*;
-
-const BASE: &str = r#"
-[credentials.default]
-client_id = "c"
-client_secret_env = "PATH"
-[upstreams.payment]
-url = "https://api-integration.ratepay.com"
-audience = "a"
-"#;
-
-fn load(extra: &str) -> Result<Config, ConfigError> {
-    Config::from_toml(&format!("{BASE}\n{extra}"), Path::new("fleet.toml"))
-}
+use super::{tests::load, *};
 
 #[test]
 fn a_cluster_section_loads_with_defaults_and_hides_its_secrets() {

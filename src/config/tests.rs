@@ -4,7 +4,7 @@
 use super::*;
 use crate::routes;
 
-const BASE: &str = r#"
+pub(super) const BASE: &str = r#"
 [credentials.default]
 client_id = "c"
 client_secret_env = "PATH"
@@ -13,7 +13,7 @@ url = "https://api-integration.ratepay.com"
 audience = "a"
 "#;
 
-fn load(extra: &str) -> Result<Config, ConfigError> {
+pub(super) fn load(extra: &str) -> Result<Config, ConfigError> {
     Config::from_toml(&format!("{BASE}\n{extra}"), Path::new("broken.toml"))
 }
 

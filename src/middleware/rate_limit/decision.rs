@@ -27,18 +27,8 @@ use crate::{
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
 
-impl Headroom {
-    fn from_snapshot(name: &'static str, rate: Rate, snap: &StateSnapshot) -> Headroom {
-        let remaining = snap.remaining_burst_capacity();
-        Headroom {
-            name,
-            rate,
-            remaining,
-            reset: rate
-                .period()
-                .saturating_mul(rate.burst.saturating_sub(remaining)),
-        }
-    }
+fn from_snapshot(name: &'static str, rate: Rate, snap: &StateSnapshot) -> Headroom {
+    Headroom::new(name, rate, snap.remaining_burst_capacity())
 }
 
 /// What to do with one request now.
@@ -190,9 +180,7 @@ where
             },
         };
         match outcome {
-            Ok((snap, rate)) => {
-                Decision::Allow(Some(Headroom::from_snapshot("caller", rate, &snap)))
-            }
+            Ok((snap, rate)) => Decision::Allow(Some(from_snapshot("caller", rate, &snap))),
             Err((at, rate)) => self.over(
                 self.elapsed_until(at),
                 waited,
@@ -220,7 +208,7 @@ where
         for (limit, scope) in checks.into_iter().flatten() {
             match limit.limiter.check() {
                 Ok(snap) => {
-                    let h = Headroom::from_snapshot(scope.policy_name(), limit.rate, &snap);
+                    let h = from_snapshot(scope.policy_name(), limit.rate, &snap);
                     if tightest.as_ref().is_none_or(|t| h.remaining < t.remaining) {
                         tightest = Some(h);
                     }

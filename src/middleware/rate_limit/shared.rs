@@ -42,17 +42,6 @@ impl std::fmt::Debug for SharedRateLimits {
     }
 }
 
-fn headroom(name: &'static str, rate: Rate, remaining: u32) -> Headroom {
-    Headroom {
-        name,
-        rate,
-        remaining,
-        reset: rate
-            .period()
-            .saturating_mul(rate.burst.saturating_sub(remaining)),
-    }
-}
-
 impl SharedRateLimits {
     /// The budgets of `settings`, in the Redis of `cluster`.
     pub fn new(cluster: Arc<Cluster>, settings: &RateLimitSettings) -> SharedRateLimits {
@@ -143,9 +132,9 @@ impl SharedRateLimits {
                 remaining,
                 first,
             }) => Ok(Decision::Allow(Some(if caller_first {
-                headroom("caller", buckets[0].rate, first)
+                Headroom::new("caller", buckets[0].rate, first)
             } else {
-                headroom(
+                Headroom::new(
                     scopes[bucket].policy_name(),
                     buckets[bucket].rate,
                     remaining,
