@@ -11,7 +11,7 @@ use common::{
     authorize_body, config_text,
     custom::eventually,
     keys,
-    process::{spawn_command, Running, BIN},
+    process::{sandbox_fault, sandbox_stats, spawn_command, Running, BIN},
     redis_server::Redis,
     sandbox_config, Options, RATEPAY_SECRET, SVC_SECRET, TX_PATH,
 };
@@ -175,27 +175,14 @@ impl Fleet {
     }
 
     async fn op_count(&self, op: &str) -> u64 {
-        let stats: Value = self
-            .http
-            .get(format!("{}/_sandbox/stats", self.sandbox.url()))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
+        let sandbox = self.sandbox.url();
+        let stats = sandbox_stats(&self.http, sandbox.trim_start_matches("http://")).await;
         stats["requests"][op].as_u64().unwrap_or(0)
     }
 
     async fn fault(&self, fault: Value) {
-        let r = self
-            .http
-            .post(format!("{}/_sandbox/faults", self.sandbox.url()))
-            .json(&fault)
-            .send()
-            .await
-            .expect("fault");
-        assert!(r.status().is_success());
+        let sandbox = self.sandbox.url();
+        sandbox_fault(&self.http, sandbox.trim_start_matches("http://"), fault).await;
     }
 
     async fn authorize(&self, i: usize) -> String {
