@@ -267,7 +267,7 @@ async fn size_rotation_continues_the_chain_across_files() {
     let config = AuditConfig {
         path: path.clone(),
         rotate_bytes: Some(1200),
-        rotate_daily: false,
+        ..AuditConfig::new(&path)
     };
     let (log, _) = AuditLog::open(config.clone()).await.unwrap();
     let mut last = None;
@@ -352,8 +352,8 @@ async fn daily_rotation_uses_the_utc_day() {
     });
     let config = AuditConfig {
         path: path.clone(),
-        rotate_bytes: None,
         rotate_daily: true,
+        ..AuditConfig::new(&path)
     };
     let (log, _) = AuditLog::open_with_clock(config, clock).await.unwrap();
     log.append(AuditEntry::Intent(intent(1))).await.unwrap();
@@ -762,7 +762,10 @@ async fn open_reports_intents_without_outcome() {
     let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     assert_eq!(recovery.open_intents.len(), 1);
     let open = &recovery.open_intents[0];
-    assert_eq!((open.seq, open.request_id.as_str()), (b.seq, "req-2"));
+    assert_eq!(
+        (open.seq, open.request_id.as_deref().unwrap()),
+        (b.seq, "req-2")
+    );
     assert_eq!(open.gross_amount.as_deref(), Some("2.50"));
     // The gateway settles it with a normal append; then nothing is open.
     let settle = Outcome::for_open_intent(open, OutcomeKind::Unknown).unwrap();
@@ -885,10 +888,11 @@ async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_o
     assert_eq!(
         summary,
         [
-            (1, "intent", "payment.captures.create"),
-            (2, "outcome", "payment.captures.create"),
-            (3, "intent", "payment.refunds.create"),
-            (4, "outcome", "payment.refunds.create"),
+            // After the start record (seq 1) and the checkpoint signing it (seq 2).
+            (3, "intent", "payment.captures.create"),
+            (4, "outcome", "payment.captures.create"),
+            (5, "intent", "payment.refunds.create"),
+            (6, "outcome", "payment.refunds.create"),
         ]
     );
     for (intent, outcome, amount, op_id) in [
@@ -908,7 +912,7 @@ async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_o
         verify(&log_files(listed.audit_path()).unwrap())
             .unwrap()
             .records,
-        4
+        6
     );
     listed.stop().await;
 
@@ -999,7 +1003,11 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
         Some(0.0),
         "a sync failure, not a write failure"
     );
-    assert_eq!(m("audit_failures_total"), Some(2.0), "both refused calls");
+    assert_eq!(
+        m("audit_failures_total"),
+        Some(3.0),
+        "the start record and both refused calls"
+    );
     assert_eq!(m("audit_records_total"), Some(0.0));
     assert_eq!(
         m("audit_syncs_total"),
@@ -1078,13 +1086,18 @@ async fn the_python_verifier_in_docs_accepts_a_gateway_log_and_rejects_a_tampere
     let files = log_files(h.audit_path()).unwrap();
     assert!(files.len() >= 3, "rotated: {files:?}");
     let rust = verify(&files).unwrap();
-    assert_eq!(rust.records, 16);
+    // 16 audited records, the start, and the checkpoints after it and closing each rotated file.
+    assert_eq!(rust.records, 18 + files.len() as u64 - 1, "{rust}");
 
     let (ok, stdout, stderr) = run_python(&code, &files);
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout,
-        format!("ok: 16 records, last seq 16, head {}\n", rust.head),
+        format!(
+            "ok: {n} records, last seq {n}, head {}\n",
+            rust.head,
+            n = rust.records
+        ),
         "the same count and head as the Rust verifier"
     );
 

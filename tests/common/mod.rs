@@ -304,8 +304,17 @@ impl Harness {
         self.dir.path().join("audit.jsonl")
     }
 
-    /// The audit records written so far.
+    /// The intent and outcome records written so far (the log's own start, stop and
+    /// checkpoint records left out; [`Harness::all_audit_records`] has them).
     pub fn audit_records(&self) -> Vec<Value> {
+        self.all_audit_records()
+            .into_iter()
+            .filter(|r| r["kind"] == "intent" || r["kind"] == "outcome")
+            .collect()
+    }
+
+    /// Every record of the active audit file, in order.
+    pub fn all_audit_records(&self) -> Vec<Value> {
         std::fs::read_to_string(self.audit_path())
             .unwrap_or_default()
             .lines()
