@@ -230,6 +230,11 @@ impl Gateway {
         self.inner.audit.close_cleanly(VERSION).await;
     }
 
+    /// The latest durable audit checkpoint (admin `GET /audit/checkpoint`).
+    pub fn audit_checkpoint(&self) -> Option<Arc<crate::audit::Anchor>> {
+        self.inner.audit.latest_checkpoint()
+    }
+
     /// The metrics registry (admin `/metrics`).
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

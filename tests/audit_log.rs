@@ -1238,3 +1238,46 @@ async fn every_intent_gets_one_outcome_on_every_path() {
     );
     assert!(verify(&[path]).is_ok(), "the chain verifies");
 }
+
+#[tokio::test]
+async fn a_run_with_auditing_off_is_on_record_before_the_log_goes_quiet() {
+    let h = Harness::with(Options {
+        audit_toml: "enabled = false".into(),
+        ..Options::default()
+    })
+    .await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    let r = h
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    // While the gateway still runs: the start says auditing is off, and is already signed
+    // off by a checkpoint (so removing it breaks the chain before that checkpoint).
+    let records = h.all_audit_records();
+    let kinds: Vec<_> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["start", "checkpoint"],
+        "the cancellation is not audited"
+    );
+    assert_eq!(records[0]["auditing"], false);
+    assert_eq!(records[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(records[0]["config_sha256"].as_str().unwrap().len(), 64);
+    let report = ratepay_gateway::audit::verify_with(
+        &log_files(h.audit_path()).unwrap(),
+        &Default::default(),
+    );
+    let runs = report.unwrap().runs;
+    assert_eq!(
+        (runs.starts, runs.auditing_off, runs.clean_stops),
+        (1, 1, 0)
+    );
+    h.stop().await;
+}

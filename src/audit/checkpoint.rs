@@ -91,6 +91,15 @@ impl SigningKey {
         &self.public
     }
 
+    /// The `sig` of a checkpoint record with these fields (its `key_id` set to this key's):
+    /// what the writer computes. Anyone holding the key can do the same, which is why
+    /// checkpoints are also anchored off the machine.
+    pub fn sign_checkpoint(&self, record: &AuditRecord) -> Result<String, String> {
+        signature_input(record)
+            .map(|input| self.sign_hex(&input))
+            .map_err(|e| e.to_string())
+    }
+
     /// Lowercase hex Ed25519 signature of `message`.
     fn sign_hex(&self, message: &[u8]) -> String {
         hex::encode(self.pair.sign(message).as_ref())
@@ -291,6 +300,16 @@ impl Anchor {
             key_id: record.key_id.clone(),
             sig: record.sig.clone(),
         }
+    }
+
+    /// How long before `now` the checkpoint was written (zero if its `ts` is later or absent).
+    pub fn age(&self, now: OffsetDateTime) -> Duration {
+        self.ts
+            .as_deref()
+            .and_then(super::record::parse_ts)
+            .map_or(Duration::ZERO, |at| {
+                Duration::try_from(now - at).unwrap_or(Duration::ZERO)
+            })
     }
 
     /// Reads one anchor per non-empty line of `path`: the JSON of `GET /audit/checkpoint`, or
