@@ -22,22 +22,6 @@ use ratepay_gateway::audit::{
 };
 use time::OffsetDateTime;
 
-fn intent(n: u64) -> Intent {
-    Intent {
-        request_id: format!("req-{n}"),
-        caller: "shop-backend".into(),
-        source: "10.1.2.3".parse().unwrap(),
-        operation: "payment.cancellations.create".into(),
-        ratepay_transaction_id: "scwBgARW-nE93I7_ywhp".into(),
-        partner: Some("partner-a".into()),
-        gross_amount: Some(format!("{n}.50")),
-        partner_operation_id: Some(format!("op-{n}")),
-        partner_shop_id: None,
-        body_sha256: "0".repeat(64),
-        idempotency_key: Some(format!("idem-{n}")),
-    }
-}
-
 fn active(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("audit.jsonl")
 }
@@ -51,21 +35,7 @@ async fn write_log(path: &Path, n: u64) {
     log.close().await;
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    fs::write(
-        path,
-        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
-}
+use common::{intent, lines, write_lines};
 
 /// Asserts that verifying `paths` fails at `file:line` and returns the fault.
 fn broken_at(paths: &[PathBuf], file: &Path, line: u64) -> Fault {
@@ -841,7 +811,7 @@ fn verify_needs_files() {
 
 // ---- Through the gateway ----
 
-use common::{keys, metric, problem, tx_path, Harness, Options};
+use common::{keys, metric, problem, python_verifier, run_python, tx_path, Harness, Options};
 const CANCEL_OP: &str = "payment.cancellations.create";
 
 /// A capture of 40.00 and a refund of 15.50 on a fresh transaction through `h`; both 201.
@@ -1027,34 +997,6 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
         .unwrap();
     assert_eq!(r.status(), 200);
     h.stop().await;
-}
-
-/// The Python verifier as docs/audit.md prints it (the first python block after its heading
-/// sentence), so the test runs what a reader would copy.
-fn python_verifier() -> String {
-    let doc =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/audit.md")).unwrap();
-    let after = doc
-        .split_once("This Python version")
-        .expect("docs/audit.md introduces its Python verifier")
-        .1;
-    let code = after.split_once("```python\n").expect("a python block").1;
-    code.split_once("```").expect("the block ends").0.to_owned()
-}
-
-/// Runs the documented verifier on `files`: (exit success, stdout, stderr).
-fn run_python(code: &str, files: &[PathBuf]) -> (bool, String, String) {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .args(files)
-        .output()
-        .expect("run python3");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

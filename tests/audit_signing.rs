@@ -14,29 +14,16 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
+use common::{intent, lines, record_kinds as kinds, write_lines};
 use ratepay_gateway::audit::{
     log_files, record, verify, verify_with, AuditConfig, AuditEntry, AuditLog, AuditRecord,
-    CheckpointConfig, Clock, Fault, Intent, PublicKey, SigningKey, VerifyError, VerifyOptions,
+    CheckpointConfig, Clock, Fault, PublicKey, SigningKey, VerifyError, VerifyOptions,
 };
 use time::OffsetDateTime;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ratepay-gateway");
-
-fn intent(n: u64) -> Intent {
-    Intent {
-        request_id: format!("req-{n}"),
-        caller: "shop-backend".into(),
-        source: "10.1.2.3".parse().unwrap(),
-        operation: "payment.cancellations.create".into(),
-        ratepay_transaction_id: "scwBgARW-nE93I7_ywhp".into(),
-        partner: None,
-        gross_amount: Some(format!("{n}.00")),
-        partner_operation_id: None,
-        partner_shop_id: None,
-        body_sha256: "0".repeat(64),
-        idempotency_key: None,
-    }
-}
 
 fn config(path: &Path, every_records: u64, key: Option<&SigningKey>) -> AuditConfig {
     AuditConfig {
@@ -55,17 +42,6 @@ async fn write(config: AuditConfig, from: u64, to: u64) {
         log.append(AuditEntry::Intent(intent(i))).await.unwrap();
     }
     log.close().await;
-}
-
-fn kinds(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["kind"].as_str().unwrap().to_owned()
-        })
-        .collect()
 }
 
 fn with_keys(keys: &[&SigningKey]) -> VerifyOptions {
@@ -118,22 +94,6 @@ fn rechain(
         out.push(String::from_utf8(enc.line).unwrap().trim_end().to_owned());
     }
     out
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    fs::write(
-        path,
-        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
 }
 
 #[tokio::test]

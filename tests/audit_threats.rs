@@ -267,20 +267,7 @@ impl Log {
 
     /// Runs `audit verify` with `args` before the directory.
     fn verify(&self, args: &[&Path]) -> (i32, String) {
-        let mut command = Command::new(BIN);
-        command.args(["audit", "verify"]);
-        for pair in args.chunks(2) {
-            command.arg(pair[0]).arg(pair[1]);
-        }
-        let out = command.arg(&self.audit).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        verify_dir(args, &self.audit)
     }
 
     /// Asserts that `audit verify args` exits 1 naming (file, 1-based line) and `what`.
@@ -511,7 +498,8 @@ async fn run_gateway(
     }
 }
 
-fn verify_dir(args: &[&str], dir: &Path) -> (i32, String) {
+/// `audit verify ARGS DIR`: the exit code and stdout followed by stderr.
+fn verify_dir<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path) -> (i32, String) {
     let out = Command::new(BIN)
         .args(["audit", "verify"])
         .args(args)
@@ -607,4 +595,61 @@ async fn key_rotation_across_a_restart_verifies_with_both_public_keys() {
     let (code, out) = verify_dir(&["--public-key", np], &audit);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("{}:2: ", active.display())), "{out}");
+}
+
+#[test]
+fn the_python_verifier_in_docs_checks_the_signatures() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: python3 is not installed; the documented Python verifier was not run");
+        return;
+    }
+    let has_cryptography = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_cryptography,
+        "the documented Python verifier needs the `cryptography` package: \
+         apt-get install python3-cryptography (or pip install cryptography); .ci/run installs it"
+    );
+    let code = common::python_verifier();
+    let f = fixture();
+    let mut log = Log::copy();
+    let mut args: Vec<PathBuf> = vec![PUBLIC_KEY.into(), f.public.clone()];
+    args.extend(log.files.iter().map(|(p, _)| p.clone()));
+    let (ok, stdout, stderr) = common::run_python(&code, &args);
+    assert!(ok, "{stderr}");
+    let (_, rust) = log.verify(&key_args());
+    let last_signed = rust
+        .split("last signed record seq ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        stdout.contains(&format!(
+            "last signed seq {last_signed}, 0 records after it"
+        )),
+        "{stdout} vs {rust}"
+    );
+
+    // A rewrite without the key: both name the same checkpoint line.
+    log.rewrite_from((0, 0), None, |v| {
+        if v["gross_amount"] == "1.00" {
+            v["gross_amount"] = "0.01".into();
+        }
+    });
+    log.save();
+    let (ok, _, stderr) = common::run_python(&code, &args);
+    assert!(!ok);
+    let place = stderr
+        .trim_end()
+        .strip_suffix(": bad signature")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let (code_rust, rust) = log.verify(&key_args());
+    assert_eq!(code_rust, 1);
+    assert!(rust.contains(&format!("{place}: ")), "{rust} vs {stderr}");
+    // Without the key the Python verifier, like the Rust one, sees a valid chain.
+    let plain: Vec<&PathBuf> = args[2..].iter().collect();
+    assert!(common::run_python(&code, &plain).0);
 }

@@ -204,6 +204,20 @@ pub struct VerifySummary {
     pub head: String,
 }
 
+impl VerifySummary {
+    /// Nothing seen yet.
+    pub(crate) fn empty() -> VerifySummary {
+        VerifySummary {
+            files: 0,
+            records: 0,
+            first_seq: None,
+            last_seq: None,
+            first_prev: None,
+            head: GENESIS.to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for VerifySummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.first_seq, self.last_seq) {
@@ -378,14 +392,7 @@ pub fn verify<P: AsRef<Path>>(paths: &[P]) -> Result<VerifySummary, VerifyError>
         return Err(VerifyError::NoFiles);
     }
     let mut chain = Chain::default();
-    let mut summary = VerifySummary {
-        files: 0,
-        records: 0,
-        first_seq: None,
-        last_seq: None,
-        first_prev: None,
-        head: GENESIS.to_owned(),
-    };
+    let mut summary = VerifySummary::empty();
     let mut previous: Option<&Path> = None;
     for path in paths {
         let path = path.as_ref();

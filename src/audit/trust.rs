@@ -113,14 +113,7 @@ pub fn verify_with<P: AsRef<Path>>(
     let mut anchors: BTreeMap<u64, &Anchor> = options.anchors.iter().map(|a| (a.seq, a)).collect();
     let mut matched = 0usize;
     let mut chain = Chain::default();
-    let mut summary = VerifySummary {
-        files: 0,
-        records: 0,
-        first_seq: None,
-        last_seq: None,
-        first_prev: None,
-        head: GENESIS.to_owned(),
-    };
+    let mut summary = VerifySummary::empty();
     let mut runs = Runs::default();
     let mut in_run = false;
     let mut last_ts: Option<String> = None;

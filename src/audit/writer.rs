@@ -183,18 +183,7 @@ impl Writer {
             };
             if self.should_rotate(buf.len() as u64, encoded.line.len() as u64, now.date()) {
                 // The old file ends with a checkpoint of what it holds.
-                if self.checkpoints.is_some() && self.due.pending > 0 {
-                    self.push_checkpoint(&mut buf, at);
-                    record.seq = self.last_seq + 1;
-                    record.prev = self.last_hash.clone();
-                    encoded = match encode(&record) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            self.fail(reply, AuditError::Encode(e.to_string()));
-                            continue;
-                        }
-                    };
-                }
+                self.push_checkpoint(&mut buf, at);
                 // The old file must be complete and durable before it gets its final name.
                 self.commit(&mut buf, &mut waiting, now);
                 // A probe may rotate: the cut left the file at its durable length.
@@ -211,7 +200,8 @@ impl Writer {
                     continue;
                 }
                 if record.seq != self.last_seq + 1 || record.prev != self.last_hash {
-                    // A failed commit moved the head back: link to where the chain is now.
+                    // Link to where the chain is now: after the checkpoint just written, or back
+                    // at the last durable record if the commit failed.
                     record.seq = self.last_seq + 1;
                     record.prev = self.last_hash.clone();
                     encoded = match encode(&record) {
