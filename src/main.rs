@@ -166,7 +166,7 @@ fn audit_keygen(out: &std::path::Path) -> ExitCode {
 /// Writes PREFIX.key (0600, created new) and PREFIX.pub; the key's bytes never reach output.
 fn write_key_pair(out: &std::path::Path) -> anyhow::Result<String> {
     use secrecy::ExposeSecret;
-    use std::{fs::OpenOptions, os::unix::fs::OpenOptionsExt};
+    use std::fs::OpenOptions;
     let with_ext = |ext: &str| {
         let mut name = out.as_os_str().to_owned();
         name.push(ext);
@@ -174,11 +174,15 @@ fn write_key_pair(out: &std::path::Path) -> anyhow::Result<String> {
     };
     let (key_path, pub_path) = (with_ext(".key"), with_ext(".pub"));
     let (der, key) = ratepay_gateway::audit::SigningKey::generate().map_err(anyhow::Error::msg)?;
-    let open = |path: &PathBuf, mode| {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
+    let open = |path: &PathBuf, mode: u32| {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        // The private key is readable by its owner only from the moment it exists.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        options
             .open(path)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))
     };
