@@ -368,3 +368,32 @@ async fn keygen_then_verify_with_exit_codes() {
     let (code, _, _) = run(&["audit", "verify"]);
     assert_eq!(code, 2, "clap's usage error");
 }
+
+#[tokio::test]
+async fn anchors_must_all_match_including_two_for_one_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let (log, _) = AuditLog::open(config(&path, 2, None)).await.unwrap();
+    for i in 1..=2 {
+        log.append(AuditEntry::Intent(intent(i))).await.unwrap();
+    }
+    let anchor = (*log.latest_checkpoint().unwrap()).clone();
+    log.close().await;
+    assert_eq!(anchor.seq, 3);
+    let with = |anchors| VerifyOptions {
+        public_keys: Vec::new(),
+        anchors,
+    };
+    let report = verify_with(&[&path], &with(vec![anchor.clone(), anchor.clone()])).unwrap();
+    assert_eq!(report.anchors_matched, 2);
+    // A second anchor for the same seq with another hash (a forked log) fails at that line.
+    let other = ratepay_gateway::audit::Anchor {
+        hash: "e".repeat(64),
+        ..anchor.clone()
+    };
+    let fault = broken_at(&path, &with(vec![anchor, other]), 3);
+    assert!(
+        matches!(fault, Fault::AnchorMismatch { seq: 3, .. }),
+        "{fault}"
+    );
+}

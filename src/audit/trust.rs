@@ -110,7 +110,11 @@ pub fn verify_with<P: AsRef<Path>>(
         return Err(VerifyError::NoFiles);
     }
     let signed = !options.public_keys.is_empty();
-    let mut anchors: BTreeMap<u64, &Anchor> = options.anchors.iter().map(|a| (a.seq, a)).collect();
+    // Several anchors may name one seq (the endpoint's and the log line's): all must match.
+    let mut anchors: BTreeMap<u64, Vec<&Anchor>> = BTreeMap::new();
+    for a in &options.anchors {
+        anchors.entry(a.seq).or_default().push(a);
+    }
     let mut matched = 0usize;
     let mut chain = Chain::default();
     let mut summary = VerifySummary::empty();
@@ -153,7 +157,7 @@ pub fn verify_with<P: AsRef<Path>>(
                 if let Some(cp) = last_cp.as_mut().filter(|c| c.first_after.is_none()) {
                     cp.first_after = Some((path.to_owned(), line));
                 }
-                if let Some(anchor) = anchors.remove(&r.seq) {
+                for anchor in anchors.remove(&r.seq).unwrap_or_default() {
                     if anchor.hash != hash {
                         return Err(Fault::AnchorMismatch {
                             seq: r.seq,
@@ -231,7 +235,7 @@ pub fn verify_with<P: AsRef<Path>>(
         fault,
     };
     let last_seq = summary.last_seq.unwrap_or(0);
-    if let Some(anchor) = anchors.values().next() {
+    if let Some(anchor) = anchors.values().flatten().next() {
         return Err(match summary.first_seq {
             Some(first) if anchor.seq < first => broken(
                 first_file,
