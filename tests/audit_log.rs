@@ -1200,12 +1200,8 @@ async fn a_run_with_auditing_off_is_on_record_before_the_log_goes_quiet() {
     // While the gateway still runs: the start says auditing is off, and is already signed
     // off by a checkpoint (so removing it breaks the chain before that checkpoint).
     let records = h.all_audit_records();
-    let kinds: Vec<_> = records
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        kinds,
+        common::kinds_of(&records),
         ["start", "checkpoint"],
         "the cancellation is not audited"
     );

@@ -196,12 +196,8 @@ async fn sigterm_with_a_request_longer_than_the_grace_exits_when_the_grace_is_ov
         ratepay_gateway::audit::SHUT_DOWN
     );
     // A clean stop: the log ends with a stop record and the checkpoint signing it.
-    let kinds: Vec<_> = all_audit_records(dir.path())
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap().to_owned())
-        .collect();
     assert_eq!(
-        kinds,
+        common::kinds_of(&all_audit_records(dir.path())),
         [
             "start",
             "checkpoint",
@@ -341,13 +337,9 @@ async fn an_intent_a_killed_gateway_left_open_is_settled_success_before_the_list
         .unwrap();
     assert_eq!(r.status(), 201);
     let records = all_audit_records(dir.path());
-    let kinds: Vec<_> = records
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap())
-        .collect();
     // The killed run has no stop record; each start is signed by a checkpoint at once.
     assert_eq!(
-        kinds,
+        common::kinds_of(&records),
         [
             "start",
             "checkpoint",

@@ -583,3 +583,11 @@ pub fn record_kinds(path: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// The `kind` of each record, in order.
+pub fn kinds_of(records: &[Value]) -> Vec<&str> {
+    records
+        .iter()
+        .map(|r| r["kind"].as_str().expect("every record has a kind"))
+        .collect()
+}
