@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use secrecy::ExposeSecret;
 
 use crate::{
-    audit::{AuditLog, AuditRecord},
+    audit::{AuditEntry, AuditLog, AuditRecord, Start},
     callers::Callers,
     client::{self, HttpClient},
     cluster::{events::EventSink, idempotency::SharedAnswers, Cluster},
@@ -293,9 +293,15 @@ impl Gateway {
         })
     }
 
-    /// Flushes and syncs pending audit records; call after the listeners have drained.
+    /// Flushes and syncs pending audit records, ending the log with a `stop` record and a
+    /// last checkpoint; call after the listeners have drained.
     pub async fn shutdown(&self) {
-        self.inner.audit.close().await;
+        self.inner.audit.close_cleanly(VERSION).await;
+    }
+
+    /// The latest durable audit checkpoint (admin `GET /audit/checkpoint`).
+    pub fn audit_checkpoint(&self) -> Option<Arc<crate::audit::Anchor>> {
+        self.inner.audit.latest_checkpoint()
     }
 
     /// The metrics registry (admin `/metrics`).
@@ -451,6 +457,19 @@ async fn open_audit(config: &Config) -> Result<(AuditLog, Vec<AuditRecord>), Bui
             "audit log had a torn last record (crash during a write); it was cut away"
         );
     }
+    // Every run is on record, auditing off included, before anything else is written: a
+    // verifier tells a crash (no stop before it) and a quiet stretch from a deleted one.
+    let start = Start {
+        instance: config.audit.log.instance.clone(),
+        version: VERSION.to_owned(),
+        config_sha256: crate::audit::record::sha256_hex(config.redacted().as_bytes()),
+        auditing: config.audit.enabled,
+    };
+    // A log that cannot write refuses every audited call with 503 anyway; the gateway still
+    // serves what is not audited.
+    if let Err(e) = log.append(AuditEntry::Start(start)).await {
+        tracing::error!(error = %e, file = %path.display(), "audit start record not written");
+    }
     Ok((log, recovery.open_intents))
 }
 
@@ -460,6 +479,9 @@ const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(3);
 
 /// How long a starting instance waits for Redis to tell it the pauses in force.
 const CLUSTER_SYNC_WAIT: Duration = Duration::from_secs(1);
+
+/// The version named in the audit log's start and stop records.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long readiness waits for a token before calling an upstream not ready.
 pub const READY_TOKEN_WAIT: Duration = Duration::from_secs(2);

@@ -74,26 +74,138 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain across files (in chain order; a directory means all its log files).
+    /// Check the hash chain across files (in chain order; a directory means all its log files),
+    /// and with --public-key every checkpoint signature, with --anchor the anchored checkpoints.
+    /// Exit status: 0 verified, 1 verification failed (the message names file and line),
+    /// 2 usage or I/O error (a key or anchor file that cannot be read, no files).
     Verify {
+        /// Public key file (`audit keygen`'s `.pub`); give it once per key the log was signed
+        /// with (key rotation). Every checkpoint must then carry a valid signature.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
+        /// File of anchored checkpoints, one JSON object per line (`GET /audit/checkpoint`, or
+        /// the gateway's `audit checkpoint` JSON log lines); each must still be in the log.
+        #[arg(long = "anchor", value_name = "FILE")]
+        anchors: Vec<PathBuf>,
         /// Log files or one directory.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write a new Ed25519 key pair for signing checkpoints: PREFIX.key (PKCS#8 DER, mode 0600,
+    /// for `audit.signing_key_file`) and PREFIX.pub (hex, for `audit verify --public-key`).
+    /// Refuses to overwrite existing files.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
 }
 
-fn audit_verify(files: Vec<PathBuf>) -> anyhow::Result<()> {
+/// `audit verify`'s exit status for a log that does not verify.
+const VERIFY_FAILED: u8 = 1;
+/// `audit verify`'s and `audit keygen`'s exit status for usage and I/O errors.
+const USAGE_OR_IO: u8 = 2;
+
+fn audit_verify(files: Vec<PathBuf>, public_keys: &[PathBuf], anchors: &[PathBuf]) -> ExitCode {
+    use ratepay_gateway::audit::{self, Anchor, PublicKey, VerifyError, VerifyOptions};
+    let usage = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(USAGE_OR_IO)
+    };
     let files = match files.as_slice() {
-        [one] if one.is_dir() => ratepay_gateway::audit::log_files(one)?,
+        [one] if one.is_dir() => match audit::log_files(one) {
+            Ok(f) => f,
+            Err(e) => return usage(format!("cannot list {}: {e}", one.display())),
+        },
         _ => files,
     };
-    match ratepay_gateway::audit::verify(&files) {
-        Ok(summary) => {
-            println!("{summary}");
-            Ok(())
+    let mut options = VerifyOptions::default();
+    for path in public_keys {
+        match PublicKey::from_file(path) {
+            Ok(k) => options.public_keys.push(k),
+            Err(e) => return usage(format!("--public-key {e}")),
         }
-        Err(e) => Err(anyhow::anyhow!("audit log verification failed: {e}")),
     }
+    for path in anchors {
+        match Anchor::read_file(path) {
+            Ok(a) => options.anchors.extend(a),
+            Err(e) => return usage(format!("--anchor {e}")),
+        }
+    }
+    match audit::verify_with(&files, &options) {
+        Ok(report) if public_keys.is_empty() && anchors.is_empty() => {
+            // As before signatures existed: the chain summary alone.
+            println!("{}", report.summary);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ VerifyError::Broken { .. }) => {
+            eprintln!("error: audit log verification failed: {e}");
+            ExitCode::from(VERIFY_FAILED)
+        }
+        Err(e) => usage(format!("audit log verification failed: {e}")),
+    }
+}
+
+fn audit_keygen(out: &std::path::Path) -> ExitCode {
+    match write_key_pair(out) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(USAGE_OR_IO)
+        }
+    }
+}
+
+/// Writes PREFIX.key (0600, created new) and PREFIX.pub; the key's bytes never reach output.
+fn write_key_pair(out: &std::path::Path) -> anyhow::Result<String> {
+    use secrecy::ExposeSecret;
+    use std::fs::OpenOptions;
+    let with_ext = |ext: &str| {
+        let mut name = out.as_os_str().to_owned();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (key_path, pub_path) = (with_ext(".key"), with_ext(".pub"));
+    let (der, key) = ratepay_gateway::audit::SigningKey::generate().map_err(anyhow::Error::msg)?;
+    let open = |path: &PathBuf, mode: u32| {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        // The private key is readable by its owner only from the moment it exists.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        options
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))
+    };
+    // Both are refused before either is written if one exists already.
+    for path in [&key_path, &pub_path] {
+        if path.exists() {
+            anyhow::bail!("{} exists; not overwriting it", path.display());
+        }
+    }
+    let mut file = open(&key_path, 0o600)?;
+    file.write_all(der.expose_secret())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", key_path.display()))?;
+    let mut file = open(&pub_path, 0o644)?;
+    file.write_all(format!("{}\n", key.public_key().to_hex()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", pub_path.display()))?;
+    Ok(format!(
+        "wrote {} (private: keep it secret, set audit.signing_key_file to it) and {} (key id {})",
+        key_path.display(),
+        pub_path.display(),
+        key.public_key().key_id()
+    ))
 }
 
 /// Logs go to stderr from a writer thread: request threads only format a line and append it to
@@ -336,9 +448,16 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!(e)),
         },
-        Command::Audit {
-            command: AuditCommand::Verify { files },
-        } => audit_verify(files),
+        Command::Audit { command } => {
+            return match command {
+                AuditCommand::Verify {
+                    public_keys,
+                    anchors,
+                    files,
+                } => audit_verify(files, &public_keys, &anchors),
+                AuditCommand::Keygen { out } => audit_keygen(&out),
+            }
+        }
         command => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

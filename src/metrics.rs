@@ -423,6 +423,24 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
         )?)?;
+        let latest = self.audit.latest_checkpoint();
+        ConstGauge::new(latest.as_ref().map_or(0, |c| c.seq as i64)).encode(
+            encoder.encode_descriptor(
+                "audit_checkpoint_seq",
+                "Seq of the latest durable audit checkpoint (0: none yet)",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+        let age = latest.map_or(0.0, |c| {
+            c.age(time::OffsetDateTime::now_utc()).as_secs_f64()
+        });
+        ConstGauge::new(age).encode(encoder.encode_descriptor(
+            "audit_checkpoint_age_seconds",
+            "Seconds since the latest audit checkpoint was written (0: none yet); alert when it exceeds checkpoint_every_secs by far while cancellations flow",
+            None,
+            MetricType::Gauge,
+        )?)?;
         Ok(())
     }
 }

@@ -81,7 +81,7 @@ async fn ask(r: &Ratepay<'_>, intent: &AuditRecord, kind: &str) -> Result<Value,
     let uri: Uri = format!(
         "{}/transaction/management/v2/transactions/{}/{kind}",
         r.origin.to_string().trim_end_matches('/'),
-        intent.ratepay_transaction_id
+        intent.ratepay_transaction_id.as_deref().unwrap_or_default()
     )
     .parse()
     .map_err(|e| format!("lookup URI: {e}"))?;
@@ -123,7 +123,7 @@ pub async fn recover(
             continue;
         };
         let stopped = "the gateway stopped before the outcome was recorded";
-        outcome.error = Some(match (ratepay, resource(&intent.operation)) {
+        outcome.error = Some(match (ratepay, resource(intent.operation.as_deref().unwrap_or_default())) {
             (Some(r), Some((kind, id_field))) => match ask(r, intent, kind).await {
                 Ok(list) => match settle(intent, &list, kind, id_field) {
                     Finding::Matched(id) => {

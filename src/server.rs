@@ -434,7 +434,8 @@ async fn serve<I, F, Fut>(
     }
 }
 
-/// `/healthz`, `/readyz`, `/metrics` and `POST /reload` on the admin listener.
+/// `/healthz`, `/readyz`, `/metrics`, `/audit/checkpoint` and `POST /reload` on the admin
+/// listener.
 async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/reload" {
         if req.method() != http::Method::POST {
@@ -460,6 +461,23 @@ async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Bo
     let gw = live.current();
     match req.uri().path() {
         "/healthz" => simple(StatusCode::OK, "text/plain", "ok\n"),
+        // The anchor to copy off the machine: `audit verify --anchor` takes these lines.
+        "/audit/checkpoint" => match gw
+            .audit_checkpoint()
+            .and_then(|c| serde_json::to_vec(&*c).ok())
+        {
+            Some(mut json) => {
+                json.push(b'\n');
+                simple(StatusCode::OK, "application/json", json)
+            }
+            None => crate::error::problem(
+                StatusCode::NOT_FOUND,
+                "no-audit-checkpoint",
+                "No audit checkpoint yet",
+                "the audit log has no checkpoint yet; one follows the start record",
+                &uuid::Uuid::now_v7().to_string(),
+            ),
+        },
         "/metrics" => {
             let m = gw.metrics();
             if let Some(cache) = gw.session_record_cache() {
@@ -509,7 +527,7 @@ async fn admin_handle(live: &LiveGateway, req: Request<Incoming>) -> Response<Bo
         _ => simple(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz, /readyz, /metrics or POST /reload\n",
+            "not found; try /healthz, /readyz, /metrics, /audit/checkpoint or POST /reload\n",
         ),
     }
 }

@@ -22,22 +22,6 @@ use ratepay_gateway::audit::{
 };
 use time::OffsetDateTime;
 
-fn intent(n: u64) -> Intent {
-    Intent {
-        request_id: format!("req-{n}"),
-        caller: "shop-backend".into(),
-        source: "10.1.2.3".parse().unwrap(),
-        operation: "payment.cancellations.create".into(),
-        ratepay_transaction_id: "scwBgARW-nE93I7_ywhp".into(),
-        partner: Some("partner-a".into()),
-        gross_amount: Some(format!("{n}.50")),
-        partner_operation_id: Some(format!("op-{n}")),
-        partner_shop_id: None,
-        body_sha256: "0".repeat(64),
-        idempotency_key: Some(format!("idem-{n}")),
-    }
-}
-
 fn active(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("audit.jsonl")
 }
@@ -51,21 +35,7 @@ async fn write_log(path: &Path, n: u64) {
     log.close().await;
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    fs::write(
-        path,
-        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .unwrap();
-}
+use common::{intent, lines, write_lines};
 
 /// Asserts that verifying `paths` fails at `file:line` and returns the fault.
 fn broken_at(paths: &[PathBuf], file: &Path, line: u64) -> Fault {
@@ -267,7 +237,7 @@ async fn size_rotation_continues_the_chain_across_files() {
     let config = AuditConfig {
         path: path.clone(),
         rotate_bytes: Some(1200),
-        rotate_daily: false,
+        ..AuditConfig::new(&path)
     };
     let (log, _) = AuditLog::open(config.clone()).await.unwrap();
     let mut last = None;
@@ -352,8 +322,8 @@ async fn daily_rotation_uses_the_utc_day() {
     });
     let config = AuditConfig {
         path: path.clone(),
-        rotate_bytes: None,
         rotate_daily: true,
+        ..AuditConfig::new(&path)
     };
     let (log, _) = AuditLog::open_with_clock(config, clock).await.unwrap();
     log.append(AuditEntry::Intent(intent(1))).await.unwrap();
@@ -762,7 +732,10 @@ async fn open_reports_intents_without_outcome() {
     let (log, recovery) = AuditLog::open(AuditConfig::new(&path)).await.unwrap();
     assert_eq!(recovery.open_intents.len(), 1);
     let open = &recovery.open_intents[0];
-    assert_eq!((open.seq, open.request_id.as_str()), (b.seq, "req-2"));
+    assert_eq!(
+        (open.seq, open.request_id.as_deref().unwrap()),
+        (b.seq, "req-2")
+    );
     assert_eq!(open.gross_amount.as_deref(), Some("2.50"));
     // The gateway settles it with a normal append; then nothing is open.
     let settle = Outcome::for_open_intent(open, OutcomeKind::Unknown).unwrap();
@@ -838,7 +811,7 @@ fn verify_needs_files() {
 
 // ---- Through the gateway ----
 
-use common::{keys, metric, problem, tx_path, Harness, Options};
+use common::{keys, metric, problem, python_verifier, run_python, tx_path, Harness, Options};
 const CANCEL_OP: &str = "payment.cancellations.create";
 
 /// A capture of 40.00 and a refund of 15.50 on a fresh transaction through `h`; both 201.
@@ -885,10 +858,11 @@ async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_o
     assert_eq!(
         summary,
         [
-            (1, "intent", "payment.captures.create"),
-            (2, "outcome", "payment.captures.create"),
-            (3, "intent", "payment.refunds.create"),
-            (4, "outcome", "payment.refunds.create"),
+            // After the start record (seq 1) and the checkpoint signing it (seq 2).
+            (3, "intent", "payment.captures.create"),
+            (4, "outcome", "payment.captures.create"),
+            (5, "intent", "payment.refunds.create"),
+            (6, "outcome", "payment.refunds.create"),
         ]
     );
     for (intent, outcome, amount, op_id) in [
@@ -908,7 +882,7 @@ async fn captures_and_refunds_are_audited_when_audit_operations_lists_them_and_o
         verify(&log_files(listed.audit_path()).unwrap())
             .unwrap()
             .records,
-        4
+        6
     );
     listed.stop().await;
 
@@ -999,7 +973,11 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
         Some(0.0),
         "a sync failure, not a write failure"
     );
-    assert_eq!(m("audit_failures_total"), Some(2.0), "both refused calls");
+    assert_eq!(
+        m("audit_failures_total"),
+        Some(3.0),
+        "the start record and both refused calls"
+    );
     assert_eq!(m("audit_records_total"), Some(0.0));
     assert_eq!(
         m("audit_syncs_total"),
@@ -1019,34 +997,6 @@ async fn a_failed_fsync_refuses_cancellations_with_503_until_restart() {
         .unwrap();
     assert_eq!(r.status(), 200);
     h.stop().await;
-}
-
-/// The Python verifier as docs/audit.md prints it (the first python block after its heading
-/// sentence), so the test runs what a reader would copy.
-fn python_verifier() -> String {
-    let doc =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/audit.md")).unwrap();
-    let after = doc
-        .split_once("This Python version")
-        .expect("docs/audit.md introduces its Python verifier")
-        .1;
-    let code = after.split_once("```python\n").expect("a python block").1;
-    code.split_once("```").expect("the block ends").0.to_owned()
-}
-
-/// Runs the documented verifier on `files`: (exit success, stdout, stderr).
-fn run_python(code: &str, files: &[PathBuf]) -> (bool, String, String) {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .args(files)
-        .output()
-        .expect("run python3");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
@@ -1078,13 +1028,18 @@ async fn the_python_verifier_in_docs_accepts_a_gateway_log_and_rejects_a_tampere
     let files = log_files(h.audit_path()).unwrap();
     assert!(files.len() >= 3, "rotated: {files:?}");
     let rust = verify(&files).unwrap();
-    assert_eq!(rust.records, 16);
+    // 16 audited records, the start, and the checkpoints after it and closing each rotated file.
+    assert_eq!(rust.records, 18 + files.len() as u64 - 1, "{rust}");
 
     let (ok, stdout, stderr) = run_python(&code, &files);
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout,
-        format!("ok: 16 records, last seq 16, head {}\n", rust.head),
+        format!(
+            "ok: {n} records, last seq {n}, head {}\n",
+            rust.head,
+            n = rust.records
+        ),
         "the same count and head as the Rust verifier"
     );
 
@@ -1224,4 +1179,43 @@ async fn every_intent_gets_one_outcome_on_every_path() {
         "one outcome per intent, in order"
     );
     assert!(verify(&[path]).is_ok(), "the chain verifies");
+}
+
+#[tokio::test]
+async fn a_run_with_auditing_off_is_on_record_before_the_log_goes_quiet() {
+    let h = Harness::with(Options {
+        audit_toml: "enabled = false".into(),
+        ..Options::default()
+    })
+    .await;
+    let tx = h.authorize(keys::FULL, None, 100.0).await;
+    let r = h
+        .post_json(
+            &tx_path(&tx, "cancellations"),
+            keys::FULL,
+            r#"{"gross_amount": 1}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    // While the gateway still runs: the start says auditing is off, and is already signed
+    // off by a checkpoint (so removing it breaks the chain before that checkpoint).
+    let records = h.all_audit_records();
+    assert_eq!(
+        common::kinds_of(&records),
+        ["start", "checkpoint"],
+        "the cancellation is not audited"
+    );
+    assert_eq!(records[0]["auditing"], false);
+    assert_eq!(records[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(records[0]["config_sha256"].as_str().unwrap().len(), 64);
+    let report = ratepay_gateway::audit::verify_with(
+        &log_files(h.audit_path()).unwrap(),
+        &Default::default(),
+    );
+    let runs = report.unwrap().runs;
+    assert_eq!(
+        (runs.starts, runs.auditing_off, runs.clean_stops),
+        (1, 1, 0)
+    );
+    h.stop().await;
 }

@@ -877,6 +877,13 @@ async fn config_cluster_toml_runs_a_fleet_as_documented() {
     };
     assert!(audit("gw-1").contains(&tx));
     assert!(!audit("gw-2").contains(&tx));
+    // Each chain's start and checkpoint records name its instance.
+    for name in ["gw-1", "gw-2"] {
+        assert!(
+            audit(name).contains(&format!("\"instance\":\"{name}\"")),
+            "{name}"
+        );
+    }
 }
 
 /// `rediss://` (rustls, the gateway's own crypto provider) with the test CA given as

@@ -335,3 +335,120 @@ fn numeric_settings_out_of_their_bounds_are_refused_naming_key_and_range() {
         "{e}"
     );
 }
+
+/// `[audit] signing_key_file`: parsed at load (a bad key is refused naming the key and the
+/// file), shown by its public key id only, and never in Debug, `check-config` or an error.
+#[test]
+fn the_audit_signing_key_is_checked_at_load_and_never_printed() {
+    use ratepay_gateway::audit::SigningKey;
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let (der, key) = SigningKey::generate().unwrap();
+    let der = der.expose_secret().to_vec();
+    let key_file = dir.path().join("audit-signing.key");
+    std::fs::write(&key_file, &der).unwrap();
+    let text = format!(
+        "{BASE}\n[audit]\nsigning_key_file = {:?}\ncheckpoint_every_records = 50\ncheckpoint_every_secs = 5\n",
+        key_file.display().to_string()
+    );
+    let c = Config::from_toml(&text, Path::new("signed.toml")).unwrap();
+    let checkpoints = c.audit.log.checkpoints.as_ref().unwrap();
+    assert_eq!(checkpoints.every_records, 50);
+    assert_eq!(checkpoints.every, std::time::Duration::from_secs(5));
+    assert_eq!(checkpoints.signing_key.as_ref(), Some(&key));
+    assert_eq!(c.audit.log.instance, "gateway");
+
+    // The seed is bytes 16..48 of a PKCS#8 v2 Ed25519 key (after `04 20`).
+    assert_eq!(&der[14..16], &[0x04, 0x20]);
+    let seed = &der[16..48];
+    let forms = [
+        hex::encode(seed),
+        hex::encode_upper(seed),
+        hex::encode(&der),
+        format!("{seed:?}"),
+        format!("{:?}", &seed[..8]),
+    ];
+    let redacted = c.redacted();
+    assert!(
+        redacted.contains(&format!(
+            "[REDACTED] (public key id {})",
+            key.public_key().key_id()
+        )),
+        "{redacted}"
+    );
+    let debug = format!("{c:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratepay-gateway"))
+        .args(["check-config", "--config"])
+        .arg({
+            let p = dir.path().join("signed.toml");
+            std::fs::write(&p, &text).unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for form in &forms {
+        for (what, text) in [
+            ("redacted", &redacted),
+            ("Debug", &debug),
+            ("check-config", &printed),
+        ] {
+            assert!(!text.contains(form.as_str()), "the key leaked in {what}");
+        }
+    }
+
+    // Refused at load: a file that is no key, a missing file, intervals out of range.
+    let not_a_key = dir.path().join("not-a-key");
+    std::fs::write(&not_a_key, "secret-looking-content-0123").unwrap();
+    let e = err(&text.replace(
+        &key_file.display().to_string(),
+        &not_a_key.display().to_string(),
+    ));
+    assert!(
+        e.contains("audit.signing_key_file")
+            && e.contains(&not_a_key.display().to_string())
+            && e.contains("Ed25519"),
+        "{e}"
+    );
+    assert!(!e.contains("secret-looking-content"), "{e}");
+    let e = err(&text.replace(&key_file.display().to_string(), "/nonexistent/k"));
+    assert!(
+        e.contains("audit.signing_key_file") && e.contains("cannot read /nonexistent/k"),
+        "{e}"
+    );
+    let e = err(&text.replace(
+        "checkpoint_every_records = 50",
+        "checkpoint_every_records = 0",
+    ));
+    assert!(
+        e.contains("audit.checkpoint_every_records") && e.contains("1 to 1000000"),
+        "{e}"
+    );
+    let e = err(&text.replace("checkpoint_every_secs = 5", "checkpoint_every_secs = 0"));
+    assert!(
+        e.contains("audit.checkpoint_every_secs") && e.contains("1 to 86400"),
+        "{e}"
+    );
+
+    // Without a key, checkpoints are still written, unsigned, at the default interval.
+    let c = Config::from_toml(BASE, Path::new("plain.toml")).unwrap();
+    let checkpoints = c.audit.log.checkpoints.as_ref().unwrap();
+    assert_eq!(
+        (
+            checkpoints.every_records,
+            checkpoints.every.as_secs(),
+            checkpoints.signing_key.is_none()
+        ),
+        (1000, 60, true)
+    );
+    assert!(c.redacted().contains("checkpoints are unsigned"));
+}

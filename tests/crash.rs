@@ -116,6 +116,9 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
     for file in ratepay_gateway::audit::log_files(&audit_dir).unwrap() {
         for line in std::fs::read_to_string(file).unwrap().lines() {
             let rec: Value = serde_json::from_str(line).unwrap();
+            if rec["kind"] != "intent" && rec["kind"] != "outcome" {
+                continue;
+            }
             if rec["kind"] == "intent" {
                 *intents
                     .entry(rec["ratepay_transaction_id"].as_str().unwrap().to_owned())

@@ -371,7 +371,8 @@ async fn audit_verify_cli_accepts_a_clean_log_and_names_a_changed_line() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("6 records"));
+    // The six records of the three calls, after the start record and its checkpoint.
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("8 records"));
 
     let text = std::fs::read_to_string(&path).unwrap();
     let tampered = text.replacen("\"gross_amount\":\"2.00\"", "\"gross_amount\":\"0.02\"", 1);
@@ -384,5 +385,6 @@ async fn audit_verify_cli_accepts_a_clean_log_and_names_a_changed_line() {
         .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains(":3:"), "names line 3: {err}");
+    // Line 5: the third record of the calls, after the start record and its checkpoint.
+    assert!(err.contains(":5:"), "names line 5: {err}");
 }

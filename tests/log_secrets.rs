@@ -21,7 +21,17 @@ async fn trace_logs_contain_no_secret_and_no_token() {
     );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let h = Harness::start().await;
+    // Checkpoints signed with a key of their own (its seed must not show up either).
+    let key_dir = tempfile::tempdir().unwrap();
+    let (der, _) = ratepay_gateway::audit::SigningKey::generate().unwrap();
+    let der = secrecy::ExposeSecret::expose_secret(&der).to_vec();
+    let key_file = key_dir.path().join("audit-signing.key");
+    std::fs::write(&key_file, &der).unwrap();
+    let h = Harness::with(common::Options {
+        audit_toml: format!("signing_key_file = {:?}", key_file.display().to_string()),
+        ..common::Options::default()
+    })
+    .await;
     let tx = h.authorize(keys::FULL, None, 100.0).await;
     // Gateway-issued token flow.
     let r = h
@@ -90,6 +100,18 @@ async fn trace_logs_contain_no_secret_and_no_token() {
         logs.contains("ratepay_gateway::access"),
         "access records present"
     );
+    assert!(
+        logs.contains("audit checkpoint"),
+        "signed checkpoints were logged"
+    );
+    let seed = &der[16..48];
+    for form in [
+        hex::encode(seed),
+        hex::encode(&der),
+        format!("{:?}", &seed[..8]),
+    ] {
+        assert!(!logs.contains(&form), "the audit signing key found in logs");
+    }
     for secret in [
         common::RATEPAY_SECRET,
         common::SVC_SECRET,

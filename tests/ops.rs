@@ -18,9 +18,10 @@ async fn metrics_are_present_and_move_with_traffic() {
     let scrape = || h.scrape_metrics();
     let before = scrape().await;
     assert!(before.contains("ratepay_gateway_in_flight_requests"));
+    // The start record and the checkpoint signing it.
     assert_eq!(
         metric(&before, "ratepay_gateway_audit_records_total"),
-        Some(0.0)
+        Some(2.0)
     );
 
     let tx = h.authorize(keys::FULL, None, 100.0).await;
@@ -75,7 +76,8 @@ async fn metrics_are_present_and_move_with_traffic() {
     );
     assert_eq!(
         metric(&after, "ratepay_gateway_audit_records_total"),
-        Some(2.0)
+        Some(4.0),
+        "the start, its checkpoint, an intent and its outcome"
     );
     assert_eq!(
         metric(
@@ -193,10 +195,20 @@ async fn sigterm_under_load_answers_every_in_flight_request_and_leaves_a_verifia
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    assert!(
-        String::from_utf8_lossy(&verify.stdout).contains("80 records"),
-        "40 intents + 40 outcomes"
-    );
+    let mut kinds = Vec::new();
+    for file in ratepay_gateway::audit::log_files(dir.path().join("audit")).unwrap() {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            kinds.push(v["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    let audited = kinds
+        .iter()
+        .filter(|k| *k == "intent" || *k == "outcome")
+        .count();
+    assert_eq!(audited, 80, "40 intents + 40 outcomes");
+    // A clean stop: the stop record, signed by the last checkpoint.
+    assert_eq!(kinds[kinds.len() - 2..], ["stop", "checkpoint"]);
 }
 
 #[tokio::test]

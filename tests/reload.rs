@@ -445,12 +445,13 @@ async fn idempotency_store_audit_log_rate_limits_and_cache_carry_over_a_reload()
     assert_eq!(cancel("carry-2").await.unwrap().status(), 201);
     let records = h.audit_records();
     let seqs: Vec<_> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, [1, 2, 3, 4]);
+    // After the start record and its checkpoint.
+    assert_eq!(seqs, [3, 4, 5, 6]);
     assert_eq!(
         ratepay_gateway::audit::verify(&[h.audit_path()])
             .unwrap()
             .records,
-        4
+        6
     );
     assert!(
         !text.contains("rate_limits") && !text.contains("cache"),

@@ -43,6 +43,86 @@ pub enum Fault {
         /// Length of the partial line.
         bytes: u64,
     },
+    /// A checkpoint has no signature, and `verify` was given public keys.
+    #[error("checkpoint seq {seq} is not signed (written without audit.signing_key_file)")]
+    Unsigned {
+        /// The checkpoint's seq.
+        seq: u64,
+    },
+    /// A checkpoint names a key that none of the given public keys has.
+    #[error("checkpoint seq {seq} is signed with key {key_id}, which is not among the public keys given")]
+    UnknownKey {
+        /// The checkpoint's seq.
+        seq: u64,
+        /// The key id it names.
+        key_id: String,
+    },
+    /// A checkpoint's signature does not verify.
+    #[error("checkpoint seq {seq}: the signature does not verify with key {key_id}: the chain before it was rewritten, or the checkpoint forged")]
+    BadSignature {
+        /// The checkpoint's seq.
+        seq: u64,
+        /// The key id it names.
+        key_id: String,
+    },
+    /// A checkpoint states a different number of records since the previous one.
+    #[error("checkpoint seq {seq} covers {stated} records since the previous checkpoint, but {found} are there: records or checkpoints were removed or added")]
+    CountMismatch {
+        /// The checkpoint's seq.
+        seq: u64,
+        /// Its `records`.
+        stated: u64,
+        /// Records between it and the previous checkpoint.
+        found: u64,
+    },
+    /// More unsigned records follow the last checkpoint than its writer ever leaves.
+    #[error("{found} records follow the last checkpoint (seq {checkpoint}), more than its every_records {limit}: checkpoints were removed and the chain rewritten")]
+    TooManyUnsigned {
+        /// The last checkpoint's seq.
+        checkpoint: u64,
+        /// Records after it.
+        found: u64,
+        /// Its `every_records`.
+        limit: u64,
+    },
+    /// Records but no checkpoint at all, while public keys were given.
+    #[error("{records} records and no checkpoint: nothing is signed (a gateway checkpoints right after it starts)")]
+    NoCheckpoint {
+        /// Records seen.
+        records: u64,
+    },
+    /// A record's `ts` is earlier than the record before it (the writer never does that).
+    #[error("ts {ts} is earlier than the previous record's {previous}: the record was changed or inserted")]
+    TsBack {
+        /// This record's ts.
+        ts: String,
+        /// The previous record's ts.
+        previous: String,
+    },
+    /// The record at an anchored checkpoint's seq is not that checkpoint.
+    #[error("record seq {seq} is not the anchored checkpoint (anchored hash {anchored}): the log was rewritten from here or earlier")]
+    AnchorMismatch {
+        /// The anchored seq.
+        seq: u64,
+        /// The anchored hash.
+        anchored: String,
+    },
+    /// The log ends before an anchored checkpoint.
+    #[error("the log ends at seq {last} but checkpoint seq {seq} was anchored: records were cut off the end, or a file deleted")]
+    AnchorMissing {
+        /// The anchored seq.
+        seq: u64,
+        /// The last seq in the files (0 when empty).
+        last: u64,
+    },
+    /// An anchored checkpoint precedes the files given.
+    #[error("checkpoint seq {seq} was anchored, but the files start at seq {first}: files are missing from the start")]
+    AnchorBefore {
+        /// The anchored seq.
+        seq: u64,
+        /// The first seq in the files.
+        first: u64,
+    },
     /// The first record of a file does not continue the previous file's last record.
     #[error("does not continue {} ({fault}): file missing or out of order", previous.display())]
     BrokenLink {
@@ -122,6 +202,20 @@ pub struct VerifySummary {
     /// Hash of the last record ([`GENESIS`] when there is none): keep it to detect later
     /// truncation at a record boundary.
     pub head: String,
+}
+
+impl VerifySummary {
+    /// Nothing seen yet.
+    pub(crate) fn empty() -> VerifySummary {
+        VerifySummary {
+            files: 0,
+            records: 0,
+            first_seq: None,
+            last_seq: None,
+            first_prev: None,
+            head: GENESIS.to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for VerifySummary {
@@ -219,6 +313,9 @@ pub(crate) struct FileScan {
     pub first: Option<AuditRecord>,
 }
 
+/// Sees every accepted record with its hash and 1-based line; an error stops the scan there.
+pub(crate) type Visit<'a> = dyn FnMut(&AuditRecord, &str, u64) -> Result<(), Fault> + 'a;
+
 /// Reads `path` line by line, decoding each record and checking it against `chain`, which it
 /// advances; `visit` sees every accepted record. `previous` names the file before this one
 /// (so a failure on line 1 is reported as a broken link between files).
@@ -230,7 +327,7 @@ pub(crate) fn scan_file(
     chain: &mut Chain,
     previous: Option<&Path>,
     tail: Tail,
-    visit: &mut dyn FnMut(&AuditRecord),
+    visit: &mut Visit<'_>,
 ) -> Result<FileScan, VerifyError> {
     let read_err = |source| VerifyError::Read {
         path: path.to_owned(),
@@ -272,10 +369,10 @@ pub(crate) fn scan_file(
             };
             return Err(broken(fault));
         }
+        visit(&record, &hash, line_no).map_err(broken)?;
         chain.advance(record.seq, hash);
         scan.records += 1;
         scan.good_len += n as u64;
-        visit(&record);
         if scan.first.is_none() {
             scan.first = Some(record);
         }
@@ -295,22 +392,16 @@ pub fn verify<P: AsRef<Path>>(paths: &[P]) -> Result<VerifySummary, VerifyError>
         return Err(VerifyError::NoFiles);
     }
     let mut chain = Chain::default();
-    let mut summary = VerifySummary {
-        files: 0,
-        records: 0,
-        first_seq: None,
-        last_seq: None,
-        first_prev: None,
-        head: GENESIS.to_owned(),
-    };
+    let mut summary = VerifySummary::empty();
     let mut previous: Option<&Path> = None;
     for path in paths {
         let path = path.as_ref();
-        let scan = scan_file(path, &mut chain, previous, Tail::Strict, &mut |r| {
+        let scan = scan_file(path, &mut chain, previous, Tail::Strict, &mut |r, _, _| {
             if summary.first_seq.is_none() {
                 summary.first_seq = Some(r.seq);
                 summary.first_prev = Some(r.prev.clone());
             }
+            Ok(())
         })?;
         summary.files += 1;
         summary.records += scan.records;

@@ -7,6 +7,8 @@
 //!
 //! - [`record`]: the explicit fields, canonical bytes and hash of one record;
 //! - [`chain`]: the link rule between records, [`verify`], and the errors naming file and line;
+//! - [`checkpoint`]: signed checkpoints (keys, signature input, when one is due) and anchors;
+//! - [`trust`]: [`verify_with`], which also checks signatures, the unsigned tail and anchors;
 //! - [`files`]: active and rotated file names and their chain order ([`log_files`]);
 //! - `writer`: recovery at open and the group-commit writer thread;
 //! - [`body`]: pulling the audited fields out of request and response bodies.
@@ -15,11 +17,13 @@
 
 pub mod body;
 pub mod chain;
+pub mod checkpoint;
 pub mod files;
 mod open;
 pub mod record;
 mod reopen;
 mod stats;
+pub mod trust;
 mod writer;
 
 use std::{
@@ -32,13 +36,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use body::{ratepay_cancellation_id, CancellationFields};
 pub use chain::{verify, Fault, VerifyError, VerifySummary};
+pub use checkpoint::{Anchor, CheckpointConfig, PublicKey, SigningKey};
 pub use files::{log_files, rotated_path, DEFAULT_FILE_NAME};
 pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use record::{
-    AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, GENESIS,
+    AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, Start, Stop,
+    GENESIS,
 };
 pub use reopen::{Recovery, TruncatedTail};
 pub use stats::AuditStats;
+pub use trust::{verify_with, Report, Runs, Signatures, VerifyOptions};
 pub use writer::PROBE_INTERVAL;
 
 use stats::StatsCells;
@@ -50,6 +57,12 @@ const QUEUE_DEPTH: usize = 4096;
 /// Where the UTC timestamps of records come from; see [`AuditLog::open_with_clock`].
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
+/// The latest durable checkpoint, as the writer announces it.
+pub(crate) type Latest = watch::Sender<Option<Arc<Anchor>>>;
+
+/// The instance name without `[cluster]` (with it, `cluster.instance`).
+pub const DEFAULT_INSTANCE: &str = "gateway";
+
 /// Settings of one audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
@@ -60,15 +73,21 @@ pub struct AuditConfig {
     pub rotate_bytes: Option<u64>,
     /// Rotate before the first record of a new UTC day.
     pub rotate_daily: bool,
+    /// The writing gateway, named in checkpoints, starts and stops.
+    pub instance: String,
+    /// Signed checkpoints; `None`: none are written.
+    pub checkpoints: Option<CheckpointConfig>,
 }
 
 impl AuditConfig {
-    /// A log at `path` that never rotates.
+    /// A log at `path` that never rotates and writes no checkpoints.
     pub fn new(path: impl Into<PathBuf>) -> AuditConfig {
         AuditConfig {
             path: path.into(),
             rotate_bytes: None,
             rotate_daily: false,
+            instance: DEFAULT_INSTANCE.to_owned(),
+            checkpoints: None,
         }
     }
 }
@@ -170,6 +189,10 @@ struct Inner {
     stats: Arc<StatsCells>,
     /// Intents begun whose outcome is not written yet ([`AuditLog::begin`]).
     open: open::Registry,
+    /// The latest durable checkpoint.
+    latest: watch::Receiver<Option<Arc<Anchor>>>,
+    /// Named in the stop record.
+    instance: String,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -197,17 +220,24 @@ impl AuditLog {
     ) -> Result<(AuditLog, Recovery), AuditError> {
         let stats = Arc::new(StatsCells::default());
         let stats_for_open = Arc::clone(&stats);
+        let (latest_tx, latest) = watch::channel(None);
+        let ticking = config.checkpoints.is_some();
+        let instance = config.instance.clone();
         // Scanning reads whole files: keep it off the async workers.
         let opened = tokio::task::spawn_blocking(move || {
-            reopen::open_blocking(&config, clock, stats_for_open)
+            reopen::open_blocking(&config, clock, stats_for_open, latest_tx)
         })
         .await
         .map_err(|e| AuditError::Open {
             path: PathBuf::new(),
             source: Arc::new(std::io::Error::other(e.to_string())),
         })?;
-        let (writer, recovery) = opened?;
+        let (writer, recovery, last_checkpoint) = opened?;
+        writer.latest.send_replace(last_checkpoint.map(Arc::new));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        if ticking {
+            spawn_ticker(tx.downgrade());
+        }
         let (done_tx, done_rx) = watch::channel(false);
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -222,6 +252,8 @@ impl AuditLog {
                 done: done_rx,
                 stats,
                 open: open::Registry::default(),
+                latest,
+                instance,
             }),
         };
         Ok((log, recovery))
@@ -237,7 +269,7 @@ impl AuditLog {
             guard.clone().ok_or(AuditError::Closed)?
         };
         let (reply, answer) = oneshot::channel();
-        tx.send(Job { entry, reply })
+        tx.send(Job::Append { entry, reply })
             .await
             .map_err(|_| AuditError::Closed)?;
         drop(tx);
@@ -263,7 +295,7 @@ impl AuditLog {
             return;
         };
         let (reply, _ignored) = oneshot::channel();
-        match tx.try_send(Job { entry, reply }) {
+        match tx.try_send(Job::Append { entry, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -278,13 +310,43 @@ impl AuditLog {
         }
     }
 
+    /// The latest durable checkpoint (from this run, or the last one in the files at open).
+    pub fn latest_checkpoint(&self) -> Option<Arc<Anchor>> {
+        self.inner.latest.borrow().clone()
+    }
+
+    /// Changes of [`latest_checkpoint`](AuditLog::latest_checkpoint), to wait for one.
+    pub fn checkpoints(&self) -> watch::Receiver<Option<Arc<Anchor>>> {
+        self.inner.latest.clone()
+    }
+
     /// Writes an `unknown` outcome for every intent still open (see [`AuditLog::begin`]), then
-    /// stops accepting appends, waits until everything queued is written and synced, and stops
-    /// the writer. Appends after this fail with [`AuditError::Closed`].
+    /// stops accepting appends, waits until everything queued is written and synced (and, with
+    /// checkpoints, signed by a last checkpoint), and stops the writer. Appends after this fail
+    /// with [`AuditError::Closed`].
     pub async fn close(&self) {
+        self.close_with(None).await;
+    }
+
+    /// [`close`](AuditLog::close) for a clean stop of the gateway: a `stop` record (this
+    /// `version`) is the last record before the final checkpoint.
+    pub async fn close_cleanly(&self, version: &str) {
+        self.close_with(Some(Stop {
+            instance: self.inner.instance.clone(),
+            version: version.to_owned(),
+        }))
+        .await;
+    }
+
+    async fn close_with(&self, stop: Option<Stop>) {
         for outcome in self.inner.open.settle_all(SHUT_DOWN) {
             if let Err(e) = self.append(AuditEntry::Outcome(outcome)).await {
                 tracing::error!(error = %e, "audit outcome at shutdown not written");
+            }
+        }
+        if let Some(stop) = stop {
+            if let Err(e) = self.append(AuditEntry::Stop(stop)).await {
+                tracing::error!(error = %e, "audit stop record not written");
             }
         }
         drop(
@@ -298,4 +360,26 @@ impl AuditLog {
         // An error means the writer is gone already, which is what we wait for.
         let _ = done.wait_for(|finished| *finished).await;
     }
+}
+
+/// Asks the writer every [`writer::TICK`] whether a checkpoint is due, until the log closes.
+/// Holds only a weak sender, so it never keeps the writer alive.
+fn spawn_ticker(tx: mpsc::WeakSender<Job>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut every = tokio::time::interval(writer::TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(tx) = tx.upgrade() else {
+                return;
+            };
+            // A full queue: skip this tick, the next one asks again.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Job::Tick) {
+                return;
+            }
+        }
+    });
 }

@@ -26,7 +26,8 @@ const TS_FORMAT: &[FormatItem<'static>] =
 const HASH_PREFIX: &[u8] = b",\"hash\":\"";
 const HASH_SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
 
-/// Whether a record announces an operation or reports how it ended.
+/// Whether a record announces an operation, reports how it ended, or is one of the log's own
+/// records (checkpoint, start, stop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
@@ -34,6 +35,25 @@ pub enum RecordKind {
     Intent,
     /// Written after the final upstream answer, or by recovery.
     Outcome,
+    /// The writer's (signed) statement of the chain head before it; see `checkpoint.rs`.
+    Checkpoint,
+    /// A gateway process started (with auditing on or off).
+    Start,
+    /// A gateway process stopped cleanly.
+    Stop,
+}
+
+impl RecordKind {
+    /// The name on disk (`intent`, `checkpoint`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Intent => "intent",
+            RecordKind::Outcome => "outcome",
+            RecordKind::Checkpoint => "checkpoint",
+            RecordKind::Start => "start",
+            RecordKind::Stop => "stop",
+        }
+    }
 }
 
 /// How an audited operation ended.
@@ -141,10 +161,10 @@ impl Outcome {
         }
         Some(Outcome {
             intent_seq: intent.seq,
-            request_id: intent.request_id.clone(),
-            caller: intent.caller.clone(),
-            operation: intent.operation.clone(),
-            ratepay_transaction_id: intent.ratepay_transaction_id.clone(),
+            request_id: intent.request_id.clone().unwrap_or_default(),
+            caller: intent.caller.clone().unwrap_or_default(),
+            operation: intent.operation.clone().unwrap_or_default(),
+            ratepay_transaction_id: intent.ratepay_transaction_id.clone().unwrap_or_default(),
             partner: intent.partner.clone(),
             idempotency_key: intent.idempotency_key.clone(),
             outcome,
@@ -157,6 +177,28 @@ impl Outcome {
     }
 }
 
+/// A gateway process started: which build, which configuration, whether it audits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The writing gateway's instance name.
+    pub instance: String,
+    /// The gateway's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// Lowercase hex SHA-256 of the resolved, redacted configuration (`check-config`'s output).
+    pub config_sha256: String,
+    /// `audit.enabled`: false means nothing is audited until the next start.
+    pub auditing: bool,
+}
+
+/// A gateway process stops cleanly (the last record before the final checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The writing gateway's instance name.
+    pub instance: String,
+    /// The gateway's version.
+    pub version: String,
+}
+
 /// What a caller asks the log to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuditEntry {
@@ -164,6 +206,10 @@ pub enum AuditEntry {
     Intent(Intent),
     /// After the final answer.
     Outcome(Outcome),
+    /// A process started.
+    Start(Start),
+    /// A process stops cleanly.
+    Stop(Stop),
 }
 
 /// One record as stored, without its `hash` (which the line carries after these fields).
@@ -182,17 +228,21 @@ pub struct AuditRecord {
     pub prev: String,
     /// Intent or outcome.
     pub kind: RecordKind,
-    /// The gateway's request id.
-    pub request_id: String,
+    /// The gateway's request id. (intents and outcomes only, like the fields up to `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// The authenticated internal caller.
-    pub caller: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     /// Caller address (intents only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<IpAddr>,
     /// Operation name.
-    pub operation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
     /// Transaction acted on.
-    pub ratepay_transaction_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratepay_transaction_id: Option<String>,
     /// `X-Partner`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner: Option<String>,
@@ -233,6 +283,108 @@ pub struct AuditRecord {
     /// Short error text (outcomes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The writing gateway's instance (checkpoints, starts, stops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Gateway version (starts, stops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// SHA-256 of the resolved, redacted configuration (starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
+    /// Whether this run audits at all (starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auditing: Option<bool>,
+    /// Records since the previous checkpoint (checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// The writer's `checkpoint_every_records`: no more records than this follow a checkpoint
+    /// before the next (checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_records: Option<u64>,
+    /// Id of the signing key (signed checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Ed25519 signature, lowercase hex, always the last field before `hash` (signed
+    /// checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record of the log's own (`kind` checkpoint, start or stop) with only the chain fields
+    /// set; the caller fills in its kind's fields.
+    pub fn system(seq: u64, ts: String, prev: String, kind: RecordKind) -> AuditRecord {
+        AuditRecord {
+            seq,
+            ts,
+            prev,
+            kind,
+            request_id: None,
+            caller: None,
+            source: None,
+            operation: None,
+            ratepay_transaction_id: None,
+            partner: None,
+            gross_amount: None,
+            partner_operation_id: None,
+            partner_shop_id: None,
+            body_sha256: None,
+            idempotency_key: None,
+            intent_seq: None,
+            outcome: None,
+            status: None,
+            ratepay_cancellation_id: None,
+            attempts: None,
+            latency_ms: None,
+            error: None,
+            instance: None,
+            version: None,
+            config_sha256: None,
+            auditing: None,
+            records: None,
+            every_records: None,
+            key_id: None,
+            sig: None,
+        }
+    }
+
+    /// Whether the record has the fields its kind needs (and only fields of its kind's group):
+    /// an intent or outcome names request, caller, operation and transaction; a checkpoint,
+    /// start or stop names none of them.
+    fn has_shape_of_its_kind(&self) -> bool {
+        let operation_fields = [
+            &self.request_id,
+            &self.caller,
+            &self.operation,
+            &self.ratepay_transaction_id,
+        ];
+        let system_fields = self.instance.is_some()
+            || self.version.is_some()
+            || self.config_sha256.is_some()
+            || self.auditing.is_some()
+            || self.records.is_some()
+            || self.every_records.is_some()
+            || self.key_id.is_some()
+            || self.sig.is_some();
+        match self.kind {
+            RecordKind::Intent | RecordKind::Outcome => {
+                operation_fields.iter().all(|f| f.is_some()) && !system_fields
+            }
+            RecordKind::Checkpoint => {
+                operation_fields.iter().all(|f| f.is_none())
+                    && self.instance.is_some()
+                    && self.records.is_some()
+                    && self.every_records.is_some()
+                    && self.key_id.is_some() == self.sig.is_some()
+            }
+            RecordKind::Start | RecordKind::Stop => {
+                operation_fields.iter().all(|f| f.is_none())
+                    && self.instance.is_some()
+                    && self.version.is_some()
+            }
+        }
+    }
 }
 
 /// Formats a timestamp the way records carry it (UTC, milliseconds, `Z`).
@@ -262,28 +414,13 @@ pub fn build_record(entry: AuditEntry, seq: u64, prev: &str, at: OffsetDateTime)
     let base =
         |request_id, caller, operation, ratepay_transaction_id, partner, idempotency_key, kind| {
             AuditRecord {
-                seq,
-                ts: format_ts(at),
-                prev: prev.to_owned(),
-                kind,
-                request_id,
-                caller,
-                source: None,
-                operation,
-                ratepay_transaction_id,
+                request_id: Some(request_id),
+                caller: Some(caller),
+                operation: Some(operation),
+                ratepay_transaction_id: Some(ratepay_transaction_id),
                 partner,
-                gross_amount: None,
-                partner_operation_id: None,
-                partner_shop_id: None,
-                body_sha256: None,
                 idempotency_key,
-                intent_seq: None,
-                outcome: None,
-                status: None,
-                ratepay_cancellation_id: None,
-                attempts: None,
-                latency_ms: None,
-                error: None,
+                ..AuditRecord::system(seq, format_ts(at), prev.to_owned(), kind)
             }
         };
     match entry {
@@ -320,6 +457,18 @@ pub fn build_record(entry: AuditEntry, seq: u64, prev: &str, at: OffsetDateTime)
                 o.idempotency_key,
                 RecordKind::Outcome,
             )
+        },
+        AuditEntry::Start(st) => AuditRecord {
+            instance: Some(st.instance),
+            version: Some(st.version),
+            config_sha256: Some(st.config_sha256),
+            auditing: Some(st.auditing),
+            ..AuditRecord::system(seq, format_ts(at), prev.to_owned(), RecordKind::Start)
+        },
+        AuditEntry::Stop(st) => AuditRecord {
+            instance: Some(st.instance),
+            version: Some(st.version),
+            ..AuditRecord::system(seq, format_ts(at), prev.to_owned(), RecordKind::Stop)
         },
     }
 }
@@ -424,8 +573,13 @@ pub fn decode(line: &[u8]) -> Result<(AuditRecord, String), LineFault> {
     let record: AuditRecord =
         serde_json::from_slice(&canonical).map_err(|e| LineFault::NotARecord(e.to_string()))?;
     match canonical_bytes(&record) {
-        Ok(again) if again == canonical => Ok((record, computed)),
-        _ => Err(LineFault::NotCanonical),
+        Ok(again) if again != canonical => Err(LineFault::NotCanonical),
+        Ok(_) if !record.has_shape_of_its_kind() => Err(LineFault::NotARecord(format!(
+            "a {} record with fields it does not have or without fields it needs",
+            record.kind.name()
+        ))),
+        Ok(_) => Ok((record, computed)),
+        Err(_) => Err(LineFault::NotCanonical),
     }
 }
 

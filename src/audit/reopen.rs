@@ -14,9 +14,10 @@ use time::UtcOffset;
 
 use super::{
     chain::{scan_file, Chain, Tail},
+    checkpoint::{Anchor, Due},
     files::{log_files, parent_dir, rotated_path},
     record::{parse_ts, AuditRecord, RecordKind, GENESIS},
-    AuditConfig, AuditError, Clock,
+    AuditConfig, AuditError, Clock, Latest,
 };
 
 use super::{stats::*, writer::*};
@@ -60,12 +61,17 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The writer, what open found, and the last checkpoint in the files (if any).
+pub(crate) type Opened = (Writer, Recovery, Option<Anchor>);
+
 /// Scans the existing log, cuts a torn tail, opens (or creates) the active file and locks it.
+/// `latest` is where the writer publishes each durable checkpoint.
 pub(crate) fn open_blocking(
     config: &AuditConfig,
     clock: Clock,
     stats: Arc<StatsCells>,
-) -> Result<(Writer, Recovery), AuditError> {
+    latest: Latest,
+) -> Result<Opened, AuditError> {
     let path = config.path.clone();
     if path.file_name().is_none() || rotated_path(&path, 1).is_none() {
         return Err(AuditError::Config(format!(
@@ -76,6 +82,15 @@ pub(crate) fn open_blocking(
     if config.rotate_bytes == Some(0) {
         return Err(AuditError::Config("rotate_bytes must be > 0".into()));
     }
+    if config
+        .checkpoints
+        .as_ref()
+        .is_some_and(|c| c.every_records == 0 || c.every.is_zero())
+    {
+        return Err(AuditError::Config(
+            "checkpoints need every_records > 0 and a non-zero interval".into(),
+        ));
+    }
     let dir = parent_dir(&path);
     // Listing the directory fails clearly when it is missing or not a directory.
     let files = log_files(&path).map_err(open_err(&path))?;
@@ -85,23 +100,35 @@ pub(crate) fn open_blocking(
     let mut records = 0u64;
     let mut truncated = None;
     let mut active_first: Option<AuditRecord> = None;
+    let mut last_checkpoint: Option<Anchor> = None;
+    let mut last_ts: Option<String> = None;
+    let mut first_seq: Option<u64> = None;
     let mut previous: Option<&Path> = None;
     for (i, file) in files.iter().enumerate() {
         // Only the last file can hold a torn write: every earlier one was synced before
         // rotation. A partial line anywhere else is damage, and open refuses to go on.
         let last = i + 1 == files.len();
         let tail = if last { Tail::Tolerant } else { Tail::Strict };
-        let scan = scan_file(file, &mut chain, previous, tail, &mut |r| match r.kind {
-            RecordKind::Intent => {
-                intents.insert(r.seq, r.clone());
-            }
-            RecordKind::Outcome => {
-                if let Some(seq) = r.intent_seq {
-                    intents.remove(&seq);
+        let scan = scan_file(file, &mut chain, previous, tail, &mut |r, hash, _| {
+            match r.kind {
+                RecordKind::Intent => {
+                    intents.insert(r.seq, r.clone());
                 }
+                RecordKind::Outcome => {
+                    if let Some(seq) = r.intent_seq {
+                        intents.remove(&seq);
+                    }
+                }
+                RecordKind::Checkpoint => last_checkpoint = Some(Anchor::of(r, hash)),
+                RecordKind::Start | RecordKind::Stop => {}
             }
+            last_ts = Some(r.ts.clone());
+            Ok(())
         })?;
         records += scan.records;
+        if first_seq.is_none() {
+            first_seq = scan.first.as_ref().map(|r| r.seq);
+        }
         if scan.torn_bytes > 0 {
             cut_tail(file, scan.good_len).map_err(open_err(file))?;
             tracing::warn!(
@@ -139,6 +166,16 @@ pub(crate) fn open_blocking(
         None => (0, GENESIS.to_owned()),
     };
     stats.last_seq.store(last_seq, Ordering::Relaxed);
+    // Records not yet covered by a checkpoint: since the last one, or since the first record
+    // of the files (older ones archived) when there is none.
+    let covered = match (&last_checkpoint, first_seq) {
+        (Some(c), _) => c.seq,
+        (None, Some(first)) => first - 1,
+        (None, None) => last_seq,
+    };
+    let now = (clock)();
+    // Timestamps never go back in the chain, even if the clock does.
+    let last_at = last_ts.as_deref().and_then(parse_ts).unwrap_or(now);
     // A first record whose ts cannot be read gets today's date: daily rotation then waits for
     // the next day change rather than rotating a file it cannot date.
     let file_first = active_first.map(|r| {
@@ -148,6 +185,9 @@ pub(crate) fn open_blocking(
             .date();
         (r.seq, day)
     });
+    if let Some(c) = &last_checkpoint {
+        stats.last_checkpoint_seq.store(c.seq, Ordering::Relaxed);
+    }
     let recovery = Recovery {
         open_intents: intents.into_values().collect(),
         truncated,
@@ -172,12 +212,26 @@ pub(crate) fn open_blocking(
             seq: last_seq,
             hash: last_hash.clone(),
             file_first,
+            pending: last_seq - covered,
         },
         write_failed: None,
         probing: false,
         poisoned: None,
+        instance: config.instance.clone(),
+        checkpoint_reserve: config
+            .checkpoints
+            .as_ref()
+            .map_or(0, |_| max_checkpoint_line(&config.instance)),
+        checkpoints: config.checkpoints.clone(),
+        due: Due {
+            pending: last_seq - covered,
+            since: now,
+        },
+        last_at,
+        unpublished: None,
+        latest,
     };
-    Ok((writer, recovery))
+    Ok((writer, recovery, last_checkpoint))
 }
 
 /// Why cutting the active file back failed.

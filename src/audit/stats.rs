@@ -20,6 +20,8 @@ pub(crate) struct StatsCells {
     pub write_failed: AtomicBool,
     pub write_errors: AtomicU64,
     pub recoveries: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub last_checkpoint_seq: AtomicU64,
 }
 
 /// A snapshot of the log's counters, for metrics and tests.
@@ -48,6 +50,10 @@ pub struct AuditStats {
     pub write_errors: u64,
     /// Times the log accepted appends again after a failed write.
     pub recoveries: u64,
+    /// Checkpoints written (and synced) since open.
+    pub checkpoints: u64,
+    /// Seq of the latest durable checkpoint (0: none yet).
+    pub last_checkpoint_seq: u64,
 }
 
 impl StatsCells {
@@ -66,6 +72,8 @@ impl StatsCells {
             write_failed: self.write_failed.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
             recoveries: self.recoveries.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            last_checkpoint_seq: self.last_checkpoint_seq.load(Ordering::Relaxed),
         }
     }
 }

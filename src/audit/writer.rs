@@ -22,9 +22,10 @@ use time::{Date, OffsetDateTime, UtcOffset};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
+    checkpoint::{checkpoint_record, Anchor, CheckpointConfig, Due},
     files::rotated_path,
-    record::{build_record, encode, AuditEntry},
-    Appended, AuditError, Clock,
+    record::{build_record, encode, format_ts, AuditEntry, RecordKind, GENESIS},
+    Appended, AuditError, Clock, Latest,
 };
 
 use super::{reopen::*, stats::*};
@@ -39,11 +40,21 @@ const MAX_BATCH: usize = 1024;
 /// sooner are refused at once, so a full disk costs a flood of cancellations no I/O.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One append waiting for the writer.
-pub(crate) struct Job {
-    pub entry: AuditEntry,
-    pub reply: oneshot::Sender<Result<Appended, AuditError>>,
+/// What the writer is asked to do.
+// Ticks are rare and tiny; boxing every append instead would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Job {
+    /// One append waiting for the writer.
+    Append {
+        entry: AuditEntry,
+        reply: oneshot::Sender<Result<Appended, AuditError>>,
+    },
+    /// The checkpoint timer: write a checkpoint if one is due.
+    Tick,
 }
+
+/// How often the checkpoint timer asks the writer whether a checkpoint is due.
+pub(crate) const TICK: Duration = Duration::from_secs(1);
 
 /// The writer's state: owned by the writer thread after open.
 pub(crate) struct Writer {
@@ -71,6 +82,20 @@ pub(crate) struct Writer {
     pub(super) probing: bool,
     /// Set by the first sync/rotation failure; see `poison`.
     pub(super) poisoned: Option<String>,
+    /// Named in checkpoints.
+    pub(super) instance: String,
+    /// `None`: no checkpoints (a log opened without them, as the unit tests do).
+    pub(super) checkpoints: Option<CheckpointConfig>,
+    /// Records since the last checkpoint and its time.
+    pub(super) due: Due,
+    /// Bytes kept free in the active file for the checkpoint that rotation appends.
+    pub(super) checkpoint_reserve: u64,
+    /// The latest record time: no record gets an earlier `ts`, whatever the clock does.
+    pub(super) last_at: OffsetDateTime,
+    /// A checkpoint of the batch being written, announced once it is durable.
+    pub(super) unpublished: Option<Anchor>,
+    /// Where durable checkpoints are announced.
+    pub(super) latest: Latest,
 }
 
 /// What the chain looked like at the last durable byte.
@@ -79,6 +104,8 @@ pub(super) struct DurableHead {
     pub(super) seq: u64,
     pub(super) hash: String,
     pub(super) file_first: Option<(u64, Date)>,
+    /// Records since the last checkpoint, as of the durable length.
+    pub(super) pending: u64,
 }
 
 /// The refusing state after a failed write.
@@ -106,6 +133,13 @@ impl Writer {
             }
             self.process(&mut batch);
         }
+        // A clean close (or the last handle gone): sign what the last checkpoint does not cover.
+        if self.poisoned.is_none() && self.write_failed.is_none() {
+            let now = (self.clock)().to_offset(UtcOffset::UTC);
+            let mut buf = Vec::new();
+            self.push_checkpoint(&mut buf, now);
+            self.commit(&mut buf, &mut Vec::new(), now);
+        }
         // Release the file (and its lock) before saying "done": `close` promises that the log
         // can be reopened right away.
         drop(self);
@@ -117,19 +151,39 @@ impl Writer {
         let mut waiting: Waiting = Vec::new();
         for job in batch.drain(..) {
             let now = (self.clock)().to_offset(UtcOffset::UTC);
+            let (entry, reply) = match job {
+                Job::Append { entry, reply } => (entry, reply),
+                Job::Tick => {
+                    // A failing log stays as it is until an append probes it.
+                    let healthy = self.poisoned.is_none() && self.write_failed.is_none();
+                    if healthy
+                        && self
+                            .checkpoints
+                            .as_ref()
+                            .is_some_and(|c| self.due.due(c, now))
+                    {
+                        self.push_checkpoint(&mut buf, now);
+                    }
+                    continue;
+                }
+            };
             if let Some(refusal) = self.refusal(now) {
-                self.fail(job.reply, refusal);
+                self.fail(reply, refusal);
                 continue;
             }
-            let record = build_record(job.entry, self.last_seq + 1, &self.last_hash, now);
-            let encoded = match encode(&record) {
+            // Record time never goes back: a clock stepped back repeats the last time.
+            let at = now.max(self.last_at);
+            let mut record = build_record(entry, self.last_seq + 1, &self.last_hash, at);
+            let mut encoded = match encode(&record) {
                 Ok(e) => e,
                 Err(e) => {
-                    self.fail(job.reply, AuditError::Encode(e.to_string()));
+                    self.fail(reply, AuditError::Encode(e.to_string()));
                     continue;
                 }
             };
             if self.should_rotate(buf.len() as u64, encoded.line.len() as u64, now.date()) {
+                // The old file ends with a checkpoint of what it holds.
+                self.push_checkpoint(&mut buf, at);
                 // The old file must be complete and durable before it gets its final name.
                 self.commit(&mut buf, &mut waiting, now);
                 // A probe may rotate: the cut left the file at its durable length.
@@ -142,8 +196,21 @@ impl Writer {
                     }
                 }
                 if let Some(refusal) = self.refusal(now) {
-                    self.fail(job.reply, refusal);
+                    self.fail(reply, refusal);
                     continue;
+                }
+                if record.seq != self.last_seq + 1 || record.prev != self.last_hash {
+                    // Link to where the chain is now: after the checkpoint just written, or back
+                    // at the last durable record if the commit failed.
+                    record.seq = self.last_seq + 1;
+                    record.prev = self.last_hash.clone();
+                    encoded = match encode(&record) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            self.fail(reply, AuditError::Encode(e.to_string()));
+                            continue;
+                        }
+                    };
                 }
             }
             if self.file_first.is_none() {
@@ -152,16 +219,91 @@ impl Writer {
             buf.extend_from_slice(&encoded.line);
             self.last_seq = record.seq;
             self.last_hash = encoded.hash.clone();
+            self.last_at = at;
             waiting.push((
-                job.reply,
+                reply,
                 Appended {
                     seq: record.seq,
                     hash: encoded.hash,
                 },
             ));
+            if let Some(every) = self.checkpoints.as_ref().map(|c| c.every_records) {
+                self.due.pending += 1;
+                // A start is signed at once, so that even a run that audits nothing is on
+                // record before the log goes quiet.
+                if record.kind == RecordKind::Start || self.due.pending >= every {
+                    self.push_checkpoint(&mut buf, at);
+                }
+            }
         }
         let now = (self.clock)().to_offset(UtcOffset::UTC);
         self.commit(&mut buf, &mut waiting, now);
+    }
+
+    /// Appends a checkpoint of the records since the last one to `buf` (nothing if there are
+    /// none or checkpoints are off). It is announced once `commit` made it durable.
+    fn push_checkpoint(&mut self, buf: &mut Vec<u8>, now: OffsetDateTime) {
+        let Some(config) = &self.checkpoints else {
+            return;
+        };
+        if self.due.pending == 0 {
+            return;
+        }
+        let at = now.max(self.last_at);
+        let seq = self.last_seq + 1;
+        let built = checkpoint_record(
+            seq,
+            &self.last_hash,
+            format_ts(at),
+            &self.instance,
+            self.due.pending,
+            config.every_records,
+            config.signing_key.as_ref(),
+        )
+        .and_then(|r| encode(&r).map(|e| (r, e)));
+        let (record, encoded) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                // Cannot happen with these field types; the records stay unsigned until the next.
+                tracing::error!(error = %e, "audit checkpoint could not be encoded");
+                return;
+            }
+        };
+        if self.file_first.is_none() {
+            self.file_first = Some((seq, now.date()));
+        }
+        buf.extend_from_slice(&encoded.line);
+        self.last_seq = seq;
+        self.last_hash = encoded.hash.clone();
+        self.last_at = at;
+        self.due = Due {
+            pending: 0,
+            since: now,
+        };
+        self.unpublished = Some(Anchor::of(&record, &encoded.hash));
+    }
+
+    /// Logs and publishes the checkpoint of a durable batch: the structured log line is the
+    /// anchor the log shipper carries off the machine.
+    fn publish_checkpoint(&mut self) {
+        let Some(anchor) = self.unpublished.take() else {
+            return;
+        };
+        tracing::info!(
+            seq = anchor.seq,
+            hash = %anchor.hash,
+            prev = anchor.prev.as_deref(),
+            ts = anchor.ts.as_deref(),
+            instance = anchor.instance.as_deref(),
+            key_id = anchor.key_id.as_deref(),
+            sig = anchor.sig.as_deref(),
+            "audit checkpoint"
+        );
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_checkpoint_seq
+            .store(anchor.seq, Ordering::Relaxed);
+        self.latest.send_replace(Some(Arc::new(anchor)));
     }
 
     /// Why an append must be refused now, if it must. After a failed write this is also where
@@ -226,37 +368,43 @@ impl Writer {
             // Never rotate an empty file: a record larger than `rotate_bytes` gets a file alone.
             return false;
         }
-        let too_big = self.rotate_bytes.is_some_and(|max| size + line > max);
+        // Room is kept for the checkpoint that closes the file.
+        let too_big = self
+            .rotate_bytes
+            .is_some_and(|max| size + line + self.checkpoint_reserve > max);
         let new_day = self.rotate_daily && self.file_first.is_some_and(|(_, day)| day != today);
         too_big || new_day
     }
 
     /// Writes `buf`, syncs once and answers everyone in `waiting`.
     fn commit(&mut self, buf: &mut Vec<u8>, waiting: &mut Waiting, now: OffsetDateTime) {
-        if waiting.is_empty() {
+        if waiting.is_empty() && buf.is_empty() {
             return;
         }
         let result = self.write_and_sync(buf);
         buf.clear();
         match result {
             Ok(()) => {
+                // Appends and checkpoints alike.
+                let records = self.last_seq.saturating_sub(self.durable_head.seq);
                 self.durable_head = DurableHead {
                     seq: self.last_seq,
                     hash: self.last_hash.clone(),
                     file_first: self.file_first,
+                    pending: self.due.pending,
                 };
-                self.stats
-                    .records
-                    .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                self.stats.records.fetch_add(records, Ordering::Relaxed);
                 self.stats.last_seq.store(self.last_seq, Ordering::Relaxed);
                 if self.probing {
                     self.recovered();
                 }
+                self.publish_checkpoint();
                 for (reply, appended) in waiting.drain(..) {
                     let _ = reply.send(Ok(appended));
                 }
             }
             Err(e) => {
+                self.unpublished = None;
                 match e {
                     AuditError::Write { .. } => self.write_failed(e.clone(), now),
                     _ => self.poison(e.clone()),
@@ -277,6 +425,7 @@ impl Writer {
         self.last_seq = head.seq;
         self.last_hash = head.hash;
         self.file_first = head.file_first;
+        self.due.pending = head.pending;
         self.written = self.durable;
         let cut = match cut_to(&self.file, self.durable) {
             Ok(()) => true,
@@ -407,6 +556,30 @@ impl Writer {
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The longest line a checkpoint of `instance` can take: what rotation keeps free for it.
+pub(super) fn max_checkpoint_line(instance: &str) -> u64 {
+    let longest = checkpoint_record(
+        u64::MAX,
+        GENESIS,
+        format_ts(OffsetDateTime::now_utc()),
+        instance,
+        u64::MAX,
+        u64::MAX,
+        None,
+    )
+    .map(|r| super::record::AuditRecord {
+        // A key id and an Ed25519 signature in hex have fixed lengths.
+        key_id: Some("0".repeat(16)),
+        sig: Some("0".repeat(128)),
+        ..r
+    });
+    longest
+        .ok()
+        .and_then(|r| encode(&r).ok())
+        // Cannot fail; a generous bound if it ever did.
+        .map_or(1024 + instance.len() as u64 * 6, |e| e.line.len() as u64)
 }
 
 /// The system clock: the one place timestamps come from unless a test injects another.

@@ -138,6 +138,12 @@ pub struct AuditFile {
     pub rotate_bytes: Option<u64>,
     /// Rotate at UTC midnight.
     pub rotate_daily: Option<bool>,
+    /// PKCS#8 Ed25519 private key (PEM or DER) that signs checkpoints; absent: unsigned.
+    pub signing_key_file: Option<String>,
+    /// A checkpoint after at most this many records (default 1000).
+    pub checkpoint_every_records: Option<u64>,
+    /// A checkpoint at least this often while records come (default 60).
+    pub checkpoint_every_secs: Option<u64>,
 }
 
 /// `[listen]`.

@@ -138,6 +138,19 @@ impl Config {
             self.audit.log.rotate_bytes,
             self.audit.log.rotate_daily
         );
+        if let Some(c) = &self.audit.log.checkpoints {
+            // The key by its public key id only, never its bytes.
+            let _ = writeln!(
+                s,
+                "instance = {:?}\ncheckpoint_every_records = {}\ncheckpoint_every_secs = {}\nsigning_key = {}",
+                self.audit.log.instance,
+                c.every_records,
+                c.every.as_secs(),
+                c.signing_key.as_ref().map_or("\"none: checkpoints are unsigned\"".to_owned(), |k| {
+                    format!("\"[REDACTED] (public key id {})\"", k.public_key().key_id())
+                })
+            );
+        }
         let r = &self.rate_limits;
         let _ = match r.over_limit {
             OverLimit::Reject => writeln!(s, "\n[rate_limits]\nmode = \"reject\""),

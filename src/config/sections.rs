@@ -283,6 +283,7 @@ impl Default for AuditSettings {
     fn default() -> Self {
         let mut log = crate::audit::AuditConfig::new("var/audit/audit.jsonl");
         log.rotate_daily = true;
+        log.checkpoints = Some(crate::audit::CheckpointConfig::default());
         AuditSettings {
             log,
             enabled: true,

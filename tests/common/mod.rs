@@ -305,8 +305,17 @@ impl Harness {
         self.dir.path().join("audit.jsonl")
     }
 
-    /// The audit records written so far.
+    /// The intent and outcome records written so far (the log's own start, stop and
+    /// checkpoint records left out; [`Harness::all_audit_records`] has them).
     pub fn audit_records(&self) -> Vec<Value> {
+        self.all_audit_records()
+            .into_iter()
+            .filter(|r| r["kind"] == "intent" || r["kind"] == "outcome")
+            .collect()
+    }
+
+    /// Every record of the active audit file, in order.
+    pub fn all_audit_records(&self) -> Vec<Value> {
         std::fs::read_to_string(self.audit_path())
             .unwrap_or_default()
             .lines()
@@ -500,4 +509,86 @@ impl Harness {
             .await
             .expect("POST answered")
     }
+}
+
+/// The Python verifier as docs/audit.md prints it (the first python block after its heading
+/// sentence), so the tests run what a reader would copy.
+pub fn python_verifier() -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/audit.md"))
+        .unwrap();
+    let after = doc
+        .split_once("This Python version")
+        .expect("docs/audit.md introduces its Python verifier")
+        .1;
+    let code = after.split_once("```python\n").expect("a python block").1;
+    code.split_once("```").expect("the block ends").0.to_owned()
+}
+
+/// Runs the documented verifier with `args`: (exit success, stdout, stderr).
+pub fn run_python<S: AsRef<std::ffi::OsStr>>(code: &str, args: &[S]) -> (bool, String, String) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python3");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The lines of a file (an audit log), without their newlines.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes `lines` to `path`, each ending in a newline.
+pub fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+}
+
+/// An intent for the audit log tests, numbered `n` (amount `n.50`).
+pub fn intent(n: u64) -> ratepay_gateway::audit::Intent {
+    ratepay_gateway::audit::Intent {
+        request_id: format!("req-{n}"),
+        caller: "shop-backend".into(),
+        source: "10.1.2.3".parse().unwrap(),
+        operation: "payment.cancellations.create".into(),
+        ratepay_transaction_id: "scwBgARW-nE93I7_ywhp".into(),
+        partner: Some("partner-a".into()),
+        gross_amount: Some(format!("{n}.50")),
+        partner_operation_id: Some(format!("op-{n}")),
+        partner_shop_id: None,
+        body_sha256: "0".repeat(64),
+        idempotency_key: Some(format!("idem-{n}")),
+    }
+}
+
+/// The `kind` of every record of the audit file `path`, in order.
+pub fn record_kinds(path: &Path) -> Vec<String> {
+    lines(path)
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["kind"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The `kind` of each record, in order.
+pub fn kinds_of(records: &[Value]) -> Vec<&str> {
+    records
+        .iter()
+        .map(|r| r["kind"].as_str().expect("every record has a kind"))
+        .collect()
 }

@@ -45,7 +45,6 @@ pub fn spawn_command(mut command: Command, names: &[&str]) -> (Running, HashMap<
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the binary");
-    let stdout = child.stdout.take().expect("stdout");
     // Keep the tail of stderr so a failed start says why.
     let stderr = child.stderr.take().expect("stderr");
     let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -59,7 +58,27 @@ pub fn spawn_command(mut command: Command, names: &[&str]) -> (Running, HashMap<
             }
         }
     });
-    let running = Running(child);
+    announced(Running(child), names)
+}
+
+/// [`spawn`] with stderr (the logs) written to the file `log`, to read them whole afterwards.
+pub fn spawn_logging_to(
+    log: &Path,
+    args: &[&str],
+    names: &[&str],
+) -> (Running, HashMap<String, String>) {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn the binary");
+    announced(Running(child), names)
+}
+
+/// Waits until `running` announced every listener in `names` on stdout; keeps draining it.
+fn announced(mut running: Running, names: &[&str]) -> (Running, HashMap<String, String>) {
+    let stdout = running.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut found = HashMap::new();
     while names.iter().any(|n| !found.contains_key(*n)) {

@@ -1,9 +1,17 @@
-//! `[audit]`: which operations are audited, and the log file.
+//! `[audit]`: which operations are audited, the log file, and its signed checkpoints.
+
+use std::{path::Path, time::Duration};
 
 use crate::{
+    audit::{CheckpointConfig, SigningKey},
     config::{file, problems::Ctx, AuditSettings},
     routes,
 };
+
+/// Largest `checkpoint_every_records`: more unsigned records than this is no protection.
+const MAX_CHECKPOINT_RECORDS: u64 = 1_000_000;
+/// Largest `checkpoint_every_secs` (a day).
+const MAX_CHECKPOINT_SECS: u64 = 86_400;
 
 pub(super) fn audit(f: &file::AuditFile, cx: &Ctx<'_>) -> Option<AuditSettings> {
     let d = AuditSettings::default();
@@ -51,8 +59,39 @@ pub(super) fn audit(f: &file::AuditFile, cx: &Ctx<'_>) -> Option<AuditSettings> 
         "audit.rotate_bytes",
         "expected at least 4096 bytes",
     );
+    let every_records = f.checkpoint_every_records.unwrap_or(1000);
+    let records_ok = cx.require(
+        (1..=MAX_CHECKPOINT_RECORDS).contains(&every_records),
+        "audit.checkpoint_every_records",
+        format!("expected 1 to {MAX_CHECKPOINT_RECORDS} records"),
+    );
+    let every_secs = f.checkpoint_every_secs.unwrap_or(60);
+    let secs_ok = cx.require(
+        (1..=MAX_CHECKPOINT_SECS).contains(&every_secs),
+        "audit.checkpoint_every_secs",
+        format!("expected 1 to {MAX_CHECKPOINT_SECS} seconds"),
+    );
+    // Parsed now, so a bad key stops the start rather than the first checkpoint. The error
+    // names the file and what is wrong, never the key's bytes.
+    let signing_key = match &f.signing_key_file {
+        Some(path) => cx
+            .check(
+                SigningKey::from_file(Path::new(path))
+                    .map_err(|e| cx.err("audit.signing_key_file", e)),
+            )
+            .map(Some),
+        None => Some(None),
+    };
+    log.checkpoints = Some(CheckpointConfig {
+        every_records,
+        every: Duration::from_secs(every_secs),
+        signing_key: signing_key.clone().flatten(),
+    });
     always?;
     rotate_ok?;
+    records_ok?;
+    secs_ok?;
+    signing_key?;
     all_ok.then_some(AuditSettings {
         log,
         enabled,

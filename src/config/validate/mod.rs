@@ -58,6 +58,8 @@ pub(super) fn config(f: &FileConfig, cx: &Ctx<'_>, path: &Path) -> Option<Config
         if let Some(p) = a.log.path.to_str().filter(|p| p.contains("{instance}")) {
             a.log.path = p.replace("{instance}", &instance).into();
         }
+        // Start, stop and checkpoint records name the instance whose chain they close.
+        a.log.instance = instance.clone();
         a
     });
     let upstreams = upstreams?;
