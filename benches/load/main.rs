@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
-//! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,nginx,
+//! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited`; needs `perf`), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
@@ -54,6 +54,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+mod peers;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -623,12 +625,23 @@ async fn spawn_gateway(dir: &Path, config: String) -> (Proc, SocketAddr) {
 
 /// [`spawn_gateway`] with another build of the gateway (the `baseline` case).
 async fn spawn_gateway_bin(bin: &Path, dir: &Path, config: String) -> (Proc, SocketAddr) {
+    spawn_gateway_env(bin, dir, config, &[]).await
+}
+
+/// [`spawn_gateway_bin`] with extra environment variables (e.g. `RUST_LOG`).
+async fn spawn_gateway_env(
+    bin: &Path,
+    dir: &Path,
+    config: String,
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).expect("config");
     let log = dir.join("gateway.log");
     let mut child = pinned_command(bin)
         .args(["serve", "--config"])
         .envs(gateway_threads().map(|v| ("TOKIO_WORKER_THREADS", v)))
+        .envs(env.iter().copied())
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -763,6 +776,35 @@ async fn cluster_cases(bench: &mut Bench, upstream: SocketAddr) {
     drop(redis);
 }
 
+/// CPU per request (saturation) of the gateway's uncached case against each peer of the run,
+/// and what its access log costs.
+fn peer_ratios(bench: &mut Bench) {
+    let cpu = |b: &Bench, c: &str| {
+        b.row(c, Mode::Saturation)
+            .and_then(|r| r.cpu_per_request)
+            .map(|d| d.as_secs_f64() * 1e6)
+    };
+    let Some(gw) = cpu(bench, UNCACHED) else {
+        return;
+    };
+    let mut notes = Vec::new();
+    for peer in [NGINX_PASS, HAPROXY_PASS, FLOOR] {
+        if let Some(p) = cpu(bench, peer) {
+            notes.push(format!(
+                "CPU per request, gateway uncached / {peer}: {gw:.1} / {p:.1} µs = {:.2} ×",
+                gw / p
+            ));
+        }
+    }
+    if let Some(off) = cpu(bench, UNCACHED_NOLOG) {
+        notes.push(format!(
+            "access log: {gw:.1} µs per request with it, {off:.1} without: {:+.1} µs",
+            gw - off
+        ));
+    }
+    bench.notes.extend(notes);
+}
+
 /// `BENCH_PIN`: the bench (generator and upstream) runs on CPU 0, every measured proxy alone on
 /// CPU 1 with one worker, so a proxy's CPU per request is not mixed with scheduler sharing.
 fn pinned() -> bool {
@@ -785,115 +827,6 @@ fn gateway_threads() -> Option<String> {
     std::env::var("BENCH_GW_THREADS")
         .ok()
         .or_else(|| pinned().then(|| "1".to_owned()))
-}
-
-fn find_nginx() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|u| u.split_whitespace().next() == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
-    let d = dir.display();
-    // As root, workers would drop to `nobody` and could not write the cache in this directory.
-    let user = if running_as_root() { "user root;" } else { "" };
-    let workers = if pinned() { "1" } else { "auto" };
-    format!(
-        r#"
-{user}
-daemon off;
-master_process on;
-# One worker per core, as the gateway runs one tokio worker thread per core (one when pinned).
-worker_processes {workers};
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {d}/access.log;
-    keepalive_requests 10000000;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    proxy_cache_path {d}/cache levels=1:2 keys_zone=records:16m max_size=512m inactive=10m use_temp_path=off;
-    upstream ratepay {{
-        server {upstream};
-        keepalive 64;
-        keepalive_requests 10000000;
-    }}
-    server {{
-        listen {listen};
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Authorization "{STATIC_BEARER}";
-        proxy_set_header X-Partner "{PARTNER}";
-        location / {{
-            proxy_pass http://ratepay;
-        }}
-        location /pps/api/v1/session-record/ {{
-            proxy_pass http://ratepay;
-            proxy_cache records;
-            proxy_cache_valid 200 10m;
-            proxy_cache_lock on;
-            add_header X-Cache $upstream_cache_status;
-        }}
-    }}
-}}
-"#
-    )
-}
-
-/// Starts nginx on a free loopback port in front of `upstream`.
-async fn spawn_nginx(nginx: &Path, dir: &Path, upstream: SocketAddr) -> Option<(Proc, SocketAddr)> {
-    let listen = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-        l.local_addr().ok()?
-    };
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, listen, upstream)).ok()?;
-    let child = pinned_command(nginx)
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let mut proc = Proc {
-        child,
-        name: "nginx",
-    };
-    for _ in 0..100 {
-        if TcpStream::connect(listen).await.is_ok() {
-            return Some((proc, listen));
-        }
-        if matches!(proc.child.try_wait(), Ok(Some(_))) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "nginx did not start: {}",
-        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-    );
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,6 +995,9 @@ const CLUSTER_UNCACHED: &str = "cluster (redis) uncached: GET transaction";
 const CLUSTER_POST: &str = "cluster (redis) POST cancellation, audit off";
 const NGINX_PASS: &str = "nginx proxy_pass: GET transaction";
 const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
+const HAPROXY_PASS: &str = "haproxy: GET transaction";
+const FLOOR: &str = "hyper floor proxy: GET transaction";
+const UNCACHED_NOLOG: &str = "gateway uncached, access log off";
 
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
     Command::new("perf")
@@ -1175,7 +1111,8 @@ async fn run() {
         rate: env_or("BENCH_RATE", 2000) as f64,
         cases: std::env::var("BENCH_CASES")
             .unwrap_or_else(|_| {
-                "direct,uncached,cached,audited,unaudited,cluster,nginx,memory".into()
+                "direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,memory"
+                    .into()
             })
             .split(',')
             .map(|s| s.trim().to_owned())
@@ -1318,13 +1255,13 @@ async fn run() {
     }
 
     if bench.wants("nginx") {
-        match find_nginx() {
+        match peers::find_program("nginx") {
             None => bench
                 .notes
                 .push("nginx: not installed, peer cases skipped".into()),
             Some(nginx) => {
                 let dir = tempfile::tempdir().expect("tempdir");
-                match spawn_nginx(&nginx, dir.path(), upstream).await {
+                match peers::spawn_nginx(&nginx, dir.path(), upstream).await {
                     None => bench.notes.push("nginx: did not start, skipped".into()),
                     Some((proc, addr)) => {
                         let pid = proc.pid();
@@ -1344,6 +1281,49 @@ async fn run() {
             }
         }
     }
+
+    if bench.wants("haproxy") {
+        match peers::find_program("haproxy") {
+            None => bench
+                .notes
+                .push("haproxy: not installed, peer case skipped".into()),
+            Some(bin) => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                match peers::spawn_haproxy(&bin, dir.path(), upstream).await {
+                    None => bench.notes.push("haproxy: did not start, skipped".into()),
+                    Some((proc, addr)) => {
+                        let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+                        bench.case(HAPROXY_PASS, &t, Some(proc.pid())).await;
+                    }
+                }
+            }
+        }
+    }
+    if bench.wants("floor") {
+        match peers::spawn_floor(upstream).await {
+            None => bench
+                .notes
+                .push("floor proxy: did not start, skipped".into()),
+            Some((proc, addr)) => {
+                let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+                bench.case(FLOOR, &t, Some(proc.pid())).await;
+            }
+        }
+    }
+    // Gateway A without its access log: what the log costs per request.
+    if bench.wants("nolog") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gw, addr) = spawn_gateway_env(
+            Path::new(env!("CARGO_BIN_EXE_ratepay-gateway")),
+            dir.path(),
+            gateway_toml(dir.path(), upstream, true),
+            &[("RUST_LOG", "info,ratepay_gateway::access=off")],
+        )
+        .await;
+        let t = Target::get(addr, TX_PATH, &caller, false);
+        bench.case(UNCACHED_NOLOG, &t, Some(gw.pid())).await;
+    }
+    peer_ratios(&mut bench);
 
     // Gateway D: a long run at a steady rate, RSS sampled every minute.
     let mut drift = None;
@@ -1636,6 +1616,14 @@ fn targets(
 }
 
 fn main() {
+    if let Some(upstream) = std::env::var(peers::FLOOR_ROLE)
+        .ok()
+        .and_then(|a| a.parse().ok())
+    {
+        // Pinned (or not) by whoever started it, like every measured proxy.
+        peers::floor_proxy(upstream);
+        return;
+    }
     if pinned() && std::env::var_os(UPSTREAM_ROLE).is_none() {
         // Before the runtime exists, so every thread it starts inherits the mask.
         let ok = Command::new("taskset")

@@ -1,0 +1,278 @@
+//! The peers the gateway is measured against, each started as its own process in front of the
+//! same static upstream: nginx (`proxy_pass`, `proxy_cache`), HAProxy and a bare hyper-util
+//! proxy (the floor: what forwarding with hyper costs before any of the gateway's work).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::net::TcpStream;
+
+use super::{pinned, pinned_command, Proc, PARTNER, STATIC_BEARER};
+
+/// A program on `PATH` or in the sbin directories.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A free loopback address.
+fn free_addr() -> Option<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()
+}
+
+/// Waits until `proc` accepts on `listen`; `None` if it exits or takes more than 5 s.
+async fn accepting(mut proc: Proc, listen: SocketAddr) -> Option<(Proc, SocketAddr)> {
+    for _ in 0..100 {
+        if TcpStream::connect(listen).await.is_ok() {
+            return Some((proc, listen));
+        }
+        if matches!(proc.child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    // As root, workers would drop to `nobody` and could not write the cache in this directory.
+    let user = if running_as_root() { "user root;" } else { "" };
+    let workers = if pinned() { "1" } else { "auto" };
+    format!(
+        r#"
+{user}
+daemon off;
+master_process on;
+# One worker per core, as the gateway runs one tokio worker thread per core (one when pinned).
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {d}/access.log;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy_temp;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=records:16m max_size=512m inactive=10m use_temp_path=off;
+    upstream ratepay {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {listen};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Authorization "{STATIC_BEARER}";
+        proxy_set_header X-Partner "{PARTNER}";
+        location / {{
+            proxy_pass http://ratepay;
+        }}
+        location /pps/api/v1/session-record/ {{
+            proxy_pass http://ratepay;
+            proxy_cache records;
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// Starts nginx on a free loopback port in front of `upstream`.
+pub async fn spawn_nginx(
+    nginx: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> Option<(Proc, SocketAddr)> {
+    let listen = free_addr()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, listen, upstream)).ok()?;
+    let child = pinned_command(nginx)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let proc = Proc {
+        child,
+        name: "nginx",
+    };
+    let up = accepting(proc, listen).await;
+    if up.is_none() {
+        eprintln!(
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+    }
+    up
+}
+
+/// HAProxy in front of `upstream`: one thread (`nbthread 1`), no logs, keep-alive to the
+/// upstream (`http-reuse always`), `Authorization` and `X-Partner` set as nginx sets them.
+pub fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
+    let threads = if pinned() { "nbthread 1" } else { "" };
+    format!(
+        r#"
+global
+    {threads}
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    http-reuse always
+frontend gateway
+    bind {listen}
+    default_backend ratepay
+backend ratepay
+    http-request set-header Authorization "{STATIC_BEARER}"
+    http-request set-header X-Partner "{PARTNER}"
+    server upstream {upstream}
+"#
+    )
+}
+
+/// Starts HAProxy (foreground, `-db`) on a free loopback port in front of `upstream`.
+pub async fn spawn_haproxy(
+    haproxy: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+) -> Option<(Proc, SocketAddr)> {
+    let listen = free_addr()?;
+    let conf = dir.join("haproxy.cfg");
+    std::fs::write(&conf, haproxy_conf(listen, upstream)).ok()?;
+    let child = pinned_command(haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    accepting(
+        Proc {
+            child,
+            name: "haproxy",
+        },
+        listen,
+    )
+    .await
+}
+
+/// Set (to the upstream's address) on the bench binary re-run as the floor proxy.
+pub const FLOOR_ROLE: &str = "BENCH_FLOOR_PROXY";
+
+/// The floor proxy, in this (child) process: a current-thread runtime, hyper's HTTP/1 server,
+/// the pooled legacy client, two headers set, nothing else. Prints its address, serves until
+/// killed. What forwarding through hyper costs before any of the gateway's own work.
+pub fn floor_proxy(upstream: SocketAddr) {
+    use http::{HeaderValue, Request};
+    use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+    use hyper_util::{
+        client::legacy::{connect::HttpConnector, Client},
+        rt::{TokioExecutor, TokioIo},
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        let client: Client<HttpConnector, Incoming> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let bearer = HeaderValue::from_static(STATIC_BEARER);
+        let partner = HeaderValue::from_static(PARTNER);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (client, bearer, partner) = (client.clone(), bearer.clone(), partner.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (client, bearer, partner) =
+                        (client.clone(), bearer.clone(), partner.clone());
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        let path = parts
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_owned();
+                        parts.uri = format!("http://{upstream}{path}")
+                            .parse()
+                            .expect("upstream uri");
+                        parts.headers.insert(http::header::AUTHORIZATION, bearer);
+                        parts.headers.insert("x-partner", partner);
+                        client.request(Request::from_parts(parts, body)).await
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Starts the floor proxy (this binary again, pinned like the other proxies).
+pub async fn spawn_floor(upstream: SocketAddr) -> Option<(Proc, SocketAddr)> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().ok()?;
+    let mut child = pinned_command(&exe)
+        .env(FLOOR_ROLE, upstream.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let proc = Proc {
+        child,
+        name: "the floor proxy",
+    };
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).ok()?;
+        line.trim().parse::<SocketAddr>().ok()
+    })
+    .await
+    .ok()??;
+    accepting(proc, addr).await
+}
