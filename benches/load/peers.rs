@@ -148,7 +148,7 @@ pub fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
         r#"
 global
     {threads}
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
