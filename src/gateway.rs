@@ -143,7 +143,7 @@ impl Gateway {
                 rate_limits,
                 cache: config.cache.as_ref().map(SessionRecordCache::new),
                 idempotency: IdempotencyStore::new(&config.idempotency)
-                    .shared(shared_answers(&cluster, config)?),
+                    .shared(shared_answers(&cluster, config).await?),
                 cluster,
             },
         )?;
@@ -396,14 +396,15 @@ fn token_sources(
 }
 
 /// The idempotency records kept in the fleet's Redis, with `[cluster]`.
-fn shared_answers(
+async fn shared_answers(
     cluster: &Option<Arc<Cluster>>,
     config: &Config,
 ) -> Result<Option<Arc<SharedAnswers>>, BuildError> {
     let Some(c) = cluster else { return Ok(None) };
-    SharedAnswers::new(c.clone(), IDEMPOTENCY_LEASE, config.idempotency.ttl)
-        .map(|s| Some(Arc::new(s)))
-        .map_err(BuildError)
+    let answers = SharedAnswers::new(c.clone(), IDEMPOTENCY_LEASE, config.idempotency.ttl)
+        .map_err(BuildError)?;
+    answers.preload().await;
+    Ok(Some(Arc::new(answers)))
 }
 
 /// The rate limits kept in the fleet's Redis, with `[cluster]`.

@@ -112,12 +112,14 @@ fn audit_verify(files: Vec<PathBuf>, public_keys: &[PathBuf], anchors: &[PathBuf
         eprintln!("error: {message}");
         ExitCode::from(USAGE_OR_IO)
     };
-    let files = match files.as_slice() {
-        [one] if one.is_dir() => match audit::log_files(one) {
-            Ok(f) => f,
+    // A directory: its own chain, or one chain per instance subdirectory (a fleet).
+    let chains = match files.as_slice() {
+        [one] if one.is_dir() => match audit::chains(one) {
+            Ok(c) if c.is_empty() => return usage(format!("{} holds no audit log", one.display())),
+            Ok(c) => c,
             Err(e) => return usage(format!("cannot list {}: {e}", one.display())),
         },
-        _ => files,
+        _ => vec![(String::new(), files)],
     };
     let mut options = VerifyOptions::default();
     for path in public_keys {
@@ -132,22 +134,44 @@ fn audit_verify(files: Vec<PathBuf>, public_keys: &[PathBuf], anchors: &[PathBuf
             Err(e) => return usage(format!("--anchor {e}")),
         }
     }
-    match audit::verify_with(&files, &options) {
-        Ok(report) if public_keys.is_empty() && anchors.is_empty() => {
-            // As before signatures existed: the chain summary alone.
-            println!("{}", report.summary);
-            ExitCode::SUCCESS
+    let named = chains.len() > 1;
+    let mut worst = ExitCode::SUCCESS;
+    for (name, files) in &chains {
+        let prefix = if named {
+            format!("{name}: ")
+        } else {
+            String::new()
+        };
+        // Of a fleet's chains, each answers for the anchors of its own instance (and for
+        // anchors that name none).
+        let mut own = options.clone();
+        if named {
+            let instance = std::path::Path::new(name)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            own.anchors
+                .retain(|a| a.instance.as_deref().is_none_or(|i| i == instance));
         }
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
+        match audit::verify_with(files, &own) {
+            Ok(report) if public_keys.is_empty() && anchors.is_empty() => {
+                // As before signatures existed: the chain summary alone.
+                println!("{prefix}{}", report.summary);
+            }
+            Ok(report) => println!("{prefix}{report}"),
+            Err(e @ VerifyError::Broken { .. }) => {
+                eprintln!("error: {prefix}audit log verification failed: {e}");
+                worst = ExitCode::from(VERIFY_FAILED);
+            }
+            Err(e) => {
+                eprintln!("error: {prefix}audit log verification failed: {e}");
+                if worst == ExitCode::SUCCESS {
+                    worst = ExitCode::from(USAGE_OR_IO);
+                }
+            }
         }
-        Err(e @ VerifyError::Broken { .. }) => {
-            eprintln!("error: audit log verification failed: {e}");
-            ExitCode::from(VERIFY_FAILED)
-        }
-        Err(e) => usage(format!("audit log verification failed: {e}")),
     }
+    worst
 }
 
 fn audit_keygen(out: &std::path::Path) -> ExitCode {

@@ -884,6 +884,25 @@ async fn config_cluster_toml_runs_a_fleet_as_documented() {
             "{name}"
         );
     }
+    // `audit verify` of the parent directory verifies every instance's chain, naming each;
+    // a chain broken in one instance fails the whole, naming that instance.
+    let verify_all = || {
+        Command::new(BIN)
+            .args(["audit", "verify"])
+            .arg(root.path().join("var/audit"))
+            .output()
+            .unwrap()
+    };
+    let all = verify_all();
+    let out = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert!(all.status.success(), "{out}");
+    assert!(out.contains("gw-1: ") && out.contains("gw-2: "), "{out}");
+    let forged = audit("gw-2").replacen("\"instance\":\"gw-2\"", "\"instance\":\"gw-9\"", 1);
+    std::fs::write(root.path().join("var/audit/gw-2/audit.jsonl"), forged).unwrap();
+    let all = verify_all();
+    let err = String::from_utf8_lossy(&all.stderr);
+    assert_eq!(all.status.code(), Some(1), "{err}");
+    assert!(err.contains("gw-2") && !err.contains("gw-1"), "{err}");
 }
 
 /// `rediss://` (rustls, the gateway's own crypto provider) with the test CA given as

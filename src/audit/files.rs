@@ -91,9 +91,52 @@ pub fn log_files(dir_or_path: impl AsRef<Path>) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The chains under `dir`: its own log if it holds one, else one per subdirectory holding a
+/// log (a fleet's `audit.path = "…/{instance}/audit.jsonl"`), named by the subdirectory and
+/// sorted by name. Empty when there is none.
+pub fn chains(dir: &Path) -> io::Result<Vec<(String, Vec<PathBuf>)>> {
+    let own = log_files(dir)?;
+    if !own.is_empty() {
+        return Ok(vec![(dir.display().to_string(), own)]);
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            let files = log_files(&path)?;
+            if !files.is_empty() {
+                out.push((path.display().to_string(), files));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_of_instances_holds_one_chain_each() {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["gw-2", "gw-1", "empty"] {
+            std::fs::create_dir(d.path().join(name)).unwrap();
+        }
+        std::fs::write(d.path().join("gw-1/audit.jsonl"), "").unwrap();
+        std::fs::write(d.path().join("gw-2/audit-00000000000000000001.jsonl"), "").unwrap();
+        std::fs::write(d.path().join("gw-2/audit.jsonl"), "").unwrap();
+        let c = chains(d.path()).unwrap();
+        let names: Vec<&str> = c
+            .iter()
+            .map(|(n, _)| n.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["gw-1", "gw-2"]);
+        assert_eq!(c[1].1.len(), 2);
+        // A directory holding a log is that one chain.
+        assert_eq!(chains(&d.path().join("gw-1")).unwrap().len(), 1);
+        assert!(chains(&d.path().join("empty")).unwrap().is_empty());
+    }
 
     #[test]
     fn rotated_names_sort_in_chain_order() {

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use body::{ratepay_cancellation_id, CancellationFields};
 pub use chain::{verify, Fault, VerifyError, VerifySummary};
 pub use checkpoint::{Anchor, CheckpointConfig, PublicKey, SigningKey};
-pub use files::{log_files, rotated_path, DEFAULT_FILE_NAME};
+pub use files::{chains, log_files, rotated_path, DEFAULT_FILE_NAME};
 pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use record::{
     AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, Start, Stop,

@@ -141,6 +141,19 @@ impl SharedAnswers {
         })
     }
 
+    /// Loads the scripts into Redis with the connection (see [`Cluster::preload`]).
+    pub async fn preload(&self) {
+        for s in [
+            &self.begin,
+            &self.finish,
+            &self.abandon,
+            &self.renew,
+            &self.discard,
+        ] {
+            self.cluster.preload(s).await;
+        }
+    }
+
     /// The cluster these records live in.
     pub fn cluster(&self) -> &Cluster {
         &self.cluster

@@ -86,6 +86,9 @@ pub struct Cluster {
     gcra: Script,
     pause: Script,
     subscribed: AtomicBool,
+    /// Scripts loaded (`SCRIPT LOAD`) when the connection is made, so that the first calls on
+    /// the request path are one `EVALSHA` each, not a refused one and an `EVAL` of the source.
+    preload: tokio::sync::Mutex<Vec<Script>>,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
     /// Signalled once the first sink is set: the subscription starts then, so the pauses read
     /// when it starts have somewhere to go.
@@ -128,6 +131,7 @@ impl Cluster {
             gcra: gcra::script(),
             pause: Script::new(PAUSE_LUA),
             subscribed: AtomicBool::new(false),
+            preload: tokio::sync::Mutex::new(vec![gcra::script(), Script::new(PAUSE_LUA)]),
             sink: RwLock::new(None),
             sink_set: tokio::sync::Notify::new(),
             synced: AtomicBool::new(false),
@@ -164,6 +168,16 @@ impl Cluster {
             Health::Up
         } else {
             Health::Degraded
+        }
+    }
+
+    /// Has `script` loaded into Redis with the connection (now, if it is already made).
+    pub async fn preload(&self, script: &Script) {
+        let mut scripts = self.preload.lock().await;
+        scripts.push(script.clone());
+        if let Some(conn) = self.conn.load_full() {
+            let mut conn = (*conn).clone();
+            let _ = tokio::time::timeout(BACKGROUND_TIMEOUT, script.load_async(&mut conn)).await;
         }
     }
 
@@ -408,8 +422,13 @@ async fn connect(cluster: Weak<Cluster>) {
             ConnectionManager::new_with_config(client, manager_config()),
         )
         .await;
-        if let (Ok(Ok(m)), Some(c)) = (made, cluster.upgrade()) {
+        if let (Ok(Ok(mut m)), Some(c)) = (made, cluster.upgrade()) {
+            let scripts = c.preload.lock().await;
+            for script in scripts.iter() {
+                let _ = tokio::time::timeout(BACKGROUND_TIMEOUT, script.load_async(&mut m)).await;
+            }
             c.conn.store(Some(Arc::new(m)));
+            drop(scripts);
             tracing::info!(instance = %c.settings.instance, "connected to redis");
             return;
         }
