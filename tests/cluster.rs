@@ -986,3 +986,35 @@ async fn tls_and_auth_to_redis_work_and_a_wrong_password_only_degrades() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Queue mode over the shared budget: a request over the fleet's budget waits its turn (on any
+/// instance) instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_mode_waits_for_the_fleets_budget() {
+    let fleet = Fleet::start(
+        "[rate_limits]\nmode = \"queue\"\nmax_wait_ms = 5000\n\
+         [rate_limits.per_caller]\nrate_per_sec = 20.0\nburst = 1\n",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let rb = fleet
+            .http
+            .get(fleet.gw[i % 3].url(MISSING_TX))
+            .bearer_auth(keys::FULL);
+        tasks.push(tokio::spawn(async move {
+            rb.send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 404, "queued, then admitted");
+    }
+    // One request at once for the fleet: five of the six waited.
+    let mut queued = 0.0;
+    for g in &fleet.gw {
+        queued += g
+            .metric(&fleet.http, "rate_limit_queue_wait_seconds_count")
+            .await;
+    }
+    assert!(queued >= 5.0, "{queued} requests queued");
+}
