@@ -236,7 +236,8 @@ impl SharedAnswers {
     /// while another instance executes, it asks again (every 10 ms, backing off to 100 ms) for
     /// as long as that instance keeps renewing its lease (the request's own deadline bounds the
     /// wait, as it bounds every request); an answer that cannot be opened
-    /// is dropped and the call executes again (same upstream key: Ratepay deduplicates).
+    /// is dropped and the call executes again (same upstream key: Ratepay deduplicates); if
+    /// that happens twice the caller decides locally.
     pub async fn acquire(
         &self,
         record: &str,
@@ -245,13 +246,16 @@ impl SharedAnswers {
         upstream: &[Bucket],
     ) -> Result<Begin, Unavailable> {
         let mut pause = Duration::from_millis(10);
+        let mut discarded = false;
         loop {
             match self.begin(record, fingerprint, owner, upstream).await? {
                 Begin::Pending => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
-                Begin::Unreadable => {
+                // Once: a Redis that keeps answering what cannot be opened is not trusted.
+                Begin::Unreadable if !discarded => {
+                    discarded = true;
                     tracing::warn!(
                         "a stored answer in redis cannot be opened with the configured answer                          keys; it is dropped and the call executes again (Ratepay deduplicates                          it by its Idempotency-Key)"
                     );

@@ -474,7 +474,7 @@ async fn fleet_record(
         }
         Ok(Begin::Conflict) => Err(GatewayError::IdempotencyConflict),
         Ok(Begin::Done(stored)) => Ok(Fleet::Replay(stored)),
-        // (`acquire` returns neither Pending nor Unreadable; Err: Redis unreachable.)
+        // Unreadable twice (a Redis not to be trusted), or unreachable: decide locally.
         Ok(Begin::Pending | Begin::Unreadable) | Err(_) => {
             shared
                 .cluster()
