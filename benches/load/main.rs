@@ -544,19 +544,31 @@ fn reset_peak(pid: u32) {
 }
 
 /// User + system CPU time of the tree.
-fn tree_cpu(pid: u32) -> Option<Duration> {
-    let ticks: u64 = process_tree(pid)
+/// User and system CPU time of `pid` and its children so far.
+fn tree_cpu_split(pid: u32) -> Option<(Duration, Duration)> {
+    let (user, sys) = process_tree(pid)
         .into_iter()
         .map(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
             // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
             let rest = &stat[stat.rfind(')')? + 2..];
             let f: Vec<&str> = rest.split(' ').collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            Some((
+                f.get(11)?.parse::<u64>().ok()?,
+                f.get(12)?.parse::<u64>().ok()?,
+            ))
         })
-        .sum::<Option<u64>>()?;
+        .try_fold((0u64, 0u64), |(u, s), t| t.map(|(a, b)| (u + a, s + b)))?;
     // USER_HZ is 100 on every Linux architecture we run on.
-    Some(Duration::from_millis(ticks * 10))
+    Some((
+        Duration::from_millis(user * 10),
+        Duration::from_millis(sys * 10),
+    ))
+}
+
+/// CPU time (user + system) of `pid` and its children so far.
+fn tree_cpu(pid: u32) -> Option<Duration> {
+    tree_cpu_split(pid).map(|(u, s)| u + s)
 }
 
 fn gateway_toml(dir: &Path, upstream: SocketAddr, audit_enabled: bool) -> String {
@@ -788,10 +800,21 @@ fn peer_ratios(bench: &mut Bench) {
         return;
     };
     let mut notes = Vec::new();
+    let user = |b: &Bench, c: &str| {
+        b.row(c, Mode::Saturation)
+            .and_then(|r| r.user_per_request)
+            .map(|d| d.as_secs_f64() * 1e6)
+    };
     for peer in [NGINX_PASS, HAPROXY_PASS, FLOOR] {
         if let Some(p) = cpu(bench, peer) {
+            let users = match (user(bench, UNCACHED), user(bench, peer)) {
+                (Some(g), Some(p)) if p > 0.0 => {
+                    format!("; user time {g:.1} / {p:.1} µs = {:.2} ×", g / p)
+                }
+                _ => String::new(),
+            };
             notes.push(format!(
-                "CPU per request, gateway uncached / {peer}: {gw:.1} / {p:.1} µs = {:.2} ×",
+                "CPU per request, gateway uncached / {peer}: {gw:.1} / {p:.1} µs = {:.2} ×{users}",
                 gw / p
             ));
         }
@@ -847,6 +870,8 @@ struct Row {
     rss: Option<u64>,
     peak: Option<u64>,
     cpu_per_request: Option<Duration>,
+    /// Of which user time (the rest is the kernel's).
+    user_per_request: Option<Duration>,
     upstream_calls: u64,
 }
 
@@ -882,6 +907,7 @@ impl Bench {
             reset_peak(p);
         }
         let cpu0 = pid.and_then(tree_cpu);
+        let user0 = pid.and_then(tree_cpu_split).map(|(u, _)| u);
         let calls0 = self.stats.calls();
         let perf = match (&self.perf, mode) {
             (Some(file), Mode::Saturation) if case == self.perf_case => {
@@ -897,12 +923,17 @@ impl Bench {
             stop_perf(perf);
         }
         let cpu1 = pid.and_then(tree_cpu);
+        let user1 = pid.and_then(tree_cpu_split).map(|(u, _)| u);
         let row = Row {
             case,
             mode,
             rss: pid.and_then(|p| tree_bytes(p, "VmRSS:")),
             peak: pid.and_then(|p| tree_bytes(p, "VmHWM:")),
             cpu_per_request: match (cpu0, cpu1) {
+                (Some(a), Some(b)) if run.ok > 0 => Some((b - a) / run.ok as u32),
+                _ => None,
+            },
+            user_per_request: match (user0, user1) {
                 (Some(a), Some(b)) if run.ok > 0 => Some((b - a) / run.ok as u32),
                 _ => None,
             },
@@ -922,7 +953,7 @@ impl Bench {
 
     fn print_header(&self) {
         println!(
-            "\n{:<44} {:>10} {:>9} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "\n{:<44} {:>10} {:>9} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
             "case",
             "phase",
             "req/s",
@@ -935,6 +966,7 @@ impl Bench {
             "RSS MiB",
             "peak MiB",
             "cpu µs/r",
+            "user",
             "upstream"
         );
     }
@@ -961,7 +993,7 @@ impl Bench {
             Mode::FixedRate => format!("{:.0}/s", self.rate),
         };
         println!(
-            "{:<44} {:>10} {:>9.0} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:<44} {:>10} {:>9.0} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
             r.case,
             phase,
             r.run.rate(),
@@ -974,6 +1006,7 @@ impl Bench {
             opt(r.rss.map(|b| b as f64 / MIB), 1),
             opt(r.peak.map(|b| b as f64 / MIB), 1),
             opt(r.cpu_per_request.map(|d| d.as_nanos() as f64 / 1000.0), 1),
+            opt(r.user_per_request.map(|d| d.as_nanos() as f64 / 1000.0), 1),
             r.upstream_calls,
         );
     }
@@ -1377,7 +1410,8 @@ async fn run() {
     println!(
         "columns: ×direct = req/s over the direct case's (saturation); +p50 = p50 minus the \
          direct case's p50 at the same fixed rate; RSS/peak/cpu of the gateway (nginx: master + \
-         workers) during the phase; upstream = calls the static upstream answered"
+         workers) during the phase, user = the user-space part of cpu; upstream = calls the static \
+         upstream answered"
     );
     targets(&bench, idle_rss, steady, filled, drift);
 }
