@@ -1018,3 +1018,41 @@ async fn queue_mode_waits_for_the_fleets_budget() {
     }
     assert!(queued >= 5.0, "{queued} requests queued");
 }
+
+/// A call that ends without a final answer (here Ratepay's 5xx after every retry) gives its
+/// lease up at once: the record is gone from Redis and a duplicate executes on another
+/// instance without waiting for the lease to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_a_final_answer_gives_its_lease_up() {
+    let fleet = Fleet::start("").await;
+    let tx = fleet.authorize(0).await;
+    fleet
+        .fault(json!({"operation": "payment.cancellations.create", "status": 503, "count": 3}))
+        .await;
+    let path = format!("{TX_PATH}/{tx}/cancellations");
+    let post = |i: usize| {
+        fleet
+            .http
+            .post(fleet.gw[i].url(&path))
+            .bearer_auth(keys::FULL)
+            .header("idempotency-key", "no-final-answer")
+            .json(&json!({"gross_amount": 0.5}))
+            .send()
+    };
+    assert_eq!(post(0).await.unwrap().status(), 503);
+    let record = format!(
+        "ratepay-gateway:idem:{}",
+        common::scoped_key("full", "no-final-answer")
+    );
+    eventually("the lease was given up", || async {
+        let mut c = fleet.redis.connection().await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&record)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        exists == 0
+    })
+    .await;
+    assert_eq!(post(1).await.unwrap().status(), 201);
+}

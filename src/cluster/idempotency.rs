@@ -73,6 +73,9 @@ if redis.call('HGET', KEYS[1], 's') == 'd' then return redis.call('DEL', KEYS[1]
 return 0
 "#;
 
+/// Largest sealed answer accepted from Redis: the stored body's limit and room for headers.
+const MAX_SEALED: usize = 1024 * 1024;
+
 /// What a record says to a request.
 #[derive(Debug)]
 pub enum Begin {
@@ -201,6 +204,8 @@ impl SharedAnswers {
             },
             2 => Begin::Conflict,
             3 => Begin::Pending,
+            // An answer is at most 256 KiB of body plus its headers; more is not ours.
+            _ if sealed.len() > MAX_SEALED => Begin::Unreadable,
             _ => match self.sealer.open(&Self::aad(record, fingerprint), &sealed) {
                 Ok(plain) => {
                     StoredAnswer::from_bytes(&plain).map_or(Begin::Unreadable, Begin::Done)

@@ -157,6 +157,11 @@ impl Cluster {
         self.key("events")
     }
 
+    /// The key holding a pause of `api` (its expiry is the pause).
+    fn pause_key(&self, api: Api) -> String {
+        self.key(&format!("pause:{}", api.name()))
+    }
+
     /// Whether the connection is up and the last call succeeded.
     pub fn connected(&self) -> bool {
         self.conn.load().is_some() && !self.breaker.is_open()
@@ -307,7 +312,7 @@ impl Cluster {
             let sent = match &event {
                 Event::Pause(api, pause) => {
                     let mut inv = this.pause.prepare_invoke();
-                    inv.key(this.key(&format!("pause:{}", api.name())))
+                    inv.key(this.pause_key(*api))
                         .key(this.channel())
                         .arg(pause.as_millis().max(1) as u64)
                         .arg(&text);
@@ -356,7 +361,7 @@ impl Cluster {
     /// After (re)subscribing: the pauses set while this instance was not listening.
     async fn read_pauses(&self, conn: &mut impl redis::aio::ConnectionLike) {
         for api in Api::ALL {
-            let key = self.key(&format!("pause:{}", api.name()));
+            let key = self.pause_key(api);
             let left = tokio::time::timeout(
                 BACKGROUND_TIMEOUT,
                 redis::cmd("PTTL").arg(&key).query_async::<i64>(conn),

@@ -265,7 +265,7 @@ impl<S: Handler> Handler for Idempotency<S> {
         // The fleet's record: a duplicate executing on another instance, a completed answer
         // or a mismatch there answer here too.
         let lease = match &self.store.shared {
-            Some(shared) => match fleet_record(shared, &up_hex, &fp, self.upstream(call)).await {
+            Some(shared) => match fleet_record(shared, &up_hex, &fp, &self.upstream(call)).await {
                 Err(e) => {
                     // The fleet saw this key with another request: so must this instance.
                     metrics.idempotency_conflicts.inc();
@@ -273,7 +273,18 @@ impl<S: Handler> Handler for Idempotency<S> {
                     self.store.slots.invalidate(&slot_key).await;
                     return Err(e);
                 }
-                Ok(Fleet::Execute(lease)) => Some(lease),
+                Ok(Fleet::Execute {
+                    lease,
+                    upstream_spent,
+                }) => {
+                    if upstream_spent {
+                        call.ctx
+                            .stats
+                            .upstream_admitted
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(lease)
+                }
                 Ok(Fleet::Replay(stored)) => {
                     metrics.idempotency_replays.inc();
                     let resp = replay(&stored, &key);
@@ -288,42 +299,29 @@ impl<S: Handler> Handler for Idempotency<S> {
         };
         let (inner, store, call) = (self.inner.clone(), self.store.clone(), call.clone());
         // The upstream call and the storing run on their own task: if this caller hangs up,
-        // the call still completes and its answer is stored for the retry.
+        // the call still completes and its answer is stored for the retry. A lease that is not
+        // completed with a final answer (an error, a 5xx, a 429, a panic) is given up when it
+        // is dropped.
         let task = tokio::spawn(async move {
             let run = inner.handle(&call, req);
-            let outcome = match (&store.shared, &lease) {
-                (Some(shared), Some(l)) => l.while_renewing(shared, run).await,
-                _ => run.await,
-            };
-            let resp = match outcome {
-                Ok(r) => r,
-                Err(e) => {
-                    if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                        l.give_up(shared);
-                    }
-                    return Err(e);
-                }
-            };
+            let resp = match &lease {
+                Some(l) => l.while_renewing(run).await,
+                None => run.await,
+            }?;
             // A 5xx is re-executed by Ratepay on retry; a 429 only asked to slow down. Neither
             // is a final answer to store.
             if resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS {
                 drop(guard);
-                if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                    l.give_up(shared);
-                }
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
             let bytes = match body::read_limited(body, MAX_STORED_BODY).await {
                 Ok(b) => b,
                 Err(e) => {
-                    if let (Some(shared), Some(l)) = (&store.shared, &lease) {
-                        l.give_up(shared);
-                    }
                     return Err(GatewayError::UpstreamUnreachable {
                         upstream: "payment",
                         reason: format!("reading the answer failed: {e}"),
-                    });
+                    })
                 }
             };
             // Per-request headers are not part of the stored answer.
@@ -331,10 +329,8 @@ impl<S: Handler> Handler for Idempotency<S> {
             headers.remove(crate::request_id::X_REQUEST_ID.clone());
             // Stored for a day, in its own compact copy.
             let stored = Stored::new(parts.status, &headers, &bytes);
-            if let (Some(shared), Some(l)) = (&store.shared, lease) {
-                // Off the answer's path: a duplicate elsewhere meanwhile waits on the lease.
-                let (shared, answer) = (shared.clone(), stored.clone());
-                tokio::spawn(async move { l.complete(&shared, &answer).await });
+            if let Some(l) = lease {
+                l.complete(stored.clone());
             }
             *guard = Some(stored);
             drop(guard);
@@ -355,8 +351,14 @@ impl<S: Handler> Handler for Idempotency<S> {
 
 /// What the fleet's record decided for a request this instance has not answered before.
 enum Fleet {
-    /// This request holds the fleet's lease: execute, then complete or give it up.
-    Execute(Lease),
+    /// This request holds the fleet's lease: execute, then complete it (or drop it to give it
+    /// up). `upstream_spent`: the lease spent the call's budgets toward Ratepay.
+    Execute {
+        /// The lease.
+        lease: Lease,
+        /// Whether the budgets toward Ratepay were spent with it.
+        upstream_spent: bool,
+    },
     /// Completed elsewhere: replay.
     Replay(Stored),
     /// Redis is unreachable: this instance's store alone decides (Ratepay still deduplicates
@@ -364,90 +366,112 @@ enum Fleet {
     Local,
 }
 
-/// The fleet's lease on one record.
-#[derive(Clone)]
+/// The fleet's lease on one record. Dropped without [`Lease::complete`], it is given up in the
+/// background (with Redis unreachable it expires by itself), so the next attempt on any
+/// instance executes again.
 struct Lease {
+    shared: Arc<SharedAnswers>,
     record: String,
     fingerprint: [u8; 32],
     owner: String,
+    completed: bool,
+}
+
+/// Aborts its task when dropped (a panicking call must not leave its lease renewed forever).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Lease {
-    /// Stores the final answer for the fleet.
-    async fn complete(&self, shared: &SharedAnswers, stored: &Stored) {
-        let c = shared.cluster();
-        match shared
-            .finish(&self.record, &self.fingerprint, &self.owner, stored)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                "the idempotency lease expired before the call completed; another execution's \
-                 answer stands in redis"
-            ),
-            Err(_) => {
-                c.stats
-                    .answers_not_shared
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(
-                    "could not store the answer in redis; a duplicate on another instance \
-                     executes again once the lease expires (Ratepay deduplicates it)"
-                );
-            }
-        }
-    }
-
-    /// No final answer: the next attempt, on any instance, executes again. In the background;
-    /// with Redis unreachable the lease expires by itself.
-    fn give_up(&self, shared: &Arc<SharedAnswers>) {
-        let (shared, lease) = (shared.clone(), self.clone());
+    /// Stores the final answer for the fleet, off the answer's path: a duplicate elsewhere
+    /// meanwhile waits on the lease.
+    fn complete(mut self, stored: Stored) {
+        self.completed = true;
+        let (shared, record, fingerprint, owner) = (
+            self.shared.clone(),
+            std::mem::take(&mut self.record),
+            self.fingerprint,
+            std::mem::take(&mut self.owner),
+        );
         tokio::spawn(async move {
-            let _ = shared.abandon(&lease.record, &lease.owner).await;
+            match shared.finish(&record, &fingerprint, &owner, &stored).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "the idempotency lease expired before the call completed; another \
+                     execution's answer stands in redis"
+                ),
+                Err(_) => {
+                    shared
+                        .cluster()
+                        .stats
+                        .answers_not_shared
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        "could not store the answer in redis; a duplicate on another instance \
+                         executes again once the lease expires (Ratepay deduplicates it)"
+                    );
+                }
+            }
         });
     }
 
-    /// Runs `call`, renewing the lease beside it until it is done.
-    async fn while_renewing<F: std::future::Future>(
-        &self,
-        shared: &Arc<SharedAnswers>,
-        call: F,
-    ) -> F::Output {
-        let (s, lease) = (shared.clone(), self.clone());
-        let renewer = tokio::spawn(async move {
+    /// Runs `call`, renewing the lease beside it until it is done (or dropped, or panics).
+    async fn while_renewing<F: std::future::Future>(&self, call: F) -> F::Output {
+        let (s, record, owner) = (self.shared.clone(), self.record.clone(), self.owner.clone());
+        let _renewer = AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(s.renew_every());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Ok(false) = s.renew(&lease.record, &lease.owner).await {
+                if let Ok(false) = s.renew(&record, &owner).await {
                     return;
                 }
             }
+        }));
+        call.await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.completed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (shared, record, owner) = (
+            self.shared.clone(),
+            std::mem::take(&mut self.record),
+            std::mem::take(&mut self.owner),
+        );
+        rt.spawn(async move {
+            let _ = shared.abandon(&record, &owner).await;
         });
-        let out = call.await;
-        renewer.abort();
-        out
     }
 }
 
 impl<S> Idempotency<S> {
     /// The call's budgets toward Ratepay, for the lease to spend (with shared limits).
-    fn upstream<'a>(&self, call: &'a Call) -> (Vec<Bucket>, &'a Call) {
+    fn upstream(&self, call: &Call) -> Vec<Bucket> {
         let op = call.ctx.route.operation;
-        let buckets = self
-            .limits
+        self.limits
             .as_ref()
             .map(|l| l.upstream_buckets(op.api, op.name))
-            .unwrap_or_default();
-        (buckets, call)
+            .unwrap_or_default()
     }
 }
 
 async fn fleet_record(
-    shared: &SharedAnswers,
+    shared: &Arc<SharedAnswers>,
     upstream_key: &str,
     fingerprint: &[u8; 32],
-    (upstream, call): (Vec<Bucket>, &Call),
+    upstream: &[Bucket],
 ) -> Result<Fleet, GatewayError> {
     let record = shared.record(upstream_key);
     let owner = format!(
@@ -455,26 +479,20 @@ async fn fleet_record(
         shared.cluster().settings().instance,
         uuid::Uuid::new_v4()
     );
-    match shared
-        .acquire(&record, fingerprint, &owner, &upstream)
-        .await
-    {
-        Ok(Begin::Run { upstream_spent }) => {
-            if upstream_spent {
-                call.ctx
-                    .stats
-                    .upstream_admitted
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Ok(Fleet::Execute(Lease {
+    match shared.acquire(&record, fingerprint, &owner, upstream).await {
+        Ok(Begin::Run { upstream_spent }) => Ok(Fleet::Execute {
+            lease: Lease {
+                shared: shared.clone(),
                 record,
                 fingerprint: *fingerprint,
                 owner,
-            }))
-        }
+                completed: false,
+            },
+            upstream_spent,
+        }),
         Ok(Begin::Conflict) => Err(GatewayError::IdempotencyConflict),
         Ok(Begin::Done(stored)) => Ok(Fleet::Replay(stored)),
-        // Unreadable twice (a Redis not to be trusted), or unreachable: decide locally.
+        // Redis unreachable, or twice an answer that cannot be opened: decide locally.
         Ok(Begin::Pending | Begin::Unreadable) | Err(_) => {
             shared
                 .cluster()
@@ -482,8 +500,9 @@ async fn fleet_record(
                 .idempotency_fallbacks
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
-                "redis is unreachable for the idempotency record; this instance's store decides \
-                 (Ratepay still deduplicates by the upstream Idempotency-Key)"
+                "the fleet's idempotency record is unavailable (redis unreachable, or its answer \
+                 unreadable); this instance's store decides (Ratepay still deduplicates by the \
+                 upstream Idempotency-Key)"
             );
             Ok(Fleet::Local)
         }

@@ -195,8 +195,8 @@ where
     /// Governor spends on success only, so a refusal by the API's budget after the operation's
     /// admitted costs that one operation cell: a refused request still counts as an attempt.
     pub fn check_upstream(&self, api: Api, operation: &'static str, waited: Duration) -> Decision {
-        if let Some(left) = self.paused_for(api) {
-            return self.over(left, waited, Scope::Paused(api), None);
+        if let held @ (Decision::Wait(_) | Decision::Refuse(_)) = self.check_pause(api, waited) {
+            return held;
         }
         let mut tightest: Option<Headroom> = None;
         let checks = [

@@ -180,8 +180,8 @@ impl SharedRateLimits {
         operation: &'static str,
         waited: Duration,
     ) -> Decision {
-        if let Some(left) = local.paused_for(api) {
-            return local.over(left, waited, Scope::Paused(api), None);
+        if let held @ (Decision::Wait(_) | Decision::Refuse(_)) = local.check_pause(api, waited) {
+            return held;
         }
         let (buckets, scopes) = self.buckets(None, Some((api, operation)));
         match self.spend(local, buckets, scopes, false, waited).await {
@@ -201,8 +201,8 @@ impl SharedRateLimits {
         operation: &'static str,
         waited: Duration,
     ) -> Decision {
-        if let Some(left) = local.paused_for(api) {
-            return local.over(left, waited, Scope::Paused(api), None);
+        if let held @ (Decision::Wait(_) | Decision::Refuse(_)) = local.check_pause(api, waited) {
+            return held;
         }
         let caller_first = self.caller_rate(caller).is_some();
         let (buckets, scopes) = self.buckets(Some(caller), Some((api, operation)));
