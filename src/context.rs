@@ -96,6 +96,12 @@ pub struct RequestStats {
     /// The budgets toward Ratepay were already spent, with the caller's, in one call to the
     /// fleet's Redis (a request that neither the cache nor idempotency can answer).
     pub upstream_admitted: std::sync::atomic::AtomicBool,
+    /// The caller layer left the caller's spend to the idempotency lease (shared limits, a
+    /// keyed call): whoever clears this flag first spends it (the lease in its round trip, the
+    /// upstream layer as a net, or the caller layer after a request answered before a lease).
+    pub caller_deferred: std::sync::atomic::AtomicBool,
+    /// The caller's headroom from a spend made for the caller layer (see `caller_deferred`).
+    pub caller_headroom: std::sync::OnceLock<crate::limits::Headroom>,
 }
 
 /// Decided by an authenticating layer once the caller is known and allowed.

@@ -6,7 +6,10 @@
 //! both before any authentication or upstream work. The sandbox uses the same table to name the
 //! operations it counts, so the gateway and the simulator always agree on names.
 
-use http::Method;
+use http::{HeaderMap, HeaderName, Method};
+
+/// `Idempotency-Key`.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The three Ratepay APIs the gateway fronts (the OAuth server is reached by the token source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,6 +134,18 @@ pub enum Keys {
     /// Everything else (GET, PATCH, OTP): no key. A caller's `Idempotency-Key` is removed
     /// before anything else sees it; GETs are retried, the other methods never.
     None,
+}
+
+impl Keys {
+    /// Whether a request with `headers` is keyed: the idempotency layer scopes, coalesces and
+    /// stores it (a generated key, or the caller's on HPP session creation).
+    pub fn keyed(self, headers: &HeaderMap) -> bool {
+        match self {
+            Keys::Generated => true,
+            Keys::CallerOptional => headers.contains_key(&IDEMPOTENCY_KEY),
+            Keys::None => false,
+        }
+    }
 }
 
 impl Operation {

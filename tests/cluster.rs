@@ -1017,6 +1017,28 @@ async fn queue_mode_waits_for_the_fleets_budget() {
             .await;
     }
     assert!(queued >= 5.0, "{queued} requests queued");
+    // Keyed calls queue on the budget their lease spends, too.
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let rb = fleet
+            .http
+            .post(fleet.gw[i].url(TX_PATH))
+            .bearer_auth(keys::FULL)
+            .json(&authorize_body(1.0));
+        tasks.push(tokio::spawn(async move {
+            rb.send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201, "queued, then admitted");
+    }
+    let mut after = 0.0;
+    for g in &fleet.gw {
+        after += g
+            .metric(&fleet.http, "rate_limit_queue_wait_seconds_count")
+            .await;
+    }
+    assert!(after >= queued + 2.0, "{} keyed calls queued", after - queued);
 }
 
 /// A call that ends without a final answer (here Ratepay's 5xx after every retry) gives its
@@ -1055,4 +1077,84 @@ async fn a_call_without_a_final_answer_gives_its_lease_up() {
     })
     .await;
     assert_eq!(post(1).await.unwrap().status(), 201);
+}
+
+/// A keyed call's caller budget is spent in the same Redis round trip as its idempotency
+/// lease, and still counts every request the caller makes on any instance: one executed on
+/// another instance, a fleet replay, a malformed body (answered before any lease) and a refusal
+/// that never reaches Ratepay. The RateLimit headers are the fleet's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_calls_spend_the_fleets_caller_budget_with_their_lease() {
+    // Four requests at once for the caller, then one per 100 s: no refill during the test.
+    let fleet = Fleet::start("[rate_limits.per_caller]\nrate_per_sec = 0.01\nburst = 4\n").await;
+    let post = |i: usize, key: &str, body: Value| {
+        fleet
+            .http
+            .post(fleet.gw[i].url(TX_PATH))
+            .bearer_auth(keys::FULL)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let room = |r: &reqwest::Response| {
+        r.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let first = post(0, "k-1", authorize_body(10.0)).await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(room(&first), "r=3", "the fleet's bucket, spent with the lease");
+    assert_eq!(first.headers()["ratelimit-policy"], "\"caller\";q=4;w=400");
+    // Replayed from the fleet's record by another instance: counted too.
+    let replay = post(1, "k-1", authorize_body(10.0)).await.unwrap();
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(room(&replay), "r=2");
+    // Refused before any lease (not one JSON object): counted afterwards.
+    let bad = fleet
+        .http
+        .post(fleet.gw[2].url(TX_PATH))
+        .bearer_auth(keys::FULL)
+        .header("idempotency-key", "k-2")
+        .header("content-type", "application/json")
+        .body("[1, 2]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let last = post(2, "k-3", authorize_body(10.0)).await.unwrap();
+    assert_eq!(last.status(), 201);
+    assert_eq!(room(&last), "r=0");
+    let before = fleet.op_count("payment.transactions.create").await;
+    assert_eq!(before, 2, "k-1 once and k-3");
+    // The budget is used up on every instance, for new keys and replays alike.
+    for (i, key) in [(0, "k-4"), (1, "k-1")] {
+        let r = post(i, key, authorize_body(10.0)).await.unwrap();
+        assert_eq!(r.status(), 429, "instance {i}, key {key}");
+        assert_eq!(r.headers()["ratelimit-policy"], "\"caller\";q=4;w=400");
+        assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 1);
+    }
+    assert_eq!(fleet.op_count("payment.transactions.create").await, before);
+    // A refused key took no lease: nothing in Redis for k-4.
+    let mut c = fleet.redis.connection().await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!(
+            "ratepay-gateway:idem:{}",
+            common::scoped_key("full", "k-4")
+        ))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    for g in &fleet.gw {
+        assert_eq!(
+            g.metric(&fleet.http, "cluster_rate_limit_fallbacks_total")
+                .await,
+            0.0
+        );
+    }
 }

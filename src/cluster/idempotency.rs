@@ -20,27 +20,38 @@ use redis::Script;
 use super::{gcra::Bucket, sealed::Sealer, Cluster, Unavailable};
 use crate::body::StoredAnswer;
 
-/// Creates the lease, or reports what the record holds. `KEYS[2..]` are the request's budgets
-/// toward Ratepay (with their rates in `ARGV[4..]`): spent with the lease when they admit it,
-/// so a call that will leave pays one round trip for both; when they do not, the lease is
-/// taken anyway and the upstream layer decides (refusal, queue) as without a cluster.
+/// Creates the lease, or reports what the record holds. With `ARGV[4]` = 1, `KEYS[2]` is the
+/// caller's bucket (its rate in `ARGV[5..6]`), spent first whatever the record holds (a
+/// replay or a conflict counts against the caller as it does without a cluster); refused, the
+/// script returns `{5, '', 0, wait_us}` and touches nothing else. The remaining keys are the
+/// request's budgets toward Ratepay (their rates in the remaining arguments): spent with the
+/// lease when they admit it, so a call that will leave pays one round trip for all; when they
+/// do not, the lease is taken anyway and the upstream layer decides (refusal, queue) as
+/// without a cluster. The reply's fourth field is the caller bucket's headroom.
 const BEGIN: &str = r#"
 local k = KEYS[1]
+local nc = tonumber(ARGV[4])
+local room = 0
+if nc == 1 then
+  local v = spend({KEYS[2]}, {ARGV[5], ARGV[6]})
+  if v[1] == 0 then return {5, '', 0, v[3]} end
+  room = v[4]
+end
 if redis.call('EXISTS', k) == 0 then
   local spent = 0
-  if #KEYS > 1 then
+  if #KEYS > 1 + nc then
     local keys, args = {}, {}
-    for i = 2, #KEYS do keys[i - 1] = KEYS[i] end
-    for i = 4, #ARGV do args[i - 3] = ARGV[i] end
+    for i = 2 + nc, #KEYS do keys[#keys + 1] = KEYS[i] end
+    for i = 5 + 2 * nc, #ARGV do args[#args + 1] = ARGV[i] end
     if spend(keys, args)[1] == 1 then spent = 1 end
   end
   redis.call('HSET', k, 's', 'r', 'fp', ARGV[1], 'o', ARGV[2])
   redis.call('PEXPIRE', k, ARGV[3])
-  return {1, '', spent}
+  return {1, '', spent, room}
 end
-if redis.call('HGET', k, 'fp') ~= ARGV[1] then return {2, '', 0} end
-if redis.call('HGET', k, 's') == 'r' then return {3, '', 0} end
-return {4, redis.call('HGET', k, 'a') or '', 0}
+if redis.call('HGET', k, 'fp') ~= ARGV[1] then return {2, '', 0, room} end
+if redis.call('HGET', k, 's') == 'r' then return {3, '', 0, room} end
+return {4, redis.call('HGET', k, 'a') or '', 0, room}
 "#;
 
 /// Stores the answer, if the lease is still this owner's.
@@ -92,6 +103,18 @@ pub enum Begin {
     Done(StoredAnswer),
     /// Completed, but the answer cannot be opened here (unknown key, damaged).
     Unreadable,
+    /// The caller's bucket refused the request (it admits again after the wait); nothing was
+    /// spent and the record was not read.
+    CallerRefused(Duration),
+}
+
+/// What [`SharedAnswers::begin`] found, and the caller bucket's headroom when one was spent.
+#[derive(Debug)]
+pub struct Began {
+    /// What the record says.
+    pub record: Begin,
+    /// Requests the caller's bucket admits at once now, when it was given and admitted.
+    pub caller_room: Option<u32>,
 }
 
 /// The fleet's idempotency records.
@@ -174,31 +197,48 @@ impl SharedAnswers {
         aad
     }
 
-    /// Takes the lease for `owner` (spending `upstream` with it when they admit the call),
-    /// or says what the record holds.
+    /// Spends from `caller`'s bucket first when one is given (refused: nothing else happens),
+    /// then takes the lease for `owner` (spending `upstream` with it when they admit the
+    /// call), or says what the record holds.
     pub async fn begin(
         &self,
         record: &str,
         fingerprint: &[u8; 32],
         owner: &str,
+        caller: Option<&Bucket>,
         upstream: &[Bucket],
-    ) -> Result<Begin, Unavailable> {
+    ) -> Result<Began, Unavailable> {
         let mut inv = self.begin.prepare_invoke();
         inv.key(record);
-        for b in upstream {
+        for b in caller.into_iter().chain(upstream) {
             inv.key(&b.key);
         }
         inv.arg(hex::encode(fingerprint))
             .arg(owner)
-            .arg(millis(self.lease));
-        for a in super::gcra::args(upstream) {
+            .arg(millis(self.lease))
+            .arg(u8::from(caller.is_some()));
+        let caller_slice = caller.map_or(&[][..], std::slice::from_ref);
+        for a in super::gcra::args(caller_slice)
+            .into_iter()
+            .chain(super::gcra::args(upstream))
+        {
             inv.arg(a);
         }
-        let (code, sealed, spent): (i64, Vec<u8>, i64) = self
+        let (code, sealed, spent, room): (i64, Vec<u8>, i64, i64) = self
             .cluster
             .guarded(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        Ok(match code {
+        let count = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        if code == 5 {
+            // A day at most: no configurable rate waits longer for one request.
+            let wait = Duration::from_micros(u64::try_from(room).unwrap_or(0))
+                .min(Duration::from_secs(86_400));
+            return Ok(Began {
+                record: Begin::CallerRefused(wait),
+                caller_room: None,
+            });
+        }
+        let record = match code {
             1 => Begin::Run {
                 upstream_spent: spent == 1,
             },
@@ -212,6 +252,10 @@ impl SharedAnswers {
                 }
                 Err(_) => Begin::Unreadable,
             },
+        };
+        Ok(Began {
+            record,
+            caller_room: caller.map(|_| count(room)),
         })
     }
 
@@ -242,18 +286,30 @@ impl SharedAnswers {
     /// as long as that instance keeps renewing its lease (the request's own deadline bounds the
     /// wait, as it bounds every request); an answer that cannot be opened
     /// is dropped and the call executes again (same upstream key: Ratepay deduplicates); if
-    /// that happens twice the caller decides locally.
+    /// that happens twice the caller decides locally. `caller`'s bucket is spent by the first
+    /// attempt only; its headroom is returned with the outcome.
     pub async fn acquire(
         &self,
         record: &str,
         fingerprint: &[u8; 32],
         owner: &str,
+        mut caller: Option<&Bucket>,
         upstream: &[Bucket],
-    ) -> Result<Begin, Unavailable> {
+    ) -> Result<Began, Unavailable> {
         let mut pause = Duration::from_millis(10);
         let mut discarded = false;
+        let mut caller_room = None;
         loop {
-            match self.begin(record, fingerprint, owner, upstream).await? {
+            let began = self
+                .begin(record, fingerprint, owner, caller, upstream)
+                .await?;
+            if matches!(began.record, Begin::CallerRefused(_)) {
+                return Ok(began);
+            }
+            if caller.take().is_some() {
+                caller_room = began.caller_room;
+            }
+            match began.record {
                 Begin::Pending => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
@@ -266,7 +322,10 @@ impl SharedAnswers {
                     );
                     self.discard(record).await?;
                 }
-                other => return Ok(other),
+                record => return Ok(Began {
+                    record,
+                    caller_room,
+                }),
             }
         }
     }

@@ -14,7 +14,10 @@
 //! key with another method, path, partner or body is 409 without reaching Ratepay. The upstream
 //! call runs on its own task so a caller hanging up cannot cut a money call off halfway.
 
-use std::sync::Arc;
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
@@ -24,17 +27,16 @@ use crate::{
     body,
     cluster::{
         gcra::Bucket,
-        idempotency::{Begin, SharedAnswers},
+        idempotency::{Began, Begin, SharedAnswers},
     },
     config::IdempotencySettings,
     context::Call,
     error::GatewayError,
+    limits::Headroom,
     metrics::Metrics,
-    middleware::rate_limit::SharedRateLimits,
-    routes::Keys,
+    middleware::rate_limit::{admit, Decision, SharedRateLimits},
 };
-/// `Idempotency-Key`.
-pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub use crate::routes::IDEMPOTENCY_KEY;
 /// Marks an answer replayed from the gateway's store.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -218,13 +220,9 @@ fn replay(stored: &Stored, key: &str) -> GwResponse {
 
 impl<S: Handler> Handler for Idempotency<S> {
     async fn handle(&self, call: &Call, mut req: GwRequest) -> Result<GwResponse, GatewayError> {
-        let keys = call.ctx.route.operation.keys;
-        match (keys, req.headers().contains_key(&IDEMPOTENCY_KEY)) {
-            // The edge removed any caller key from these; nothing to scope or store.
-            (Keys::None, _) | (Keys::CallerOptional, false) => {
-                return self.inner.handle(call, req).await
-            }
-            (Keys::Generated | Keys::CallerOptional, _) => {}
+        // The edge removed any caller key from `Keys::None`; nothing to scope or store.
+        if !call.ctx.route.operation.keys.keyed(req.headers()) {
+            return self.inner.handle(call, req).await;
         }
         let metrics = &self.metrics;
         let auth = &call.auth;
@@ -265,36 +263,55 @@ impl<S: Handler> Handler for Idempotency<S> {
         // The fleet's record: a duplicate executing on another instance, a completed answer
         // or a mismatch there answer here too.
         let lease = match &self.store.shared {
-            Some(shared) => match fleet_record(shared, &up_hex, &fp, &self.upstream(call)).await {
-                Err(e) => {
-                    // The fleet saw this key with another request: so must this instance.
-                    metrics.idempotency_conflicts.inc();
-                    drop(guard);
-                    self.store.slots.invalidate(&slot_key).await;
-                    return Err(e);
-                }
-                Ok(Fleet::Execute {
-                    lease,
-                    upstream_spent,
-                }) => {
-                    if upstream_spent {
-                        call.ctx
-                            .stats
-                            .upstream_admitted
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(shared) => {
+                // The caller's budget, when the caller layer left it to this round trip.
+                let deferred = match &self.limits {
+                    Some(l) if call.ctx.stats.caller_deferred.swap(false, Ordering::Relaxed) => {
+                        l.caller_bucket(&auth.caller.name)
+                            .map(|b| (&**l, &*auth.caller.name, b))
                     }
-                    Some(lease)
+                    _ => None,
+                };
+                let deferred = deferred.as_ref().map(|(l, c, b)| (*l, *c, b));
+                let upstream = self.upstream(call);
+                let (fleet, headroom) = admit(&call.ctx, |waited| {
+                    fleet_record(shared, &up_hex, &fp, &upstream, deferred, waited)
+                })
+                .await?;
+                if let Some(h) = headroom {
+                    let _ = call.ctx.stats.caller_headroom.set(h);
                 }
-                Ok(Fleet::Replay(stored)) => {
-                    metrics.idempotency_replays.inc();
-                    let resp = replay(&stored, &key);
-                    *guard = Some(stored);
-                    drop(guard);
-                    self.store.slots.insert(slot_key, slot).await;
-                    return Ok(resp);
+                match fleet {
+                    Fleet::Conflict => {
+                        // The fleet saw this key with another request: so must this instance.
+                        metrics.idempotency_conflicts.inc();
+                        drop(guard);
+                        self.store.slots.invalidate(&slot_key).await;
+                        return Err(GatewayError::IdempotencyConflict);
+                    }
+                    Fleet::Execute {
+                        lease,
+                        upstream_spent,
+                    } => {
+                        if upstream_spent {
+                            call.ctx
+                                .stats
+                                .upstream_admitted
+                                .store(true, Ordering::Relaxed);
+                        }
+                        Some(lease)
+                    }
+                    Fleet::Replay(stored) => {
+                        metrics.idempotency_replays.inc();
+                        let resp = replay(&stored, &key);
+                        *guard = Some(stored);
+                        drop(guard);
+                        self.store.slots.insert(slot_key, slot).await;
+                        return Ok(resp);
+                    }
+                    Fleet::Local => None,
                 }
-                Ok(Fleet::Local) => None,
-            },
+            }
             None => None,
         };
         let (inner, store, call) = (self.inner.clone(), self.store.clone(), call.clone());
@@ -361,6 +378,8 @@ enum Fleet {
     },
     /// Completed elsewhere: replay.
     Replay(Stored),
+    /// The fleet saw this key with another request.
+    Conflict,
     /// Redis is unreachable: this instance's store alone decides (Ratepay still deduplicates
     /// the upstream key).
     Local,
@@ -467,45 +486,96 @@ impl<S> Idempotency<S> {
     }
 }
 
+/// The caller's budget left to the lease by the caller layer: its limits, name and bucket.
+type DeferredCaller<'a> = Option<(&'a SharedRateLimits, &'a str, &'a Bucket)>;
+
+/// The fleet's record for a request this instance has not answered before, with the caller's
+/// spend when it was deferred to this round trip (refused: 429, or a wait in queue mode), and
+/// that spend's headroom. `waited`: time already queued.
 async fn fleet_record(
     shared: &Arc<SharedAnswers>,
     upstream_key: &str,
     fingerprint: &[u8; 32],
     upstream: &[Bucket],
-) -> Result<Fleet, GatewayError> {
+    caller: DeferredCaller<'_>,
+    waited: Duration,
+) -> Decision<(Fleet, Option<Headroom>)> {
     let record = shared.record(upstream_key);
     let owner = format!(
         "{}:{}",
         shared.cluster().settings().instance,
         uuid::Uuid::new_v4()
     );
-    match shared.acquire(&record, fingerprint, &owner, upstream).await {
-        Ok(Begin::Run { upstream_spent }) => Ok(Fleet::Execute {
-            lease: Lease {
-                shared: shared.clone(),
-                record,
-                fingerprint: *fingerprint,
-                owner,
-                completed: false,
-            },
-            upstream_spent,
-        }),
-        Ok(Begin::Conflict) => Err(GatewayError::IdempotencyConflict),
-        Ok(Begin::Done(stored)) => Ok(Fleet::Replay(stored)),
-        // Redis unreachable, or twice an answer that cannot be opened: decide locally.
-        Ok(Begin::Pending | Begin::Unreadable) | Err(_) => {
-            shared
-                .cluster()
-                .stats
-                .idempotency_fallbacks
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                "the fleet's idempotency record is unavailable (redis unreachable, or its answer \
-                 unreadable); this instance's store decides (Ratepay still deduplicates by the \
-                 upstream Idempotency-Key)"
-            );
-            Ok(Fleet::Local)
-        }
+    let bucket = caller.map(|(_, _, b)| b);
+    let began = shared
+        .acquire(&record, fingerprint, &owner, bucket, upstream)
+        .await;
+    let room = |r: Option<u32>| {
+        caller
+            .zip(r)
+            .map(|((limits, _, bucket), room)| limits.caller_admitted(bucket, room))
+    };
+    let (fleet, caller_room) = match began {
+        Ok(Began {
+            record: Begin::CallerRefused(wait),
+            ..
+        }) => match caller {
+            Some((limits, name, bucket)) => {
+                return limits.caller_refused(name, bucket, wait, waited)
+            }
+            // Only a caller's bucket refuses here; without one this is not Redis's answer.
+            None => (None, None),
+        },
+        Ok(Began {
+            record: Begin::Run { upstream_spent },
+            caller_room,
+        }) => (
+            Some(Fleet::Execute {
+                lease: Lease {
+                    shared: shared.clone(),
+                    record,
+                    fingerprint: *fingerprint,
+                    owner,
+                    completed: false,
+                },
+                upstream_spent,
+            }),
+            caller_room,
+        ),
+        Ok(Began {
+            record: Begin::Conflict,
+            caller_room,
+        }) => (Some(Fleet::Conflict), caller_room),
+        Ok(Began {
+            record: Begin::Done(stored),
+            caller_room,
+        }) => (Some(Fleet::Replay(stored)), caller_room),
+        // Twice an answer that cannot be opened (the caller's budget was spent in Redis).
+        Ok(Began {
+            record: Begin::Pending | Begin::Unreadable,
+            caller_room,
+        }) => (None, caller_room),
+        // Redis unreachable: the caller's budget too falls back.
+        Err(_) => (None, None),
+    };
+    if let Some(fleet) = fleet {
+        return Decision::Allow((fleet, room(caller_room)));
+    }
+    shared
+        .cluster()
+        .stats
+        .idempotency_fallbacks
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        "the fleet's idempotency record is unavailable (redis unreachable, or its answer \
+         unreadable); this instance's store decides (Ratepay still deduplicates by the \
+         upstream Idempotency-Key)"
+    );
+    match (caller, caller_room) {
+        (Some((limits, name, _)), None) => limits
+            .caller_fallback(name, waited)
+            .map(|h| (Fleet::Local, h)),
+        (_, room_left) => Decision::Allow((Fleet::Local, room(room_left))),
     }
 }
 

@@ -31,17 +31,51 @@ fn from_snapshot(name: &'static str, rate: Rate, snap: &StateSnapshot) -> Headro
     Headroom::new(name, rate, snap.remaining_burst_capacity())
 }
 
-/// What to do with one request now.
+/// What to do with one request now. `T` is what an admission carries: the headroom of the
+/// tightest limit checked, or (for a check made inside another Redis call) that call's result.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub enum Decision<T = Option<Headroom>> {
     /// Go ahead; headroom of the tightest limit checked, if any was configured.
-    Allow(Option<Headroom>),
+    Allow(T),
     /// Queue mode: sleep this long and ask again (nothing was spent).
     Wait(Duration),
     /// Refuse with 429.
     Refuse(Refusal),
     /// The shared limits cannot be reached and their fallback is to refuse (503).
     Unavailable,
+}
+
+impl<T> Decision<T> {
+    /// The same decision with `f` applied to what an admission carries.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Decision<U> {
+        match self {
+            Decision::Allow(t) => Decision::Allow(f(t)),
+            Decision::Wait(d) => Decision::Wait(d),
+            Decision::Refuse(r) => Decision::Refuse(r),
+            Decision::Unavailable => Decision::Unavailable,
+        }
+    }
+}
+
+/// Refused by `scope` for `wait` under `over_limit`: in queue mode within the budget a wait,
+/// else a refusal.
+pub(super) fn over<T>(
+    over_limit: OverLimit,
+    wait: Duration,
+    waited: Duration,
+    scope: Scope,
+    rate: Option<Rate>,
+) -> Decision<T> {
+    match over_limit {
+        OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => {
+            Decision::Wait(wait)
+        }
+        _ => Decision::Refuse(Refusal {
+            scope,
+            retry_after: wait,
+            rate,
+        }),
+    }
 }
 
 /// One configured limit.
@@ -150,16 +184,7 @@ where
         scope: Scope,
         rate: Option<Rate>,
     ) -> Decision {
-        match self.over_limit {
-            OverLimit::Queue { max_wait } if waited.saturating_add(wait) <= max_wait => {
-                Decision::Wait(wait)
-            }
-            _ => Decision::Refuse(Refusal {
-                scope,
-                retry_after: wait,
-                rate,
-            }),
-        }
+        over(self.over_limit, wait, waited, scope, rate)
     }
 
     /// Checks (and on success spends from) the caller's budget. `waited`: time already queued.

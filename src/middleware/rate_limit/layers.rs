@@ -1,7 +1,11 @@
 //! The two rate-limit layers ([`CallerRateLimitLayer`] before the cache,
 //! [`UpstreamRateLimitLayer`] after it) and the queue-mode wait they share.
 
-use std::{future::ready, future::Future, sync::Arc, time::Duration};
+use std::{
+    future::{ready, Future},
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use governor::clock::{Clock, DefaultClock};
 use http::{header, StatusCode};
@@ -15,21 +19,20 @@ use crate::{
     cluster::{events::Event, Cluster},
     context::{Call, RequestContext},
     error::GatewayError,
-    limits::Headroom,
     middleware::cache::{RECORD_GET, RECORD_LIST},
     middleware::{GwRequest, GwResponse, Handler},
-    routes::Keys,
 };
 
 /// Runs `check` until it admits or refuses, sleeping through its waits (queue mode).
 ///
 /// Waiting counts from `received` (the edge's arrival time), so the caller and upstream layers
 /// together never hold a request longer than `max_wait`.
-/// Time spent queued is added to the request's stats (access log, metrics).
-async fn admit<F: Future<Output = Decision>>(
+/// Time spent queued is added to the request's stats (access log, metrics). What an admission
+/// carries (`T`: the headroom, or the result of the Redis call that checked) is returned.
+pub async fn admit<T, F: Future<Output = Decision<T>>>(
     ctx: &RequestContext,
     mut check: impl FnMut(Duration) -> F,
-) -> Result<Option<Headroom>, GatewayError> {
+) -> Result<T, GatewayError> {
     let received = ctx.received;
     let mut queued = Duration::ZERO;
     let result = loop {
@@ -47,7 +50,7 @@ async fn admit<F: Future<Output = Decision>>(
     if !queued.is_zero() {
         ctx.stats.queued_us.fetch_add(
             queued.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
+            Ordering::Relaxed,
         );
     }
     result
@@ -138,12 +141,16 @@ where
     async fn handle(&self, cx: &Cx, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let call = cx.as_ref();
         let op = call.ctx.route.operation;
+        let caller = &call.auth.caller.name;
+        let limits = &*self.limits;
+        let keyed = op.keys.keyed(req.headers());
+        if let Some(shared) = &self.shared {
+            if self.combine && keyed && shared.caller_rate(caller).is_some() {
+                return self.deferred(cx, shared, req).await;
+            }
+        }
         let combined = match &self.shared {
-            Some(shared)
-                if self.combine
-                    && op.keys == Keys::None
-                    && !matches!(op.name, RECORD_GET | RECORD_LIST) =>
-            {
+            Some(shared) if self.combine && !keyed && !matches!(op.name, RECORD_GET | RECORD_LIST) => {
                 Some(shared)
             }
             _ => None,
@@ -151,8 +158,6 @@ where
         if combined.is_none() && !self.limits.limits_callers() {
             return self.inner.handle(cx, req).await;
         }
-        let caller = &call.auth.caller.name;
-        let limits = &*self.limits;
         let headroom = match (&self.shared, combined) {
             (_, Some(shared)) => {
                 let h = admit(&call.ctx, |waited| {
@@ -162,7 +167,7 @@ where
                 call.ctx
                     .stats
                     .upstream_admitted
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                    .store(true, Ordering::Relaxed);
                 h
             }
             (Some(shared), None) => {
@@ -180,6 +185,43 @@ where
         };
         let mut resp = self.inner.handle(cx, req).await?;
         // The caller paces itself by its own budget, not by whatever Ratepay reports.
+        if let Some(h) = headroom {
+            h.write_headers(resp.headers_mut());
+        }
+        Ok(resp)
+    }
+}
+
+impl<S, C: Clock + Clone + Send + Sync + 'static> CallerRateLimit<S, C> {
+    /// A keyed call with shared limits: the caller's budget is spent with the idempotency
+    /// lease, in its round trip, so that a cancellation pays one Redis round trip before it
+    /// leaves instead of two. A request answered before any lease (a 400, this instance's
+    /// replay or 409) spends it here afterwards, and a refusal then replaces its answer, as if
+    /// it had been spent first; the upstream layer spends it if nothing did (the net).
+    async fn deferred<Cx>(
+        &self,
+        cx: &Cx,
+        shared: &SharedRateLimits,
+        req: GwRequest,
+    ) -> Result<GwResponse, GatewayError>
+    where
+        S: Handler<Cx>,
+        Cx: AsRef<Call> + Sync,
+    {
+        let call = cx.as_ref();
+        let stats = &call.ctx.stats;
+        stats.caller_deferred.store(true, Ordering::Relaxed);
+        let answer = self.inner.handle(cx, req).await;
+        let headroom = if stats.caller_deferred.swap(false, Ordering::Relaxed) {
+            let (limits, caller) = (&*self.limits, &call.auth.caller.name);
+            admit(&call.ctx, |waited| {
+                shared.check_caller(limits, caller, waited)
+            })
+            .await?
+        } else {
+            stats.caller_headroom.get().cloned()
+        };
+        let mut resp = answer?;
         if let Some(h) = headroom {
             h.write_headers(resp.headers_mut());
         }
@@ -254,11 +296,25 @@ where
     async fn handle(&self, call: &Call, req: GwRequest) -> Result<GwResponse, GatewayError> {
         let limits = &*self.limits;
         let op = call.ctx.route.operation;
+        // The net under the caller layer's deferral: a keyed call that reached this layer
+        // without a lease having spent its caller's budget spends it now.
+        if let Some((shared, _)) = &self.cluster {
+            if call.ctx.stats.caller_deferred.swap(false, Ordering::Relaxed) {
+                let caller = &call.auth.caller.name;
+                let headroom = admit(&call.ctx, |waited| {
+                    shared.check_caller(limits, caller, waited)
+                })
+                .await?;
+                if let Some(h) = headroom {
+                    let _ = call.ctx.stats.caller_headroom.set(h);
+                }
+            }
+        }
         let spent = call
             .ctx
             .stats
             .upstream_admitted
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .load(Ordering::Relaxed);
         match &self.cluster {
             // Spent already, with the caller's budget (see `combining_upstream`) or with the
             // idempotency lease; Ratepay's pause still holds the call.

@@ -24,6 +24,6 @@ mod shared;
 
 pub use decision::{parse_retry_after, Decision, RateLimits};
 pub use layers::{
-    CallerRateLimit, CallerRateLimitLayer, UpstreamRateLimit, UpstreamRateLimitLayer,
+    admit, CallerRateLimit, CallerRateLimitLayer, UpstreamRateLimit, UpstreamRateLimitLayer,
 };
 pub use shared::SharedRateLimits;

@@ -11,7 +11,7 @@ use std::{sync::atomic::Ordering, sync::Arc, time::Duration};
 
 use governor::clock::Clock;
 
-use super::decision::{Decision, RateLimits};
+use super::decision::{over, Decision, RateLimits};
 use crate::{
     cluster::{
         gcra::{Bucket, Verdict},
@@ -65,7 +65,7 @@ impl SharedRateLimits {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn caller_rate(&self, caller: &str) -> Option<Rate> {
+    pub(super) fn caller_rate(&self, caller: &str) -> Option<Rate> {
         self.settings
             .callers
             .get(caller)
@@ -111,6 +111,42 @@ impl SharedRateLimits {
     /// lease, which spends them in its own round trip).
     pub fn upstream_buckets(&self, api: Api, operation: &'static str) -> Vec<Bucket> {
         self.buckets(None, Some((api, operation))).0
+    }
+
+    /// The caller's bucket, when the caller has a limit: a keyed call's lease spends it in its
+    /// own round trip (see [`crate::context::RequestStats::caller_deferred`]).
+    pub fn caller_bucket(&self, caller: &str) -> Option<Bucket> {
+        self.buckets(Some(caller), None).0.pop()
+    }
+
+    /// The headroom of a caller's `bucket` that admitted a request in another script's round
+    /// trip with `room` requests left at once.
+    pub fn caller_admitted(&self, bucket: &Bucket, room: u32) -> Headroom {
+        Headroom::new("caller", bucket.rate, room)
+    }
+
+    /// A caller's `bucket` refused a request in another script's round trip until `wait` has
+    /// passed: 429, or a wait in queue mode.
+    pub fn caller_refused<T>(
+        &self,
+        caller: &str,
+        bucket: &Bucket,
+        wait: Duration,
+        waited: Duration,
+    ) -> Decision<T> {
+        over(
+            self.settings.over_limit,
+            wait,
+            waited,
+            Scope::Caller(caller.to_owned()),
+            Some(bucket.rate),
+        )
+    }
+
+    /// The caller's budget when Redis could not be reached for it: the configured fallback.
+    pub fn caller_fallback(&self, caller: &str, waited: Duration) -> Decision {
+        self.fell_back();
+        self.refuse_or(|l| l.check_caller(caller, waited))
     }
 
     /// Spends from `buckets` in one call; `Err` when Redis is unreachable. The headroom is the
