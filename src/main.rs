@@ -460,7 +460,24 @@ mod embedded {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process unless `MIMALLOC_ALLOW_THP` asks for them.
+///
+/// mimalloc asks the kernel for huge pages on its arenas (`madvise(MADV_HUGEPAGE)`); while the
+/// idempotency store and the cache grow, each first touch of a 2 MiB page then zeroes it, and
+/// with the common `defrag = madvise` setting the kernel may compact memory in the faulting
+/// thread. Measured by the load benchmark (pinned, keyed POST cancellations, audit off): 55 µs
+/// of CPU per request with THP, 45 µs without; p99 29 ms against 2.9 ms at saturation, and 10.7
+/// against 0.7 ms at 2000 req/s. `MIMALLOC_ALLOW_THP=1` keeps the kernel's choice.
+fn transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // Not fatal: a kernel without the prctl keeps its default.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+}
+
 fn main() -> ExitCode {
+    transparent_huge_pages();
     let cli = Cli::parse();
     let _log_guard = init_tracing(cli.log_format);
     let result = match cli.command {

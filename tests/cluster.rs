@@ -1038,7 +1038,11 @@ async fn queue_mode_waits_for_the_fleets_budget() {
             .metric(&fleet.http, "rate_limit_queue_wait_seconds_count")
             .await;
     }
-    assert!(after >= queued + 2.0, "{} keyed calls queued", after - queued);
+    assert!(
+        after >= queued + 2.0,
+        "{} keyed calls queued",
+        after - queued
+    );
 }
 
 /// A call that ends without a final answer (here Ratepay's 5xx after every retry) gives its
@@ -1107,7 +1111,11 @@ async fn keyed_calls_spend_the_fleets_caller_budget_with_their_lease() {
     };
     let first = post(0, "k-1", authorize_body(10.0)).await.unwrap();
     assert_eq!(first.status(), 201);
-    assert_eq!(room(&first), "r=3", "the fleet's bucket, spent with the lease");
+    assert_eq!(
+        room(&first),
+        "r=3",
+        "the fleet's bucket, spent with the lease"
+    );
     assert_eq!(first.headers()["ratelimit-policy"], "\"caller\";q=4;w=400");
     // Replayed from the fleet's record by another instance: counted too.
     let replay = post(1, "k-1", authorize_body(10.0)).await.unwrap();
@@ -1136,7 +1144,14 @@ async fn keyed_calls_spend_the_fleets_caller_budget_with_their_lease() {
         let r = post(i, key, authorize_body(10.0)).await.unwrap();
         assert_eq!(r.status(), 429, "instance {i}, key {key}");
         assert_eq!(r.headers()["ratelimit-policy"], "\"caller\";q=4;w=400");
-        assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 1);
+        assert!(
+            r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 1
+        );
     }
     assert_eq!(fleet.op_count("payment.transactions.create").await, before);
     // A refused key took no lease: nothing in Redis for k-4.

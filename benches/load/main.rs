@@ -12,7 +12,8 @@
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
 //! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
-//! phase, or another with `BENCH_PERF_CASE=cached|audited`; needs `perf`), `BENCH_STEADY_SECS`
+//! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post`;
+//! needs `perf`), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
 //! cache-hit GETs for this long and samples the gateway's RSS every minute), `BENCH_GW_THREADS`
 //! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core),
@@ -21,7 +22,9 @@
 //! comparison within one run), `BENCH_AB_ROUNDS` (1: with a baseline, this many rounds of both
 //! builds, alternating which goes first, and the median CPU per request of each), `BENCH_PIN`
 //! (1: this process, the generator and the upstream, on CPU 0; each measured proxy alone on
-//! CPU 1 with one worker thread or process; needs `taskset` and two CPUs).
+//! CPU 1 with one worker thread or process; needs `taskset` and two CPUs), `BENCH_REDIS_CPU`
+//! (pinned: the CPU of the cluster cases' redis-server, 0 by default, beside the generator;
+//! 1 puts it beside the gateway, away from the generator's load).
 //! The `direct_process` case (not in the default list either) repeats the direct case with the
 //! static upstream in a process of its own and reads that process's CPU per request.
 //!
@@ -683,14 +686,23 @@ async fn spawn_gateway_env(
     (proc, addr)
 }
 
-/// A `redis-server` on a free loopback port, persistence off (with the generator on CPU 0
-/// when pinned: like the upstream it is what the gateway talks to, not what is measured).
+/// A `redis-server` on a free loopback port, persistence off. Pinned, it runs on
+/// `BENCH_REDIS_CPU` (0: beside the generator and the upstream, like them what the gateway
+/// talks to, not what is measured; 1: beside the gateway, away from the generator's load).
 fn spawn_redis(dir: &Path) -> Option<(Proc, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .ok()?
         .port();
-    let mut child = Command::new("redis-server")
+    let mut cmd = match redis_cpu() {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu, "redis-server"]);
+            c
+        }
+        None => Command::new("redis-server"),
+    };
+    let mut child = cmd
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
@@ -832,6 +844,11 @@ fn peer_ratios(bench: &mut Bench) {
 /// CPU 1 with one worker, so a proxy's CPU per request is not mixed with scheduler sharing.
 fn pinned() -> bool {
     std::env::var_os("BENCH_PIN").is_some_and(|v| v != "0")
+}
+
+/// Where redis-server runs when pinned (`BENCH_REDIS_CPU`, default 0); `None` unpinned.
+fn redis_cpu() -> Option<String> {
+    pinned().then(|| std::env::var("BENCH_REDIS_CPU").unwrap_or_else(|_| "0".into()))
 }
 
 /// The measured proxy's command: under `taskset -c 1` when pinned.
@@ -1154,6 +1171,9 @@ async fn run() {
         perf_case: match std::env::var("BENCH_PERF_CASE").as_deref() {
             Ok("cached") => CACHED,
             Ok("audited") => AUDITED,
+            Ok("unaudited") => UNAUDITED,
+            Ok("cluster") => CLUSTER_UNCACHED,
+            Ok("cluster-post") => CLUSTER_POST,
             _ => UNCACHED,
         },
         stats: Arc::new(UpstreamStats::default()),

@@ -322,10 +322,12 @@ impl SharedAnswers {
                     );
                     self.discard(record).await?;
                 }
-                record => return Ok(Began {
-                    record,
-                    caller_room,
-                }),
+                record => {
+                    return Ok(Began {
+                        record,
+                        caller_room,
+                    })
+                }
             }
         }
     }

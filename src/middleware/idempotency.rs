@@ -23,6 +23,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::{GwRequest, GwResponse, Handler};
+pub use crate::routes::IDEMPOTENCY_KEY;
 use crate::{
     body,
     cluster::{
@@ -36,7 +37,6 @@ use crate::{
     metrics::Metrics,
     middleware::rate_limit::{admit, Decision, SharedRateLimits},
 };
-pub use crate::routes::IDEMPOTENCY_KEY;
 /// Marks an answer replayed from the gateway's store.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -266,7 +266,13 @@ impl<S: Handler> Handler for Idempotency<S> {
             Some(shared) => {
                 // The caller's budget, when the caller layer left it to this round trip.
                 let deferred = match &self.limits {
-                    Some(l) if call.ctx.stats.caller_deferred.swap(false, Ordering::Relaxed) => {
+                    Some(l)
+                        if call
+                            .ctx
+                            .stats
+                            .caller_deferred
+                            .swap(false, Ordering::Relaxed) =>
+                    {
                         l.caller_bucket(&auth.caller.name)
                             .map(|b| (&**l, &*auth.caller.name, b))
                     }

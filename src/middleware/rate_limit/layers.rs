@@ -48,10 +48,9 @@ pub async fn admit<T, F: Future<Output = Decision<T>>>(
         }
     };
     if !queued.is_zero() {
-        ctx.stats.queued_us.fetch_add(
-            queued.as_micros() as u64,
-            Ordering::Relaxed,
-        );
+        ctx.stats
+            .queued_us
+            .fetch_add(queued.as_micros() as u64, Ordering::Relaxed);
     }
     result
 }
@@ -150,7 +149,9 @@ where
             }
         }
         let combined = match &self.shared {
-            Some(shared) if self.combine && !keyed && !matches!(op.name, RECORD_GET | RECORD_LIST) => {
+            Some(shared)
+                if self.combine && !keyed && !matches!(op.name, RECORD_GET | RECORD_LIST) =>
+            {
                 Some(shared)
             }
             _ => None,
@@ -299,7 +300,12 @@ where
         // The net under the caller layer's deferral: a keyed call that reached this layer
         // without a lease having spent its caller's budget spends it now.
         if let Some((shared, _)) = &self.cluster {
-            if call.ctx.stats.caller_deferred.swap(false, Ordering::Relaxed) {
+            if call
+                .ctx
+                .stats
+                .caller_deferred
+                .swap(false, Ordering::Relaxed)
+            {
                 let caller = &call.auth.caller.name;
                 let headroom = admit(&call.ctx, |waited| {
                     shared.check_caller(limits, caller, waited)
@@ -310,11 +316,7 @@ where
                 }
             }
         }
-        let spent = call
-            .ctx
-            .stats
-            .upstream_admitted
-            .load(Ordering::Relaxed);
+        let spent = call.ctx.stats.upstream_admitted.load(Ordering::Relaxed);
         match &self.cluster {
             // Spent already, with the caller's budget (see `combining_upstream`) or with the
             // idempotency lease; Ratepay's pause still holds the call.
