@@ -1173,3 +1173,40 @@ async fn keyed_calls_spend_the_fleets_caller_budget_with_their_lease() {
         );
     }
 }
+
+/// A Redis that hangs with its connections open (SIGSTOP) sends no error: the subscription's
+/// PING notices it, /readyz says degraded without any request having tried Redis, and the
+/// fleet is up again once Redis goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_is_noticed_by_the_subscription_and_readiness_says_so() {
+    let fleet = Fleet::start("").await;
+    fleet.redis.freeze();
+    for g in &fleet.gw {
+        eventually("the hung redis is noticed without any request", || async {
+            let (status, text) = g.ready(&fleet.http).await;
+            status == 200 && text.contains("redis: degraded")
+        })
+        .await;
+    }
+    fleet.redis.thaw();
+    for g in &fleet.gw {
+        eventually("subscribed again", || async {
+            g.ready(&fleet.http).await.1.contains("redis: up")
+        })
+        .await;
+    }
+    // Events flow again: a pause announced now reaches the others.
+    fleet
+        .fault(json!({"operation": "payment.transactions.get", "status": 429, "retry_after": 30, "count": 1}))
+        .await;
+    assert_eq!(fleet.get(0, MISSING_TX).await.status(), 429);
+    for i in 1..3 {
+        let g = &fleet.gw[i];
+        eventually("the pause reached the other instances", || async {
+            g.metric(&fleet.http, "cluster_events_received_total").await >= 1.0
+        })
+        .await;
+        assert_eq!(fleet.get(i, MISSING_TX).await.status(), 429);
+    }
+    assert_eq!(fleet.op_count("payment.transactions.get").await, 1);
+}

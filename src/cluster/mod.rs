@@ -10,6 +10,7 @@
 //! `retry_after_failure` and the caller takes its fallback at once, so a slow or dead Redis
 //! costs a request at most one timeout. The connection is made in the background and
 //! re-made by redis-rs's connection manager; the subscription by a task of its own that
+//! PINGs it every few seconds (a Redis that hangs with its connections open is noticed too),
 //! resubscribes and reads the pauses in force whenever it reconnects.
 
 pub mod breaker;
@@ -40,6 +41,9 @@ use gcra::{Bucket, Verdict};
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the subscription is checked with a PING (a hung Redis is noticed within this
+/// plus [`BACKGROUND_TIMEOUT`]).
+const SUBSCRIPTION_PING_EVERY: Duration = Duration::from_secs(3);
 
 /// Sets the pause key unless a longer pause is in force, and tells the other instances.
 const PAUSE_LUA: &str = r#"
@@ -477,12 +481,32 @@ async fn subscribe(cluster: Weak<Cluster>) {
                 c.synced.store(true, Ordering::Release);
                 c.synced_notify.notify_waiters();
             }
-            let mut messages = ps.into_on_message();
-            while let Some(msg) = messages.next().await {
-                let Some(c) = cluster.upgrade() else { return };
-                match msg.get_payload::<String>() {
-                    Ok(text) => c.receive(&text),
-                    Err(_) => c.receive(""),
+            let (mut sink, mut messages) = ps.split();
+            // A Redis that hangs without closing the connection sends no message and no
+            // error: a PING on the subscription every few seconds notices it.
+            let mut health = tokio::time::interval(SUBSCRIPTION_PING_EVERY);
+            health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            health.tick().await;
+            loop {
+                tokio::select! {
+                    msg = messages.next() => {
+                        let Some(msg) = msg else { break };
+                        let Some(c) = cluster.upgrade() else { return };
+                        match msg.get_payload::<String>() {
+                            Ok(text) => c.receive(&text),
+                            Err(_) => c.receive(""),
+                        }
+                    }
+                    _ = health.tick() => {
+                        let pong = tokio::time::timeout(
+                            BACKGROUND_TIMEOUT,
+                            sink.ping::<redis::Value>(),
+                        )
+                        .await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
                 }
             }
             if let Some(c) = cluster.upgrade() {
