@@ -90,7 +90,8 @@ pub fn layers(p: Parts<'_>) -> Stack {
     let stack = ServiceBuilder::new()
         // Who is calling and may it: before any work is spent on the request.
         .layer(CallerPolicyLayer::new(p.callers, audiences))
-        // The caller's own budget, spent before any shared work: cache hits count too.
+        // The caller's own budget, spent before any shared work: cache hits count too. With
+        // shared limits a keyed call's is spent in its idempotency lease's round trip instead.
         .layer(
             CallerRateLimitLayer::new(p.rate_limits.clone())
                 .shared(p.shared_limits.clone())

@@ -3,7 +3,10 @@
 //!
 //! Two layers share one decision struct, [`RateLimits`]:
 //! - [`CallerRateLimitLayer`] sits right after the caller policy, before the cache: a caller's
-//!   budget counts every request it makes, cache hits included.
+//!   budget counts every request it makes, cache hits included. With shared limits a keyed
+//!   call's caller budget is spent by its idempotency lease, in the same Redis round trip
+//!   (`RequestStats::caller_deferred`), and a keyed request answered before any lease spends
+//!   it afterwards.
 //! - [`UpstreamRateLimitLayer`] sits after the cache, before idempotency: only requests that are
 //!   about to reach Ratepay spend the upstream and operation budgets, and cache hits are still
 //!   served while Ratepay has asked the gateway to back off.
