@@ -11,7 +11,8 @@
 //!
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
-//! memory`), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
+//! tls,memory`; `tls` repeats the uncached GET through the gateway and each peer with TLS to the
+//! upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post`;
 //! needs `perf`), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
@@ -59,6 +60,7 @@ use std::{
 };
 
 mod peers;
+mod tls;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -167,29 +169,43 @@ async fn answer(
 
 /// Starts the static upstream on a loopback port.
 async fn static_upstream() -> (SocketAddr, Arc<UpstreamStats>) {
+    let stats = Arc::new(UpstreamStats::default());
+    let addr = serve_static(stats.clone(), None).await;
+    (addr, stats)
+}
+
+/// Serves the static upstream (counting in `stats`) on another loopback port, over TLS when
+/// `tls` is given (the `tls` cases).
+async fn serve_static(
+    stats: Arc<UpstreamStats>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let stats = Arc::new(UpstreamStats::default());
     let token = token_answer();
-    let s = stats.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (stats, token) = (s.clone(), token.clone());
+            let (stats, token, tls) = (stats.clone(), token.clone(), tls.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     answer(req, stats.clone(), token.clone())
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = http1::Builder::new();
+                let _ = match tls {
+                    None => conn.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(s) => conn.serve_connection(TokioIo::new(s), svc).await,
+                        Err(_) => return,
+                    },
+                };
             });
         }
     });
-    (addr, stats)
+    addr
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,6 +816,78 @@ async fn cluster_cases(bench: &mut Bench, upstream: SocketAddr) {
     drop(redis);
 }
 
+/// The gateway's configuration with every upstream (token endpoint included) over HTTPS and
+/// the bench CA trusted.
+fn over_tls(toml: String, ca: &Path) -> String {
+    format!(
+        "{}\n[upstream_client]\nca_file = \"{}\"\n",
+        toml.replace("http://", "https://"),
+        ca.display()
+    )
+}
+
+/// The `tls` cases: the uncached GET through the gateway, nginx, HAProxy and the hyper floor,
+/// each talking TLS to a second static upstream (see `tls.rs`), and the gateway's CPU per
+/// request against each.
+async fn tls_cases(bench: &mut Bench, caller: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = tls::pki(dir.path());
+    let upstream = serve_static(bench.stats.clone(), Some(pki.acceptor.clone())).await;
+    let ca = pki.ca_pem.as_path();
+    {
+        let gdir = tempfile::tempdir().expect("tempdir");
+        let config = over_tls(gateway_toml(gdir.path(), upstream, true), ca);
+        let (gw, addr) = spawn_gateway(gdir.path(), config).await;
+        let t = Target::get(addr, TX_PATH, caller, false);
+        bench.case(TLS_GATEWAY, &t, Some(gw.pid())).await;
+    }
+    let peer = |name: &str| format!("{name}: not installed or did not start, TLS case skipped");
+    let ndir = tempfile::tempdir().expect("tempdir");
+    match peers::find_program("nginx") {
+        Some(nginx) => match peers::spawn_nginx(&nginx, ndir.path(), upstream, Some(ca)).await {
+            Some((proc, addr)) => {
+                let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+                bench.case(TLS_NGINX, &t, Some(proc.pid())).await;
+            }
+            None => bench.notes.push(peer("nginx")),
+        },
+        None => bench.notes.push(peer("nginx")),
+    }
+    let hdir = tempfile::tempdir().expect("tempdir");
+    match peers::find_program("haproxy") {
+        Some(bin) => match peers::spawn_haproxy(&bin, hdir.path(), upstream, Some(ca)).await {
+            Some((proc, addr)) => {
+                let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+                bench.case(TLS_HAPROXY, &t, Some(proc.pid())).await;
+            }
+            None => bench.notes.push(peer("haproxy")),
+        },
+        None => bench.notes.push(peer("haproxy")),
+    }
+    match peers::spawn_floor(upstream, Some(ca)).await {
+        Some((proc, addr)) => {
+            let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+            bench.case(TLS_FLOOR, &t, Some(proc.pid())).await;
+        }
+        None => bench.notes.push(peer("the floor proxy")),
+    }
+    let cpu = |b: &Bench, c: &str| {
+        b.row(c, Mode::Saturation)
+            .and_then(|r| r.cpu_per_request)
+            .map(|d| d.as_secs_f64() * 1e6)
+    };
+    if let Some(gw) = cpu(bench, TLS_GATEWAY) {
+        let ratios: Vec<String> = [TLS_NGINX, TLS_HAPROXY, TLS_FLOOR]
+            .iter()
+            .filter_map(|p| cpu(bench, p).map(|c| format!("{:.2} × {p} ({c:.1} µs)", gw / c)))
+            .collect();
+        bench.notes.push(format!(
+            "TLS upstream: the gateway spends {gw:.1} µs CPU per request; {}",
+            ratios.join(", ")
+        ));
+    }
+}
+
 /// CPU per request (saturation) of the gateway's uncached case against each peer of the run,
 /// and what its access log costs.
 fn peer_ratios(bench: &mut Bench) {
@@ -1048,6 +1136,10 @@ const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
 const HAPROXY_PASS: &str = "haproxy: GET transaction";
 const FLOOR: &str = "hyper floor proxy: GET transaction";
 const UNCACHED_NOLOG: &str = "gateway uncached, access log off";
+const TLS_GATEWAY: &str = "gateway uncached, TLS upstream";
+const TLS_NGINX: &str = "nginx proxy_pass, TLS upstream";
+const TLS_HAPROXY: &str = "haproxy, TLS upstream";
+const TLS_FLOOR: &str = "hyper floor proxy, TLS upstream";
 
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
     Command::new("perf")
@@ -1161,7 +1253,7 @@ async fn run() {
         rate: env_or("BENCH_RATE", 2000) as f64,
         cases: std::env::var("BENCH_CASES")
             .unwrap_or_else(|_| {
-                "direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,memory"
+                "direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,tls,memory"
                     .into()
             })
             .split(',')
@@ -1314,7 +1406,7 @@ async fn run() {
                 .push("nginx: not installed, peer cases skipped".into()),
             Some(nginx) => {
                 let dir = tempfile::tempdir().expect("tempdir");
-                match peers::spawn_nginx(&nginx, dir.path(), upstream).await {
+                match peers::spawn_nginx(&nginx, dir.path(), upstream, None).await {
                     None => bench.notes.push("nginx: did not start, skipped".into()),
                     Some((proc, addr)) => {
                         let pid = proc.pid();
@@ -1342,7 +1434,7 @@ async fn run() {
                 .push("haproxy: not installed, peer case skipped".into()),
             Some(bin) => {
                 let dir = tempfile::tempdir().expect("tempdir");
-                match peers::spawn_haproxy(&bin, dir.path(), upstream).await {
+                match peers::spawn_haproxy(&bin, dir.path(), upstream, None).await {
                     None => bench.notes.push("haproxy: did not start, skipped".into()),
                     Some((proc, addr)) => {
                         let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
@@ -1353,7 +1445,7 @@ async fn run() {
         }
     }
     if bench.wants("floor") {
-        match peers::spawn_floor(upstream).await {
+        match peers::spawn_floor(upstream, None).await {
             None => bench
                 .notes
                 .push("floor proxy: did not start, skipped".into()),
@@ -1377,6 +1469,9 @@ async fn run() {
         bench.case(UNCACHED_NOLOG, &t, Some(gw.pid())).await;
     }
     peer_ratios(&mut bench);
+    if bench.wants("tls") {
+        tls_cases(&mut bench, &caller).await;
+    }
 
     // Gateway D: a long run at a steady rate, RSS sampled every minute.
     let mut drift = None;

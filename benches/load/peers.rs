@@ -55,8 +55,27 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-pub fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// nginx in front of `upstream`; over TLS verified against the CA in `tls` when given.
+pub fn nginx_conf(
+    dir: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    tls: Option<&Path>,
+) -> String {
     let d = dir.display();
+    let (scheme, tls) = match tls {
+        None => ("http", String::new()),
+        Some(ca) => (
+            "https",
+            format!(
+                "proxy_ssl_trusted_certificate {};\n        proxy_ssl_verify on;\n        \
+                 proxy_ssl_name {};\n        proxy_ssl_server_name on;\n        \
+                 proxy_ssl_session_reuse on;\n        proxy_ssl_protocols TLSv1.3;",
+                ca.display(),
+                super::tls::UPSTREAM_NAME
+            ),
+        ),
+    };
     // As root, workers would drop to `nobody` and could not write the cache in this directory.
     let user = if running_as_root() { "user root;" } else { "" };
     let workers = if pinned() { "1" } else { "auto" };
@@ -90,11 +109,12 @@ http {{
         proxy_set_header Connection "";
         proxy_set_header Authorization "{STATIC_BEARER}";
         proxy_set_header X-Partner "{PARTNER}";
+        {tls}
         location / {{
-            proxy_pass http://ratepay;
+            proxy_pass {scheme}://ratepay;
         }}
         location /pps/api/v1/session-record/ {{
-            proxy_pass http://ratepay;
+            proxy_pass {scheme}://ratepay;
             proxy_cache records;
             proxy_cache_valid 200 10m;
             proxy_cache_lock on;
@@ -106,15 +126,16 @@ http {{
     )
 }
 
-/// Starts nginx on a free loopback port in front of `upstream`.
+/// Starts nginx on a free loopback port in front of `upstream` (over TLS with `tls`, the CA).
 pub async fn spawn_nginx(
     nginx: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    tls: Option<&Path>,
 ) -> Option<(Proc, SocketAddr)> {
     let listen = free_addr()?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, listen, upstream)).ok()?;
+    std::fs::write(&conf, nginx_conf(dir, listen, upstream, tls)).ok()?;
     let child = pinned_command(nginx)
         .arg("-p")
         .arg(dir)
@@ -141,9 +162,17 @@ pub async fn spawn_nginx(
 }
 
 /// HAProxy in front of `upstream`: one thread (`nbthread 1`), no logs, keep-alive to the
-/// upstream (`http-reuse always`), `Authorization` and `X-Partner` set as nginx sets them.
-pub fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr) -> String {
+/// upstream (`http-reuse always`), `Authorization` and `X-Partner` set as nginx sets them; over
+/// TLS verified against the CA in `tls` (by the name sent as SNI) when given.
+pub fn haproxy_conf(listen: SocketAddr, upstream: SocketAddr, tls: Option<&Path>) -> String {
     let threads = if pinned() { "nbthread 1" } else { "" };
+    let tls = tls.map_or(String::new(), |ca| {
+        format!(
+            " ssl verify required ca-file {} sni str({}) alpn http/1.1 ssl-min-ver TLSv1.3",
+            ca.display(),
+            super::tls::UPSTREAM_NAME
+        )
+    });
     format!(
         r#"
 global
@@ -163,20 +192,22 @@ frontend gateway
 backend ratepay
     http-request set-header Authorization "{STATIC_BEARER}"
     http-request set-header X-Partner "{PARTNER}"
-    server upstream {upstream}
+    server upstream {upstream}{tls}
 "#
     )
 }
 
-/// Starts HAProxy (foreground, `-db`) on a free loopback port in front of `upstream`.
+/// Starts HAProxy (foreground, `-db`) on a free loopback port in front of `upstream` (over TLS
+/// with `tls`, the CA).
 pub async fn spawn_haproxy(
     haproxy: &Path,
     dir: &Path,
     upstream: SocketAddr,
+    tls: Option<&Path>,
 ) -> Option<(Proc, SocketAddr)> {
     let listen = free_addr()?;
     let conf = dir.join("haproxy.cfg");
-    std::fs::write(&conf, haproxy_conf(listen, upstream)).ok()?;
+    std::fs::write(&conf, haproxy_conf(listen, upstream, tls)).ok()?;
     let child = pinned_command(haproxy)
         .arg("-db")
         .arg("-f")
@@ -197,67 +228,95 @@ pub async fn spawn_haproxy(
 
 /// Set (to the upstream's address) on the bench binary re-run as the floor proxy.
 pub const FLOOR_ROLE: &str = "BENCH_FLOOR_PROXY";
+/// Set too (to the CA's PEM file) when the floor proxy talks TLS to the upstream.
+pub const FLOOR_CA: &str = "BENCH_FLOOR_CA";
 
 /// The floor proxy, in this (child) process: a current-thread runtime, hyper's HTTP/1 server,
-/// the pooled legacy client, two headers set, nothing else. Prints its address, serves until
-/// killed. What forwarding through hyper costs before any of the gateway's own work.
+/// the pooled legacy client (over rustls when `FLOOR_CA` is set), two headers set, nothing
+/// else. Prints its address, serves until killed. What forwarding through hyper costs before
+/// any of the gateway's own work.
 pub fn floor_proxy(upstream: SocketAddr) {
-    use http::{HeaderValue, Request};
-    use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-    use hyper_util::{
-        client::legacy::{connect::HttpConnector, Client},
-        rt::{TokioExecutor, TokioIo},
-    };
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("{}", listener.local_addr().expect("addr"));
-        let client: Client<HttpConnector, Incoming> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let bearer = HeaderValue::from_static(STATIC_BEARER);
-        let partner = HeaderValue::from_static(PARTNER);
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (client, bearer, partner) = (client.clone(), bearer.clone(), partner.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let (client, bearer, partner) =
-                        (client.clone(), bearer.clone(), partner.clone());
-                    async move {
-                        let (mut parts, body) = req.into_parts();
-                        let path = parts
-                            .uri
-                            .path_and_query()
-                            .map_or("/", |p| p.as_str())
-                            .to_owned();
-                        parts.uri = format!("http://{upstream}{path}")
-                            .parse()
-                            .expect("upstream uri");
-                        parts.headers.insert(http::header::AUTHORIZATION, bearer);
-                        parts.headers.insert("x-partner", partner);
-                        client.request(Request::from_parts(parts, body)).await
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+        match std::env::var_os(FLOOR_CA) {
+            None => {
+                let client = Client::builder(TokioExecutor::new()).build_http();
+                floor_serve(client, format!("http://{upstream}")).await
+            }
+            Some(ca) => {
+                let connector = super::tls::floor_connector(Path::new(&ca));
+                let client = Client::builder(TokioExecutor::new()).build(connector);
+                floor_serve(client, format!("https://{upstream}")).await
+            }
         }
     });
 }
 
-/// Starts the floor proxy (this binary again, pinned like the other proxies).
-pub async fn spawn_floor(upstream: SocketAddr) -> Option<(Proc, SocketAddr)> {
+/// Serves the floor proxy with `client` toward `base` (scheme and authority).
+async fn floor_serve<C>(
+    client: hyper_util::client::legacy::Client<C, hyper::body::Incoming>,
+    base: String,
+) where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    use http::{HeaderValue, Request};
+    use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    println!("{}", listener.local_addr().expect("addr"));
+    let bearer = HeaderValue::from_static(STATIC_BEARER);
+    let partner = HeaderValue::from_static(PARTNER);
+    let base: std::sync::Arc<str> = base.into();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (client, bearer, partner, base) = (
+            client.clone(),
+            bearer.clone(),
+            partner.clone(),
+            base.clone(),
+        );
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (client, bearer, partner, base) = (
+                    client.clone(),
+                    bearer.clone(),
+                    partner.clone(),
+                    base.clone(),
+                );
+                async move {
+                    let (mut parts, body) = req.into_parts();
+                    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    parts.uri = format!("{base}{path}").parse().expect("upstream uri");
+                    parts.headers.insert(http::header::AUTHORIZATION, bearer);
+                    parts.headers.insert("x-partner", partner);
+                    client.request(Request::from_parts(parts, body)).await
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Starts the floor proxy (this binary again, pinned like the other proxies); over TLS with
+/// `tls`, the CA.
+pub async fn spawn_floor(upstream: SocketAddr, tls: Option<&Path>) -> Option<(Proc, SocketAddr)> {
     use std::io::BufRead;
     let exe = std::env::current_exe().ok()?;
-    let mut child = pinned_command(&exe)
+    let mut cmd = pinned_command(&exe);
+    if let Some(ca) = tls {
+        cmd.env(FLOOR_CA, ca);
+    }
+    let mut child = cmd
         .env(FLOOR_ROLE, upstream.to_string())
         .stdout(Stdio::piped())
         .spawn()
