@@ -1694,23 +1694,81 @@ fn targets(
         };
         println!("  {verdict}  {name:<52} {detail}");
     };
-    println!("\ntargets (same run):");
-    check("uncached ≥ 0.5 × direct", ratio(UNCACHED, DIRECT, 0.5));
+    // CPU (or user) µs per request at saturation; the targets of the pinned mode compare these.
+    let cpu = |case: &str| {
+        bench
+            .row(case, Mode::Saturation)
+            .and_then(|r| r.cpu_per_request)
+            .map(|d| d.as_secs_f64() * 1e6)
+    };
+    let user = |case: &str| {
+        bench
+            .row(case, Mode::Saturation)
+            .and_then(|r| r.user_per_request)
+            .map(|d| d.as_secs_f64() * 1e6)
+    };
+    // `case`'s CPU over `base`'s, and whether it stays within `max` ×.
+    let cpu_ratio = |case: &str, base: &str, max: f64| {
+        cpu(case).zip(cpu(base)).map(|(c, b)| {
+            (
+                c <= max * b,
+                format!("{:.2} × ({c:.1} vs {b:.1} µs)", c / b),
+            )
+        })
+    };
+    let pin = if pinned() { "" } else { " (meant for BENCH_PIN=1)" };
+    println!("\ntargets (same run){pin}:");
     check(
-        "uncached ≥ 1.3 × nginx proxy_pass",
-        ratio(UNCACHED, NGINX_PASS, 1.3),
+        "uncached CPU/request ≤ nginx proxy_pass (both logging)",
+        cpu_ratio(UNCACHED, NGINX_PASS, 1.0),
     );
     check(
-        &format!("added p50 at {:.0} req/s ≤ 100 µs", bench.rate),
-        p50(UNCACHED)
-            .zip(p50(DIRECT))
-            .map(|(g, d)| (g - d <= 100.0, format!("{:.0} µs", g - d))),
+        "uncached user time ≤ 1.3 × the hyper floor's",
+        user(UNCACHED).zip(user(FLOOR)).map(|(g, f)| {
+            (
+                g <= 1.3 * f,
+                format!("{:.2} × ({g:.1} vs {f:.1} µs)", g / f),
+            )
+        }),
     );
-    check("cache hits ≥ 0.9 × direct", ratio(CACHED, DIRECT, 0.9));
     check(
-        "audited ≥ 0.5 × audit-off POST",
+        "cache hit CPU/request ≤ 0.8 × nginx proxy_cache",
+        cpu_ratio(CACHED, NGINX_CACHE, 0.8),
+    );
+    check(
+        "TLS upstream CPU/request ≤ nginx with TLS upstream",
+        cpu_ratio(TLS_GATEWAY, TLS_NGINX, 1.0),
+    );
+    check(
+        "access log ≤ 1 µs CPU/request",
+        cpu(UNCACHED).zip(cpu(UNCACHED_NOLOG)).map(|(on, off)| {
+            (on - off <= 1.0, format!("{:+.1} µs", on - off))
+        }),
+    );
+    check(
+        "POST audit off CPU/request ≤ 1.25 × uncached GET",
+        cpu_ratio(UNAUDITED, UNCACHED, 1.25),
+    );
+    check(
+        "POST audited CPU/request ≤ 1.3 × audit off",
+        cpu_ratio(AUDITED, UNAUDITED, 1.3),
+    );
+    check(
+        "audited ≥ 0.5 × audit-off POST (req/s)",
         ratio(AUDITED, UNAUDITED, 0.5),
     );
+    for (shared, local) in [(CLUSTER_UNCACHED, UNCACHED), (CLUSTER_POST, UNAUDITED)] {
+        check(
+            &format!(
+                "redis adds ≤ 100 µs p50 at {:.0} req/s, {}",
+                bench.rate,
+                if shared == CLUSTER_POST { "POST" } else { "GET" }
+            ),
+            p50(shared)
+                .zip(p50(local))
+                .map(|(s, l)| (s - l <= 100.0, format!("{:+.0} µs", s - l))),
+        );
+    }
     check(
         "idle RSS ≤ 20 MiB",
         idle_rss.map(|b| (b as f64 <= 20.0 * MIB, mib(Some(b)))),
