@@ -14,7 +14,7 @@
 //! tls,memory`; `tls` repeats the uncached GET through the gateway and each peer with TLS to the
 //! upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post`;
-//! needs `perf`), `BENCH_STEADY_SECS`
+//! needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
 //! cache-hit GETs for this long and samples the gateway's RSS every minute), `BENCH_GW_THREADS`
 //! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core),
@@ -1148,7 +1148,7 @@ fn start_perf(file: &Path, pid: u32) -> Option<Child> {
             "--call-graph",
             "dwarf,16384",
             "-F",
-            "499",
+            &std::env::var("BENCH_PERF_FREQ").unwrap_or_else(|_| "499".into()),
             "-p",
             &pid.to_string(),
             "-o",
