@@ -844,7 +844,17 @@ async fn tls_cases(bench: &mut Bench, caller: &str) {
     let peer = |name: &str| format!("{name}: not installed or did not start, TLS case skipped");
     let ndir = tempfile::tempdir().expect("tempdir");
     match peers::find_program("nginx") {
-        Some(nginx) => match peers::spawn_nginx(&nginx, ndir.path(), upstream, Some(ca)).await {
+        Some(nginx) => match peers::spawn_nginx(
+            &nginx,
+            ndir.path(),
+            upstream,
+            peers::NginxMode {
+                tls: Some(ca),
+                quiet: false,
+            },
+        )
+        .await
+        {
             Some((proc, addr)) => {
                 let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
                 bench.case(TLS_NGINX, &t, Some(proc.pid())).await;
@@ -1133,6 +1143,8 @@ const CLUSTER_UNCACHED: &str = "cluster (redis) uncached: GET transaction";
 const CLUSTER_POST: &str = "cluster (redis) POST cancellation, audit off";
 const NGINX_PASS: &str = "nginx proxy_pass: GET transaction";
 const NGINX_CACHE: &str = "nginx proxy_cache hit: GET session record";
+const NGINX_POST: &str = "nginx proxy_pass: POST cancellation";
+const NGINX_NOLOG: &str = "nginx proxy_pass, access log off";
 const HAPROXY_PASS: &str = "haproxy: GET transaction";
 const FLOOR: &str = "hyper floor proxy: GET transaction";
 const UNCACHED_NOLOG: &str = "gateway uncached, access log off";
@@ -1406,7 +1418,9 @@ async fn run() {
                 .push("nginx: not installed, peer cases skipped".into()),
             Some(nginx) => {
                 let dir = tempfile::tempdir().expect("tempdir");
-                match peers::spawn_nginx(&nginx, dir.path(), upstream, None).await {
+                match peers::spawn_nginx(&nginx, dir.path(), upstream, peers::NginxMode::default())
+                    .await
+                {
                     None => bench.notes.push("nginx: did not start, skipped".into()),
                     Some((proc, addr)) => {
                         let pid = proc.pid();
@@ -1420,6 +1434,29 @@ async fn run() {
                         bench.case(NGINX_PASS, &t, Some(pid)).await;
                         let t = Target::get(addr, RECORD_PATH, "Bearer caller-credential", false);
                         bench.case(NGINX_CACHE, &t, Some(pid)).await;
+                        // The same POST the gateway's cancellation cases send, a fresh key each.
+                        let mut t = Target::cancellation(addr);
+                        t.headers.insert(
+                            header::AUTHORIZATION,
+                            HeaderValue::from_static("Bearer caller-credential"),
+                        );
+                        bench.case(NGINX_POST, &t, Some(pid)).await;
+                        drop(proc);
+                    }
+                }
+                // Its access log off, for the log's cost beside the gateway's.
+                let quiet = tempfile::tempdir().expect("tempdir");
+                let mode = peers::NginxMode {
+                    tls: None,
+                    quiet: true,
+                };
+                match peers::spawn_nginx(&nginx, quiet.path(), upstream, mode).await {
+                    None => bench
+                        .notes
+                        .push("nginx (log off): did not start, skipped".into()),
+                    Some((proc, addr)) => {
+                        let t = Target::get(addr, TX_PATH, "Bearer caller-credential", false);
+                        bench.case(NGINX_NOLOG, &t, Some(proc.pid())).await;
                         drop(proc);
                     }
                 }
@@ -1716,7 +1753,11 @@ fn targets(
             )
         })
     };
-    let pin = if pinned() { "" } else { " (meant for BENCH_PIN=1)" };
+    let pin = if pinned() {
+        ""
+    } else {
+        " (meant for BENCH_PIN=1)"
+    };
     println!("\ntargets (same run){pin}:");
     check(
         "uncached CPU/request ≤ nginx proxy_pass (both logging)",
@@ -1741,9 +1782,9 @@ fn targets(
     );
     check(
         "access log ≤ 1 µs CPU/request",
-        cpu(UNCACHED).zip(cpu(UNCACHED_NOLOG)).map(|(on, off)| {
-            (on - off <= 1.0, format!("{:+.1} µs", on - off))
-        }),
+        cpu(UNCACHED)
+            .zip(cpu(UNCACHED_NOLOG))
+            .map(|(on, off)| (on - off <= 1.0, format!("{:+.1} µs", on - off))),
     );
     check(
         "POST audit off CPU/request ≤ 1.25 × uncached GET",
@@ -1762,7 +1803,11 @@ fn targets(
             &format!(
                 "redis adds ≤ 100 µs p50 at {:.0} req/s, {}",
                 bench.rate,
-                if shared == CLUSTER_POST { "POST" } else { "GET" }
+                if shared == CLUSTER_POST {
+                    "POST"
+                } else {
+                    "GET"
+                }
             ),
             p50(shared)
                 .zip(p50(local))

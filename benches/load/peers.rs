@@ -55,14 +55,25 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// nginx in front of `upstream`; over TLS verified against the CA in `tls` when given.
-pub fn nginx_conf(
-    dir: &Path,
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    tls: Option<&Path>,
-) -> String {
+/// How nginx is run: over TLS to the upstream (the CA to verify it with), and with or without
+/// its access log (on, as by default, unless `quiet`).
+#[derive(Clone, Copy, Default)]
+pub struct NginxMode<'a> {
+    /// The CA of the upstream's certificate: TLS to the upstream.
+    pub tls: Option<&'a Path>,
+    /// `access_log off`.
+    pub quiet: bool,
+}
+
+/// nginx in front of `upstream`, as `mode` says.
+pub fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr, mode: NginxMode) -> String {
     let d = dir.display();
+    let access_log = if mode.quiet {
+        "off".to_owned()
+    } else {
+        format!("{d}/access.log")
+    };
+    let tls = mode.tls;
     let (scheme, tls) = match tls {
         None => ("http", String::new()),
         Some(ca) => (
@@ -90,7 +101,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {d}/access.log;
+    access_log {access_log};
     keepalive_requests 10000000;
     client_body_temp_path {d}/client_body;
     proxy_temp_path {d}/proxy_temp;
@@ -126,16 +137,16 @@ http {{
     )
 }
 
-/// Starts nginx on a free loopback port in front of `upstream` (over TLS with `tls`, the CA).
+/// Starts nginx on a free loopback port in front of `upstream`, as `mode` says.
 pub async fn spawn_nginx(
     nginx: &Path,
     dir: &Path,
     upstream: SocketAddr,
-    tls: Option<&Path>,
+    mode: NginxMode<'_>,
 ) -> Option<(Proc, SocketAddr)> {
     let listen = free_addr()?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, listen, upstream, tls)).ok()?;
+    std::fs::write(&conf, nginx_conf(dir, listen, upstream, mode)).ok()?;
     let child = pinned_command(nginx)
         .arg("-p")
         .arg(dir)
