@@ -13,9 +13,15 @@
 # is every instruction the process ran over those N requests, divided by N: the gateway, its
 # hyper server and client, tokio, the access log writer and the in-process sandbox (whose share,
 # its JWT verification mostly, is the same for every build of the same sandbox code).
-# BENCH_METHOD (GET) and BENCH_PATH (an uncached transaction-status GET that goes through the
-# whole stack to the sandbox) choose the request. Two runs of the same binary agree to about
-# 0.02 %.
+# Three cases by default, each on a fresh process:
+#   uncached   GET of a transaction's status: the whole stack to the sandbox (its 404 answer);
+#   cached     GET of a session record: a cache hit after the warm-up (the sandbox's 404 for it
+#              is cached like any record);
+#   cancel     POST cancellation with a fresh Idempotency-Key each: fingerprint, idempotency
+#              slot, the audit intent and outcome (fdatasync is a system call: not counted), the
+#              sandbox's 404 stored as the key's answer.
+# BENCH_CASES picks some (a comma list); BENCH_METHOD and BENCH_PATH replace them with one
+# request of your own. Two runs of the same binary agree to about 0.02 %.
 #
 # What it cannot say: time. A memcpy counts one instruction per byte copied here and costs a
 # few cycles per 64 bytes on the CPU, and a cache miss or a wake-up costs nothing here. Use it
@@ -33,15 +39,35 @@ if [ $# -eq 0 ]; then
   set -- target/release/ratepay-gateway
 fi
 N=${BENCH_REQUESTS:-1000}
-METHOD=${BENCH_METHOD:-GET}
-URL_PATH=${BENCH_PATH:-/transaction/status/v2/transactions/instructions-bench}
+case_request() {
+  case "$1" in
+    uncached) echo "GET /transaction/status/v2/transactions/instructions-bench" ;;
+    cached) echo "GET /pps/api/v1/session-record/instructions-bench" ;;
+    cancel) echo "POST /transaction/management/v2/transactions/instructions-bench/cancellations" ;;
+    *) echo "unknown case $1 (uncached, cached, cancel)" >&2; exit 1 ;;
+  esac
+}
+if [ -n "${BENCH_PATH:-}" ]; then
+  requests=("${BENCH_METHOD:-GET} $BENCH_PATH")
+else
+  requests=()
+  IFS=, read -r -a cases <<<"${BENCH_CASES:-uncached,cached,cancel}"
+  for c in "${cases[@]}"; do requests+=("$(case_request "$c")"); done
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# local.toml on free ports, its audit log in the scratch directory.
+# local.toml on free ports, its audit log in the scratch directory, and its rate limits (200/s
+# per caller, 500/s toward the payment API) far above what the client sends, so that every
+# counted request is served rather than some refused with 429.
 sed -e 's|^proxy = .*|proxy = "127.0.0.1:0"|' -e 's|^admin = .*|admin = "127.0.0.1:0"|' \
   -e "s|^path = \"var/audit/audit.jsonl\"|path = \"$work/audit/audit.jsonl\"|" \
+  -e 's|^rate_per_sec = .*|rate_per_sec = 1000000|' -e 's|^burst = .*|burst = 1000000|' \
   config/local.toml >"$work/gateway.toml"
 
+profiles=0
+for request in "${requests[@]}"; do
+METHOD=${request%% *}
+URL_PATH=${request#* }
 for bin in "$@"; do
   out="$work/callgrind.out"
   log="$work/gateway.log"
@@ -67,7 +93,7 @@ def one():
     if method == "POST":
         headers["Content-Type"] = "application/json"
         headers["Idempotency-Key"] = str(uuid.uuid4())
-        body = "{}"
+        body = '{"gross_amount":10.00,"partner_operation_id":"op-bench"}' 
     conn.request(method, path, body=body, headers=headers)
     r = conn.getresponse()
     r.read()
@@ -78,6 +104,8 @@ subprocess.run(["callgrind_control", "--instr=on", pid], check=True, capture_out
 statuses = collections.Counter(one() for _ in range(n))
 subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
 print("statuses:", dict(statuses), file=sys.stderr)
+if any(s == 429 or s >= 500 for s in statuses):
+    sys.exit("some requests were refused or failed; the count would mix two paths")
 PY
   kill -INT "$vg"
   wait "$vg" || true
@@ -85,7 +113,9 @@ PY
   [ -n "$total" ] || { echo "no instruction count for $bin" >&2; exit 1; }
   echo "$bin: $((total / N)) instructions per request ($METHOD $URL_PATH, $N requests)"
   if [ -n "${BENCH_KEEP:-}" ]; then
-    cp "$out" "${BENCH_KEEP}.$(basename "$bin").$$"
-    echo "  profile kept: ${BENCH_KEEP}.$(basename "$bin").$$ (callgrind_annotate --inclusive=yes FILE)"
+    kept="${BENCH_KEEP}.$(basename "$bin").$METHOD.$((++profiles))"
+    cp "$out" "$kept"
+    echo "  profile kept: $kept (callgrind_annotate --inclusive=yes FILE)"
   fi
+done
 done
