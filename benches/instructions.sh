@@ -55,7 +55,9 @@ else
   for c in "${cases[@]}"; do requests+=("$(case_request "$c")"); done
 fi
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+vg=""
+# On any exit (a refused request, a client error): no gateway left running under valgrind.
+trap 'if [ -n "$vg" ]; then kill "$vg" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 # local.toml on free ports, its audit log in the scratch directory, and its rate limits (200/s
 # per caller, 500/s toward the payment API) far above what the client sends, so that every
 # counted request is served rather than some refused with 429.
@@ -66,24 +68,24 @@ sed -e 's|^proxy = .*|proxy = "127.0.0.1:0"|' -e 's|^admin = .*|admin = "127.0.0
 
 profiles=0
 for request in "${requests[@]}"; do
-METHOD=${request%% *}
-URL_PATH=${request#* }
-for bin in "$@"; do
-  out="$work/callgrind.out"
-  log="$work/gateway.log"
-  rm -f "$out"
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "$bin" serve --config "$work/gateway.toml" >"$log" 2>&1 &
-  vg=$!
-  port=""
-  for _ in $(seq 1 600); do
-    port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-    [ -n "$port" ] && break
-    kill -0 "$vg" 2>/dev/null || { cat "$log" >&2; exit 1; }
-    sleep 0.1
-  done
-  [ -n "$port" ] || { echo "$bin did not start" >&2; kill "$vg"; exit 1; }
-  python3 - "$port" "$N" "$METHOD" "$URL_PATH" "$vg" <<'PY'
+  METHOD=${request%% *}
+  URL_PATH=${request#* }
+  for bin in "$@"; do
+    out="$work/callgrind.out"
+    log="$work/gateway.log"
+    rm -f "$out"
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+      "$bin" serve --config "$work/gateway.toml" >"$log" 2>&1 &
+    vg=$!
+    port=""
+    for _ in $(seq 1 600); do
+      port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+      [ -n "$port" ] && break
+      kill -0 "$vg" 2>/dev/null || { cat "$log" >&2; exit 1; }
+      sleep 0.1
+    done
+    [ -n "$port" ] || { echo "$bin did not start" >&2; kill "$vg"; exit 1; }
+    python3 - "$port" "$N" "$METHOD" "$URL_PATH" "$vg" <<'PY'
 import collections, http.client, subprocess, sys, uuid
 port, n, method, path, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -93,7 +95,7 @@ def one():
     if method == "POST":
         headers["Content-Type"] = "application/json"
         headers["Idempotency-Key"] = str(uuid.uuid4())
-        body = '{"gross_amount":10.00,"partner_operation_id":"op-bench"}' 
+        body = '{"gross_amount":10.00,"partner_operation_id":"op-bench"}'
     conn.request(method, path, body=body, headers=headers)
     r = conn.getresponse()
     r.read()
@@ -107,15 +109,16 @@ print("statuses:", dict(statuses), file=sys.stderr)
 if any(s == 429 or s >= 500 for s in statuses):
     sys.exit("some requests were refused or failed; the count would mix two paths")
 PY
-  kill -INT "$vg"
-  wait "$vg" || true
-  total=$(callgrind_annotate "$out" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) *(100.0%) *PROGRAM TOTALS.*/\1/p; s/^ *\([0-9,]*\) *PROGRAM TOTALS.*/\1/p' | head -1 | tr -d ,)
-  [ -n "$total" ] || { echo "no instruction count for $bin" >&2; exit 1; }
-  echo "$bin: $((total / N)) instructions per request ($METHOD $URL_PATH, $N requests)"
-  if [ -n "${BENCH_KEEP:-}" ]; then
-    kept="${BENCH_KEEP}.$(basename "$bin").$METHOD.$((++profiles))"
-    cp "$out" "$kept"
-    echo "  profile kept: $kept (callgrind_annotate --inclusive=yes FILE)"
-  fi
-done
+    kill -INT "$vg"
+    wait "$vg" || true
+    vg=""
+    total=$(callgrind_annotate "$out" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | head -1 | tr -d ,)
+    [ -n "$total" ] || { echo "no instruction count for $bin" >&2; exit 1; }
+    echo "$bin: $((total / N)) instructions per request ($METHOD $URL_PATH, $N requests)"
+    if [ -n "${BENCH_KEEP:-}" ]; then
+      kept="${BENCH_KEEP}.$(basename "$bin").$METHOD.$((++profiles))"
+      cp "$out" "$kept"
+      echo "  profile kept: $kept (callgrind_annotate --inclusive=yes FILE)"
+    fi
+  done
 done

@@ -73,8 +73,7 @@ pub fn nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr, mode: Ng
     } else {
         format!("{d}/access.log")
     };
-    let tls = mode.tls;
-    let (scheme, tls) = match tls {
+    let (scheme, tls) = match mode.tls {
         None => ("http", String::new()),
         Some(ca) => (
             "https",
