@@ -18,5 +18,10 @@ pub fn request_id(headers: &http::HeaderMap) -> Arc<str> {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         })
         .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::now_v7().to_string()))
+        .unwrap_or_else(|| {
+            // Encoded into a stack buffer: `to_string` went through the formatter and a
+            // `String` on every request.
+            let mut buf = uuid::Uuid::encode_buffer();
+            Arc::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf))
+        })
 }

@@ -421,6 +421,9 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The most segments any operation's path has (a test holds every pattern to it).
+const MAX_SEGMENTS: usize = 8;
+
 /// Checks a path for tricks and matches it against [`OPERATIONS`].
 ///
 /// `Ok(None)` means the path is well-formed but names no known operation for this method (404).
@@ -429,20 +432,31 @@ pub fn match_route(method: &Method, path: &str) -> Result<Option<RouteMatch>, Pa
         return Err(PathError::Encoded);
     }
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let segs: Vec<&str> = rest.split('/').collect();
-    for s in &segs {
-        match *s {
+    // On the stack: no operation has more than MAX_SEGMENTS, so a longer path only needs its
+    // segments checked.
+    let mut segs = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for s in rest.split('/') {
+        match s {
             "" => return Err(PathError::EmptySegment),
             "." | ".." => return Err(PathError::DotSegment),
             _ => {}
         }
+        if let Some(slot) = segs.get_mut(count) {
+            *slot = s;
+        }
+        count += 1;
     }
+    if count > MAX_SEGMENTS {
+        return Ok(None);
+    }
+    let segs = &segs[..count];
     'ops: for op in OPERATIONS {
         if op.method != *method || op.pattern.len() != segs.len() {
             continue;
         }
         let mut params = PathParams::default();
-        for (pat, seg) in op.pattern.iter().zip(&segs) {
+        for (pat, seg) in op.pattern.iter().zip(segs) {
             match pat {
                 Lit(l) => {
                     if l != seg {
@@ -480,6 +494,25 @@ pub fn path_known(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pattern_fits_the_segment_buffer_and_longer_paths_are_still_checked() {
+        for op in OPERATIONS {
+            assert!(op.pattern.len() <= MAX_SEGMENTS, "{}", op.name);
+        }
+        let long = "/a".repeat(MAX_SEGMENTS + 1);
+        assert!(matches!(match_route(&Method::GET, &long), Ok(None)));
+        let dotted = format!("{long}/../x");
+        assert!(matches!(
+            match_route(&Method::GET, &dotted),
+            Err(PathError::DotSegment)
+        ));
+        let empty = format!("{long}//x");
+        assert!(matches!(
+            match_route(&Method::GET, &empty),
+            Err(PathError::EmptySegment)
+        ));
+    }
 
     #[test]
     fn one_key_rule_for_every_operation() {
