@@ -21,7 +21,10 @@
 //! `BENCH_BASELINE_BIN` (another build's `ratepay-gateway` binary: its uncached, cache-hit and
 //! audited cases run right after this build's, on the same configuration, for a before/after
 //! comparison within one run), `BENCH_AB_ROUNDS` (1: with a baseline, this many rounds of both
-//! builds, alternating which goes first, and the median CPU per request of each), `BENCH_PIN`
+//! builds, alternating which goes first, and the median CPU per request of each),
+//! `BENCH_AB_SLICES` (0: with a baseline, this many pairs of short saturation slices, both builds
+//! running, alternately first, `BENCH_AB_SLICE_MS` (1000) each, and the median ratio of CPU per
+//! request; resolves a few per cent where the rounds cannot on a drifting host), `BENCH_PIN`
 //! (1: this process, the generator and the upstream, on CPU 0; each measured proxy alone on
 //! CPU 1 with one worker thread or process; needs `taskset` and two CPUs), `BENCH_REDIS_CPU`
 //! (pinned: the CPU of the cluster cases' redis-server, 0 by default, beside the generator;
@@ -1394,6 +1397,7 @@ async fn run() {
             }
         }
         ab_summary(&mut bench);
+        ab_slices(&mut bench, &bin, upstream, &caller).await;
     }
 
     // Gateway B: the same configuration with audit off.
@@ -1640,6 +1644,85 @@ fn ab_summary(bench: &mut Bench) {
             ));
         }
     }
+}
+
+/// `BENCH_AB_SLICES` paired slices: both builds served at once (each on the measured CPU when
+/// pinned, the idle one asleep), then per kind `BENCH_AB_SLICE_MS` of saturation against one
+/// build and the same against the other, the order alternating from pair to pair. A drift of
+/// the host slower than a pair cancels out of that pair's ratio, which the rounds above cannot
+/// do (their phases are tens of seconds apart). The note gives the median and the quartiles of
+/// the ratios of CPU per request, this build over the baseline.
+async fn ab_slices(bench: &mut Bench, bin: &Path, upstream: SocketAddr, caller: &str) {
+    let slices = env_or("BENCH_AB_SLICES", 0) as usize;
+    if slices == 0 {
+        return;
+    }
+    let slice = Duration::from_millis(env_or("BENCH_AB_SLICE_MS", 1000).max(100));
+    let head_bin = PathBuf::from(env!("CARGO_BIN_EXE_ratepay-gateway"));
+    let (head_dir, base_dir) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let head_config = gateway_toml(head_dir.path(), upstream, true);
+    let (head, head_addr) = spawn_gateway_bin(&head_bin, head_dir.path(), head_config).await;
+    let base_config = gateway_toml(base_dir.path(), upstream, true);
+    let (base, base_addr) = spawn_gateway_bin(bin, base_dir.path(), base_config).await;
+    for (kind, _, _) in AB_KINDS {
+        if !bench.wants(kind) {
+            continue;
+        }
+        let target = |addr| match kind {
+            "uncached" => Target::get(addr, TX_PATH, caller, false),
+            "cached" => Target::get(addr, RECORD_PATH, caller, false),
+            _ => Target::cancellation(addr),
+        };
+        let builds = [
+            (target(head_addr), head.pid()),
+            (target(base_addr), base.pid()),
+        ];
+        for (t, _) in &builds {
+            let _ = closed_loop(t, bench.connections, Duration::from_millis(300)).await;
+        }
+        let mut ratios = Vec::with_capacity(slices);
+        for i in 0..slices {
+            let mut cpu = [None, None];
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for b in order {
+                let (t, pid) = &builds[b];
+                let before = tree_cpu(*pid);
+                let run = closed_loop(t, bench.connections, slice).await;
+                cpu[b] = match (before, tree_cpu(*pid)) {
+                    (Some(a), Some(z)) if run.ok > 0 && run.errors == 0 => {
+                        Some((z - a).as_secs_f64() / run.ok as f64)
+                    }
+                    _ => None,
+                };
+            }
+            if let [Some(h), Some(b)] = cpu {
+                if b > 0.0 {
+                    ratios.push(h / b);
+                }
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let last = ratios.len().checked_sub(1)?;
+            ratios.get((last as f64 * q).round() as usize).copied()
+        };
+        match (at(0.25), at(0.5), at(0.75)) {
+            (Some(q1), Some(m), Some(q3)) => bench.notes.push(format!(
+                "paired slices {kind}: CPU per request this build / baseline, median {m:.3} \
+                 (quartiles {q1:.3} to {q3:.3}) over {} pairs of {} ms ({:+.1} %)",
+                ratios.len(),
+                slice.as_millis(),
+                (m - 1.0) * 100.0
+            )),
+            _ => bench
+                .notes
+                .push(format!("paired slices {kind}: no pair measured")),
+        }
+    }
+    drop((head, base));
 }
 
 /// What the steady run saw: RSS after its first minute and at its end, and its errors.
