@@ -117,8 +117,7 @@ impl Gateway {
         if let Some(result) = cache {
             metrics
                 .cache_lookups
-                .get_or_create(&ResultLabels { result })
-                .inc();
+                .with(&ResultLabels { result }, |c| c.inc());
         }
         metrics
             .requests
@@ -131,8 +130,9 @@ impl Gateway {
         if let Some(operation) = operation {
             metrics
                 .request_duration
-                .get_or_create(&OperationLabels { operation })
-                .observe(latency.as_secs_f64());
+                .with(&OperationLabels { operation }, |h| {
+                    h.observe(latency.as_secs_f64())
+                });
         }
         // Bytes of the response body when known before it is streamed (buffered answers,
         // problems, cache hits, upstreams that sent Content-Length).

@@ -102,13 +102,13 @@ pub struct Metrics {
     /// Requests answered, by operation, caller and status class.
     pub requests: Family<RequestLabels, Counter>,
     /// Gateway latency per operation (seconds).
-    pub request_duration: Family<OperationLabels, Histogram>,
+    pub request_duration: Memo<OperationLabels, Histogram>,
     /// Requests being served now.
     pub in_flight: Gauge,
     /// Upstream attempts by upstream and status class.
-    pub upstream_responses: Family<UpstreamLabels, Counter>,
+    pub upstream_responses: Memo<UpstreamLabels, Counter>,
     /// Upstream attempt latency to response headers (seconds).
-    pub upstream_duration: Family<UpstreamOnly, Histogram>,
+    pub upstream_duration: Memo<UpstreamOnly, Histogram>,
     /// Retries started.
     pub retries: Family<UpstreamOnly, Counter>,
     /// Answers replayed from the idempotency store.
@@ -122,7 +122,7 @@ pub struct Metrics {
     /// Time requests spent queued by the rate limits (queue mode; only requests that waited).
     pub rate_limit_queue_wait: Histogram,
     /// Session-record cache answers by result (`hit`, `miss`, `stale`, `bypass`).
-    pub cache_lookups: Family<ResultLabels, Counter>,
+    pub cache_lookups: Memo<ResultLabels, Counter>,
     /// Bytes held by the session-record cache (set when scraped).
     pub cache_bytes: Gauge,
     /// Entries in the session-record cache (set when scraped).
@@ -155,6 +155,54 @@ pub struct ConnectionLabels {
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~26 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// A family's series found again without hashing: the label sets seen so far, each with its
+/// series, in a short list read without a lock and compared field by field.
+///
+/// For the families on every request whose labels come from small fixed sets (operation names,
+/// upstreams, status classes). `Family::get_or_create` took the family's lock and hashed the
+/// labels with SipHash each time: four times per request, 1.6k of an uncached GET's instructions;
+/// with the list, an uncached GET went 140.2k → 139.4k and a cache hit 39.1k → 38.8k
+/// (benches/instructions.sh). The family stays the one registered, so the exposition is
+/// unchanged; a label set is added to the list on its first use, up to [`Memo::MAX`] of them
+/// (past that, lookups go to the family as before).
+#[derive(Debug)]
+pub struct Memo<L, M> {
+    family: Family<L, M>,
+    seen: ArcSwap<Vec<(L, M)>>,
+}
+
+impl<L, M> Memo<L, M>
+where
+    L: Clone + std::hash::Hash + Eq + Send + Sync + 'static,
+    M: Clone + Send + Sync + 'static,
+{
+    /// The most label sets listed; the families it serves have a few dozen at most.
+    pub const MAX: usize = 64;
+
+    fn new(family: Family<L, M>) -> Self {
+        Memo {
+            family,
+            seen: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on the series of `labels`, creating it in the family on first use.
+    pub fn with<R>(&self, labels: &L, f: impl FnOnce(&M) -> R) -> R {
+        if let Some((_, m)) = self.seen.load().iter().find(|(l, _)| l == labels) {
+            return f(m);
+        }
+        let series = self.family.get_or_create(labels).clone();
+        self.seen.rcu(|seen| {
+            let mut next = Vec::clone(seen);
+            if next.len() < Self::MAX && !next.iter().any(|(l, _)| l == labels) {
+                next.push((labels.clone(), series.clone()));
+            }
+            next
+        });
+        f(&series)
+    }
 }
 
 impl Metrics {
@@ -279,17 +327,17 @@ impl Metrics {
             registry,
             tokens,
             requests,
-            request_duration,
+            request_duration: Memo::new(request_duration),
             in_flight,
-            upstream_responses,
-            upstream_duration,
+            upstream_responses: Memo::new(upstream_responses),
+            upstream_duration: Memo::new(upstream_duration),
             retries,
             idempotency_replays,
             idempotency_conflicts,
             reloads,
             rate_limit_rejections,
             rate_limit_queue_wait,
-            cache_lookups,
+            cache_lookups: Memo::new(cache_lookups),
             cache_bytes,
             cache_entries,
             panics,
@@ -499,5 +547,48 @@ impl Collector for ClusterCollector {
             )?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_counts_into_the_registered_family_and_stops_listing_at_its_bound() {
+        let family = Family::<UpstreamLabels, Counter>::default();
+        let memo = Memo::new(family.clone());
+        let payment = UpstreamLabels {
+            upstream: "payment",
+            status: "2xx",
+        };
+        memo.with(&payment, |c| c.inc());
+        memo.with(&payment, |c| c.inc());
+        assert_eq!(family.get_or_create(&payment).get(), 2);
+        assert_eq!(memo.seen.load().len(), 1);
+        // More label sets than the list holds: the rest still count, through the family.
+        let max = Memo::<UpstreamLabels, Counter>::MAX;
+        let statuses: Vec<&'static str> = (0..max + 5)
+            .map(|i| &*Box::leak(format!("s{i}").into_boxed_str()))
+            .collect();
+        for _ in 0..2 {
+            for status in &statuses {
+                memo.with(
+                    &UpstreamLabels {
+                        upstream: "hpp",
+                        status,
+                    },
+                    |c| c.inc(),
+                );
+            }
+        }
+        assert_eq!(memo.seen.load().len(), max);
+        for status in &statuses {
+            let labels = UpstreamLabels {
+                upstream: "hpp",
+                status,
+            };
+            assert_eq!(family.get_or_create(&labels).get(), 2, "{status}");
+        }
     }
 }

@@ -152,19 +152,20 @@ impl Handler for Proxy {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await;
         let m = &inner.metrics;
-        m.upstream_duration
-            .get_or_create(&UpstreamOnly { upstream })
-            .observe(started.elapsed().as_secs_f64());
+        m.upstream_duration.with(&UpstreamOnly { upstream }, |h| {
+            h.observe(started.elapsed().as_secs_f64())
+        });
         let class = match &result {
             Ok(Ok(r)) => status_class(r.status().as_u16()),
             _ => "error",
         };
-        m.upstream_responses
-            .get_or_create(&UpstreamLabels {
+        m.upstream_responses.with(
+            &UpstreamLabels {
                 upstream,
                 status: class,
-            })
-            .inc();
+            },
+            |c| c.inc(),
+        );
         let resp = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
