@@ -455,7 +455,9 @@ pub fn match_route(method: &Method, path: &str) -> Result<Option<RouteMatch>, Pa
         if op.method != *method || op.pattern.len() != segs.len() {
             continue;
         }
-        let mut params = PathParams::default();
+        // Borrowed until the whole pattern matched: a POST to a follow-up tries the other
+        // follow-ups' patterns first, and each copied the transaction id before failing.
+        let (mut transaction, mut resource, mut session) = (None, None, None);
         for (pat, seg) in op.pattern.iter().zip(segs) {
             match pat {
                 Lit(l) => {
@@ -465,20 +467,24 @@ pub fn match_route(method: &Method, path: &str) -> Result<Option<RouteMatch>, Pa
                 }
                 Transaction | Resource | Session => {
                     let (slot, what) = match pat {
-                        Transaction => (&mut params.transaction_id, "ratepay_transaction_id"),
-                        Resource => (&mut params.resource_id, "resource id"),
-                        _ => (&mut params.session_id, "session id"),
+                        Transaction => (&mut transaction, "ratepay_transaction_id"),
+                        Resource => (&mut resource, "resource id"),
+                        _ => (&mut session, "session id"),
                     };
                     if !valid_id(seg) {
                         return Err(PathError::BadId(what));
                     }
-                    *slot = Some((*seg).to_owned());
+                    *slot = Some(*seg);
                 }
             }
         }
         return Ok(Some(RouteMatch {
             operation: op,
-            params,
+            params: PathParams {
+                transaction_id: transaction.map(str::to_owned),
+                resource_id: resource.map(str::to_owned),
+                session_id: session.map(str::to_owned),
+            },
         }));
     }
     Ok(None)
