@@ -24,7 +24,8 @@
 //! builds, alternating which goes first, and the median CPU per request of each),
 //! `BENCH_AB_SLICES` (0: with a baseline, this many pairs of short saturation slices, both builds
 //! running, alternately first, `BENCH_AB_SLICE_MS` (1000) each, and the median ratio of CPU per
-//! request; resolves a few per cent where the rounds cannot on a drifting host), `BENCH_PIN`
+//! request and its quartiles; on session 12's host it read a build against its own copy within
+//! 6 %, where the rounds read +38 %), `BENCH_PIN`
 //! (1: this process, the generator and the upstream, on CPU 0; each measured proxy alone on
 //! CPU 1 with one worker thread or process; needs `taskset` and two CPUs), `BENCH_REDIS_CPU`
 //! (pinned: the CPU of the cluster cases' redis-server, 0 by default, beside the generator;
@@ -1586,6 +1587,27 @@ fn ab_label(build: &str, kind: &str, round: u64) -> String {
     format!("{build} {kind}, round {round}")
 }
 
+/// A gateway of `bin` on the usual configuration (audit on), for the A/B cases; the directory
+/// holds its configuration and audit log and must outlive it.
+async fn spawn_ab_gateway(
+    bin: &Path,
+    upstream: SocketAddr,
+) -> (tempfile::TempDir, Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = gateway_toml(dir.path(), upstream, true);
+    let (gw, addr) = spawn_gateway_bin(bin, dir.path(), config).await;
+    (dir, gw, addr)
+}
+
+/// The request of an A/B case (`AB_KINDS`) against the gateway at `addr`.
+fn ab_target(kind: &str, addr: SocketAddr, caller: &str) -> Target {
+    match kind {
+        "uncached" => Target::get(addr, TX_PATH, caller, false),
+        "cached" => Target::get(addr, RECORD_PATH, caller, false),
+        _ => Target::cancellation(addr),
+    }
+}
+
 /// One A/B round of `bin`: a fresh gateway on the usual configuration, the wanted A/B cases.
 async fn ab_round(
     bench: &mut Bench,
@@ -1595,18 +1617,12 @@ async fn ab_round(
     upstream: SocketAddr,
     caller: &str,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = gateway_toml(dir.path(), upstream, true);
-    let (gw, addr) = spawn_gateway_bin(bin, dir.path(), config).await;
+    let (_dir, gw, addr) = spawn_ab_gateway(bin, upstream).await;
     for (kind, _, _) in AB_KINDS {
         if !bench.wants(kind) {
             continue;
         }
-        let target = match kind {
-            "uncached" => Target::get(addr, TX_PATH, caller, false),
-            "cached" => Target::get(addr, RECORD_PATH, caller, false),
-            _ => Target::cancellation(addr),
-        };
+        let target = ab_target(kind, addr, caller);
         // Labels live as long as the rows, which live until the process ends.
         let label: &'static str = Box::leak(ab_label(build, kind, round).into_boxed_str());
         bench.case(label, &target, Some(gw.pid())).await;
@@ -1659,26 +1675,15 @@ async fn ab_slices(bench: &mut Bench, bin: &Path, upstream: SocketAddr, caller: 
     }
     let slice = Duration::from_millis(env_or("BENCH_AB_SLICE_MS", 1000).max(100));
     let head_bin = PathBuf::from(env!("CARGO_BIN_EXE_ratepay-gateway"));
-    let (head_dir, base_dir) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let head_config = gateway_toml(head_dir.path(), upstream, true);
-    let (head, head_addr) = spawn_gateway_bin(&head_bin, head_dir.path(), head_config).await;
-    let base_config = gateway_toml(base_dir.path(), upstream, true);
-    let (base, base_addr) = spawn_gateway_bin(bin, base_dir.path(), base_config).await;
+    let (_head_dir, head, head_addr) = spawn_ab_gateway(&head_bin, upstream).await;
+    let (_base_dir, base, base_addr) = spawn_ab_gateway(bin, upstream).await;
     for (kind, _, _) in AB_KINDS {
         if !bench.wants(kind) {
             continue;
         }
-        let target = |addr| match kind {
-            "uncached" => Target::get(addr, TX_PATH, caller, false),
-            "cached" => Target::get(addr, RECORD_PATH, caller, false),
-            _ => Target::cancellation(addr),
-        };
         let builds = [
-            (target(head_addr), head.pid()),
-            (target(base_addr), base.pid()),
+            (ab_target(kind, head_addr, caller), head.pid()),
+            (ab_target(kind, base_addr, caller), base.pid()),
         ];
         for (t, _) in &builds {
             let _ = closed_loop(t, bench.connections, Duration::from_millis(300)).await;
