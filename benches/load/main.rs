@@ -670,6 +670,24 @@ async fn spawn_gateway_env(
     config: String,
     env: &[(&str, &str)],
 ) -> (Proc, SocketAddr) {
+    let (proc, addr, _) = spawn_gateway_admin(bin, dir, config, env, false).await;
+    (proc, addr)
+}
+
+/// [`spawn_gateway_env`], and with `admin` (the configuration's `[listen] admin` on
+/// `127.0.0.1:0`) the admin listener's address as well, for its metrics.
+async fn spawn_gateway_admin(
+    bin: &Path,
+    dir: &Path,
+    config: String,
+    env: &[(&str, &str)],
+    admin: bool,
+) -> (Proc, SocketAddr, Option<SocketAddr>) {
+    let config = if admin {
+        config.replace("admin = \"off\"", "admin = \"127.0.0.1:0\"")
+    } else {
+        config
+    };
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).expect("config");
     let log = dir.join("gateway.log");
@@ -687,15 +705,25 @@ async fn spawn_gateway_env(
         child,
         name: "the gateway",
     };
-    let addr = tokio::task::spawn_blocking(move || {
+    let (addr, admin_addr) = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let addr = lines.by_ref().map_while(Result::ok).find_map(|l| {
-            l.strip_prefix("ratepay-gateway listening proxy ")
-                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-        });
+        let mut listening = |name: &str| {
+            let prefix = format!("ratepay-gateway listening {name} ");
+            lines.by_ref().map_while(Result::ok).find_map(|l| {
+                l.strip_prefix(prefix.as_str())
+                    .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+            })
+        };
+        // The proxy is announced first, the admin listener right after it.
+        let addr = listening("proxy");
+        let admin_addr = if admin && addr.is_some() {
+            listening("admin")
+        } else {
+            None
+        };
         // Keep draining stdout so the gateway never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        addr
+        (addr, admin_addr)
     })
     .await
     .expect("reader");
@@ -703,7 +731,28 @@ async fn spawn_gateway_env(
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         panic!("the gateway did not start:\n{tail}");
     };
-    (proc, addr)
+    (proc, addr, admin_addr)
+}
+
+/// `ratepay_gateway_audit_syncs_total` and `ratepay_gateway_audit_records_total` from the
+/// gateway's admin listener (`None` when it cannot be read).
+async fn audit_counters(admin: SocketAddr) -> Option<(u64, u64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(admin).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let counter = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    counter("ratepay_gateway_audit_syncs_total").zip(counter("ratepay_gateway_audit_records_total"))
 }
 
 /// A `redis-server` on a free loopback port, persistence off. Pinned, it runs on
@@ -1063,6 +1112,53 @@ impl Bench {
         self.rows.push(row);
     }
 
+    /// How a phase of `mode` is named in the report.
+    fn phase_label(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Saturation => "saturation".to_owned(),
+            Mode::FixedRate => format!("{:.0}/s", self.rate),
+        }
+    }
+
+    /// [`case`](Bench::case) for an audited POST, with the audit log's group commit per phase
+    /// in the notes: how many records each `fdatasync` carried and how many syncs each
+    /// request cost (from the gateway's metrics on its `admin` listener).
+    async fn audited_case(
+        &mut self,
+        case: &'static str,
+        target: &Target,
+        pid: u32,
+        admin: Option<SocketAddr>,
+    ) {
+        let _ = closed_loop(target, self.connections, Duration::from_millis(300)).await;
+        for mode in [Mode::Saturation, Mode::FixedRate] {
+            let before = match admin {
+                Some(a) => audit_counters(a).await,
+                None => None,
+            };
+            self.phase(case, mode, target, Some(pid)).await;
+            let after = match admin {
+                Some(a) => audit_counters(a).await,
+                None => None,
+            };
+            let requests = self.rows.last().map_or(0, |r| r.upstream_calls);
+            let note = match before.zip(after) {
+                Some(((s0, r0), (s1, r1))) if s1 > s0 && requests > 0 => {
+                    let (syncs, records) = (s1 - s0, r1 - r0);
+                    format!(
+                        "{case}, {}: {syncs} syncs for {records} records and {requests} requests: \
+                         {:.1} records per sync, {:.2} syncs per request",
+                        self.phase_label(mode),
+                        records as f64 / syncs as f64,
+                        syncs as f64 / requests as f64
+                    )
+                }
+                _ => format!("{case}: audit sync counts not read (admin listener)"),
+            };
+            self.notes.push(note);
+        }
+    }
+
     /// A short unmeasured warm-up, then saturation, then the fixed rate.
     async fn case(&mut self, case: &'static str, target: &Target, pid: Option<u32>) {
         let _ = closed_loop(target, self.connections, Duration::from_millis(300)).await;
@@ -1107,10 +1203,7 @@ impl Bench {
                 .map(|(a, b)| a - b),
             _ => None,
         };
-        let phase = match r.mode {
-            Mode::Saturation => "saturation".to_owned(),
-            Mode::FixedRate => format!("{:.0}/s", self.rate),
-        };
+        let phase = self.phase_label(r.mode);
         println!(
             "{:<44} {:>10} {:>9.0} {:>8} {:>8} {:>9} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
             r.case,
@@ -1321,7 +1414,9 @@ async fn run() {
         .any(|c| bench.wants(c))
     {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (gw, addr) = spawn_gateway(dir.path(), gateway_toml(dir.path(), upstream, true)).await;
+        let bin = Path::new(env!("CARGO_BIN_EXE_ratepay-gateway"));
+        let config = gateway_toml(dir.path(), upstream, true);
+        let (gw, addr, admin) = spawn_gateway_admin(bin, dir.path(), config, &[], true).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         idle_rss = tree_bytes(gw.pid(), "VmRSS:");
         bench.notes.push(format!(
@@ -1347,9 +1442,8 @@ async fn run() {
             steady = before.zip(after);
         }
         if bench.wants("audited") {
-            bench
-                .case(AUDITED, &Target::cancellation(addr), Some(gw.pid()))
-                .await;
+            let t = Target::cancellation(addr);
+            bench.audited_case(AUDITED, &t, gw.pid(), admin).await;
         }
         drop(gw);
     }
