@@ -101,6 +101,14 @@ pub struct IdempotencyStore {
     shared: Option<Arc<SharedAnswers>>,
 }
 
+/// Bytes of stored answer every slot is weighed with from its creation. moka weighs an entry
+/// only when it is inserted, so a completed slot whose answer is larger is inserted a second
+/// time to be weighed again; one whose answer fits (a cancellation's 201, about 200 bytes of JSON
+/// and a few headers, and the gateway's own problems do) is not, which saves a keyed POST a
+/// second insertion into moka's map and its write queue: 342.1k → 336.0k instructions per
+/// cancellation (`benches/instructions.sh`, session 13). A small answer is then counted as this many bytes against `max_bytes`.
+const ANSWER_ALLOWANCE: usize = 512;
+
 /// Slots by (caller, key).
 type Slots = moka::future::Cache<(Arc<str>, Arc<str>), Arc<Slot>>;
 
@@ -119,7 +127,8 @@ impl IdempotencyStore {
             .time_to_live(settings.ttl)
             .max_capacity(settings.max_bytes)
             // Weighed by what a slot holds: its key plus, once completed, the stored answer.
-            // moka weighs at insertion, so a completed slot is inserted again (see `call`).
+            // moka weighs at insertion, so a completed slot whose answer is larger than
+            // `ANSWER_ALLOWANCE` is inserted again (see `call`).
             .weigher(|k: &(Arc<str>, Arc<str>), v: &Arc<Slot>| {
                 let stored = v
                     .done
@@ -128,7 +137,7 @@ impl IdempotencyStore {
                     .and_then(|g| g.as_ref().map(Stored::bytes));
                 // Slot, lock and moka's bookkeeping: about 1 KiB per key as measured by the
                 // load benchmark (94k stored answers took 122 MiB).
-                (k.0.len() + k.1.len() + 1024 + stored.unwrap_or(0))
+                (k.0.len() + k.1.len() + 1024 + stored.unwrap_or(0).max(ANSWER_ALLOWANCE))
                     .try_into()
                     .unwrap_or(u32::MAX)
             })
@@ -310,9 +319,12 @@ impl<S: Handler> Handler for Idempotency<S> {
                     Fleet::Replay(stored) => {
                         metrics.idempotency_replays.inc();
                         let resp = replay(&stored, &key);
+                        let reweigh = stored.bytes() > ANSWER_ALLOWANCE;
                         *guard = Some(stored);
                         drop(guard);
-                        self.store.slots.insert(slot_key, slot).await;
+                        if reweigh {
+                            self.store.slots.insert(slot_key, slot).await;
+                        }
                         return Ok(resp);
                     }
                     Fleet::Local => None,
@@ -359,10 +371,13 @@ impl<S: Handler> Handler for Idempotency<S> {
             if let Some(l) = lease {
                 l.complete(stored.clone());
             }
+            let reweigh = stored.bytes() > ANSWER_ALLOWANCE;
             *guard = Some(stored);
             drop(guard);
-            // Re-insert the same slot so moka weighs the stored answer against max_bytes.
-            store.slots.insert(slot_key, slot).await;
+            if reweigh {
+                // The same slot again, so moka weighs the stored answer against max_bytes.
+                store.slots.insert(slot_key, slot).await;
+            }
             Ok(GwResponse::from_parts(parts, body::full(bytes)))
         }));
         let mut resp = match task.await {
@@ -706,6 +721,34 @@ mod tests {
             10_000
         );
         assert_eq!(svc.inner.keys.lock().unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_small_answer_is_weighed_with_the_allowance_from_the_slots_creation() {
+        // A 10-byte answer fits `ANSWER_ALLOWANCE`: each slot weighs its key, the slot's
+        // overhead and the allowance, without being inserted again when it completes.
+        let (svc, store, _dir) = layer(
+            1 << 20,
+            Created {
+                body_len: 10,
+                ..Created::default()
+            },
+        )
+        .await;
+        for i in 0..5 {
+            let resp = cancel(&svc, &format!("key-{i}")).await;
+            assert_eq!(resp.status(), StatusCode::CREATED);
+        }
+        store.slots.run_pending_tasks().await;
+        let each = testing::CALLER.len() + "key-0".len() + 1024 + ANSWER_ALLOWANCE;
+        assert_eq!(
+            (store.len(), store.slots.weighted_size()),
+            (5, 5 * each as u64)
+        );
+        // Stored all the same: the key is replayed, not executed again.
+        let resp = cancel(&svc, "key-3").await;
+        assert_eq!(resp.headers()[&IDEMPOTENT_REPLAYED], "true");
+        assert_eq!(svc.inner.keys.lock().unwrap().len(), 5);
     }
 
     #[tokio::test]
