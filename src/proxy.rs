@@ -8,12 +8,12 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Request, Uri};
+use http::{header, HeaderMap, HeaderValue, Request, Uri};
 use http_body_util::Full;
 
 use crate::{
     body,
-    client::HttpClient,
+    client::{HttpClient, Origin},
     context::Call,
     error::GatewayError,
     metrics::{status_class, Metrics, UpstreamLabels, UpstreamOnly},
@@ -28,8 +28,8 @@ pub struct Proxy {
 }
 
 struct ProxyInner {
-    client: HttpClient,
-    origins: BTreeMap<Api, Uri>,
+    /// Each upstream's connection pool, resolved once.
+    origins: BTreeMap<Api, Origin>,
     request_timeout: Duration,
     body_idle_timeout: Duration,
     max_response_bytes: u64,
@@ -44,7 +44,8 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// A proxy over `client` to the given origins.
+    /// A proxy over `client` to the given origins (each an `http` or `https` URL; one that is
+    /// not is left out, and its calls answer 502 naming the upstream).
     pub fn new(
         client: HttpClient,
         origins: BTreeMap<Api, Uri>,
@@ -53,9 +54,12 @@ impl Proxy {
         max_response_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Proxy {
+        let origins = origins
+            .iter()
+            .filter_map(|(api, uri)| Some((*api, client.origin(uri).ok()?)))
+            .collect();
         Proxy {
             inner: Arc::new(ProxyInner {
-                client,
                 origins,
                 request_timeout,
                 body_idle_timeout,
@@ -135,22 +139,16 @@ impl Handler for Proxy {
             .get(&api)
             .ok_or(GatewayError::NoUpstream(upstream))?;
         let (parts, bytes) = req.into_parts();
-        let mut uri = origin.clone().into_parts();
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        let uri = Uri::from_parts(uri)
-            .map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))?;
+        // Origin-form: the pool adds the origin's scheme and authority (HTTP/2) or `Host`.
         let mut out = Request::new(Full::new(bytes));
         *out.method_mut() = parts.method;
-        *out.uri_mut() = uri;
+        *out.uri_mut() = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         *out.headers_mut() = parts.headers;
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(inner.request_timeout, inner.client.request(out)).await;
+        let result = tokio::time::timeout(inner.request_timeout, origin.send(out)).await;
         let m = &inner.metrics;
         m.upstream_duration.with(&UpstreamOnly { upstream }, |h| {
             h.observe(started.elapsed().as_secs_f64())
