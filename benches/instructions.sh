@@ -117,9 +117,10 @@ PY
     annotated=$(callgrind_annotate --auto=no --threshold=100 "$out" 2>/dev/null)
     total=$(sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' <<<"$annotated" | head -1 | tr -d ,)
     [ -n "$total" ] || { echo "no instruction count for $bin" >&2; exit 1; }
-    # Self costs of two kinds of work callgrind miscounts (see the top of this file).
+    # Self costs of two kinds of work callgrind miscounts (see the top of this file); printed
+    # as integers, since awk's default format turns large sums into 4.6e+09.
     self_of() {
-      grep -E "$1" <<<"$annotated" | awk '{gsub(",", "", $1); s += $1} END {print s + 0}'
+      grep -E "$1" <<<"$annotated" | awk '{gsub(",", "", $1); s += $1} END {printf "%.0f\n", s}'
     }
     copies=$(self_of 'mem(cpy|move)[a-z_]*(erms|unaligned)')
     sha=$(self_of 'sha256|compress256')

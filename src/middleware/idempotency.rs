@@ -109,19 +109,6 @@ pub struct IdempotencyStore {
 /// cancellation (`benches/instructions.sh`, session 13). A small answer is then counted as this many bytes against `max_bytes`.
 const ANSWER_ALLOWANCE: usize = 512;
 
-/// The most slots a store's map is sized for up front (a million-byte map of bucket pointers at
-/// most); past it the map grows as it fills, as moka's maps do.
-const PRESIZED_SLOTS_MAX: u64 = 128 * 1024;
-
-/// How many slots `max_bytes` holds at the least weight a slot has (its 1 KiB of bookkeeping,
-/// the answer allowance and a short key), for sizing moka's map once. A map that grows by
-/// doubling rehashes every key each time: while a store filled under the load benchmark's POST
-/// cancellations, moka's `BucketArray::rehash` was 6.5 % of the gateway's CPU (session 14).
-fn presized_slots(max_bytes: u64) -> usize {
-    let least_weight = (1024 + ANSWER_ALLOWANCE + 64) as u64;
-    usize::try_from((max_bytes / least_weight).min(PRESIZED_SLOTS_MAX)).unwrap_or(0)
-}
-
 /// Slots by (caller, key).
 type Slots = moka::future::Cache<(Arc<str>, Arc<str>), Arc<Slot>>;
 
@@ -139,7 +126,6 @@ impl IdempotencyStore {
         let slots = moka::future::Cache::builder()
             .time_to_live(settings.ttl)
             .max_capacity(settings.max_bytes)
-            .initial_capacity(presized_slots(settings.max_bytes))
             // Weighed by what a slot holds: its key plus, once completed, the stored answer.
             // moka weighs at insertion, so a completed slot whose answer is larger than
             // `ANSWER_ALLOWANCE` is inserted again (see `call`).
@@ -624,15 +610,6 @@ mod tests {
 
     use super::*;
     use crate::middleware::testing;
-
-    #[test]
-    fn the_map_is_sized_for_what_max_bytes_holds_within_a_bound() {
-        // The default 64 MiB holds about 42k slots of the least weight.
-        assert_eq!(presized_slots(64 * 1024 * 1024), 41_943);
-        assert_eq!(presized_slots(0), 0);
-        assert_eq!(presized_slots(1000), 0);
-        assert_eq!(presized_slots(u64::MAX), PRESIZED_SLOTS_MAX as usize);
-    }
 
     /// A Ratepay that answers every call 201 with `body_len` bytes and remembers each call's
     /// `Idempotency-Key`.
