@@ -10,6 +10,7 @@ use moka::Expiry;
 use crate::body;
 use crate::middleware::GwResponse;
 
+use super::named::TransactionIds;
 use super::*;
 
 /// Ratepay's answer, buffered.
@@ -42,7 +43,7 @@ pub struct Entry<I> {
     pub(super) keep_until: I,
     /// Ratepay's own `Age`, when it sent one (at most [`MAX_AGE_SECS`]).
     pub(super) base_age: u64,
-    pub(super) transaction_ids: Vec<String>,
+    pub(super) transaction_ids: TransactionIds,
     pub(super) weight: u32,
 }
 

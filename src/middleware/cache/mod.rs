@@ -29,6 +29,7 @@ mod entry;
 mod freshness;
 mod key;
 mod layers;
+mod named;
 mod status;
 mod store;
 #[cfg(test)]

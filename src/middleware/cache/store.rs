@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use crate::middleware::{GwRequest, GwResponse, Handler};
 use crate::{body, config::CacheSettings, context::Call, error::GatewayError, routes::Api};
 
+use super::named::{Named, TransactionIds};
 use super::*;
 
 /// Why an answer was not stored.
@@ -51,6 +52,8 @@ pub(super) struct CacheInner<C: Clock> {
     pub(super) entries: Cache<CacheKey, Arc<Entry<C::Instant>>>,
     pub(super) settings: CacheSettings,
     pub(super) clock: C,
+    /// Which transactions the entries name (see `named.rs`).
+    named: Arc<Named>,
 }
 
 impl<C: Clock> Clone for SessionRecordCache<C> {
@@ -99,6 +102,7 @@ where
                 entries,
                 settings: settings.clone(),
                 clock,
+                named: Arc::default(),
             }),
         }
     }
@@ -109,6 +113,10 @@ where
     /// fetched while the cancellation was in flight can still be stored afterwards; it lives
     /// only its short lifetime unless its record is terminal.
     pub fn invalidate_transaction(&self, ratepay_transaction_id: &str) {
+        // No entry names it, so none can be cached: no predicate for moka to run.
+        if !self.inner.named.names(ratepay_transaction_id) {
+            return;
+        }
         let id = ratepay_transaction_id.to_owned();
         if let Err(e) = self
             .inner
@@ -223,16 +231,15 @@ where
         let answer = body::StoredAnswer::new(answer.status, &answer.headers, &answer.body);
         let now = self.inner.clock.now();
         let fresh_until = now + fresh.ttl.into();
-        let weight = answer.bytes()
-            + fresh.transaction_ids.iter().map(String::len).sum::<usize>()
-            + ENTRY_OVERHEAD;
+        let transaction_ids = TransactionIds::new(fresh.transaction_ids, self.inner.named.clone());
+        let weight = answer.bytes() + transaction_ids.bytes() + ENTRY_OVERHEAD;
         Ok(Arc::new(Entry {
             answer,
             stored_at: now,
             fresh_until,
             keep_until: fresh_until + self.inner.settings.stale_if_error.into(),
             base_age,
-            transaction_ids: fresh.transaction_ids,
+            transaction_ids,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }))
     }
