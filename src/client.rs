@@ -604,6 +604,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn concurrent_requests_open_what_they_need_and_every_connection_is_reused_after() {
+        let (base, accepted) = upstream().await;
+        let origin = client(Duration::from_secs(90)).origin(&base).unwrap();
+        let calls: Vec<_> = (0..32)
+            .map(|_| {
+                let origin = origin.clone();
+                tokio::spawn(async move { get(&origin, "/").await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().starts_with("Some("));
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!((1..=32).contains(&opened), "{opened}");
+        assert_eq!(lock(&origin.0.idle).len(), opened, "every one went back");
+        // In turn, the idle ones serve: no new connection.
+        for _ in 0..64 {
+            get(&origin, "/").await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened);
+    }
+
+    #[tokio::test]
     async fn a_connection_the_upstream_closes_or_whose_body_was_dropped_is_not_reused() {
         let (base, accepted) = upstream().await;
         let origin = client(Duration::from_secs(90)).origin(&base).unwrap();
