@@ -44,8 +44,8 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// A proxy over `client` to the given origins (each an `http` or `https` URL; one that is
-    /// not is left out, and its calls answer 502 naming the upstream).
+    /// A proxy over `client` to the given origins (`http` or `https` URLs, as the configuration
+    /// requires; any other is left out and its calls answer `no-upstream`).
     pub fn new(
         client: HttpClient,
         origins: BTreeMap<Api, Uri>,
