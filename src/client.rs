@@ -67,13 +67,6 @@ pub enum ClientError {
     Uri(String),
 }
 
-impl ClientError {
-    /// Whether the failure came before any connection was open (nothing reached Ratepay).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, ClientError::Connect(_) | ClientError::Uri(_))
-    }
-}
-
 /// A client error described without anything secret: the kind, then every source in turn.
 pub fn describe_client_error(e: &ClientError) -> String {
     let mut msg = e.to_string();
@@ -679,7 +672,7 @@ mod tests {
             .request(Request::get(uri).body(Full::default()).unwrap())
             .await
             .unwrap_err();
-        assert!(e.is_connect(), "{e:?}");
+        assert!(matches!(e, ClientError::Connect(_)), "{e:?}");
         assert!(
             describe_client_error(&e).starts_with("connection failed: "),
             "{e}"
