@@ -29,6 +29,7 @@ mod writer;
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use time::OffsetDateTime;
@@ -77,6 +78,11 @@ pub struct AuditConfig {
     pub instance: String,
     /// Signed checkpoints; `None`: none are written.
     pub checkpoints: Option<CheckpointConfig>,
+    /// `Some(delay)`: an outcome ([`OpenIntent::finish`]) is answered once it is written to the
+    /// file (so a crash of the process keeps it) and made durable by the next sync, which an
+    /// intent's append brings, or at most `delay` later. `None`: every record is synced before
+    /// its append returns. Intents and every other record are always synced first.
+    pub outcome_sync_delay: Option<Duration>,
 }
 
 impl AuditConfig {
@@ -88,6 +94,7 @@ impl AuditConfig {
             rotate_daily: false,
             instance: DEFAULT_INSTANCE.to_owned(),
             checkpoints: None,
+            outcome_sync_delay: None,
         }
     }
 }
@@ -193,6 +200,8 @@ struct Inner {
     latest: watch::Receiver<Option<Arc<Anchor>>>,
     /// Named in the stop record.
     instance: String,
+    /// Outcomes are answered once written, not synced ([`AuditConfig::outcome_sync_delay`]).
+    outcomes_written: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -223,6 +232,7 @@ impl AuditLog {
         let (latest_tx, latest) = watch::channel(None);
         let ticking = config.checkpoints.is_some();
         let instance = config.instance.clone();
+        let outcome_sync_delay = config.outcome_sync_delay;
         // Scanning reads whole files: keep it off the async workers.
         let opened = tokio::task::spawn_blocking(move || {
             reopen::open_blocking(&config, clock, stats_for_open, latest_tx)
@@ -232,9 +242,15 @@ impl AuditLog {
             path: PathBuf::new(),
             source: Arc::new(std::io::Error::other(e.to_string())),
         })?;
-        let (writer, recovery, last_checkpoint) = opened?;
+        let (mut writer, recovery, last_checkpoint) = opened?;
         writer.latest.send_replace(last_checkpoint.map(Arc::new));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        writer.flusher = outcome_sync_delay.map(|delay| writer::Flusher {
+            runtime: tokio::runtime::Handle::current(),
+            tx: tx.downgrade(),
+            delay,
+            armed: false,
+        });
         if ticking {
             spawn_ticker(tx.downgrade());
         }
@@ -254,6 +270,7 @@ impl AuditLog {
                 open: open::Registry::default(),
                 latest,
                 instance,
+                outcomes_written: outcome_sync_delay.is_some(),
             }),
         };
         Ok((log, recovery))
@@ -264,12 +281,23 @@ impl AuditLog {
     ///
     /// If this future is dropped after the record was queued, the record is still written.
     pub async fn append(&self, entry: AuditEntry) -> Result<Appended, AuditError> {
+        self.send(entry, true).await
+    }
+
+    /// Appends an outcome: returns once it is synced, or once it is written if the log was
+    /// opened with an [`AuditConfig::outcome_sync_delay`].
+    async fn append_outcome(&self, outcome: Outcome) -> Result<Appended, AuditError> {
+        let sync = !self.inner.outcomes_written;
+        self.send(AuditEntry::Outcome(outcome), sync).await
+    }
+
+    async fn send(&self, entry: AuditEntry, sync: bool) -> Result<Appended, AuditError> {
         let tx = {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
             guard.clone().ok_or(AuditError::Closed)?
         };
         let (reply, answer) = oneshot::channel();
-        tx.send(Job::Append { entry, reply })
+        tx.send(Job::Append { entry, reply, sync })
             .await
             .map_err(|_| AuditError::Closed)?;
         drop(tx);
@@ -281,9 +309,9 @@ impl AuditLog {
         self.inner.stats.snapshot()
     }
 
-    /// Queues `entry` without waiting for it (from a `Drop`, which cannot wait): written like
+    /// Queues `outcome` without waiting for it (from a `Drop`, which cannot wait): written like
     /// any append if the writer still runs; if the queue is full, sent from a task.
-    fn append_detached(&self, entry: AuditEntry) {
+    fn append_detached(&self, outcome: Outcome) {
         let Some(tx) = self
             .inner
             .tx
@@ -295,7 +323,8 @@ impl AuditLog {
             return;
         };
         let (reply, _ignored) = oneshot::channel();
-        match tx.try_send(Job::Append { entry, reply }) {
+        let (entry, sync) = (AuditEntry::Outcome(outcome), !self.inner.outcomes_written);
+        match tx.try_send(Job::Append { entry, reply, sync }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {

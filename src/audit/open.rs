@@ -133,8 +133,9 @@ impl OpenIntent {
     }
 
     /// Writes the outcome, filled in by `fill` from the prepared one (identifying fields,
-    /// attempts and latency set). `Ok(None)` when the outcome was already written on the call's
-    /// behalf (the gateway shut down first).
+    /// attempts and latency set), and returns once it is synced, or only written when the log
+    /// has an [`outcome_sync_delay`](super::AuditConfig::outcome_sync_delay). `Ok(None)` when
+    /// the outcome was already written on the call's behalf (the gateway shut down first).
     pub async fn finish(
         self,
         fill: impl FnOnce(&mut Outcome),
@@ -146,10 +147,7 @@ impl OpenIntent {
         outcome.attempts = (pending.attempts)();
         outcome.latency_ms = pending.started.elapsed().as_millis() as u64;
         fill(&mut outcome);
-        self.log
-            .append(AuditEntry::Outcome(outcome))
-            .await
-            .map(Some)
+        self.log.append_outcome(outcome).await.map(Some)
     }
 }
 
@@ -161,8 +159,7 @@ impl Drop for OpenIntent {
                 intent_seq = self.seq,
                 "audited call ended without an outcome; writing it as unknown"
             );
-            self.log
-                .append_detached(AuditEntry::Outcome(pending.unknown(CUT_OFF)));
+            self.log.append_detached(pending.unknown(CUT_OFF));
         }
     }
 }

@@ -201,6 +201,7 @@ pub(crate) fn open_blocking(
         file,
         written,
         durable: written,
+        unsynced_records: 0,
         file_first,
         last_seq,
         last_hash: last_hash.clone(),
@@ -208,7 +209,7 @@ pub(crate) fn open_blocking(
         rotate_daily: config.rotate_daily,
         clock,
         stats,
-        durable_head: DurableHead {
+        written_head: WrittenHead {
             seq: last_seq,
             hash: last_hash.clone(),
             file_first,
@@ -230,6 +231,7 @@ pub(crate) fn open_blocking(
         last_at,
         unpublished: None,
         latest,
+        flusher: None,
     };
     Ok((writer, recovery, last_checkpoint))
 }

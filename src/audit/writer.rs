@@ -3,10 +3,12 @@
 //!
 //! Only this thread touches the active file after open, so seq/prev assignment, rotation and
 //! the durable length need no locks. Callers talk to it through a bounded channel and each
-//! waits on a oneshot for its own answer.
+//! waits on a oneshot for its own answer: after the sync of its batch, or, for an append that
+//! asked only to be written (an outcome, see `AuditConfig::outcome_sync_delay`), after the
+//! write, its sync coming with the next batch that syncs or from the flush timer.
 //!
-//! Health: a failed *write* (ENOSPC, EFBIG, EIO before any sync of those bytes) cuts the file
-//! back to its durable length and refuses appends until a later batch, tried at most every
+//! Health: a failed *write* (ENOSPC, EFBIG, EIO) cuts the file back to the end of the last
+//! complete write (and syncs that) and refuses appends until a later batch, tried at most every
 //! [`PROBE_INTERVAL`], is written and synced; a failed *sync* or rotation poisons the log
 //! for good (see [`Writer::poison`]).
 
@@ -30,8 +32,9 @@ use super::{
 
 use super::{reopen::*, stats::*};
 
-/// Appends waiting to be answered once their bytes are synced.
-type Waiting = Vec<(oneshot::Sender<Result<Appended, AuditError>>, Appended)>;
+/// Appends of the batch being built, each answered once its bytes are written (and synced, if
+/// it asked for that: the `bool`).
+type Waiting = Vec<(oneshot::Sender<Result<Appended, AuditError>>, Appended, bool)>;
 
 /// Most records taken into one batch; bounds the memory and latency of one write + sync.
 const MAX_BATCH: usize = 1024;
@@ -48,9 +51,25 @@ pub(crate) enum Job {
     Append {
         entry: AuditEntry,
         reply: oneshot::Sender<Result<Appended, AuditError>>,
+        /// Answer only once the record is synced; `false`: once it is written (in the page
+        /// cache, so a crash of the process keeps it), synced by a later batch's sync or by the
+        /// flush at most [`Flusher::delay`] later.
+        sync: bool,
     },
     /// The checkpoint timer: write a checkpoint if one is due.
     Tick,
+    /// The flush timer: sync whatever is written and not yet synced.
+    Flush,
+}
+
+/// Arms the flush of written, unsynced records: after `delay` a [`Job::Flush`] is queued.
+pub(crate) struct Flusher {
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Weak, so that a pending flush never keeps the writer alive after close.
+    pub(crate) tx: mpsc::WeakSender<Job>,
+    pub(crate) delay: Duration,
+    /// A flush is queued or on its way (only the writer thread reads and writes it).
+    pub(crate) armed: bool,
 }
 
 /// How often the checkpoint timer asks the writer whether a checkpoint is due.
@@ -63,8 +82,10 @@ pub(crate) struct Writer {
     pub(super) file: File,
     /// Bytes in the active file, synced or not.
     pub(super) written: u64,
-    /// Bytes of the active file known to be on disk.
+    /// Bytes of the active file known to be on disk (synced); at most `written`.
     pub(super) durable: u64,
+    /// Records written since the last sync (counted in the stats once synced).
+    pub(super) unsynced_records: u64,
     /// Seq and UTC day of the active file's first record (`None` while it is empty).
     pub(super) file_first: Option<(u64, Date)>,
     pub(super) last_seq: u64,
@@ -73,9 +94,9 @@ pub(crate) struct Writer {
     pub(super) rotate_daily: bool,
     pub(super) clock: Clock,
     pub(super) stats: Arc<StatsCells>,
-    /// The chain head and first record of the active file as of `durable`: where the chain
-    /// continues after a failed write.
-    pub(super) durable_head: DurableHead,
+    /// The chain head and first record of the active file as of `written` (the end of the last
+    /// complete write): where the chain continues after a failed write.
+    pub(super) written_head: WrittenHead,
     /// Set by a failed write; cleared when a later batch is written and synced.
     pub(super) write_failed: Option<WriteFailure>,
     /// The batch being built is the probe after a failed write.
@@ -96,15 +117,17 @@ pub(crate) struct Writer {
     pub(super) unpublished: Option<Anchor>,
     /// Where durable checkpoints are announced.
     pub(super) latest: Latest,
+    /// Syncs records that were answered once written; `None`: every append waits for its sync.
+    pub(super) flusher: Option<Flusher>,
 }
 
-/// What the chain looked like at the last durable byte.
+/// What the chain looked like at the end of the last complete write.
 #[derive(Clone)]
-pub(super) struct DurableHead {
+pub(super) struct WrittenHead {
     pub(super) seq: u64,
     pub(super) hash: String,
     pub(super) file_first: Option<(u64, Date)>,
-    /// Records since the last checkpoint, as of the durable length.
+    /// Records since the last checkpoint, as of that length.
     pub(super) pending: u64,
 }
 
@@ -114,7 +137,7 @@ pub(super) struct WriteFailure {
     pub(super) error: AuditError,
     /// When the failure happened or a probe was last tried (the writer's clock).
     pub(super) last_attempt: OffsetDateTime,
-    /// The file is cut back to `durable` (and that is synced): false if the cut failed.
+    /// The file is cut back to `written` (and that is synced): false if the cut failed.
     pub(super) cut: bool,
 }
 
@@ -133,12 +156,13 @@ impl Writer {
             }
             self.process(&mut batch);
         }
-        // A clean close (or the last handle gone): sign what the last checkpoint does not cover.
+        // A clean close (or the last handle gone): sign what the last checkpoint does not cover,
+        // and sync whatever was answered once written.
         if self.poisoned.is_none() && self.write_failed.is_none() {
             let now = (self.clock)().to_offset(UtcOffset::UTC);
             let mut buf = Vec::new();
             self.push_checkpoint(&mut buf, now);
-            self.commit(&mut buf, &mut Vec::new(), now);
+            self.commit(&mut buf, &mut Vec::new(), now, true);
         }
         // Release the file (and its lock) before saying "done": `close` promises that the log
         // can be reopened right away.
@@ -149,10 +173,19 @@ impl Writer {
     fn process(&mut self, batch: &mut Vec<Job>) {
         let mut buf = Vec::new();
         let mut waiting: Waiting = Vec::new();
+        // A flush asked for a sync of this batch even if no append in it needs one.
+        let mut flush = false;
         for job in batch.drain(..) {
             let now = (self.clock)().to_offset(UtcOffset::UTC);
-            let (entry, reply) = match job {
-                Job::Append { entry, reply } => (entry, reply),
+            let (entry, reply, sync) = match job {
+                Job::Append { entry, reply, sync } => (entry, reply, sync),
+                Job::Flush => {
+                    if let Some(f) = &mut self.flusher {
+                        f.armed = false;
+                    }
+                    flush = true;
+                    continue;
+                }
                 Job::Tick => {
                     // A failing log stays as it is until an append probes it.
                     let healthy = self.poisoned.is_none() && self.write_failed.is_none();
@@ -185,7 +218,7 @@ impl Writer {
                 // The old file ends with a checkpoint of what it holds.
                 self.push_checkpoint(&mut buf, at);
                 // The old file must be complete and durable before it gets its final name.
-                self.commit(&mut buf, &mut waiting, now);
+                self.commit(&mut buf, &mut waiting, now, true);
                 // A probe may rotate: the cut left the file at its durable length.
                 if self.poisoned.is_none() && (self.write_failed.is_none() || self.probing) {
                     if let Err(e) = self.rotate() {
@@ -226,6 +259,7 @@ impl Writer {
                     seq: record.seq,
                     hash: encoded.hash,
                 },
+                sync,
             ));
             if let Some(every) = self.checkpoints.as_ref().map(|c| c.every_records) {
                 self.due.pending += 1;
@@ -237,7 +271,7 @@ impl Writer {
             }
         }
         let now = (self.clock)().to_offset(UtcOffset::UTC);
-        self.commit(&mut buf, &mut waiting, now);
+        self.commit(&mut buf, &mut waiting, now, flush);
     }
 
     /// Appends a checkpoint of the records since the last one to `buf` (nothing if there are
@@ -324,12 +358,18 @@ impl Writer {
             return Some(failure.error.clone());
         }
         failure.last_attempt = now;
-        if !failure.cut {
-            match cut_to(&self.file, self.durable) {
-                Ok(()) => failure.cut = true,
+        let (cut, error) = (failure.cut, failure.error.clone());
+        if !cut {
+            match cut_to(&self.file, self.written) {
+                Ok(()) => {
+                    self.synced();
+                    if let Some(f) = &mut self.write_failed {
+                        f.cut = true;
+                    }
+                }
                 Err(CutError::Truncate(e)) => {
                     tracing::warn!(error = %e, file = %self.path.display(), "audit log: still cannot cut unsynced bytes; appends stay refused");
-                    return Some(failure.error.clone());
+                    return Some(error);
                 }
                 Err(CutError::Sync(e)) => {
                     let error = AuditError::Sync {
@@ -341,22 +381,22 @@ impl Writer {
                 }
             }
         }
-        // Appending after anything but the last durable byte would fork the chain.
+        // Appending after anything but the last written byte would fork the chain.
         match self.file.metadata() {
-            Ok(m) if m.len() == self.durable => {}
+            Ok(m) if m.len() == self.written => {}
             Ok(m) => {
                 let error = AuditError::Write {
                     path: self.path.clone(),
                     source: Arc::new(io::Error::other(format!(
                         "file is {} bytes, {} expected after the cut",
                         m.len(),
-                        self.durable
+                        self.written
                     ))),
                 };
                 self.poison(error.clone());
                 return Some(error);
             }
-            Err(_) => return Some(failure.error.clone()),
+            Err(_) => return Some(error),
         }
         self.probing = true;
         None
@@ -376,59 +416,101 @@ impl Writer {
         too_big || new_day
     }
 
-    /// Writes `buf`, syncs once and answers everyone in `waiting`.
-    fn commit(&mut self, buf: &mut Vec<u8>, waiting: &mut Waiting, now: OffsetDateTime) {
-        if waiting.is_empty() && buf.is_empty() {
+    /// Writes `buf` and answers everyone in `waiting`: after one sync if any of them asked for
+    /// it, a checkpoint is to be announced, the batch is a probe or `force` says so; otherwise
+    /// once written, arming the flush that syncs it soon.
+    fn commit(
+        &mut self,
+        buf: &mut Vec<u8>,
+        waiting: &mut Waiting,
+        now: OffsetDateTime,
+        force: bool,
+    ) {
+        let unsynced = self.written > self.durable;
+        if waiting.is_empty() && buf.is_empty() && !(force && unsynced) {
             return;
         }
-        let result = self.write_and_sync(buf);
+        let sync = force
+            || self.flusher.is_none()
+            || self.probing
+            || self.unpublished.is_some()
+            || waiting.iter().any(|(_, _, sync)| *sync);
+        let result = self.write(buf).and_then(|()| {
+            // The batch is written: a failed write from here on cuts back to this point.
+            self.unsynced_records += self.last_seq.saturating_sub(self.written_head.seq);
+            self.written_head = WrittenHead {
+                seq: self.last_seq,
+                hash: self.last_hash.clone(),
+                file_first: self.file_first,
+                pending: self.due.pending,
+            };
+            if sync {
+                self.sync()
+            } else {
+                Ok(())
+            }
+        });
         buf.clear();
         match result {
-            Ok(()) => {
-                // Appends and checkpoints alike.
-                let records = self.last_seq.saturating_sub(self.durable_head.seq);
-                self.durable_head = DurableHead {
-                    seq: self.last_seq,
-                    hash: self.last_hash.clone(),
-                    file_first: self.file_first,
-                    pending: self.due.pending,
-                };
-                self.stats.records.fetch_add(records, Ordering::Relaxed);
-                self.stats.last_seq.store(self.last_seq, Ordering::Relaxed);
+            Ok(()) if sync => {
                 if self.probing {
                     self.recovered();
                 }
                 self.publish_checkpoint();
-                for (reply, appended) in waiting.drain(..) {
-                    let _ = reply.send(Ok(appended));
-                }
             }
+            Ok(()) => self.arm_flush(),
             Err(e) => {
                 self.unpublished = None;
                 match e {
                     AuditError::Write { .. } => self.write_failed(e.clone(), now),
                     _ => self.poison(e.clone()),
                 }
-                for (reply, _) in waiting.drain(..) {
+                for (reply, _, _) in waiting.drain(..) {
                     self.fail(reply, e.clone());
                 }
+                return;
             }
+        }
+        for (reply, appended, _) in waiting.drain(..) {
+            let _ = reply.send(Ok(appended));
         }
     }
 
-    /// A write failed before any sync of its bytes, so everything up to `durable` is on disk
-    /// and everything after it is a torn tail that no append was told about. The tail is cut
-    /// (and the cut synced), the chain head goes back to the last durable record, and appends
-    /// are refused until a probe succeeds ([`Writer::refusal`]).
+    /// Queues a [`Job::Flush`] after the flusher's delay, unless one is on its way already.
+    fn arm_flush(&mut self) {
+        let Some(f) = &mut self.flusher else {
+            return;
+        };
+        if f.armed || self.written == self.durable {
+            return;
+        }
+        f.armed = true;
+        let (tx, delay) = (f.tx.clone(), f.delay);
+        f.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(tx) = tx.upgrade() {
+                // Waits for room: a full queue must not lose the flush.
+                let _ = tx.send(Job::Flush).await;
+            }
+        });
+    }
+
+    /// A write failed, so everything up to `written` (the end of the last complete write) is
+    /// in the file and everything after it is a torn tail that no append was told about. The
+    /// tail is cut (and the cut synced, which makes `written` durable too), the chain head goes
+    /// back to the last written record, and appends are refused until a probe succeeds
+    /// ([`Writer::refusal`]).
     fn write_failed(&mut self, error: AuditError, now: OffsetDateTime) {
-        let head = self.durable_head.clone();
+        let head = self.written_head.clone();
         self.last_seq = head.seq;
         self.last_hash = head.hash;
         self.file_first = head.file_first;
         self.due.pending = head.pending;
-        self.written = self.durable;
-        let cut = match cut_to(&self.file, self.durable) {
-            Ok(()) => true,
+        let cut = match cut_to(&self.file, self.written) {
+            Ok(()) => {
+                self.synced();
+                true
+            }
             Err(CutError::Truncate(e)) => {
                 tracing::warn!(error = %e, file = %self.path.display(), "audit log: could not cut unsynced bytes; retried before the next write");
                 false
@@ -445,7 +527,7 @@ impl Writer {
             self.probing = false;
             tracing::warn!(error = %error, file = %self.path.display(), "audit log: write still failing; appends stay refused");
         } else {
-            tracing::error!(error = %error, file = %self.path.display(), durable_bytes = self.durable, last_seq = self.last_seq, "audit log: write failed; appends refused until a write and sync succeed again");
+            tracing::error!(error = %error, file = %self.path.display(), durable_bytes = self.written, last_seq = self.last_seq, "audit log: write failed; appends refused until a write and sync succeed again");
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             self.stats.write_failed.store(true, Ordering::Relaxed);
         }
@@ -466,16 +548,19 @@ impl Writer {
         self.stats.write_failed.store(false, Ordering::Relaxed);
     }
 
-    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), AuditError> {
-        let path = &self.path;
+    fn write(&mut self, buf: &[u8]) -> Result<(), AuditError> {
         self.file.write_all(buf).map_err(|e| AuditError::Write {
-            path: path.clone(),
+            path: self.path.clone(),
             source: Arc::new(e),
         })?;
         self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), AuditError> {
         let started = Instant::now();
         self.file.sync_data().map_err(|e| AuditError::Sync {
-            path: path.clone(),
+            path: self.path.clone(),
             source: Arc::new(e),
         })?;
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -484,8 +569,19 @@ impl Writer {
         self.stats
             .sync_nanos_total
             .fetch_add(nanos, Ordering::Relaxed);
-        self.durable = self.written;
+        self.synced();
         Ok(())
+    }
+
+    /// Everything written is on disk now: counted as records and as the durable head.
+    fn synced(&mut self) {
+        self.durable = self.written;
+        self.stats
+            .records
+            .fetch_add(std::mem::take(&mut self.unsynced_records), Ordering::Relaxed);
+        self.stats
+            .last_seq
+            .store(self.written_head.seq, Ordering::Relaxed);
     }
 
     /// After a failed sync nothing past `durable` can be trusted: on Linux a failed fsync may
@@ -552,7 +648,7 @@ impl Writer {
         self.written = 0;
         self.durable = 0;
         self.file_first = None;
-        self.durable_head.file_first = None;
+        self.written_head.file_first = None;
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -144,6 +144,11 @@ pub struct AuditFile {
     pub checkpoint_every_records: Option<u64>,
     /// A checkpoint at least this often while records come (default 60).
     pub checkpoint_every_secs: Option<u64>,
+    /// When the answer to an audited call may go: `"written"` (default: its outcome is in the
+    /// file, synced soon after) or `"synced"` (its outcome is on disk).
+    pub outcome_durability: Option<String>,
+    /// With `"written"`: longest time an outcome waits for its sync (default 10).
+    pub outcome_sync_delay_ms: Option<u64>,
 }
 
 /// `[listen]`.

@@ -138,6 +138,14 @@ impl Config {
             self.audit.log.rotate_bytes,
             self.audit.log.rotate_daily
         );
+        let _ = match self.audit.log.outcome_sync_delay {
+            Some(d) => writeln!(
+                s,
+                "outcome_durability = \"written\"\noutcome_sync_delay_ms = {}",
+                d.as_millis()
+            ),
+            None => writeln!(s, "outcome_durability = \"synced\""),
+        };
         if let Some(c) = &self.audit.log.checkpoints {
             // The key by its public key id only, never its bytes.
             let _ = writeln!(

@@ -277,6 +277,8 @@ pub struct AuditSettings {
 impl AuditSettings {
     /// The operation that is always audited while auditing is on.
     pub const ALWAYS_AUDITED: &'static str = "payment.cancellations.create";
+    /// The longest an outcome answered once written waits for its sync, by default.
+    pub const DEFAULT_OUTCOME_SYNC_DELAY: Duration = Duration::from_millis(10);
 }
 
 impl Default for AuditSettings {
@@ -284,6 +286,7 @@ impl Default for AuditSettings {
         let mut log = crate::audit::AuditConfig::new("var/audit/audit.jsonl");
         log.rotate_daily = true;
         log.checkpoints = Some(crate::audit::CheckpointConfig::default());
+        log.outcome_sync_delay = Some(AuditSettings::DEFAULT_OUTCOME_SYNC_DELAY);
         AuditSettings {
             log,
             enabled: true,

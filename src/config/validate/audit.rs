@@ -12,6 +12,8 @@ use crate::{
 const MAX_CHECKPOINT_RECORDS: u64 = 1_000_000;
 /// Largest `checkpoint_every_secs` (a day).
 const MAX_CHECKPOINT_SECS: u64 = 86_400;
+/// Largest `outcome_sync_delay_ms`: an outcome answered is on disk within a second at most.
+const MAX_OUTCOME_SYNC_DELAY_MS: u64 = 1000;
 
 pub(super) fn audit(f: &file::AuditFile, cx: &Ctx<'_>) -> Option<AuditSettings> {
     let d = AuditSettings::default();
@@ -71,6 +73,10 @@ pub(super) fn audit(f: &file::AuditFile, cx: &Ctx<'_>) -> Option<AuditSettings> 
         "audit.checkpoint_every_secs",
         format!("expected 1 to {MAX_CHECKPOINT_SECS} seconds"),
     );
+    let outcome_sync = outcome_sync(f, cx);
+    if let Some(delay) = outcome_sync {
+        log.outcome_sync_delay = delay;
+    }
     // Parsed now, so a bad key stops the start rather than the first checkpoint. The error
     // names the file and what is wrong, never the key's bytes.
     let signing_key = match &f.signing_key_file {
@@ -91,10 +97,42 @@ pub(super) fn audit(f: &file::AuditFile, cx: &Ctx<'_>) -> Option<AuditSettings> 
     rotate_ok?;
     records_ok?;
     secs_ok?;
+    outcome_sync?;
     signing_key?;
     all_ok.then_some(AuditSettings {
         log,
         enabled,
         operations,
     })
+}
+
+/// `outcome_durability` and `outcome_sync_delay_ms`: the outcome's sync delay (`None` inside:
+/// synced before the answer), or `None` after reporting what is wrong.
+fn outcome_sync(f: &file::AuditFile, cx: &Ctx<'_>) -> Option<Option<Duration>> {
+    let delay_ms = f
+        .outcome_sync_delay_ms
+        .unwrap_or(AuditSettings::DEFAULT_OUTCOME_SYNC_DELAY.as_millis() as u64);
+    match f.outcome_durability.as_deref().unwrap_or("written") {
+        "written" => cx
+            .require(
+                (1..=MAX_OUTCOME_SYNC_DELAY_MS).contains(&delay_ms),
+                "audit.outcome_sync_delay_ms",
+                format!("expected 1 to {MAX_OUTCOME_SYNC_DELAY_MS} ms"),
+            )
+            .map(|()| Some(Duration::from_millis(delay_ms))),
+        "synced" => cx
+            .require(
+                f.outcome_sync_delay_ms.is_none(),
+                "audit.outcome_sync_delay_ms",
+                "applies only with outcome_durability = \"written\"",
+            )
+            .map(|()| None),
+        other => {
+            cx.report(
+                "audit.outcome_durability",
+                format!("expected \"written\" or \"synced\", got {other:?}"),
+            );
+            None
+        }
+    }
 }
