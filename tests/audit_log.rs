@@ -396,6 +396,84 @@ async fn concurrent_tasks_share_syncs_and_close_flushes() {
     assert_eq!(verify(&[&path]).unwrap().records, 200);
 }
 
+/// A log whose outcomes are answered once written, synced within `delay`.
+fn written_outcomes(path: &Path, delay: Duration) -> AuditConfig {
+    AuditConfig {
+        outcome_sync_delay: Some(delay),
+        ..AuditConfig::new(path)
+    }
+}
+
+fn no_attempts() -> ratepay_gateway::audit::AttemptCounter {
+    Arc::new(|| 1)
+}
+
+#[tokio::test]
+async fn an_outcome_is_answered_once_written_and_synced_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    // A delay far longer than the test: only the close syncs the outcome.
+    let (log, _) = AuditLog::open(written_outcomes(&path, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let (open, intent_at) = log.begin(intent(1), no_attempts()).await.unwrap();
+    let synced = log.stats().syncs;
+    assert_eq!((synced, log.stats().records_written), (1, 1));
+    let outcome = open
+        .finish(|o| o.outcome = OutcomeKind::Success)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.seq, intent_at.seq + 1);
+    // Answered before any sync, yet in the file (a crash of the process keeps it).
+    let stats = log.stats();
+    assert_eq!(
+        (stats.syncs, stats.records_written),
+        (synced, 1),
+        "{stats:?}"
+    );
+    let written = lines(&path);
+    assert_eq!(written.len(), 2);
+    assert!(written[1].contains(r#""kind":"outcome""#), "{}", written[1]);
+    assert_eq!(verify(&[&path]).unwrap().head, outcome.hash);
+    // An intent is still synced before its append returns, and its sync carries the outcome.
+    log.append(AuditEntry::Intent(intent(2))).await.unwrap();
+    let stats = log.stats();
+    assert_eq!((stats.syncs, stats.records_written), (synced + 1, 3));
+    // Close syncs what was only written.
+    let (open, _) = log.begin(intent(3), no_attempts()).await.unwrap();
+    open.finish(|_| {}).await.unwrap();
+    let before_close = log.stats().syncs;
+    log.close().await;
+    let stats = log.stats();
+    assert_eq!((stats.syncs, stats.records_written), (before_close + 1, 5));
+    assert_eq!(verify(&[&path]).unwrap().records, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_flush_timer_syncs_a_written_outcome_within_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = active(&dir);
+    let delay = Duration::from_millis(10);
+    let (log, _) = AuditLog::open(written_outcomes(&path, delay))
+        .await
+        .unwrap();
+    let (first, _) = log.begin(intent(1), no_attempts()).await.unwrap();
+    let (second, _) = log.begin(intent(2), no_attempts()).await.unwrap();
+    let synced = log.stats().syncs;
+    first.finish(|_| {}).await.unwrap();
+    // The paused clock runs past the delay: the flush is queued to the writer.
+    tokio::time::sleep(delay * 5).await;
+    // The writer takes its queue in order, so once this outcome is answered the flush queued
+    // before it has been done (nothing else here syncs: no intent, no checkpoints).
+    second.finish(|_| {}).await.unwrap();
+    let stats = log.stats();
+    assert!(stats.syncs > synced, "no flush within the delay: {stats:?}");
+    assert!(stats.records_written >= 3, "{stats:?}");
+    log.close().await;
+    assert_eq!(verify(&[&path]).unwrap().records, 4);
+}
+
 #[tokio::test]
 async fn open_fails_when_the_parent_is_a_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -482,12 +560,14 @@ async fn failed_write_then_recovery(
     errno: i32,
 ) {
     let (now, clock) = manual_clock();
-    let (log, _) = AuditLog::open_with_clock(AuditConfig::new(path), clock)
-        .await
-        .unwrap();
+    // Outcomes answered once written: the failed write must keep the one written before it.
+    let config = written_outcomes(path, Duration::from_secs(3600));
+    let (log, _) = AuditLog::open_with_clock(config, clock).await.unwrap();
     for n in 1..=3 {
         log.append(AuditEntry::Intent(intent(n))).await.unwrap();
     }
+    let (open, _) = log.begin(intent(4), no_attempts()).await.unwrap();
+    open.finish(|_| {}).await.unwrap();
     let durable_len = fs::metadata(path).unwrap().len();
     let syncs = log.stats().syncs;
 
@@ -496,8 +576,10 @@ async fn failed_write_then_recovery(
     let stats = log.stats();
     assert!(stats.write_failed && !stats.poisoned, "{stats:?}");
     assert_eq!((stats.write_errors, stats.recoveries), (1, 0));
-    // The torn tail of the failed write is gone: the file ends after record 3.
+    // The torn tail of the failed write is gone: the file ends after record 5, the outcome
+    // that was answered once written (the cut synced it).
     assert_eq!(fs::metadata(path).unwrap().len(), durable_len);
+    assert_eq!(log.stats().records_written, 5);
     // Within the probe interval appends are refused without touching the file.
     expect_write_error(log.append(AuditEntry::Intent(intent(5))).await, errno);
     // A probe on a still-full disk fails like the first write, and is no new failure.
@@ -512,11 +594,11 @@ async fn failed_write_then_recovery(
     advance(&now, PROBE_INTERVAL);
     let probe = log.append(AuditEntry::Intent(big_intent(8))).await.unwrap();
     assert_eq!(
-        probe.seq, 4,
+        probe.seq, 6,
         "the chain continues from the last durable record"
     );
     let last = log.append(AuditEntry::Intent(intent(9))).await.unwrap();
-    assert_eq!(last.seq, 5);
+    assert_eq!(last.seq, 7);
     let stats = log.stats();
     assert!(!stats.write_failed && !stats.poisoned, "{stats:?}");
     assert_eq!(
@@ -526,13 +608,13 @@ async fn failed_write_then_recovery(
             stats.records_written,
             stats.failed_appends
         ),
-        (1, 1, 5, 4)
+        (1, 1, 7, 4)
     );
     assert_eq!(stats.syncs, syncs + 2, "refused appends do not sync");
     log.close().await;
 
     let summary = verify(&log_files(path).unwrap()).unwrap();
-    assert_eq!((summary.records, summary.last_seq), (5, Some(5)));
+    assert_eq!((summary.records, summary.last_seq), (7, Some(7)));
     assert_eq!(summary.head, last.hash);
     let ids: Vec<String> = lines(path)
         .iter()
@@ -542,9 +624,12 @@ async fn failed_write_then_recovery(
             id.split('-').take(2).collect::<Vec<_>>().join("-")
         })
         .collect();
-    assert_eq!(ids, ["req-1", "req-2", "req-3", "req-8", "req-9"]);
+    assert_eq!(
+        ids,
+        ["req-1", "req-2", "req-3", "req-4", "req-4", "req-8", "req-9"]
+    );
     let (log, recovery) = AuditLog::open(AuditConfig::new(path)).await.unwrap();
-    assert_eq!((recovery.last_seq, recovery.head), (5, last.hash));
+    assert_eq!((recovery.last_seq, recovery.head), (7, last.hash));
     assert!(recovery.truncated.is_none());
     log.close().await;
 }

@@ -1,6 +1,6 @@
 //! Every shipped configuration file parses and validates; broken files fail with the key named.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use ratepay_gateway::{config::Config, routes::Api};
 
@@ -198,6 +198,59 @@ fn cancellations_are_audited_unless_audit_is_switched_off() {
     let c = Config::from_toml(BASE, Path::new("default.toml")).unwrap();
     assert!(c.audit.enabled);
     assert_eq!(c.audit.operations, ["payment.cancellations.create"]);
+}
+
+#[test]
+fn audit_outcome_durability_is_written_by_default_and_checked() {
+    let c = Config::from_toml(BASE, Path::new("default.toml")).unwrap();
+    assert_eq!(
+        c.audit.log.outcome_sync_delay,
+        Some(Duration::from_millis(10))
+    );
+    assert!(c
+        .redacted()
+        .contains("outcome_durability = \"written\"\noutcome_sync_delay_ms = 10"));
+    let c = Config::from_toml(
+        &format!("{BASE}\n[audit]\noutcome_durability = \"synced\"\n"),
+        Path::new("synced.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.audit.log.outcome_sync_delay, None);
+    assert!(c.redacted().contains("outcome_durability = \"synced\""));
+    let c = Config::from_toml(
+        &format!("{BASE}\n[audit]\noutcome_sync_delay_ms = 250\n"),
+        Path::new("delay.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.audit.log.outcome_sync_delay,
+        Some(Duration::from_millis(250))
+    );
+    for (text, key, says) in [
+        (
+            "outcome_durability = \"later\"",
+            "audit.outcome_durability",
+            "\"written\" or \"synced\", got \"later\"",
+        ),
+        (
+            "outcome_sync_delay_ms = 0",
+            "audit.outcome_sync_delay_ms",
+            "1 to 1000 ms",
+        ),
+        (
+            "outcome_sync_delay_ms = 5000",
+            "audit.outcome_sync_delay_ms",
+            "1 to 1000 ms",
+        ),
+        (
+            "outcome_durability = \"synced\"\noutcome_sync_delay_ms = 5",
+            "audit.outcome_sync_delay_ms",
+            "only with outcome_durability = \"written\"",
+        ),
+    ] {
+        let e = err(&format!("{BASE}\n[audit]\n{text}\n"));
+        assert!(e.contains(key) && e.contains(says), "{text}: {e}");
+    }
 }
 
 /// Every number that ends up added to a clock reading or fed to the rate limiter is bounded,

@@ -34,7 +34,11 @@ use super::{reopen::*, stats::*};
 
 /// Appends of the batch being built, each answered once its bytes are written (and synced, if
 /// it asked for that: the `bool`).
-type Waiting = Vec<(oneshot::Sender<Result<Appended, AuditError>>, Appended, bool)>;
+type Waiting = Vec<(
+    oneshot::Sender<Result<Appended, AuditError>>,
+    Appended,
+    bool,
+)>;
 
 /// Most records taken into one batch; bounds the memory and latency of one write + sync.
 const MAX_BATCH: usize = 1024;
@@ -576,9 +580,10 @@ impl Writer {
     /// Everything written is on disk now: counted as records and as the durable head.
     fn synced(&mut self) {
         self.durable = self.written;
-        self.stats
-            .records
-            .fetch_add(std::mem::take(&mut self.unsynced_records), Ordering::Relaxed);
+        self.stats.records.fetch_add(
+            std::mem::take(&mut self.unsynced_records),
+            Ordering::Relaxed,
+        );
         self.stats
             .last_seq
             .store(self.written_head.seq, Ordering::Relaxed);
