@@ -24,7 +24,8 @@
 //! [`gateway`] build and reload; [`stack`] the layer order; [`routes`] the operation table;
 //! [`callers`] caller auth and gateway-issued JWTs; [`token`] Ratepay token source;
 //! [`middleware`] one file or folder per layer; [`proxy`] the innermost forwarder; [`error`]
-//! problem responses; [`limits`] what a rate-limit refusal says; [`audit`] the hash-chained
+//! problem responses; [`limits`] what a rate-limit refusal says; [`sched`] how the background
+//! threads are scheduled; [`audit`] the hash-chained
 //! audit log; [`metrics`] Prometheus metrics; [`cluster`] state shared with other instances through Redis; `sandbox` the local Ratepay simulator (cargo
 //! feature `sandbox`, on by default). `tests/module_order.rs` holds the modules' order: each
 //! imports only from those below it.
@@ -55,6 +56,7 @@ pub mod request_id;
 pub mod routes;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+pub mod sched;
 pub mod server;
 pub mod stack;
 pub mod tls;

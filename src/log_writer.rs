@@ -90,9 +90,10 @@ pub fn batched(
         settings,
     });
     let worker = shared.clone();
-    let thread = std::thread::Builder::new()
-        .name("ratepay-gateway-log".into())
-        .spawn(move || worker.run())
+    // Woken per batch, so it must never preempt a request (see `crate::sched`); best effort,
+    // and not logged, as logging is what is being set up.
+    let thread = crate::sched::spawn_background("ratepay-gateway-log", move || worker.run())
+        .map(|(thread, _policy)| thread)
         .map_err(|e| eprintln!("log writer thread did not start ({e}); logging directly"))
         .ok();
     if thread.is_none() {

@@ -165,3 +165,94 @@ async fn sigkill_during_a_burst_loses_no_audit_record() {
         "the burst really cancelled before the kill: {accepted_total}"
     );
 }
+
+/// The records of every audit file in `dir`, in chain order.
+fn records(dir: &std::path::Path) -> Vec<Value> {
+    ratepay_gateway::audit::log_files(dir)
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// An outcome is answered once written (`audit.outcome_durability = "written"`, the default):
+/// a gateway killed the moment its answer arrived has the outcome in its file already.
+#[tokio::test]
+async fn an_answered_cancellation_keeps_its_outcome_through_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sandbox, addrs) = spawn(&["sandbox", "--listen", "127.0.0.1:0"], &["sandbox"]);
+    let cfg = gateway_config(dir.path(), &addrs["sandbox"]);
+    let (mut gateway, addrs) = spawn(&["serve", "--config", cfg.to_str().unwrap()], &["proxy"]);
+    let proxy = addrs["proxy"].clone();
+    let http = reqwest::Client::new();
+    let tx = authorize(&http, &proxy, 1000).await;
+    let r = http
+        .post(format!(
+            "http://{proxy}/transaction/management/v2/transactions/{tx}/cancellations"
+        ))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"gross_amount": 1.00}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    gateway.0.kill().unwrap();
+    gateway.0.wait().unwrap();
+    let records = records(&dir.path().join("audit"));
+    let intent = records
+        .iter()
+        .find(|r| r["kind"] == "intent" && r["ratepay_transaction_id"] == tx.as_str())
+        .expect("the intent");
+    let outcome = records
+        .iter()
+        .find(|r| r["kind"] == "outcome" && r["intent_seq"] == intent["seq"])
+        .expect("the outcome, written before the answer");
+    assert_eq!(outcome["outcome"], "success", "{outcome}");
+    assert_eq!(outcome["status"], 201, "{outcome}");
+}
+
+/// The scheduling policy of each of `pid`'s threads but the main one named `name`
+/// (`/proc/PID/task/TID/stat` field 41; 3 is `SCHED_BATCH`).
+fn policies(pid: u32, name: &str) -> Vec<u64> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        if task.ends_with(pid.to_string()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after the `(comm)` start at field 3.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        found.push(after.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    found
+}
+
+/// The audit writer and the log writer never preempt a request thread (`crate::sched`).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_audit_and_log_writers_run_as_batch_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sandbox, addrs) = spawn(&["sandbox", "--listen", "127.0.0.1:0"], &["sandbox"]);
+    let cfg = gateway_config(dir.path(), &addrs["sandbox"]);
+    let (gateway, _) = spawn(&["serve", "--config", cfg.to_str().unwrap()], &["proxy"]);
+    let pid = gateway.0.id();
+    // Both threads set their policy first thing, before the listeners were announced.
+    assert_eq!(policies(pid, "audit-writer"), [3]);
+    // The thread name `ratepay-gateway-log`, cut to the kernel's 15 bytes (as the main
+    // thread's name is, which `policies` leaves out).
+    assert_eq!(policies(pid, "ratepay-gateway"), [3]);
+    // The request threads keep the default policy.
+    assert!(policies(pid, "tokio-rt-worker").iter().all(|p| *p == 0));
+}

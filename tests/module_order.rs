@@ -13,6 +13,7 @@ use std::{
 /// Bottom first. A module may use any module listed before it, never one after it.
 const ORDER: &[&str] = &[
     // Plain building blocks: no imports from the crate.
+    "sched",
     "crypto",
     "body",
     "json",

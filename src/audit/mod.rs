@@ -255,13 +255,16 @@ impl AuditLog {
             spawn_ticker(tx.downgrade());
         }
         let (done_tx, done_rx) = watch::channel(false);
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx, done_tx))
-            .map_err(|e| AuditError::Open {
-                path: PathBuf::new(),
-                source: Arc::new(e),
-            })?;
+        // Woken per append, so it must never preempt a request (see `crate::sched`).
+        let (_thread, policy) =
+            crate::sched::spawn_background("audit-writer", move || writer.run(rx, done_tx))
+                .map_err(|e| AuditError::Open {
+                    path: PathBuf::new(),
+                    source: Arc::new(e),
+                })?;
+        if let Err(e) = policy {
+            tracing::debug!(error = %e, "audit writer keeps the default scheduling policy");
+        }
         let log = AuditLog {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),

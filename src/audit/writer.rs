@@ -149,6 +149,7 @@ impl Writer {
     /// The writer thread's loop: take everything queued, write it, sync once, answer everyone.
     /// Returns when every handle is gone (or closed) and the queue is drained.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>, done: watch::Sender<bool>) {
+        // Woken per append: never preempt the request that woke it (see `crate::sched`).
         let mut batch = Vec::new();
         while let Some(job) = rx.blocking_recv() {
             batch.push(job);
