@@ -126,6 +126,12 @@ impl IdempotencyStore {
         let slots = moka::future::Cache::builder()
             .time_to_live(settings.ttl)
             .max_capacity(settings.max_bytes)
+            // A full store drops its least recently used keys and always takes the new one.
+            // moka's default, TinyLFU, admits a new entry only if it was asked for more often
+            // than what it would evict, and a fresh key has been asked for once: with the store
+            // full it kept keys 33 to 41 of 50 and refused 42 to 49, the very calls a client
+            // is likeliest to retry (`a_full_store_keeps_the_newest_keys`).
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             // Weighed by what a slot holds: its key plus, once completed, the stored answer.
             // moka weighs at insertion, so a completed slot whose answer is larger than
             // `ANSWER_ALLOWANCE` is inserted again (see `call`).
@@ -720,6 +726,41 @@ mod tests {
                 .len(),
             10_000
         );
+        assert_eq!(svc.inner.keys.lock().unwrap().len(), 50);
+    }
+
+    #[tokio::test]
+    async fn a_full_store_keeps_the_newest_keys() {
+        // Room for about eight 10 KB answers: fifty calls, one key each.
+        let (svc, store, _dir) = layer(
+            100_000,
+            Created {
+                body_len: 10_000,
+                ..Created::default()
+            },
+        )
+        .await;
+        for i in 0..50 {
+            cancel(&svc, &format!("key-{i}")).await;
+            store.slots.run_pending_tasks().await;
+        }
+        let held: Vec<usize> = (0..50)
+            .filter(|i| {
+                let key = format!("key-{i}");
+                store
+                    .slots
+                    .contains_key(&(Arc::from(testing::CALLER), Arc::from(key.as_str())))
+            })
+            .collect();
+        assert!(held.len() >= 5, "{held:?}");
+        assert_eq!(
+            held,
+            ((50 - held.len())..50).collect::<Vec<_>>(),
+            "the newest keys are held, the oldest evicted"
+        );
+        // The last call is replayed, not executed again.
+        let resp = cancel(&svc, "key-49").await;
+        assert_eq!(resp.headers()[&IDEMPOTENT_REPLAYED], "true");
         assert_eq!(svc.inner.keys.lock().unwrap().len(), 50);
     }
 
