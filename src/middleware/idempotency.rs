@@ -94,62 +94,46 @@ struct Slot {
 /// The store, shared by every clone of the layer.
 #[derive(Clone)]
 pub struct IdempotencyStore {
-    // Behind one Arc: the layer is cloned per request and a moka handle is several.
+    // Behind one Arc: the layer is cloned per request.
     slots: Arc<Slots>,
     /// The fleet's records in Redis, with `[cluster]`; the local slots still coalesce this
     /// instance's own duplicates and hold its replays.
     shared: Option<Arc<SharedAnswers>>,
 }
 
-/// Bytes of stored answer every slot is weighed with from its creation. moka weighs an entry
-/// only when it is inserted, so a completed slot whose answer is larger is inserted a second
-/// time to be weighed again; one whose answer fits (a cancellation's 201, about 200 bytes of JSON
-/// and a few headers, and the gateway's own problems do) is not, which saves a keyed POST a
-/// second insertion into moka's map and its write queue: 342.1k → 336.0k instructions per
-/// cancellation (`benches/instructions.sh`, session 13). A small answer is then counted as this many bytes against `max_bytes`.
+/// Bytes of stored answer every slot is weighed with from its creation. A completed slot whose
+/// answer is larger is weighed again; one whose answer fits (a cancellation's 201, about 200
+/// bytes of JSON and a few headers, and the gateway's own problems do) is not, which saved a
+/// keyed POST a second insertion when the store was a moka cache (session 13). A small answer
+/// is counted as this many bytes against `max_bytes`.
 const ANSWER_ALLOWANCE: usize = 512;
 
-/// Slots by (caller, key).
-type Slots = moka::future::Cache<(Arc<str>, Arc<str>), Arc<Slot>>;
+/// What a slot and its bookkeeping take besides its key and answer: about 1 KiB per key as
+/// measured by the load benchmark (94k stored answers took 122 MiB).
+const SLOT_OVERHEAD: usize = 1024;
+
+/// Slots by (caller, key); see `idempotency_slots` for why the store is written by hand.
+type Slots = super::idempotency_slots::Slots<(Arc<str>, Arc<str>), Slot>;
+
+/// What a slot of `key` weighs with an answer of `answer` bytes.
+fn weight(key: &(Arc<str>, Arc<str>), answer: usize) -> u64 {
+    (key.0.len() + key.1.len() + SLOT_OVERHEAD + answer.max(ANSWER_ALLOWANCE)) as u64
+}
 
 impl std::fmt::Debug for IdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyStore")
-            .field("entries", &self.slots.entry_count())
+            .field("entries", &self.slots.len())
             .finish()
     }
 }
 
 impl IdempotencyStore {
-    /// An empty store.
+    /// An empty store: each (caller, key) kept for `ttl`, the oldest dropped first when the
+    /// slots and their stored answers weigh more than `max_bytes`.
     pub fn new(settings: &IdempotencySettings) -> Self {
-        let slots = moka::future::Cache::builder()
-            .time_to_live(settings.ttl)
-            .max_capacity(settings.max_bytes)
-            // A full store drops its least recently used keys and always takes the new one.
-            // moka's default, TinyLFU, admits a new entry only if it was asked for more often
-            // than what it would evict, and a fresh key has been asked for once: with the store
-            // full it kept keys 33 to 41 of 50 and refused 42 to 49, the very calls a client
-            // is likeliest to retry (`a_full_store_keeps_the_newest_keys`).
-            .eviction_policy(moka::policy::EvictionPolicy::lru())
-            // Weighed by what a slot holds: its key plus, once completed, the stored answer.
-            // moka weighs at insertion, so a completed slot whose answer is larger than
-            // `ANSWER_ALLOWANCE` is inserted again (see `call`).
-            .weigher(|k: &(Arc<str>, Arc<str>), v: &Arc<Slot>| {
-                let stored = v
-                    .done
-                    .try_lock()
-                    .ok()
-                    .and_then(|g| g.as_ref().map(Stored::bytes));
-                // Slot, lock and moka's bookkeeping: about 1 KiB per key as measured by the
-                // load benchmark (94k stored answers took 122 MiB).
-                (k.0.len() + k.1.len() + 1024 + stored.unwrap_or(0).max(ANSWER_ALLOWANCE))
-                    .try_into()
-                    .unwrap_or(u32::MAX)
-            })
-            .build();
         IdempotencyStore {
-            slots: Arc::new(slots),
+            slots: Arc::new(Slots::new(settings.ttl, settings.max_bytes)),
             shared: None,
         }
     }
@@ -160,9 +144,10 @@ impl IdempotencyStore {
         self
     }
 
-    /// Number of keys held (eviction is lazy; for metrics and tests).
+    /// Number of keys held (expired ones until the next new key drops them; for metrics and
+    /// tests).
     pub fn len(&self) -> u64 {
-        self.slots.entry_count()
+        self.slots.len()
     }
 
     /// Whether the store holds no key.
@@ -257,13 +242,10 @@ impl<S: Handler> Handler for Idempotency<S> {
         let slot = self
             .store
             .slots
-            .get_with(slot_key.clone(), async move {
-                Arc::new(Slot {
-                    fingerprint: fp,
-                    done: Arc::new(tokio::sync::Mutex::new(None)),
-                })
-            })
-            .await;
+            .claim(&slot_key, weight(&slot_key, 0), || Slot {
+                fingerprint: fp,
+                done: Arc::new(tokio::sync::Mutex::new(None)),
+            });
         if slot.fingerprint != fp {
             metrics.idempotency_conflicts.inc();
             return Err(GatewayError::IdempotencyConflict);
@@ -307,7 +289,7 @@ impl<S: Handler> Handler for Idempotency<S> {
                         // The fleet saw this key with another request: so must this instance.
                         metrics.idempotency_conflicts.inc();
                         drop(guard);
-                        self.store.slots.invalidate(&slot_key).await;
+                        self.store.slots.remove(&slot_key, &slot);
                         return Err(GatewayError::IdempotencyConflict);
                     }
                     Fleet::Execute {
@@ -325,11 +307,12 @@ impl<S: Handler> Handler for Idempotency<S> {
                     Fleet::Replay(stored) => {
                         metrics.idempotency_replays.inc();
                         let resp = replay(&stored, &key);
-                        let reweigh = stored.bytes() > ANSWER_ALLOWANCE;
+                        let answer = stored.bytes();
                         *guard = Some(stored);
                         drop(guard);
-                        if reweigh {
-                            self.store.slots.insert(slot_key, slot).await;
+                        if answer > ANSWER_ALLOWANCE {
+                            let weight = weight(&slot_key, answer);
+                            self.store.slots.reweigh(&slot_key, &slot, weight);
                         }
                         return Ok(resp);
                     }
@@ -377,12 +360,14 @@ impl<S: Handler> Handler for Idempotency<S> {
             if let Some(l) = lease {
                 l.complete(stored.clone());
             }
-            let reweigh = stored.bytes() > ANSWER_ALLOWANCE;
+            let answer = stored.bytes();
             *guard = Some(stored);
             drop(guard);
-            if reweigh {
-                // The same slot again, so moka weighs the stored answer against max_bytes.
-                store.slots.insert(slot_key, slot).await;
+            if answer > ANSWER_ALLOWANCE {
+                // The stored answer counts against max_bytes.
+                store
+                    .slots
+                    .reweigh(&slot_key, &slot, weight(&slot_key, answer));
             }
             Ok(GwResponse::from_parts(parts, body::full(bytes)))
         }));
@@ -697,7 +682,6 @@ mod tests {
             50,
             "each key executed once"
         );
-        store.slots.run_pending_tasks().await;
         let (weight, held) = (store.slots.weighted_size(), store.len());
         assert!(weight <= 100_000, "{weight} bytes held");
         assert!(
@@ -742,7 +726,6 @@ mod tests {
         .await;
         for i in 0..50 {
             cancel(&svc, &format!("key-{i}")).await;
-            store.slots.run_pending_tasks().await;
         }
         let held: Vec<usize> = (0..50)
             .filter(|i| {
@@ -780,7 +763,6 @@ mod tests {
             let resp = cancel(&svc, &format!("key-{i}")).await;
             assert_eq!(resp.status(), StatusCode::CREATED);
         }
-        store.slots.run_pending_tasks().await;
         let each = testing::CALLER.len() + "key-0".len() + 1024 + ANSWER_ALLOWANCE;
         assert_eq!(
             (store.len(), store.slots.weighted_size()),

@@ -55,6 +55,7 @@ pub mod cache;
 pub mod caller;
 pub mod headers;
 pub mod idempotency;
+mod idempotency_slots;
 pub mod json_body;
 pub mod rate_limit;
 pub mod retry;

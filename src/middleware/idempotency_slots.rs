@@ -1,0 +1,286 @@
+//! The idempotency layer's store of slots: one per (caller, key), kept for a fixed time to live
+//! and within a byte budget, the oldest dropped first.
+//!
+//! Written by hand instead of a moka cache (which held the slots until session 15) because the
+//! store's needs are narrower than a cache's and moka's generality cost the money path:
+//!
+//! - Every keyed POST brings a key never seen before, so the map only grows and churns. moka's
+//!   lock-free map rehashes as it grows and again to clear what eviction removed: in a profile
+//!   of POST cancellations (each with a fresh key) that rehashing was 6.5 % of the gateway's
+//!   CPU, its `get_with` (which claims a slot through a second, per-key waiter map) 2.2 %, and
+//!   its policy bookkeeping about 1 % more.
+//! - The order a store must forget in is by age: all keys live the same `ttl`, and a full store
+//!   must drop its oldest keys, never refuse a new one. A queue in insertion order is both the
+//!   expiry order and the eviction order, so neither needs a timer wheel nor a frequency sketch.
+//!
+//! So: one `HashMap` and one queue behind one mutex, held for a hash-map operation at a time and
+//! never across an `.await`. A slot is claimed atomically ([`Slots::claim`]), weighed again once
+//! its answer is known ([`Slots::reweigh`]), and dropped early only if it is still the same slot
+//! ([`Slots::remove`]).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// Slots by key, each with its weight, within `max_bytes` and for `ttl` after insertion.
+pub(crate) struct Slots<K, V> {
+    inner: Mutex<Inner<K, V>>,
+    ttl: Duration,
+    max_bytes: u64,
+}
+
+struct Inner<K, V> {
+    map: HashMap<K, Entry<V>>,
+    /// Every insertion in order, with the generation it made: the oldest is at the front. An
+    /// element whose key now maps to another generation (removed, or replaced after expiry)
+    /// is stale and skipped.
+    order: VecDeque<(Instant, K, u64)>,
+    /// Sum of the weights in `map`.
+    bytes: u64,
+    /// Generation of the next insertion.
+    next_gen: u64,
+}
+
+struct Entry<V> {
+    value: Arc<V>,
+    weight: u64,
+    generation: u64,
+    expires: Instant,
+}
+
+impl<K: Hash + Eq + Clone, V> Slots<K, V> {
+    pub(crate) fn new(ttl: Duration, max_bytes: u64) -> Self {
+        Slots {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                next_gen: 0,
+            }),
+            ttl,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<K, V>> {
+        // Nothing in here panics between two consistent states.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live slot of `key`, or a new one from `make` weighing `weight` (the oldest slots are
+    /// dropped to make room). Two callers of one key get the same slot.
+    pub(crate) fn claim(&self, key: &K, weight: u64, make: impl FnOnce() -> V) -> Arc<V> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.expire(now);
+        if let Some(e) = inner.map.get(key) {
+            if e.expires > now {
+                return e.value.clone();
+            }
+        }
+        let value = Arc::new(make());
+        let generation = inner.next_gen;
+        inner.next_gen += 1;
+        let expires = now + self.ttl;
+        let old = inner.map.insert(
+            key.clone(),
+            Entry {
+                value: value.clone(),
+                weight,
+                generation,
+                expires,
+            },
+        );
+        if let Some(old) = old {
+            inner.bytes -= old.weight;
+        }
+        inner.bytes += weight;
+        inner.order.push_back((expires, key.clone(), generation));
+        inner.evict(self.max_bytes);
+        inner.compact();
+        value
+    }
+
+    /// Weighs `key`'s slot again (its answer is known), if it still is `slot`; the oldest slots
+    /// are dropped if that takes the store over its budget.
+    pub(crate) fn reweigh(&self, key: &K, slot: &Arc<V>, weight: u64) {
+        let mut inner = self.lock();
+        let Some(e) = inner.map.get_mut(key) else {
+            return;
+        };
+        if !Arc::ptr_eq(&e.value, slot) {
+            return;
+        }
+        let old = std::mem::replace(&mut e.weight, weight);
+        inner.bytes = inner.bytes - old + weight;
+        inner.evict(self.max_bytes);
+    }
+
+    /// Drops `key`'s slot if it still is `slot`.
+    pub(crate) fn remove(&self, key: &K, slot: &Arc<V>) {
+        let mut inner = self.lock();
+        if inner
+            .map
+            .get(key)
+            .is_some_and(|e| Arc::ptr_eq(&e.value, slot))
+        {
+            if let Some(e) = inner.map.remove(key) {
+                inner.bytes -= e.weight;
+            }
+            inner.compact();
+        }
+    }
+
+    /// Whether `key` has a live slot.
+    #[cfg(test)]
+    pub(crate) fn contains_key(&self, key: &K) -> bool {
+        let now = Instant::now();
+        self.lock().map.get(key).is_some_and(|e| e.expires > now)
+    }
+
+    /// Slots held (expired ones included until the next claim drops them).
+    pub(crate) fn len(&self) -> u64 {
+        self.lock().map.len() as u64
+    }
+
+    /// Sum of the weights held.
+    #[cfg(test)]
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.lock().bytes
+    }
+}
+
+impl<K: Hash + Eq, V> Inner<K, V> {
+    /// Drops the front element's entry if that element is current; true if it was.
+    fn drop_front(&mut self) -> bool {
+        let Some((_, key, generation)) = self.order.pop_front() else {
+            return false;
+        };
+        let current = self
+            .map
+            .get(&key)
+            .is_some_and(|e| e.generation == generation);
+        if current {
+            if let Some(e) = self.map.remove(&key) {
+                self.bytes -= e.weight;
+            }
+        }
+        current
+    }
+
+    /// Drops every slot whose time is up: they are at the front, in insertion order.
+    fn expire(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(at, _, _)| *at <= now) {
+            self.drop_front();
+        }
+    }
+
+    /// Drops the oldest slots until the weights fit `max_bytes`; the newest slot always stays.
+    fn evict(&mut self, max_bytes: u64) {
+        while self.bytes > max_bytes && self.map.len() > 1 {
+            if self.order.is_empty() {
+                break;
+            }
+            self.drop_front();
+        }
+    }
+
+    /// Rebuilds the queue without its stale elements once they outnumber the live ones, so
+    /// removals cannot grow it without bound.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|(_, key, generation)| {
+                map.get(key).is_some_and(|e| e.generation == *generation)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_bytes: u64) -> Slots<String, u32> {
+        Slots::new(Duration::from_secs(60), max_bytes)
+    }
+
+    fn held(s: &Slots<String, u32>, n: u32) -> Vec<u32> {
+        (0..n)
+            .filter(|i| s.contains_key(&format!("k{i}")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn one_key_one_slot_until_it_is_removed() {
+        let s = store(1000);
+        let k = "k".to_owned();
+        let a = s.claim(&k, 10, || 1);
+        let b = s.claim(&k, 10, || 2);
+        assert!(Arc::ptr_eq(&a, &b), "the second claim gets the first slot");
+        assert_eq!((s.len(), s.weighted_size()), (1, 10));
+        // Removing or reweighing a slot that is no longer the key's does nothing.
+        s.remove(&k, &Arc::new(9));
+        s.reweigh(&k, &Arc::new(9), 500);
+        assert_eq!((s.len(), s.weighted_size()), (1, 10));
+        s.remove(&k, &a);
+        assert_eq!((s.len(), s.weighted_size()), (0, 0));
+        let c = s.claim(&k, 10, || 3);
+        assert_eq!(*c, 3, "a removed key gets a new slot");
+    }
+
+    #[tokio::test]
+    async fn a_full_store_drops_its_oldest_slots_and_takes_the_new_one() {
+        let s = store(100);
+        for i in 0..25 {
+            s.claim(&format!("k{i}"), 10, || i);
+            assert!(s.weighted_size() <= 100);
+        }
+        assert_eq!(held(&s, 25), (15..25).collect::<Vec<_>>());
+        // A slot weighed again after its answer makes room the same way.
+        let k24 = "k24".to_owned();
+        let last = s.claim(&k24, 10, || 0);
+        s.reweigh(&k24, &last, 50);
+        assert_eq!(held(&s, 25), (19..25).collect::<Vec<_>>());
+        assert_eq!(s.weighted_size(), 100);
+        // One slot heavier than the whole budget is still held, alone.
+        s.claim(&"big".to_owned(), 1000, || 0);
+        assert_eq!((s.len(), s.weighted_size()), (1, 1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_expire_after_the_ttl_in_insertion_order() {
+        let s = store(1000);
+        s.claim(&"k0".to_owned(), 10, || 0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.claim(&"k1".to_owned(), 10, || 1);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // k0 is 60 s old: gone for lookups at once, and from the store at the next claim.
+        assert_eq!(held(&s, 2), [1]);
+        let again = s.claim(&"k0".to_owned(), 10, || 7);
+        assert_eq!(*again, 7, "an expired key gets a new slot");
+        assert_eq!((s.len(), s.weighted_size()), (2, 20));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.claim(&"k2".to_owned(), 10, || 2);
+        assert_eq!(held(&s, 3), [0, 2]);
+        assert_eq!((s.len(), s.weighted_size()), (2, 20));
+    }
+
+    #[tokio::test]
+    async fn removals_do_not_grow_the_queue_without_bound() {
+        let s = store(1 << 30);
+        for i in 0..10_000u32 {
+            let k = format!("k{i}");
+            let slot = s.claim(&k, 1, || i);
+            s.remove(&k, &slot);
+        }
+        let queued = s.lock().order.len();
+        assert!(queued <= 64 + 1, "{queued} stale elements kept");
+        assert_eq!((s.len(), s.weighted_size()), (0, 0));
+    }
+}
