@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{keys, metric, tx_path, Harness, TX_PATH};
+use common::{keys, metric, tx_path, Harness, Options, TX_PATH};
 use reqwest::Method;
 use serde_json::json;
 
@@ -73,7 +73,13 @@ async fn request_duration_seconds_counts_and_sums_each_operations_requests() {
 
 #[tokio::test]
 async fn audit_metrics_count_records_syncs_failures_and_the_last_sync() {
-    let h = Harness::start().await;
+    // Every outcome synced before its answer, so that each record's sync is counted by the time
+    // the call is answered (with "written", the default, the last outcome's sync comes from the
+    // flush timer; tests/audit_log.rs covers that mode).
+    let h = Harness::with_edited(Options::default(), |t| {
+        t.replace("[audit]\n", "[audit]\noutcome_durability = \"synced\"\n")
+    })
+    .await;
     let scrape = || async {
         let text = h.scrape_metrics().await;
         move |name: &str| metric(&text, &format!("ratepay_gateway_{name}")).unwrap()
