@@ -7,14 +7,20 @@ use std::{process::Command, time::Duration};
 use common::{
     keys, metric,
     process::{authorize, gateway_config, spawn, BIN, KEY},
-    Harness, TX_PATH,
+    Harness, Options, TX_PATH,
 };
 use reqwest::Method;
 use serde_json::json;
 
 #[tokio::test]
 async fn metrics_are_present_and_move_with_traffic() {
-    let h = Harness::start().await;
+    // Outcomes synced before the answer, so the outcome is counted once its call is answered
+    // (`audit_records_total` counts synced records; with "written" the last one is synced by
+    // the flush timer a moment later).
+    let h = Harness::with_edited(Options::default(), |t| {
+        t.replace("[audit]\n", "[audit]\noutcome_durability = \"synced\"\n")
+    })
+    .await;
     let scrape = || h.scrape_metrics();
     let before = scrape().await;
     assert!(before.contains("ratepay_gateway_in_flight_requests"));
