@@ -19,6 +19,7 @@ pub mod body;
 pub mod chain;
 pub mod checkpoint;
 pub mod files;
+mod health;
 mod open;
 pub mod record;
 mod reopen;
@@ -39,6 +40,7 @@ pub use body::{ratepay_cancellation_id, CancellationFields};
 pub use chain::{verify, Fault, VerifyError, VerifySummary};
 pub use checkpoint::{Anchor, CheckpointConfig, PublicKey, SigningKey};
 pub use files::{chains, log_files, rotated_path, DEFAULT_FILE_NAME};
+pub use health::PROBE_INTERVAL;
 pub use open::{AttemptCounter, OpenIntent, CUT_OFF, SHUT_DOWN};
 pub use record::{
     AuditEntry, AuditRecord, Intent, LineFault, Outcome, OutcomeKind, RecordKind, Start, Stop,
@@ -47,7 +49,6 @@ pub use record::{
 pub use reopen::{Recovery, TruncatedTail};
 pub use stats::AuditStats;
 pub use trust::{verify_with, Report, Runs, Signatures, VerifyOptions};
-pub use writer::PROBE_INTERVAL;
 
 use stats::StatsCells;
 use writer::Job;
