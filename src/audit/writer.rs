@@ -368,9 +368,13 @@ impl Writer {
         now: OffsetDateTime,
         force: bool,
     ) {
-        let unsynced = self.written > self.durable;
-        if waiting.is_empty() && buf.is_empty() && !(force && unsynced) {
-            return;
+        if waiting.is_empty() && buf.is_empty() {
+            // Nothing new: at most a sync of what was answered once written, and not on a
+            // failing log, which touches the disk only when an append probes it.
+            let healthy = self.poisoned.is_none() && self.write_failed.is_none();
+            if !(force && healthy && self.written > self.durable) {
+                return;
+            }
         }
         let sync = force
             || self.flusher.is_none()
