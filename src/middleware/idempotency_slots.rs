@@ -16,7 +16,8 @@
 //! So: one `HashMap` and one queue behind one mutex, held for a hash-map operation at a time and
 //! never across an `.await`. A slot is claimed atomically ([`Slots::claim`]), weighed again once
 //! its answer is known ([`Slots::reweigh`]), and dropped early only if it is still the same slot
-//! ([`Slots::remove`]).
+//! ([`Slots::remove`]). A slot a request still holds (its call in flight) is never evicted for
+//! room, so a flood of new keys cannot make a retry of a call in flight execute beside it.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -156,37 +157,49 @@ impl<K: Hash + Eq + Clone, V> Slots<K, V> {
 }
 
 impl<K: Hash + Eq, V> Inner<K, V> {
-    /// Drops the front element's entry if that element is current; true if it was.
-    fn drop_front(&mut self) -> bool {
-        let Some((_, key, generation)) = self.order.pop_front() else {
-            return false;
-        };
-        let current = self
-            .map
-            .get(&key)
-            .is_some_and(|e| e.generation == generation);
-        if current {
-            if let Some(e) = self.map.remove(&key) {
-                self.bytes -= e.weight;
-            }
-        }
-        current
-    }
-
     /// Drops every slot whose time is up: they are at the front, in insertion order.
     fn expire(&mut self, now: Instant) {
         while self.order.front().is_some_and(|(at, _, _)| *at <= now) {
-            self.drop_front();
+            let Some((_, key, generation)) = self.order.pop_front() else {
+                return;
+            };
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|e| e.generation == generation)
+            {
+                if let Some(e) = self.map.remove(&key) {
+                    self.bytes -= e.weight;
+                }
+            }
         }
     }
 
-    /// Drops the oldest slots until the weights fit `max_bytes`; the newest slot always stays.
+    /// Drops the oldest slots until the weights fit `max_bytes`. A slot a request still holds
+    /// (its call in flight, a duplicate waiting on it, a replay being written) is not dropped
+    /// but goes to the back of the queue: dropping it would let a retry of that key execute
+    /// again beside the call in flight. So the store can exceed `max_bytes` by the slots in use,
+    /// which the connection limit bounds; the slot just claimed is one of them.
     fn evict(&mut self, max_bytes: u64) {
-        while self.bytes > max_bytes && self.map.len() > 1 {
-            if self.order.is_empty() {
+        // Each element is looked at once at most per call.
+        let mut turns = self.order.len();
+        while self.bytes > max_bytes && turns > 0 {
+            turns -= 1;
+            let Some((at, key, generation)) = self.order.pop_front() else {
                 break;
+            };
+            let Some(e) = self.map.get(&key) else {
+                continue;
+            };
+            if e.generation != generation {
+                continue;
             }
-            self.drop_front();
+            if Arc::strong_count(&e.value) > 1 {
+                // Its expiry is then checked late (at the front again); lookups check it anyway.
+                self.order.push_back((at, key, generation));
+            } else if let Some(e) = self.map.remove(&key) {
+                self.bytes -= e.weight;
+            }
         }
     }
 
@@ -248,9 +261,33 @@ mod tests {
         s.reweigh(&k24, &last, 50);
         assert_eq!(held(&s, 25), (19..25).collect::<Vec<_>>());
         assert_eq!(s.weighted_size(), 100);
+        drop(last);
         // One slot heavier than the whole budget is still held, alone.
-        s.claim(&"big".to_owned(), 1000, || 0);
+        let big = s.claim(&"big".to_owned(), 1000, || 0);
         assert_eq!((s.len(), s.weighted_size()), (1, 1000));
+        drop(big);
+        s.claim(&"next".to_owned(), 10, || 0);
+        assert_eq!((s.len(), s.weighted_size()), (1, 10));
+    }
+
+    #[tokio::test]
+    async fn a_slot_a_request_still_holds_is_not_evicted() {
+        let s = store(100);
+        let in_flight = s.claim(&"k0".to_owned(), 10, || 0);
+        for i in 1..30 {
+            s.claim(&format!("k{i}"), 10, || i);
+        }
+        // Still there: a retry of k0 finds the call in flight, not a fresh slot.
+        let retry = s.claim(&"k0".to_owned(), 10, || 99);
+        assert!(Arc::ptr_eq(&retry, &in_flight));
+        assert!(s.weighted_size() <= 100, "{}", s.weighted_size());
+        drop((retry, in_flight));
+        // Once nothing holds it, it goes like any old slot.
+        for i in 30..45 {
+            s.claim(&format!("k{i}"), 10, || i);
+        }
+        assert!(!s.contains_key(&"k0".to_owned()));
+        assert_eq!(held(&s, 45), (35..45).collect::<Vec<_>>());
     }
 
     #[tokio::test(start_paused = true)]
