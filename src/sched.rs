@@ -37,9 +37,10 @@ where
 }
 
 /// Puts the calling thread under `SCHED_BATCH` (nice 0). Best effort: where the policy cannot
-/// be set (another OS, a seccomp filter, a nice value the process may not lower back to 0), the
-/// thread keeps its current policy and the error says why (the caller decides whether to log
-/// it: the log writer must not log from its own thread).
+/// be set (another OS, a seccomp filter) the thread keeps its current one; in a process started
+/// with a higher nice value and no right to lower it, the policy is set but the nice value
+/// stays. Either way the error says what failed (the caller decides whether to log it: the log
+/// writer must not log from its own thread).
 pub fn background() -> Result<(), String> {
     #[cfg(target_os = "linux")]
     {
@@ -52,7 +53,8 @@ pub fn background() -> Result<(), String> {
             ThreadPriority::Os(ThreadPriorityOsValue::default()),
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
         )
-        .map_err(|e| format!("SCHED_BATCH not set: {e:?}"))
+        // The crate sets the policy, then the nice value: an error may come after the first.
+        .map_err(|e| format!("SCHED_BATCH with nice 0 not set (in full): {e:?}"))
     }
     #[cfg(not(target_os = "linux"))]
     Err("SCHED_BATCH exists only on Linux".to_owned())

@@ -264,7 +264,7 @@ impl AuditLog {
                     source: Arc::new(e),
                 })?;
         if let Err(e) = policy {
-            tracing::debug!(error = %e, "audit writer keeps the default scheduling policy");
+            tracing::debug!(error = %e, "audit writer's scheduling not changed as asked");
         }
         let log = AuditLog {
             inner: Arc::new(Inner {
