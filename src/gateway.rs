@@ -148,7 +148,8 @@ impl Gateway {
             },
         )?;
         if let Some(c) = &gateway.inner.cluster {
-            // Learn the pauses the fleet holds before serving (bounded: Redis may be away).
+            // Learn the pauses the fleet holds and connect before serving (bounded: Redis may
+            // be away).
             if !c.wait_synced(CLUSTER_SYNC_WAIT).await {
                 tracing::warn!(
                     wait_ms = CLUSTER_SYNC_WAIT.as_millis() as u64,

@@ -62,10 +62,17 @@ impl Instance {
         };
         // Lines after a `[cluster_extra]` marker in `extra` go into the `[cluster]` section.
         let (extra, cluster_extra) = extra.split_once("[cluster_extra]\n").unwrap_or((extra, ""));
+        // 100 ms unless `extra` sets its own (a test that must not fall back to local state
+        // on a loaded machine).
+        let timeout = if cluster_extra.contains("redis_timeout_ms") {
+            ""
+        } else {
+            "redis_timeout_ms = 100\n"
+        };
         let opts = Options {
             extra_toml: format!(
                 "{extra}\n[cluster]\n{cluster_extra}instance = \"{name}\"\ninstances = 3\nredis_url_env = \"{URL_ENV}\"\n\
-                 retry_after_failure_ms = 100\nredis_timeout_ms = 100\nanswer_key_file = \"{}\"\n{previous}",
+                 retry_after_failure_ms = 100\n{timeout}answer_key_file = \"{}\"\n{previous}",
                 dir.path().join("answer-key").display()
             ),
             ..Options::default()
@@ -572,7 +579,9 @@ async fn assert_nothing_secret_in(redis: &Redis) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_duplicates_over_three_instances_reach_ratepay_once_with_one_answer() {
-    let fleet = Fleet::start("").await;
+    // Every Redis call must reach Redis here (a timeout would fall back to local state and let a
+    // duplicate execute): the longest timeout, for a machine busy with other tests.
+    let fleet = Fleet::start("[cluster_extra]\nredis_timeout_ms = 1000\n").await;
     let tx = fleet.authorize(0).await;
     // Ratepay takes a while, so the duplicates arrive while the first is executing.
     fleet
@@ -651,11 +660,13 @@ async fn fifty_duplicates_over_three_instances_reach_ratepay_once_with_one_answe
 
     // Rotation: an instance with a new key and the old one as previous still replays.
     let again = |previous: Option<&str>, name: &str| {
+        // A fresh instance's first Redis calls must not time out into the local fallback (which
+        // would execute again) on a machine busy with other tests.
         let g = Instance::start_keyed(
             &fleet.sandbox.url(),
             &fleet.redis.url(),
             name,
-            "",
+            "[cluster_extra]\nredis_timeout_ms = 1000\n",
             NEW_ANSWER_KEY,
             previous,
         );

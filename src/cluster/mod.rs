@@ -99,6 +99,7 @@ pub struct Cluster {
     sink_set: tokio::sync::Notify,
     /// Set (and signalled) once the first subscription read the pauses in force.
     synced: AtomicBool,
+    /// Signalled when `synced` is set and when the request path's connection is made.
     synced_notify: tokio::sync::Notify,
     /// Counters for the metrics.
     pub stats: ClusterStats,
@@ -196,17 +197,24 @@ impl Cluster {
         self.sink_set.notify_one();
     }
 
-    /// Waits (at most `limit`) until the first subscription has read the pauses in force, so
-    /// that a starting instance does not call an API the fleet holds. A Redis that does not
-    /// answer in time leaves the instance starting degraded.
+    /// Waits (at most `limit`) until the first subscription has read the pauses in force and the
+    /// request path's connection is made, so that a starting instance neither calls an API the
+    /// fleet holds nor answers its first keyed calls from local state alone (which would let a
+    /// duplicate sent to another instance execute again). A Redis that does not answer in time
+    /// leaves the instance starting degraded.
     pub async fn wait_synced(&self, limit: Duration) -> bool {
-        let notified = self.synced_notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.synced.load(Ordering::Acquire) {
-            return true;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.synced_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.synced.load(Ordering::Acquire) && self.conn.load().is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
         }
-        tokio::time::timeout(limit, notified).await.is_ok()
     }
 
     fn sink(&self) -> Option<Arc<dyn EventSink>> {
@@ -438,6 +446,7 @@ async fn connect(cluster: Weak<Cluster>) {
             }
             c.conn.store(Some(Arc::new(m)));
             drop(scripts);
+            c.synced_notify.notify_waiters();
             tracing::info!(instance = %c.settings.instance, "connected to redis");
             return;
         }
