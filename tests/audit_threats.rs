@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::process::{authorize, gateway_config, signal, spawn, spawn_logging_to, BIN, KEY};
+use common::process::{authorize, cancel, gateway_config, signal, spawn, spawn_logging_to, BIN};
 use ratepay_gateway::audit::{log_files, record, AuditRecord, SigningKey};
 use serde_json::Value;
 
@@ -56,20 +56,6 @@ fn signed_config(dir: &Path, sandbox: &str, key: &Path) -> PathBuf {
     ));
     std::fs::write(&cfg, text).unwrap();
     cfg
-}
-
-async fn cancel(http: &reqwest::Client, proxy: &str, tx: &str) {
-    let r = http
-        .post(format!(
-            "http://{proxy}/transaction/management/v2/transactions/{tx}/cancellations"
-        ))
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(r#"{"gross_amount": 1.00}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
 }
 
 async fn build_fixture() -> Fixture {

@@ -654,6 +654,19 @@ mod tests {
         (call, req)
     }
 
+    /// The layer over 10 KB answers with a 100 KB store: room for about eight of them.
+    async fn ten_kb_answers_under_100_kb(
+    ) -> (Idempotency<Created>, IdempotencyStore, tempfile::TempDir) {
+        layer(
+            100_000,
+            Created {
+                body_len: 10_000,
+                ..Created::default()
+            },
+        )
+        .await
+    }
+
     /// `svc` answering the cancellation with `key`.
     async fn cancel(svc: &Idempotency<Created>, key: &str) -> GwResponse {
         let (call, req) = cancellation(key);
@@ -665,14 +678,7 @@ mod tests {
         // 10 KB answers under a 100 KB bound, stored the way the layer stores them: executed,
         // answered, then kept for replay. A slot weighs only its key (~1 KiB) when created, so
         // the bound holds only if the stored answer is weighed after the call.
-        let (svc, store, _dir) = layer(
-            100_000,
-            Created {
-                body_len: 10_000,
-                ..Created::default()
-            },
-        )
-        .await;
+        let (svc, store, _dir) = ten_kb_answers_under_100_kb().await;
         for i in 0..50 {
             let resp = cancel(&svc, &format!("key-{i}")).await;
             assert_eq!(resp.status(), StatusCode::CREATED);
@@ -716,14 +722,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_store_keeps_the_newest_keys() {
         // Room for about eight 10 KB answers: fifty calls, one key each.
-        let (svc, store, _dir) = layer(
-            100_000,
-            Created {
-                body_len: 10_000,
-                ..Created::default()
-            },
-        )
-        .await;
+        let (svc, store, _dir) = ten_kb_answers_under_100_kb().await;
         for i in 0..50 {
             cancel(&svc, &format!("key-{i}")).await;
         }

@@ -156,6 +156,21 @@ pub async fn authorize(http: &reqwest::Client, proxy: &str, amount: u32) -> Stri
         .to_owned()
 }
 
+/// Cancels 1.00 of `tx` through the gateway at `proxy`; asserts Ratepay's 201.
+pub async fn cancel(http: &reqwest::Client, proxy: &str, tx: &str) {
+    let r = http
+        .post(format!(
+            "http://{proxy}/transaction/management/v2/transactions/{tx}/cancellations"
+        ))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"gross_amount": 1.00}"#)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(r.status(), 201);
+}
+
 /// Sends `signal` (a name such as `TERM`, `STOP`) to the running process.
 pub fn signal(process: &Running, signal: &str) {
     let ok = Command::new("kill")
