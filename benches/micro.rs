@@ -15,7 +15,8 @@
 //!   appends that share syncs; the same on tmpfs (`/dev/shm`, where the sync costs nothing)
 //!   when present, to separate the sync from the rest.
 //! - `access_log`: one access record (the edge's fields) formatted and handed to a discarding
-//!   writer, through the gateway's subscriber (`logging::subscriber`, text and JSON) and through
+//!   writer: as the edge logs it (`logging::access`, text and JSON), as a `tracing` event through
+//!   the same subscriber (`_as_event`, the edge's way until session 16), and through
 //!   `tracing_subscriber`'s stock formatter, which wrote access records until session 4.
 
 use std::{
@@ -342,8 +343,25 @@ fn audit(c: &mut Criterion) {
     }
 }
 
-/// One access record with the edge's fields and typical values.
+/// One access record with the edge's fields and typical values, as the edge logs it.
 fn access_record(request_id: &str, path: &str) {
+    ratepay_gateway::logging::access(&ratepay_gateway::logging::AccessRecord {
+        request_id,
+        method: "GET",
+        path,
+        operation: "payment.transactions.get",
+        caller: "bench",
+        status: 200,
+        latency_us: 187,
+        upstream_attempts: 1,
+        cache: "-",
+        bytes: Some(233),
+        queued_us: 0,
+    });
+}
+
+/// The same record as a `tracing` event (how the edge logged it until session 16).
+fn access_event(request_id: &str, path: &str) {
     tracing::info!(
         target: ratepay_gateway::logging::ACCESS_TARGET,
         request_id,
@@ -353,7 +371,7 @@ fn access_record(request_id: &str, path: &str) {
         caller = "bench",
         status = 200u16,
         latency_us = 187u64,
-        upstream_attempts = 1u64,
+        upstream_attempts = 1u32,
         cache = "-",
         bytes = Some(233u64),
         queued_us = 0u64,
@@ -366,31 +384,42 @@ fn access_log(c: &mut Criterion) {
     use tracing_subscriber::EnvFilter;
     let request_id = "0193a5c4-7d1e-7c2a-9b8e-2f4d6a1c3e5f";
     let mut g = c.benchmark_group("access_log");
-    let mut run = |name: &str, dispatch: tracing::Dispatch| {
+    let mut run = |name: &str, dispatch: tracing::Dispatch, log: fn(&str, &str)| {
         g.bench_function(name, |b| {
-            tracing::dispatcher::with_default(&dispatch, || {
-                b.iter(|| access_record(request_id, TX_PATH))
-            })
+            tracing::dispatcher::with_default(&dispatch, || b.iter(|| log(request_id, TX_PATH)))
         });
     };
     for (name, format) in [
         ("gateway_text", LogFormat::Text),
         ("gateway_json", LogFormat::Json),
     ] {
-        let s = subscriber(format, EnvFilter::new("info"), false, std::io::sink);
-        run(name, tracing::Dispatch::new(s));
+        let s = || subscriber(format, EnvFilter::new("info"), false, std::io::sink);
+        run(name, tracing::Dispatch::new(s()), access_record);
+        run(
+            &format!("{name}_as_event"),
+            tracing::Dispatch::new(s()),
+            access_event,
+        );
     }
     let stock = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("info"))
         .with_ansi(false)
         .with_writer(std::io::sink);
-    run("stock_fmt_text", tracing::Dispatch::new(stock.finish()));
+    run(
+        "stock_fmt_text",
+        tracing::Dispatch::new(stock.finish()),
+        access_event,
+    );
     let stock = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("info"))
         .with_writer(std::io::sink)
         .json()
         .flatten_event(true);
-    run("stock_fmt_json", tracing::Dispatch::new(stock.finish()));
+    run(
+        "stock_fmt_json",
+        tracing::Dispatch::new(stock.finish()),
+        access_event,
+    );
     g.finish();
 }
 

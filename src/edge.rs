@@ -137,21 +137,19 @@ impl Gateway {
         // Bytes of the response body when known before it is streamed (buffered answers,
         // problems, cache hits, upstreams that sent Content-Length).
         let bytes = http_body::Body::size_hint(resp.body()).exact();
-        tracing::info!(
-            target: crate::logging::ACCESS_TARGET,
-            request_id = &*request_id,
-            method = method.as_str(),
-            path = path.as_str(),
-            operation = operation.unwrap_or("-"),
-            caller = caller.as_deref().unwrap_or("-"),
-            status = resp.status().as_u16(),
-            latency_us = latency.as_micros() as u64,
-            upstream_attempts = stats.attempts.load(Ordering::Relaxed),
-            cache = cache.unwrap_or("-"),
+        crate::logging::access(&crate::logging::AccessRecord {
+            request_id: &request_id,
+            method: method.as_str(),
+            path: path.as_str(),
+            operation: operation.unwrap_or("-"),
+            caller: caller.as_deref().unwrap_or("-"),
+            status: resp.status().as_u16(),
+            latency_us: latency.as_micros() as u64,
+            upstream_attempts: stats.attempts.load(Ordering::Relaxed),
+            cache: cache.unwrap_or("-"),
             bytes,
             queued_us,
-            "request"
-        );
+        });
         resp
     }
 

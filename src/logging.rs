@@ -16,6 +16,15 @@
 //!
 //! Filtering is unchanged: `RUST_LOG` (an `EnvFilter`) decides for both, so
 //! `RUST_LOG=info,ratepay_gateway::access=off` turns the access log off.
+//!
+//! The edge hands its record to [`access`], not to a `tracing` event: dispatching an event
+//! through the layered subscriber (a thread-local lookup, every layer's filter and its per-layer
+//! filter bookkeeping, then a visitor call per field) was about half of the access log's cost.
+//! [`access`] finds the [`AccessLayer`] in the current subscriber and writes the typed fields
+//! directly, in the same bytes. Whether the filter enables access records is decided once, when
+//! the subscriber is built, from its static directives; a filter with span directives (which
+//! can only be decided per event) gets the record as a `tracing` event, as does a subscriber
+//! that is not this one.
 
 use std::{
     cell::RefCell,
@@ -24,7 +33,13 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use tracing::{field::Field, Event, Subscriber};
+use tracing::{
+    callsite::{Callsite, Identifier},
+    field::{Field, FieldSet},
+    metadata::Kind,
+    subscriber::Interest,
+    Event, Level, Metadata, Subscriber,
+};
 use tracing_subscriber::{
     filter::{filter_fn, EnvFilter},
     fmt::MakeWriter,
@@ -55,9 +70,21 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Clone + Send + Sync + 'static,
 {
+    let interest = <EnvFilter as Layer<Registry>>::register_callsite(&filter, &ACCESS_META);
+    let records = if interest.is_always() {
+        Records::Direct
+    } else if interest.is_never() {
+        Records::Off
+    } else {
+        Records::AsEvents
+    };
+    let sink = writer.clone();
     let access = AccessLayer {
         format,
-        writer: writer.clone(),
+        records,
+        write: Box::new(move |line: &[u8]| {
+            let _ = sink.make_writer().write_all(line);
+        }),
     }
     .with_filter(filter_fn(|m| m.target() == ACCESS_TARGET));
     let not_access = filter_fn(|m| m.target() != ACCESS_TARGET);
@@ -73,12 +100,146 @@ where
     }
 }
 
-/// Formats access records (see the module docs). Install it behind a filter on
-/// [`ACCESS_TARGET`]; [`subscriber`] does.
-pub struct AccessLayer<W> {
+/// Formats access records (see the module docs), those [`access`] hands it and those that
+/// arrive as events. Install it behind a filter on [`ACCESS_TARGET`]; [`subscriber`] does.
+pub struct AccessLayer {
     format: LogFormat,
-    writer: W,
+    records: Records,
+    /// Appends one whole line to the log.
+    write: Box<dyn Fn(&[u8]) + Send + Sync>,
 }
+
+/// What the filter makes of access records, decided when the subscriber is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Records {
+    /// Enabled by a static directive: [`access`] writes them directly.
+    Direct,
+    /// Disabled: [`access`] does nothing.
+    Off,
+    /// Decided per event (span directives): [`access`] sends them as events.
+    AsEvents,
+}
+
+/// One access record: what the edge knows when it answers.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessRecord<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub operation: &'a str,
+    pub caller: &'a str,
+    pub status: u16,
+    pub latency_us: u64,
+    pub upstream_attempts: u32,
+    pub cache: &'a str,
+    /// The response body's size when known before it is streamed; left out otherwise.
+    pub bytes: Option<u64>,
+    pub queued_us: u64,
+}
+
+impl AccessRecord<'_> {
+    /// The same record as a `tracing` event (field order as [`AccessRecord::write`] writes it).
+    fn emit(&self) {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = self.request_id,
+            method = self.method,
+            path = self.path,
+            operation = self.operation,
+            caller = self.caller,
+            status = self.status,
+            latency_us = self.latency_us,
+            upstream_attempts = self.upstream_attempts,
+            cache = self.cache,
+            bytes = self.bytes,
+            queued_us = self.queued_us,
+            "request"
+        );
+    }
+
+    /// The fields, as the event's visitor would write them.
+    fn write(&self, f: &mut Fields<'_>) {
+        f.str("message", "request");
+        f.str("request_id", self.request_id);
+        f.str("method", self.method);
+        f.str("path", self.path);
+        f.str("operation", self.operation);
+        f.str("caller", self.caller);
+        f.int("status", self.status);
+        f.int("latency_us", self.latency_us);
+        f.int("upstream_attempts", self.upstream_attempts);
+        f.str("cache", self.cache);
+        if let Some(bytes) = self.bytes {
+            f.int("bytes", bytes);
+        }
+        f.int("queued_us", self.queued_us);
+    }
+}
+
+/// Logs one access record (see the module docs): directly through the current subscriber's
+/// [`AccessLayer`] when it has one, as a `tracing` event otherwise.
+pub fn access(record: &AccessRecord<'_>) {
+    let as_event =
+        tracing::dispatcher::get_default(|dispatch| match dispatch.downcast_ref::<AccessLayer>() {
+            Some(layer) => match layer.records {
+                Records::Direct => {
+                    layer.write_line(|scratch, format, now| {
+                        let level = Level::INFO.as_str();
+                        let f = &mut begin_line(scratch, format, now, level, ACCESS_TARGET);
+                        record.write(f);
+                    });
+                    false
+                }
+                Records::Off => false,
+                Records::AsEvents => true,
+            },
+            None => true,
+        });
+    // Outside `get_default`: an event dispatched inside it would find no subscriber.
+    if as_event {
+        record.emit();
+    }
+}
+
+/// The access records' callsite, for asking the filter about them once (the field names
+/// matter to directives such as `ratepay_gateway::access[{status}]=info`).
+struct AccessCallsite;
+
+impl Callsite for AccessCallsite {
+    fn set_interest(&self, _: Interest) {}
+    fn metadata(&self) -> &Metadata<'_> {
+        &ACCESS_META
+    }
+}
+
+static ACCESS_CALLSITE: AccessCallsite = AccessCallsite;
+
+static ACCESS_META: Metadata<'static> = Metadata::new(
+    "request",
+    ACCESS_TARGET,
+    Level::INFO,
+    Some(file!()),
+    Some(line!()),
+    Some(module_path!()),
+    FieldSet::new(
+        &[
+            "message",
+            "request_id",
+            "method",
+            "path",
+            "operation",
+            "caller",
+            "status",
+            "latency_us",
+            "upstream_attempts",
+            "cache",
+            "bytes",
+            "queued_us",
+        ],
+        Identifier(&ACCESS_CALLSITE),
+    ),
+    Kind::EVENT,
+);
 
 thread_local! {
     static LINE: RefCell<Scratch> = const { RefCell::new(Scratch::new()) };
@@ -104,17 +265,15 @@ impl Scratch {
     }
 }
 
-impl<S, W> Layer<S> for AccessLayer<W>
-where
-    S: Subscriber,
-    W: for<'a> MakeWriter<'a> + 'static,
-{
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+impl AccessLayer {
+    /// Formats one line with `format_fields` into this thread's buffer and writes it.
+    fn write_line(&self, format_fields: impl Fn(&mut Scratch, LogFormat, SystemTime)) {
         let now = SystemTime::now();
         let write = |scratch: &mut Scratch| {
             scratch.line.clear();
-            format_line(scratch, self.format, now, event);
-            let _ = self.writer.make_writer().write_all(&scratch.line);
+            format_fields(scratch, self.format, now);
+            end_line(&mut scratch.line, self.format);
+            (self.write)(&scratch.line);
             // One very long path must not pin a large buffer on this thread for good.
             if scratch.line.capacity() > 16 * 1024 {
                 scratch.line = Vec::new();
@@ -135,7 +294,29 @@ where
     }
 }
 
-fn format_line(scratch: &mut Scratch, format: LogFormat, now: SystemTime, event: &Event<'_>) {
+impl<S: Subscriber> Layer<S> for AccessLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        self.write_line(|scratch, format, now| {
+            let (level, target) = (event.metadata().level(), event.metadata().target());
+            event.record(&mut begin_line(
+                scratch,
+                format,
+                now,
+                level.as_str(),
+                target,
+            ));
+        });
+    }
+}
+
+/// Writes a line's timestamp, level and target; returns the writer of its fields.
+fn begin_line<'a>(
+    scratch: &'a mut Scratch,
+    format: LogFormat,
+    now: SystemTime,
+    level: &str,
+    target: &str,
+) -> Fields<'a> {
     let Scratch {
         line,
         debug,
@@ -151,8 +332,6 @@ fn format_line(scratch: &mut Scratch, format: LogFormat, now: SystemTime, event:
             text
         }
     };
-    let level = event.metadata().level().as_str();
-    let target = event.metadata().target();
     match format {
         LogFormat::Text => {
             line.extend_from_slice(&date_time);
@@ -166,11 +345,6 @@ fn format_line(scratch: &mut Scratch, format: LogFormat, now: SystemTime, event:
             line.push(b' ');
             line.extend_from_slice(target.as_bytes());
             line.push(b':');
-            event.record(&mut Fields {
-                format,
-                line,
-                debug,
-            });
         }
         LogFormat::Json => {
             line.extend_from_slice(b"{\"timestamp\":\"");
@@ -180,13 +354,19 @@ fn format_line(scratch: &mut Scratch, format: LogFormat, now: SystemTime, event:
             line.extend_from_slice(level.as_bytes());
             line.extend_from_slice(b"\",\"target\":");
             push_json_str(line, target);
-            event.record(&mut Fields {
-                format,
-                line,
-                debug,
-            });
-            line.push(b'}');
         }
+    }
+    Fields {
+        format,
+        line,
+        debug,
+    }
+}
+
+/// Closes a line [`begin_line`] began, once its fields are written.
+fn end_line(line: &mut Vec<u8>, format: LogFormat) {
+    if format == LogFormat::Json {
+        line.push(b'}');
     }
     line.push(b'\n');
 }
@@ -233,21 +413,40 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    fn key(&mut self, field: &Field) {
+    fn key(&mut self, name: &str) {
         match self.format {
             LogFormat::Text => {
                 self.line.push(b' ');
-                if field.name() != "message" {
-                    self.line.extend_from_slice(field.name().as_bytes());
+                if name != "message" {
+                    self.line.extend_from_slice(name.as_bytes());
                     self.line.push(b'=');
                 }
             }
             LogFormat::Json => {
                 self.line.push(b',');
-                push_json_str(self.line, field.name());
+                push_json_str(self.line, name);
                 self.line.push(b':');
             }
         }
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
+        match self.format {
+            LogFormat::Text if plain(value) => self.line.extend_from_slice(value.as_bytes()),
+            // Quoted, with quotes, backslashes and control characters escaped: a path can't
+            // forge a second record.
+            LogFormat::Text => {
+                let _ = write!(self.line, "{value:?}");
+            }
+            LogFormat::Json => push_json_str(self.line, value),
+        }
+    }
+
+    fn int(&mut self, name: &str, value: impl itoa::Integer) {
+        self.key(name);
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 }
 
@@ -275,27 +474,16 @@ static PLAIN: [bool; 256] = {
 
 impl tracing::field::Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        match self.format {
-            LogFormat::Text if plain(value) => self.line.extend_from_slice(value.as_bytes()),
-            // Quoted, with quotes, backslashes and control characters escaped: a path can't
-            // forge a second record.
-            LogFormat::Text => {
-                let _ = write!(self.line, "{value:?}");
-            }
-            LogFormat::Json => push_json_str(self.line, value),
-        }
+        self.str(field.name(), value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        push_int(self.line, value);
+        self.int(field.name(), value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        push_int(self.line, value);
+        self.int(field.name(), value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
+        self.key(field.name());
         self.line
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
@@ -313,10 +501,6 @@ impl tracing::field::Visit for Fields<'_> {
 fn push_json_str(line: &mut Vec<u8>, s: &str) {
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(line, s);
-}
-
-fn push_int(line: &mut Vec<u8>, value: impl itoa::Integer) {
-    line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 #[cfg(test)]
@@ -449,6 +633,110 @@ mod tests {
         });
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains("ratepay_gateway::access: request"), "{text}");
+    }
+
+    fn sample(path: &str, bytes: Option<u64>) -> AccessRecord<'_> {
+        AccessRecord {
+            request_id: "req-1",
+            method: "POST",
+            path,
+            operation: "payment.cancel",
+            caller: "svc",
+            status: 201,
+            latency_us: 4_321,
+            upstream_attempts: 2,
+            cache: "-",
+            bytes,
+            queued_us: 0,
+        }
+    }
+
+    /// The line without its timestamp, which differs between two records.
+    fn untimed(format: LogFormat, text: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| match format {
+                LogFormat::Text => l[27..].to_owned(),
+                LogFormat::Json => {
+                    let at = l.find("\"timestamp\":\"").unwrap() + 13;
+                    format!("{}{}", &l[..at], &l[at + 27..])
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn direct_records_are_the_bytes_the_event_would_have_written() {
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let records = [sample("/a b\"\nforged=1", Some(239)), sample("/q", None)];
+            let direct = logged(format, "info", || records.iter().for_each(access));
+            let events = logged(format, "info", || records.iter().for_each(|r| r.emit()));
+            assert_eq!(direct.lines().count(), 2, "{direct}");
+            assert_eq!(untimed(format, &direct), untimed(format, &events));
+            // A filter that enables them only inside a span gets them as events, which it
+            // decides one by one: the same bytes again.
+            let dynamic = logged(format, "warn,[request]=info", || {
+                access(&records[0]);
+                tracing::warn_span!("request").in_scope(|| records.iter().for_each(access));
+            });
+            assert_eq!(untimed(format, &dynamic), untimed(format, &events));
+        }
+        let text = logged(LogFormat::Text, "info", || access(&sample("/q", None)));
+        assert!(
+            text.ends_with(
+                " INFO ratepay_gateway::access: request request_id=req-1 method=POST path=/q \
+                 operation=payment.cancel caller=svc status=201 latency_us=4321 \
+                 upstream_attempts=2 cache=- queued_us=0\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_filter_is_asked_once_about_access_records() {
+        let records = |filter: &str| {
+            let s = subscriber(
+                LogFormat::Text,
+                EnvFilter::new(filter),
+                false,
+                std::io::sink,
+            );
+            let dispatch = tracing::Dispatch::new(s);
+            dispatch.downcast_ref::<AccessLayer>().map(|l| l.records)
+        };
+        assert_eq!(records("info"), Some(Records::Direct));
+        assert_eq!(
+            records("warn,ratepay_gateway::access=info"),
+            Some(Records::Direct)
+        );
+        assert_eq!(
+            records("info,ratepay_gateway::access=off"),
+            Some(Records::Off)
+        );
+        assert_eq!(records("warn"), Some(Records::Off));
+        assert_eq!(records("warn,[request]=info"), Some(Records::AsEvents));
+        // What it decided holds: nothing written when off.
+        let text = logged(LogFormat::Text, "info,ratepay_gateway::access=off", || {
+            access(&sample("/x", None));
+        });
+        assert_eq!(text, "");
+    }
+
+    #[test]
+    fn another_subscriber_gets_access_records_as_events() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let stock = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(stock, || access(&sample("/x", Some(3))));
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("ratepay_gateway::access: request request_id=\"req-1\"")
+                || text.contains("ratepay_gateway::access: request request_id=req-1"),
+            "{text}"
+        );
+        assert!(text.contains("bytes=3"), "{text}");
     }
 
     #[test]
