@@ -106,8 +106,11 @@ pub struct AccessLayer {
     format: LogFormat,
     records: Records,
     /// Appends one whole line to the log.
-    write: Box<dyn Fn(&[u8]) + Send + Sync>,
+    write: LineSink,
 }
+
+/// Appends one whole line to the log.
+type LineSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// What the filter makes of access records, decided when the subscriber is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
