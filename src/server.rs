@@ -249,10 +249,13 @@ async fn accept_loop<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No header read timeout of hyper's: it armed a timer (a boxed sleep, registered and
+    // removed again) for every request head. `serve`'s own deadline bounds the wait for a head
+    // instead (`listen.header_timeout_ms`), one timer per connection.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
     builder
         .http2()
@@ -316,11 +319,12 @@ async fn accept_loop<F, Fut>(
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// What a connection's requests tell its timers: requests in flight, whether one ever
-/// arrived, and when the last one finished (milliseconds since accept).
+/// arrived (and was HTTP/2), and when the last one finished (milliseconds since accept).
 #[derive(Default)]
 struct Activity {
     in_flight: AtomicUsize,
     served: AtomicBool,
+    h2: AtomicBool,
     last_done_ms: AtomicU64,
 }
 
@@ -347,7 +351,12 @@ impl Drop for InFlightOnConnection {
 /// first HEADERS: a connection that sends nothing, or trickles the preface, would stay open for
 /// good. So each connection has its own deadline: its first request head must arrive within
 /// `first_request_timeout` of the accept (else it is dropped), and once no request has been in
-/// flight for `idle_timeout` it is shut down gracefully (h2: GOAWAY).
+/// flight for `idle_timeout` it is shut down gracefully (h2: GOAWAY). An HTTP/1 connection
+/// must also send its next request head within `header_timeout` of its last answer: a
+/// graceful shutdown closes an HTTP/1 connection at once when no request head has been read
+/// whole, so one trickling a head a byte at a time is closed then too (hyper's own header
+/// read timeout, which this replaces, armed a timer per request; this is one per connection,
+/// re-armed only when it fires).
 #[allow(clippy::too_many_arguments)]
 async fn serve<I, F, Fut>(
     io: I,
@@ -372,6 +381,9 @@ async fn serve<I, F, Fut>(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let from = from.clone();
         seen.served.store(true, Ordering::Relaxed);
+        if req.version() == http::Version::HTTP_2 {
+            seen.h2.store(true, Ordering::Relaxed);
+        }
         seen.in_flight.fetch_add(1, Ordering::Acquire);
         let in_flight = InFlightOnConnection {
             activity: seen.clone(),
@@ -392,7 +404,11 @@ async fn serve<I, F, Fut>(
     let mut stopping = false;
     let first_deadline = accepted + limits.first_request_timeout;
     // Whichever comes first: the first-request deadline, or the first idle check.
-    let mut deadline = accepted + limits.first_request_timeout.min(limits.idle_timeout);
+    let mut deadline = accepted
+        + limits
+            .first_request_timeout
+            .min(limits.idle_timeout)
+            .min(limits.header_timeout);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -416,18 +432,28 @@ async fn serve<I, F, Fut>(
                     tracing::debug!(peer = %peer, listener = conns.name, "no request within listen.first_request_timeout_ms; closing");
                     return;
                 }
+                // HTTP/1 waits at most `header_timeout` for its next head, h2 (whose
+                // streams hyper bounds itself) `idle_timeout` for its next stream.
+                let (limit, reason) = if activity.h2.load(Ordering::Relaxed)
+                    || limits.idle_timeout <= limits.header_timeout
+                {
+                    (limits.idle_timeout, "idle")
+                } else {
+                    (limits.header_timeout, "header_timeout")
+                };
                 let idle_since = accepted
                     + Duration::from_millis(activity.last_done_ms.load(Ordering::Relaxed));
                 if activity.in_flight.load(Ordering::Acquire) == 0
-                    && now.saturating_duration_since(idle_since) >= limits.idle_timeout
+                    && now.saturating_duration_since(idle_since) >= limit
                 {
-                    conns.closed("idle");
+                    conns.closed(reason);
+                    tracing::debug!(peer = %peer, listener = conns.name, reason, "no request head in time; closing");
                     conn.as_mut().graceful_shutdown();
                     stopping = true;
                 } else if activity.in_flight.load(Ordering::Acquire) == 0 {
-                    deadline = idle_since + limits.idle_timeout;
+                    deadline = idle_since + limit;
                 } else {
-                    deadline = now + limits.idle_timeout;
+                    deadline = now + limit;
                 }
             }
         }

@@ -363,6 +363,18 @@ fn numeric_settings_out_of_their_bounds_are_refused_naming_key_and_range() {
             "0 to 3600000 milliseconds",
         ),
         (
+            "listen",
+            "header_timeout_ms",
+            "99",
+            "100 to 3600000 (milliseconds)",
+        ),
+        (
+            "listen",
+            "idle_timeout_ms",
+            "3600001",
+            "100 to 3600000 (milliseconds)",
+        ),
+        (
             "rate_limits",
             "upstream_pause_max_secs",
             "18446744073709551615",

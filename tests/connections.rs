@@ -138,6 +138,66 @@ async fn an_idle_keep_alive_connection_is_closed() {
     h.stop().await;
 }
 
+/// After an answer, an HTTP/1 connection that trickles its next request head a byte at a time
+/// (or sends nothing) is closed `listen.header_timeout_ms` after that answer, long before the
+/// idle timeout; one that keeps sending whole requests is not.
+#[tokio::test]
+async fn a_trickled_http1_head_is_closed_at_the_header_timeout() {
+    let h = with_listen("header_timeout_ms = 400").await;
+    let req = format!(
+        "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
+        keys::FULL
+    );
+    let mut buf = vec![0u8; 4096];
+    async fn ask(conn: &mut TcpStream, req: &str, buf: &mut [u8]) {
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let n = conn.read(buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    }
+    // Whole requests one after another, for longer than the header timeout altogether: the
+    // connection stays open throughout. (Closed by the client after, which counts nothing.)
+    let mut busy = TcpStream::connect(addr(&h)).await.unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(900) {
+        ask(&mut busy, &req, &mut buf).await;
+    }
+    drop(busy);
+    // A head a byte at a time after one answer.
+    let mut slow = TcpStream::connect(addr(&h)).await.unwrap();
+    ask(&mut slow, &req, &mut buf).await;
+    let answered = Instant::now();
+    let limit = Duration::from_secs(5);
+    let mut cut = false;
+    for b in req.as_bytes() {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if answered.elapsed() > limit {
+            break;
+        }
+    }
+    if !cut {
+        closed_after(&mut slow, limit).await;
+    }
+    let t = answered.elapsed();
+    assert!(
+        t >= Duration::from_millis(300) && t < limit,
+        "closed at the header timeout: {t:?}"
+    );
+    let m = h.scrape_metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"header_timeout\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn the_proxy_listener_caps_connections_and_admin_keeps_answering() {
     let h = with_listen("max_connections = 20\nfirst_request_timeout_ms = 60000").await;

@@ -167,6 +167,9 @@ pub struct ListenFile {
     /// A connection with no request in flight for this long is closed (HTTP/1 keep-alive and
     /// h2 alike; h2 gets a GOAWAY).
     pub idle_timeout_ms: Option<u64>,
+    /// An HTTP/1 connection must send its next complete request head within this time of its
+    /// previous answer (keep-alive idle time included), or it is closed.
+    pub header_timeout_ms: Option<u64>,
     /// Most connections the proxy listener keeps open; more are closed at accept.
     pub max_connections: Option<u64>,
     /// `[listen.tls]`: TLS (and mTLS) on the proxy listener; absent: plain HTTP.

@@ -51,6 +51,9 @@ pub struct ConnectionLimits {
     pub first_request_timeout: Duration,
     /// No request in flight for this long: the connection is closed.
     pub idle_timeout: Duration,
+    /// HTTP/1: from an answer to the next complete request head; longer, and the connection
+    /// is closed.
+    pub header_timeout: Duration,
     /// Most open connections on the proxy listener.
     pub max: usize,
 }
@@ -66,6 +69,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             first_request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
             max: 4096,
         }
     }

@@ -64,6 +64,7 @@ fn connection_limits(f: &file::ListenFile, cx: &Ctx<'_>) -> Option<ConnectionLim
         d.first_request_timeout,
     );
     let idle_timeout = bounded("idle_timeout_ms", f.idle_timeout_ms, d.idle_timeout);
+    let header_timeout = bounded("header_timeout_ms", f.header_timeout_ms, d.header_timeout);
     let max = match f.max_connections {
         None => Some(d.max),
         Some(n) if (1..=1_000_000).contains(&n) => Some(n as usize),
@@ -80,6 +81,7 @@ fn connection_limits(f: &file::ListenFile, cx: &Ctx<'_>) -> Option<ConnectionLim
     Some(ConnectionLimits {
         first_request_timeout: first_request_timeout?,
         idle_timeout: idle_timeout?,
+        header_timeout: header_timeout?,
         max: max?,
     })
 }
