@@ -32,6 +32,9 @@ pub struct Peer {
     /// The verified client certificate's identities (mTLS); `None` on plain TCP and on TLS
     /// connections without a client certificate.
     pub identity: Option<Arc<PeerIdentity>>,
+    /// The connection's clock for this request's deadlines (HTTP/1 through the server; see
+    /// `conn_clock`); `None`: tokio timers.
+    pub clock: Option<Arc<crate::conn_clock::ConnClock>>,
 }
 
 impl Peer {
@@ -40,6 +43,7 @@ impl Peer {
         Peer {
             addr,
             identity: None,
+            clock: None,
         }
     }
 }

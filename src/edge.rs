@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::{
     body::Body,
+    conn_clock::within,
     context::{Peer, RequestContext, RequestFacts, RequestStats},
     error::GatewayError,
     gateway::Gateway,
@@ -47,6 +48,7 @@ impl Gateway {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let deadline = self.inner.limits.request_timeout;
+        let clock = peer.clock.clone();
         // A panic anywhere below still answers the caller (500) and is counted; the connection
         // and every other request on it carry on.
         let call = std::panic::AssertUnwindSafe(self.route_and_call(
@@ -57,7 +59,7 @@ impl Gateway {
             stats.clone(),
         ))
         .catch_unwind();
-        let result = match tokio::time::timeout(deadline, call).await {
+        let result = match within(clock.as_deref(), received + deadline, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => {
                 metrics.panics.inc();

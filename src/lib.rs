@@ -38,6 +38,7 @@ pub mod callers;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod conn_clock;
 pub mod context;
 pub mod crypto;
 pub mod edge;

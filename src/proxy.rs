@@ -14,6 +14,7 @@ use http_body_util::Full;
 use crate::{
     body,
     client::{HttpClient, Origin},
+    conn_clock::within,
     context::Call,
     error::GatewayError,
     metrics::{status_class, Metrics, UpstreamLabels, UpstreamOnly},
@@ -148,7 +149,12 @@ impl Handler for Proxy {
             .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         *out.headers_mut() = parts.headers;
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(inner.request_timeout, origin.send(out)).await;
+        let result = within(
+            ctx.peer.clock.as_deref(),
+            started + inner.request_timeout,
+            origin.send(out),
+        )
+        .await;
         let m = &inner.metrics;
         m.upstream_duration.with(&UpstreamOnly { upstream }, |h| {
             h.observe(started.elapsed().as_secs_f64())

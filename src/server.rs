@@ -37,6 +37,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use crate::{
     body::Body,
     config::ConnectionLimits,
+    conn_clock::{ConnClock, ConnTimer},
     context::Peer,
     gateway::READY_TOKEN_WAIT,
     metrics::{ConnectionLabels, ListenerLabels, Metrics},
@@ -374,15 +375,20 @@ async fn serve<I, F, Fut>(
 {
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
+    let clock = Arc::new(ConnClock::new(accepted));
     let from = Peer {
         addr: peer,
         identity,
+        clock: Some(clock.clone()),
     };
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let from = from.clone();
+        let mut from = from.clone();
         seen.served.store(true, Ordering::Relaxed);
         if req.version() == http::Version::HTTP_2 {
             seen.h2.store(true, Ordering::Relaxed);
+            // Its streams run on tasks of their own, which this connection's task does not
+            // poll: tokio timers for their deadlines (see `conn_clock`).
+            from.clock = None;
         }
         seen.in_flight.fetch_add(1, Ordering::Acquire);
         let in_flight = InFlightOnConnection {
@@ -404,13 +410,17 @@ async fn serve<I, F, Fut>(
     let mut stopping = false;
     let first_deadline = accepted + limits.first_request_timeout;
     // Whichever comes first: the first-request deadline, or the first idle check.
-    let mut deadline = accepted
+    let deadline = accepted
         + limits
             .first_request_timeout
             .min(limits.idle_timeout)
             .min(limits.header_timeout);
+    // One timer for the connection's own checks (below) and its HTTP/1 requests' deadlines;
+    // polled after the connection, so it sees what a request registered while polled.
+    let mut timer = ConnTimer::new(clock, Some(deadline));
     loop {
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, peer = %peer, "connection ended with an error");
@@ -420,12 +430,20 @@ async fn serve<I, F, Fut>(
             _ = stop.wait_for(|s| *s), if !stopping => {
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
+                // Requests still in flight keep their deadlines; the connection's own checks
+                // end here.
+                timer.set_own(None);
             }
-            _ = tokio::time::sleep_until(deadline.into()), if !stopping => {
-                let now = Instant::now();
+            now = &mut timer => {
+                // It may have fired for a request's deadline only: that request sees it when
+                // the connection is polled next.
+                match timer.own() {
+                    Some(own) if own <= now => {}
+                    _ => continue,
+                }
                 if !activity.served.load(Ordering::Relaxed) {
                     if now < first_deadline {
-                        deadline = first_deadline;
+                        timer.set_own(Some(first_deadline));
                         continue;
                     }
                     conns.closed("first_request_timeout");
@@ -450,10 +468,11 @@ async fn serve<I, F, Fut>(
                     tracing::debug!(peer = %peer, listener = conns.name, reason, "no request head in time; closing");
                     conn.as_mut().graceful_shutdown();
                     stopping = true;
+                    timer.set_own(None);
                 } else if activity.in_flight.load(Ordering::Acquire) == 0 {
-                    deadline = idle_since + limit;
+                    timer.set_own(Some(idle_since + limit));
                 } else {
-                    deadline = now + limit;
+                    timer.set_own(Some(now + limit));
                 }
             }
         }

@@ -14,6 +14,7 @@ use std::{
 const ORDER: &[&str] = &[
     // Plain building blocks: no imports from the crate.
     "sched",
+    "conn_clock",
     "crypto",
     "body",
     "json",
