@@ -120,17 +120,38 @@ impl<F: Future> Future for Deadline<'_, F> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// See [`within`].
+    #[project = WithinProj]
+    pub enum Within<'a, F> {
+        Clock { #[pin] deadline: Deadline<'a, F> },
+        Timer { #[pin] timeout: tokio::time::Timeout<F> },
+    }
+}
+
 /// `fut` within `at`: on the connection's clock when there is one, on a tokio timer otherwise.
-pub async fn within<F: Future>(
-    clock: Option<&ConnClock>,
-    at: Instant,
-    fut: F,
-) -> Result<F::Output, Expired> {
+/// A plain function, not an `async fn`: the edge's `fut` is the whole stack's future, several
+/// KB, and an `async fn` would copy it once more into its own state (measured: memmove 3.3 →
+/// 5.8 % of an uncached GET's samples).
+pub fn within<F: Future>(clock: Option<&ConnClock>, at: Instant, fut: F) -> Within<'_, F> {
     match clock {
-        Some(clock) => clock.deadline(at, fut).await,
-        None => tokio::time::timeout_at(at.into(), fut)
-            .await
-            .map_err(|_| Expired),
+        Some(clock) => Within::Clock {
+            deadline: clock.deadline(at, fut),
+        },
+        None => Within::Timer {
+            timeout: tokio::time::timeout_at(at.into(), fut),
+        },
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Expired>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            WithinProj::Clock { deadline } => deadline.poll(cx),
+            WithinProj::Timer { timeout } => timeout.poll(cx).map(|r| r.map_err(|_| Expired)),
+        }
     }
 }
 
@@ -240,14 +261,17 @@ mod tests {
         let start = Instant::now();
         let clock = Arc::new(ConnClock::new(start));
         let mut timer = ConnTimer::new(clock.clone(), Some(start + Duration::from_secs(1)));
-        let mut late = Box::pin(
-            clock.deadline(start + Duration::from_secs(3), std::future::pending::<()>()),
-        );
+        let mut late =
+            Box::pin(clock.deadline(start + Duration::from_secs(3), std::future::pending::<()>()));
         let mut done = Box::pin(clock.deadline(start, async { 7 }));
         assert_eq!(poll_once(&mut done), Poll::Ready(Ok(7)), "ready wins");
         assert_eq!(poll_once(&mut late), Poll::Pending);
         assert_eq!(poll_timer(&mut timer), Poll::Pending);
-        assert_eq!(timer.armed, Some(start + Duration::from_secs(1)), "own first");
+        assert_eq!(
+            timer.armed,
+            Some(start + Duration::from_secs(1)),
+            "own first"
+        );
         let fired = poll_fn(|cx| Pin::new(&mut timer).poll(cx)).await;
         assert_eq!(fired, start + Duration::from_secs(1));
         // Fired for its own check: the later request is still pending and registers again.
