@@ -61,7 +61,7 @@ impl ConnClock {
     /// early).
     fn micros(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.origin);
-        let us = since.as_micros() + u128::from(since.subsec_nanos() % 1000 != 0);
+        let us = since.as_micros() + u128::from(!since.subsec_nanos().is_multiple_of(1000));
         u64::try_from(us).unwrap_or(u64::MAX - 1)
     }
 
