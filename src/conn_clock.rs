@@ -194,14 +194,10 @@ impl Future for ConnTimer {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Instant> {
         let this = &mut *self;
-        let target = match (this.own, this.clock.wanted()) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                // Nothing to wait for; a request that registers a deadline does so while the
-                // connection is polled, just before this is.
-                None => return Poll::Pending,
-            },
+        // Nothing to wait for: a request that registers a deadline does so while the
+        // connection is polled, just before this is.
+        let Some(target) = this.own.into_iter().chain(this.clock.wanted()).min() else {
+            return Poll::Pending;
         };
         if this.armed != Some(target) {
             this.sleep.as_mut().reset(target.into());
@@ -222,68 +218,67 @@ impl Future for ConnTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{future::poll_fn, sync::Arc};
+    use std::sync::Arc;
 
-    /// Polls `timer` once (after whatever the test polled first, like `serve`'s biased select).
-    fn poll_timer(timer: &mut ConnTimer) -> Poll<Instant> {
-        let waker = futures_util::task::noop_waker();
-        Pin::new(timer).poll(&mut Context::from_waker(&waker))
-    }
-
+    /// Polls `f` once; the timer after the requests, like `serve`'s biased select.
     fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
         let waker = futures_util::task::noop_waker();
         Pin::new(f).poll(&mut Context::from_waker(&waker))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_pending_request_expires_when_the_timer_fires_at_its_deadline() {
+    /// A connection accepted now, its own next check `own` from now.
+    fn connection(own: Duration) -> (Instant, Arc<ConnClock>, ConnTimer) {
         let start = Instant::now();
         let clock = Arc::new(ConnClock::new(start));
-        let mut timer = ConnTimer::new(clock.clone(), Some(start + Duration::from_secs(60)));
+        let timer = ConnTimer::new(clock.clone(), Some(start + own));
+        (start, clock, timer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_request_expires_when_the_timer_fires_at_its_deadline() {
+        let (start, clock, mut timer) = connection(Duration::from_secs(60));
         let mut req = Box::pin(clock.deadline(
             start + Duration::from_millis(1500),
             std::future::pending::<()>(),
         ));
         assert_eq!(poll_once(&mut req), Poll::Pending);
-        assert_eq!(poll_timer(&mut timer), Poll::Pending);
+        assert_eq!(poll_once(&mut timer), Poll::Pending);
         assert_eq!(timer.armed, Some(start + Duration::from_millis(1500)));
         // The timer fires at the request's deadline, not at its own check.
-        let fired = poll_fn(|cx| Pin::new(&mut timer).poll(cx)).await;
+        let fired = (&mut timer).await;
         assert_eq!(fired, start + Duration::from_millis(1500));
         assert_eq!(poll_once(&mut req), Poll::Ready(Err(Expired)));
         // Forgotten once fired: the timer waits for its own check again.
-        assert_eq!(poll_timer(&mut timer), Poll::Pending);
+        assert_eq!(poll_once(&mut timer), Poll::Pending);
         assert_eq!(timer.armed, Some(start + Duration::from_secs(60)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_later_deadline_or_a_finished_request_does_not_expire_early() {
-        let start = Instant::now();
-        let clock = Arc::new(ConnClock::new(start));
-        let mut timer = ConnTimer::new(clock.clone(), Some(start + Duration::from_secs(1)));
+        let (start, clock, mut timer) = connection(Duration::from_secs(1));
         let mut late =
             Box::pin(clock.deadline(start + Duration::from_secs(3), std::future::pending::<()>()));
         let mut done = Box::pin(clock.deadline(start, async { 7 }));
         assert_eq!(poll_once(&mut done), Poll::Ready(Ok(7)), "ready wins");
         assert_eq!(poll_once(&mut late), Poll::Pending);
-        assert_eq!(poll_timer(&mut timer), Poll::Pending);
+        assert_eq!(poll_once(&mut timer), Poll::Pending);
         assert_eq!(
             timer.armed,
             Some(start + Duration::from_secs(1)),
             "own first"
         );
-        let fired = poll_fn(|cx| Pin::new(&mut timer).poll(cx)).await;
+        let fired = (&mut timer).await;
         assert_eq!(fired, start + Duration::from_secs(1));
         // Fired for its own check: the later request is still pending and registers again.
         assert_eq!(poll_once(&mut late), Poll::Pending);
         timer.set_own(None);
-        assert_eq!(poll_timer(&mut timer), Poll::Pending);
+        assert_eq!(poll_once(&mut timer), Poll::Pending);
         assert_eq!(timer.armed, Some(start + Duration::from_secs(3)));
-        let fired = poll_fn(|cx| Pin::new(&mut timer).poll(cx)).await;
+        let fired = (&mut timer).await;
         assert_eq!(fired, start + Duration::from_secs(3));
         assert_eq!(poll_once(&mut late), Poll::Ready(Err(Expired)));
         // Nothing left to wait for.
-        assert_eq!(poll_timer(&mut timer), Poll::Pending);
+        assert_eq!(poll_once(&mut timer), Poll::Pending);
         assert_eq!(timer.armed, None);
     }
 

@@ -407,7 +407,6 @@ async fn serve<I, F, Fut>(
         .into_owned();
     tokio::pin!(conn);
     let limits = conns.limits;
-    let mut stopping = false;
     let first_deadline = accepted + limits.first_request_timeout;
     // Whichever comes first: the first-request deadline, or the first idle check.
     let deadline = accepted
@@ -416,7 +415,8 @@ async fn serve<I, F, Fut>(
             .min(limits.idle_timeout)
             .min(limits.header_timeout);
     // One timer for the connection's own checks (below) and its HTTP/1 requests' deadlines;
-    // polled after the connection, so it sees what a request registered while polled.
+    // polled after the connection, so it sees what a request registered while polled. Its own
+    // checks end (`None`) once the connection is shutting down.
     let mut timer = ConnTimer::new(clock, Some(deadline));
     loop {
         tokio::select! {
@@ -427,11 +427,9 @@ async fn serve<I, F, Fut>(
                 }
                 return;
             }
-            _ = stop.wait_for(|s| *s), if !stopping => {
+            _ = stop.wait_for(|s| *s), if timer.own().is_some() => {
                 conn.as_mut().graceful_shutdown();
-                stopping = true;
-                // Requests still in flight keep their deadlines; the connection's own checks
-                // end here.
+                // Requests still in flight keep their deadlines.
                 timer.set_own(None);
             }
             now = &mut timer => {
@@ -465,9 +463,8 @@ async fn serve<I, F, Fut>(
                     && now.saturating_duration_since(idle_since) >= limit
                 {
                     conns.closed(reason);
-                    tracing::debug!(peer = %peer, listener = conns.name, reason, "no request head in time; closing");
+                    tracing::debug!(peer = %peer, listener = conns.name, reason, "no request in time; closing");
                     conn.as_mut().graceful_shutdown();
-                    stopping = true;
                     timer.set_own(None);
                 } else if activity.in_flight.load(Ordering::Acquire) == 0 {
                     timer.set_own(Some(idle_since + limit));
