@@ -13,8 +13,10 @@
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
 //! tls,memory`; `tls` repeats the uncached GET through the gateway and each peer with TLS to the
 //! upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
-//! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post`;
-//! needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default), `BENCH_STEADY_SECS`
+//! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post|
+//! floor|nginx|nolog`; needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default;
+//! `BENCH_PERF_EVENTS`, e.g. `syscalls:sys_enter_*`, counts those events with `perf stat`
+//! instead and notes each per request), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
 //! cache-hit GETs for this long and samples the gateway's RSS every minute), `BENCH_GW_THREADS`
 //! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core),
@@ -1089,6 +1091,9 @@ impl Bench {
         };
         if let Some(perf) = perf {
             stop_perf(perf);
+            if let Some(file) = self.perf.clone().filter(|_| perf_events().is_some()) {
+                self.notes.push(per_request_counts(case, &file, run.ok));
+            }
         }
         let cpu1 = pid.and_then(tree_cpu);
         let user1 = pid.and_then(tree_cpu_split).map(|(u, _)| u);
@@ -1250,24 +1255,56 @@ const TLS_NGINX: &str = "nginx proxy_pass, TLS upstream";
 const TLS_HAPROXY: &str = "haproxy, TLS upstream";
 const TLS_FLOOR: &str = "hyper floor proxy, TLS upstream";
 
+/// `BENCH_PERF_EVENTS`: events for `perf stat` (counted) instead of `perf record` (sampled).
+fn perf_events() -> Option<String> {
+    std::env::var("BENCH_PERF_EVENTS").ok().filter(|e| !e.is_empty())
+}
+
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
-    Command::new("perf")
-        .args([
+    let pid = pid.to_string();
+    let freq = std::env::var("BENCH_PERF_FREQ").unwrap_or_else(|_| "499".into());
+    let mut cmd = Command::new("perf");
+    match perf_events() {
+        Some(events) => cmd.args(["stat", "-x", ",", "-e", &events, "-p", &pid, "-o"]),
+        None => cmd.args([
             "record",
             "--call-graph",
             "dwarf,16384",
             "-F",
-            &std::env::var("BENCH_PERF_FREQ").unwrap_or_else(|_| "499".into()),
+            &freq,
             "-p",
-            &pid.to_string(),
+            &pid,
             "-o",
-        ])
-        .arg(file)
+        ]),
+    };
+    cmd.arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| eprintln!("perf record did not start: {e}"))
+        .map_err(|e| eprintln!("perf did not start: {e}"))
         .ok()
+}
+
+/// A note with each event of `perf stat`'s CSV output in `file` divided by `requests`, the
+/// events that occurred at least once in a hundred requests, most frequent first.
+fn per_request_counts(case: &str, file: &Path, requests: usize) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut counts: Vec<(f64, &str)> = text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let count = fields.next()?.trim().parse::<f64>().ok()?;
+            let event = fields.nth(1)?.trim();
+            Some((count / requests.max(1) as f64, event))
+        })
+        .filter(|(per, _)| *per >= 0.01)
+        .collect();
+    counts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let listed: Vec<String> = counts
+        .iter()
+        .map(|(per, event)| format!("{event} {per:.2}"))
+        .collect();
+    format!("{case}: per request ({requests}): {}", listed.join(", "))
 }
 
 fn stop_perf(mut perf: Child) {
@@ -1375,6 +1412,9 @@ async fn run() {
             Ok("unaudited") => UNAUDITED,
             Ok("cluster") => CLUSTER_UNCACHED,
             Ok("cluster-post") => CLUSTER_POST,
+            Ok("floor") => FLOOR,
+            Ok("nginx") => NGINX_PASS,
+            Ok("nolog") => UNCACHED_NOLOG,
             _ => UNCACHED,
         },
         stats: Arc::new(UpstreamStats::default()),
