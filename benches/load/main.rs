@@ -11,7 +11,8 @@
 //!
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
-//! tls,memory`; `tls` repeats the uncached GET through the gateway and each peer with TLS to the
+//! tls,memory`, and `paired`, which is not in it: each pinned target as the gateway against its
+//! peer in `BENCH_PEER_SLICES` (11) pairs of one-second slices, see `paired.rs`; `tls` repeats the uncached GET through the gateway and each peer with TLS to the
 //! upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post|
 //! floor|nginx|nolog`; needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default;
@@ -65,6 +66,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod paired;
 mod peers;
 mod tls;
 
@@ -1056,6 +1058,8 @@ struct Bench {
     stats: Arc<UpstreamStats>,
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// The `paired` case's checks: name, and pass/fail (`None`: context) with the figures.
+    paired: Vec<(&'static str, Option<(Option<bool>, String)>)>,
 }
 
 impl Bench {
@@ -1420,6 +1424,7 @@ async fn run() {
         stats: Arc::new(UpstreamStats::default()),
         rows: Vec::new(),
         notes: Vec::new(),
+        paired: Vec::new(),
     };
     let (upstream, stats) = static_upstream().await;
     bench.stats = stats;
@@ -1648,6 +1653,9 @@ async fn run() {
     if bench.wants("tls") {
         tls_cases(&mut bench, &caller).await;
     }
+    if bench.wants("paired") {
+        paired::peer_pairs(&mut bench, upstream).await;
+    }
 
     // Gateway D: a long run at a steady rate, RSS sampled every minute.
     let mut drift = None;
@@ -1796,12 +1804,9 @@ fn ab_summary(bench: &mut Bench) {
     }
 }
 
-/// `BENCH_AB_SLICES` paired slices: both builds served at once (each on the measured CPU when
-/// pinned, the idle one asleep), then per kind `BENCH_AB_SLICE_MS` of saturation against one
-/// build and the same against the other, the order alternating from pair to pair. A drift of
-/// the host slower than a pair cancels out of that pair's ratio, which the rounds above cannot
-/// do (their phases are tens of seconds apart). The note gives the median and the quartiles of
-/// the ratios of CPU per request, this build over the baseline.
+/// `BENCH_AB_SLICES` [paired slices](paired) of this build and the baseline, both on the usual
+/// configuration, per A/B kind: the note gives the median and the quartiles of the ratios of
+/// CPU per request, this build over the baseline.
 async fn ab_slices(bench: &mut Bench, bin: &Path, upstream: SocketAddr, caller: &str) {
     let slices = env_or("BENCH_AB_SLICES", 0) as usize;
     if slices == 0 {
@@ -1815,48 +1820,31 @@ async fn ab_slices(bench: &mut Bench, bin: &Path, upstream: SocketAddr, caller: 
         if !bench.wants(kind) {
             continue;
         }
-        let builds = [
-            (ab_target(kind, head_addr, caller), head.pid()),
-            (ab_target(kind, base_addr, caller), base.pid()),
+        let (head_target, base_target) = (
+            ab_target(kind, head_addr, caller),
+            ab_target(kind, base_addr, caller),
+        );
+        let sides = [
+            paired::Side {
+                target: &head_target,
+                pid: head.pid(),
+            },
+            paired::Side {
+                target: &base_target,
+                pid: base.pid(),
+            },
         ];
-        for (t, _) in &builds {
-            let _ = closed_loop(t, bench.connections, Duration::from_millis(300)).await;
-        }
-        let mut ratios = Vec::with_capacity(slices);
-        for i in 0..slices {
-            let mut cpu = [None, None];
-            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
-            for b in order {
-                let (t, pid) = &builds[b];
-                let before = tree_cpu(*pid);
-                let run = closed_loop(t, bench.connections, slice).await;
-                cpu[b] = match (before, tree_cpu(*pid)) {
-                    (Some(a), Some(z)) if run.ok > 0 && run.errors == 0 => {
-                        Some((z - a).as_secs_f64() / run.ok as f64)
-                    }
-                    _ => None,
-                };
-            }
-            if let [Some(h), Some(b)] = cpu {
-                if b > 0.0 {
-                    ratios.push(h / b);
-                }
-            }
-        }
-        ratios.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            let last = ratios.len().checked_sub(1)?;
-            ratios.get((last as f64 * q).round() as usize).copied()
-        };
-        match (at(0.25), at(0.5), at(0.75)) {
-            (Some(q1), Some(m), Some(q3)) => bench.notes.push(format!(
+        let got = paired::slices(sides, slices, slice, bench.connections).await;
+        let ratios = got.iter().map(|[h, b]| h.cpu / b.cpu).collect();
+        match paired::quartiles(ratios) {
+            Some([q1, m, q3]) => bench.notes.push(format!(
                 "paired slices {kind}: CPU per request this build / baseline, median {m:.3} \
                  (quartiles {q1:.3} to {q3:.3}) over {} pairs of {} ms ({:+.1} %)",
-                ratios.len(),
+                got.len(),
                 slice.as_millis(),
                 (m - 1.0) * 100.0
             )),
-            _ => bench
+            None => bench
                 .notes
                 .push(format!("paired slices {kind}: no pair measured")),
         }
@@ -1945,7 +1933,12 @@ fn targets(
             .row(case, Mode::FixedRate)
             .and_then(|r| r.run.percentile_us(0.5))
     };
+    // A run of the `paired` case alone has no phases: only its own block below.
+    let same_run = !bench.rows.is_empty();
     let check = |name: &str, measured: Option<(bool, String)>| {
+        if !same_run {
+            return;
+        }
         let (verdict, detail) = match measured {
             Some((true, d)) => ("PASS", d),
             Some((false, d)) => ("FAIL", d),
@@ -1980,7 +1973,9 @@ fn targets(
     } else {
         " (meant for BENCH_PIN=1)"
     };
-    println!("\ntargets (same run){pin}:");
+    if same_run {
+        println!("\ntargets (same run){pin}:");
+    }
     check(
         "uncached CPU/request ≤ nginx proxy_pass (both logging)",
         cpu_ratio(UNCACHED, NGINX_PASS, 1.0),
@@ -2086,6 +2081,20 @@ fn targets(
             (errors == 0, format!("{errors} errors"))
         }),
     );
+    if !bench.paired.is_empty() {
+        println!(
+            "\ntargets (paired slices: median over the pairs, quartiles, each side's median CPU per request){pin}:"
+        );
+        for (name, verdict) in &bench.paired {
+            let (v, detail) = match verdict {
+                Some((Some(true), d)) => ("PASS", d.as_str()),
+                Some((Some(false), d)) => ("FAIL", d.as_str()),
+                Some((None, d)) => ("    ", d.as_str()),
+                None => ("n/a ", "not measured (a peer did not start)"),
+            };
+            println!("  {v}  {name:<52} {detail}");
+        }
+    }
     println!();
 }
 

@@ -1,0 +1,345 @@
+//! Paired slices: two processes served at once (each on the measured CPU when pinned, the idle
+//! one asleep), then `slice` of saturation against one and the same against the other, the
+//! order alternating from pair to pair. A drift of the host slower than a pair cancels out of
+//! that pair's ratio, which phases run tens of seconds apart cannot do. Used by
+//! `BENCH_AB_SLICES` (this build against a baseline build) and by the `paired` case (each of
+//! issue 18's targets as the gateway against its peer, `BENCH_PEER_SLICES` pairs).
+//!
+//! CPU time comes from the scheduler's per-thread run time (`/proc/PID/task/TID/schedstat`,
+//! nanoseconds), not from `/proc/PID/stat`'s 10 ms ticks: a one-second slice of a proxy at
+//! 45k req/s and 20 µs per request is 90 ticks, so ticks alone would round each slice by 1 %.
+//! The user share still comes from the ticks (schedstat does not split it).
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use super::{
+    closed_loop, gateway_toml, over_tls, peers, process_tree, serve_static, spawn_gateway,
+    spawn_gateway_env, tls, tree_cpu_split, Bench, Proc, Target, API_KEY, RECORD_PATH, TX_PATH,
+};
+
+/// Run time of `pid` and its children (all their threads), from the scheduler.
+fn tree_runtime(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for p in process_tree(pid) {
+        for task in std::fs::read_dir(format!("/proc/{p}/task")).ok()? {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// One side of a pair: the request and the process that serves it.
+pub struct Side<'a> {
+    pub target: &'a Target,
+    pub pid: u32,
+}
+
+/// What one slice measured of one side.
+#[derive(Clone, Copy)]
+pub struct Slice {
+    /// CPU µs per request (scheduler run time).
+    pub cpu: f64,
+    /// User µs per request (ticks).
+    pub user: f64,
+    /// Requests per second.
+    pub rate: f64,
+}
+
+/// `pairs` pairs of `slice` of saturation over `connections`, `sides[0]` first in even pairs;
+/// a pair in which either side had an error or no CPU reading is left out. Both sides get a
+/// short warm-up first (a cache to fill, a pool to open).
+pub async fn slices(
+    sides: [Side<'_>; 2],
+    pairs: usize,
+    slice: Duration,
+    connections: usize,
+) -> Vec<[Slice; 2]> {
+    for s in &sides {
+        let _ = closed_loop(s.target, connections, Duration::from_millis(300)).await;
+    }
+    let mut out = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        let mut got = [None, None];
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let s = &sides[k];
+            let before = tree_runtime(s.pid).zip(tree_cpu_split(s.pid));
+            let run = closed_loop(s.target, connections, slice).await;
+            let after = tree_runtime(s.pid).zip(tree_cpu_split(s.pid));
+            got[k] = match (before, after) {
+                (Some((c0, (u0, _))), Some((c1, (u1, _)))) if run.ok > 0 && run.errors == 0 => {
+                    let n = run.ok as f64;
+                    Some(Slice {
+                        cpu: (c1 - c0).as_secs_f64() * 1e6 / n,
+                        user: (u1 - u0).as_secs_f64() * 1e6 / n,
+                        rate: n / run.elapsed.as_secs_f64(),
+                    })
+                }
+                _ => None,
+            };
+        }
+        if let [Some(a), Some(b)] = got {
+            out.push([a, b]);
+        }
+    }
+    out
+}
+
+/// The first quartile, the median and the third quartile of `values` (nearest rank).
+pub fn quartiles(mut values: Vec<f64>) -> Option<[f64; 3]> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let last = values.len().checked_sub(1)?;
+    let at = |q: f64| values[(last as f64 * q).round() as usize];
+    Some([at(0.25), at(0.5), at(0.75)])
+}
+
+/// One of the `paired` case's checks: its name, its limit, and how a pair is reduced to the
+/// figure compared with the limit.
+struct Check {
+    name: &'static str,
+    figure: fn(&[Slice; 2]) -> f64,
+    /// Pass when the median is at most (or, `at_least`, at least) `limit`; `None`: a figure
+    /// printed for context, not a target.
+    limit: Option<f64>,
+    at_least: bool,
+    unit: &'static str,
+}
+
+const CPU: fn(&[Slice; 2]) -> f64 = |p| p[0].cpu / p[1].cpu;
+const USER: fn(&[Slice; 2]) -> f64 = |p| p[0].user / p[1].user;
+const RATE: fn(&[Slice; 2]) -> f64 = |p| p[0].rate / p[1].rate;
+const EXTRA_CPU: fn(&[Slice; 2]) -> f64 = |p| p[0].cpu - p[1].cpu;
+
+impl Check {
+    fn ratio(name: &'static str, figure: fn(&[Slice; 2]) -> f64, limit: f64) -> Check {
+        Check {
+            name,
+            figure,
+            limit: Some(limit),
+            at_least: false,
+            unit: " ×",
+        }
+    }
+
+    /// A ratio printed for context (no limit).
+    fn context(name: &'static str) -> Check {
+        Check {
+            limit: None,
+            ..Check::ratio(name, CPU, 0.0)
+        }
+    }
+
+    /// The verdict line's result: pass, fail or (no limit) neither, and the median with its
+    /// quartiles and the two sides' median CPU per request.
+    fn judge(&self, pairs: &[[Slice; 2]]) -> Option<(Option<bool>, String)> {
+        let [q1, m, q3] = quartiles(pairs.iter().map(self.figure).collect())?;
+        let [_, a, _] = quartiles(pairs.iter().map(|p| p[0].cpu).collect())?;
+        let [_, b, _] = quartiles(pairs.iter().map(|p| p[1].cpu).collect())?;
+        let pass = self
+            .limit
+            .map(|limit| if self.at_least { m >= limit } else { m <= limit });
+        let unit = self.unit;
+        Some((
+            pass,
+            format!(
+                "{m:.2}{unit} ({q1:.2} to {q3:.2}; {a:.1} vs {b:.1} µs; {} pairs)",
+                pairs.len()
+            ),
+        ))
+    }
+}
+
+/// The processes of the `paired` case, alive together; the directories outlive them.
+struct Fleet {
+    _dirs: Vec<tempfile::TempDir>,
+    procs: Vec<Proc>,
+}
+
+impl Fleet {
+    fn dir(&mut self) -> std::path::PathBuf {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().to_owned();
+        self._dirs.push(d);
+        p
+    }
+
+    /// Keeps `proc` alive with the others and gives its pid.
+    fn keep(&mut self, proc: Proc) -> u32 {
+        let pid = proc.pid();
+        self.procs.push(proc);
+        pid
+    }
+}
+
+/// The `paired` case: every target of issue 18 that compares two CPU figures, measured as
+/// `BENCH_PEER_SLICES` (11) pairs of `BENCH_AB_SLICE_MS` (1000) slices of the gateway and its
+/// peer, alternately first. Needs nginx for the nginx targets; a missing peer leaves its checks
+/// out. The verdicts are printed with the run's other targets.
+pub async fn peer_pairs(bench: &mut Bench, upstream: SocketAddr) {
+    let pairs = super::env_or("BENCH_PEER_SLICES", 11).max(1) as usize;
+    let slice = Duration::from_millis(super::env_or("BENCH_AB_SLICE_MS", 1000).max(100));
+    let caller = format!("Bearer {API_KEY}");
+    let peer_auth = "Bearer caller-credential";
+    let mut fleet = Fleet {
+        _dirs: Vec::new(),
+        procs: Vec::new(),
+    };
+    let gateway_bin = Path::new(env!("CARGO_BIN_EXE_ratepay-gateway"));
+
+    // The gateway audited (A), without its access log (N) and with audit off (B).
+    let d = fleet.dir();
+    let (gw, a) = spawn_gateway(&d, gateway_toml(&d, upstream, true)).await;
+    let a_pid = fleet.keep(gw);
+    let d = fleet.dir();
+    let quiet = [("RUST_LOG", "info,ratepay_gateway::access=off")];
+    let (gw, n) =
+        spawn_gateway_env(gateway_bin, &d, gateway_toml(&d, upstream, true), &quiet).await;
+    let n_pid = fleet.keep(gw);
+    let d = fleet.dir();
+    let (gw, b) = spawn_gateway(&d, gateway_toml(&d, upstream, false)).await;
+    let b_pid = fleet.keep(gw);
+    let uncached = Target::get(a, TX_PATH, &caller, false);
+    let cached = Target::get(a, RECORD_PATH, &caller, false);
+    let audited = Target::cancellation(a);
+    let nolog = Target::get(n, TX_PATH, &caller, false);
+    let unaudited = Target::cancellation(b);
+    let get_b = Target::get(b, TX_PATH, &caller, false);
+
+    // The peers: nginx (log on), the hyper floor; and the TLS trio on a TLS upstream.
+    let nginx = peers::find_program("nginx");
+    let mut nginx_at = None;
+    if let Some(bin) = &nginx {
+        let d = fleet.dir();
+        if let Some((p, addr)) =
+            peers::spawn_nginx(bin, &d, upstream, peers::NginxMode::default()).await
+        {
+            nginx_at = Some((addr, fleet.keep(p)));
+        }
+    }
+    let floor_at = match peers::spawn_floor(upstream, None).await {
+        Some((p, addr)) => Some((addr, fleet.keep(p))),
+        None => None,
+    };
+    let d = fleet.dir();
+    let pki = tls::pki(&d);
+    let tls_upstream = serve_static(bench.stats.clone(), Some(pki.acceptor.clone())).await;
+    let ca = pki.ca_pem.as_path();
+    let d = fleet.dir();
+    let (gw, t) = spawn_gateway(&d, over_tls(gateway_toml(&d, tls_upstream, true), ca)).await;
+    let t_pid = fleet.keep(gw);
+    let tls_gateway = Target::get(t, TX_PATH, &caller, false);
+    let mut tls_nginx_at = None;
+    if let Some(bin) = &nginx {
+        let d = fleet.dir();
+        let mode = peers::NginxMode {
+            tls: Some(ca),
+            quiet: false,
+        };
+        if let Some((p, addr)) = peers::spawn_nginx(bin, &d, tls_upstream, mode).await {
+            tls_nginx_at = Some((addr, fleet.keep(p)));
+        }
+    }
+    let tls_floor_at = match peers::spawn_floor(tls_upstream, Some(ca)).await {
+        Some((p, addr)) => Some((addr, fleet.keep(p))),
+        None => None,
+    };
+    let peer = |at: Option<(SocketAddr, u32)>, path: &str| {
+        at.map(|(addr, pid)| (Target::get(addr, path, peer_auth, false), pid))
+    };
+    let nginx_pass = peer(nginx_at, TX_PATH);
+    let nginx_cache = peer(nginx_at, RECORD_PATH);
+    let floor = peer(floor_at, TX_PATH);
+    let tls_nginx = peer(tls_nginx_at, TX_PATH);
+    let tls_floor = peer(tls_floor_at, TX_PATH);
+
+    let at_most = Check::ratio;
+    let mut plan: Vec<(Check, Side, Option<Side>)> = Vec::new();
+    let side = |target, pid| Side { target, pid };
+    fn opt(p: &Option<(Target, u32)>) -> Option<Side<'_>> {
+        p.as_ref().map(|(target, pid)| Side { target, pid: *pid })
+    }
+    plan.push((
+        at_most(
+            "uncached CPU/request ≤ nginx proxy_pass (both logging)",
+            CPU,
+            1.0,
+        ),
+        side(&uncached, a_pid),
+        opt(&nginx_pass),
+    ));
+    plan.push((
+        at_most("uncached user time ≤ 1.3 × the hyper floor's", USER, 1.3),
+        side(&uncached, a_pid),
+        opt(&floor),
+    ));
+    plan.push((
+        at_most("cache hit CPU/request ≤ 0.8 × nginx proxy_cache", CPU, 0.8),
+        side(&cached, a_pid),
+        opt(&nginx_cache),
+    ));
+    plan.push((
+        at_most("TLS upstream CPU/request ≤ nginx with TLS upstream", CPU, 1.0),
+        side(&tls_gateway, t_pid),
+        opt(&tls_nginx),
+    ));
+    plan.push((
+        Check {
+            name: "access log ≤ 1 µs CPU/request",
+            figure: EXTRA_CPU,
+            limit: Some(1.0),
+            at_least: false,
+            unit: " µs",
+        },
+        side(&uncached, a_pid),
+        Some(side(&nolog, n_pid)),
+    ));
+    plan.push((
+        at_most("POST audit off CPU/request ≤ 1.25 × uncached GET", CPU, 1.25),
+        side(&unaudited, b_pid),
+        Some(side(&get_b, b_pid)),
+    ));
+    plan.push((
+        at_most("POST audited CPU/request ≤ 1.3 × audit off", CPU, 1.3),
+        side(&audited, a_pid),
+        Some(side(&unaudited, b_pid)),
+    ));
+    plan.push((
+        Check {
+            name: "audited ≥ 0.5 × audit-off POST (req/s)",
+            figure: RATE,
+            limit: Some(0.5),
+            at_least: true,
+            unit: " ×",
+        },
+        side(&audited, a_pid),
+        Some(side(&unaudited, b_pid)),
+    ));
+    // Not targets: what the peers cost against each other, for reading the ones above.
+    if let Some(f) = opt(&floor) {
+        plan.push((
+            Check::context("(context) hyper floor CPU/request / nginx"),
+            f,
+            opt(&nginx_pass),
+        ));
+    }
+    if let Some(f) = opt(&tls_floor) {
+        plan.push((
+            Check::context("(context) hyper floor / nginx, both TLS upstream"),
+            f,
+            opt(&tls_nginx),
+        ));
+    }
+    for (check, ours, theirs) in plan {
+        let verdict = match theirs {
+            Some(theirs) => {
+                let got = slices([ours, theirs], pairs, slice, bench.connections).await;
+                check.judge(&got)
+            }
+            None => None,
+        };
+        bench.paired.push((check.name, verdict));
+    }
+    drop(fleet);
+}
