@@ -1059,7 +1059,7 @@ struct Bench {
     rows: Vec<Row>,
     notes: Vec<String>,
     /// The `paired` case's checks: name, and pass/fail (`None`: context) with the figures.
-    paired: Vec<(&'static str, Option<(Option<bool>, String)>)>,
+    paired: Vec<(&'static str, paired::Verdict)>,
 }
 
 impl Bench {
@@ -1261,7 +1261,9 @@ const TLS_FLOOR: &str = "hyper floor proxy, TLS upstream";
 
 /// `BENCH_PERF_EVENTS`: events for `perf stat` (counted) instead of `perf record` (sampled).
 fn perf_events() -> Option<String> {
-    std::env::var("BENCH_PERF_EVENTS").ok().filter(|e| !e.is_empty())
+    std::env::var("BENCH_PERF_EVENTS")
+        .ok()
+        .filter(|e| !e.is_empty())
 }
 
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
