@@ -12,8 +12,8 @@
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
 //! tls,memory`, and `paired`, which is not in it: each pinned target as the gateway against its
-//! peer in `BENCH_PEER_SLICES` (11) pairs of one-second slices, see `paired.rs`; `tls` repeats the uncached GET through the gateway and each peer with TLS to the
-//! upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
+//! peer in `BENCH_PEER_SLICES` (11) pairs of one-second slices, see `paired.rs`; `tls` repeats
+//! the uncached GET through the gateway and each peer with TLS to the upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post|
 //! floor|nginx|nolog`; needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default;
 //! `BENCH_PERF_EVENTS`, e.g. `syscalls:sys_enter_*`, counts those events with `perf stat`
@@ -1266,8 +1266,10 @@ fn perf_events() -> Option<String> {
         .filter(|e| !e.is_empty())
 }
 
+/// `perf` on the process `pid` and its children (nginx's workers).
 fn start_perf(file: &Path, pid: u32) -> Option<Child> {
-    let pid = pid.to_string();
+    let pid: Vec<String> = process_tree(pid).iter().map(u32::to_string).collect();
+    let pid = pid.join(",");
     let freq = std::env::var("BENCH_PERF_FREQ").unwrap_or_else(|_| "499".into());
     let mut cmd = Command::new("perf");
     match perf_events() {
