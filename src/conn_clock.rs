@@ -20,15 +20,20 @@
 //! behind; the timer fires for it once, for nothing, and forgets it. The timer is reset about
 //! once per firing instead of twice per request.
 //!
-//! HTTP/2 streams run on tasks of their own, which the connection's task does not poll: their
+//! Only the connection's own task is served so. HTTP/2 streams run on tasks of their own: their
 //! requests keep tokio's timers ([`within`] without a clock), as do requests that did not come
-//! through `serve`.
+//! through `serve`. And a layer may move the rest of a call onto a task of its own (a keyed
+//! call, so that it completes when its caller hangs up; a session-record fetch that others
+//! join): the connection's timer never polls that task, and the task may outlive the
+//! connection. So the clock knows its owner's waker, and a [`Deadline`] polled from any other
+//! task keeps a tokio timer of its own instead (`tests/proxy.rs`,
+//! `calls_on_tasks_of_their_own_time_out_per_attempt_too`).
 
 use std::{
     future::Future,
     pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -37,6 +42,9 @@ use std::{
 #[derive(Debug)]
 pub struct ConnClock {
     origin: Instant,
+    /// The waker of the task that polls the connection, and so its HTTP/1 requests: the one
+    /// task whose deadlines the connection's timer serves.
+    owner: Waker,
     /// The earliest deadline a pending request registered since the timer last fired
     /// (`u64::MAX`: none).
     wanted_us: AtomicU64,
@@ -49,9 +57,11 @@ pub struct ConnClock {
 pub struct Expired;
 
 impl ConnClock {
-    pub fn new(origin: Instant) -> Self {
+    /// The clock of a connection accepted at `origin` and polled by the task of `owner`.
+    pub fn new(origin: Instant, owner: Waker) -> Self {
         ConnClock {
             origin,
+            owner,
             wanted_us: AtomicU64::new(u64::MAX),
             fired_us: AtomicU64::new(0),
         }
@@ -65,21 +75,27 @@ impl ConnClock {
         u64::try_from(us).unwrap_or(u64::MAX - 1)
     }
 
-    /// `fut`, ended with [`Expired`] once `at` has passed. Only for futures the connection's
-    /// own task polls (HTTP/1 requests); see the module docs.
+    /// `fut`, ended with [`Expired`] once `at` has passed: on the connection's timer while the
+    /// connection's own task polls it (HTTP/1 requests), on a tokio timer otherwise.
     pub fn deadline<F: Future>(&self, at: Instant, fut: F) -> Deadline<'_, F> {
         Deadline {
             fut,
             at_us: self.micros(at),
             clock: self,
+            fallback: None,
         }
+    }
+
+    /// The instant `us` microseconds after the origin.
+    fn instant(&self, us: u64) -> Instant {
+        self.origin + Duration::from_micros(us)
     }
 
     /// The earliest deadline registered since the timer last fired.
     fn wanted(&self) -> Option<Instant> {
         match self.wanted_us.load(Ordering::Acquire) {
             u64::MAX => None,
-            us => Some(self.origin + Duration::from_micros(us)),
+            us => Some(self.instant(us)),
         }
     }
 
@@ -100,6 +116,8 @@ pin_project_lite::pin_project! {
         fut: F,
         at_us: u64,
         clock: &'a ConnClock,
+        // Polled from another task than the connection's: its own timer.
+        fallback: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -112,11 +130,18 @@ impl<F: Future> Future for Deadline<'_, F> {
             return Poll::Ready(Ok(v));
         }
         let clock = *this.clock;
-        if clock.fired_us.load(Ordering::Acquire) >= *this.at_us {
-            return Poll::Ready(Err(Expired));
+        if this.fallback.is_none() && cx.waker().will_wake(&clock.owner) {
+            if clock.fired_us.load(Ordering::Acquire) >= *this.at_us {
+                return Poll::Ready(Err(Expired));
+            }
+            clock.wanted_us.fetch_min(*this.at_us, Ordering::AcqRel);
+            return Poll::Pending;
         }
-        clock.wanted_us.fetch_min(*this.at_us, Ordering::AcqRel);
-        Poll::Pending
+        let at = clock.instant(*this.at_us);
+        let sleep = this
+            .fallback
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        sleep.as_mut().poll(cx).map(|()| Err(Expired))
     }
 }
 
@@ -226,10 +251,11 @@ mod tests {
         Pin::new(f).poll(&mut Context::from_waker(&waker))
     }
 
-    /// A connection accepted now, its own next check `own` from now.
+    /// A connection accepted now, its own next check `own` from now, owned by the task whose
+    /// waker [`poll_once`] polls with.
     fn connection(own: Duration) -> (Instant, Arc<ConnClock>, ConnTimer) {
         let start = Instant::now();
-        let clock = Arc::new(ConnClock::new(start));
+        let clock = Arc::new(ConnClock::new(start, futures_util::task::noop_waker()));
         let timer = ConnTimer::new(clock.clone(), Some(start + own));
         (start, clock, timer)
     }
@@ -283,6 +309,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_deadline_polled_from_another_task_keeps_a_timer_of_its_own() {
+        // A call a layer moved onto a task of its own: the connection's timer never polls that
+        // task, and here the connection is gone before the deadline.
+        let t0 = tokio::time::Instant::now();
+        let (start, clock, timer) = connection(Duration::from_secs(60));
+        drop(timer);
+        let on_task = clock.clone();
+        let task = tokio::spawn(async move {
+            on_task
+                .deadline(
+                    start + Duration::from_millis(1500),
+                    std::future::pending::<()>(),
+                )
+                .await
+        });
+        // Bounded, so that a deadline nothing wakes fails the test instead of hanging it.
+        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert_eq!(
+            ended.expect("woken by its own timer").unwrap(),
+            Err(Expired)
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        // It left nothing for the connection's timer.
+        assert_eq!(clock.wanted(), None);
+        // And a finished call on another task answers as on the connection's.
+        let on_task = clock.clone();
+        let done = tokio::spawn(async move { on_task.deadline(start, async { 3 }).await });
+        assert_eq!(done.await.unwrap(), Ok(3));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn without_a_clock_a_tokio_timer_bounds_the_future() {
         let start = Instant::now();
         let r = within(
@@ -298,7 +359,7 @@ mod tests {
     #[test]
     fn deadlines_round_up_to_the_microsecond() {
         let start = Instant::now();
-        let clock = ConnClock::new(start);
+        let clock = ConnClock::new(start, futures_util::task::noop_waker());
         assert_eq!(clock.micros(start + Duration::from_nanos(1_001)), 2);
         assert_eq!(clock.micros(start + Duration::from_micros(5)), 5);
         assert_eq!(clock.micros(start), 0);

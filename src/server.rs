@@ -375,7 +375,10 @@ async fn serve<I, F, Fut>(
 {
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
-    let clock = Arc::new(ConnClock::new(accepted));
+    // This task polls the connection and, through hyper, its HTTP/1 requests: the clock serves
+    // the deadlines of futures polled by it alone.
+    let owner = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+    let clock = Arc::new(ConnClock::new(accepted, owner));
     let from = Peer {
         addr: peer,
         identity,

@@ -583,6 +583,73 @@ async fn upstream_down_and_slow_answer_502_and_504_naming_the_upstream() {
     drop(closed);
 }
 
+/// The problem's `type` ends with `kind`.
+fn problem_kind(body: &Value, kind: &str) -> bool {
+    body["type"].as_str().is_some_and(|t| t.ends_with(kind))
+}
+
+#[tokio::test]
+async fn calls_on_tasks_of_their_own_time_out_per_attempt_too() {
+    // A keyed cancellation runs on a task of its own (it completes when the caller hangs up),
+    // and so does a session-record fetch that other callers may join. Their attempts must time
+    // out at the 300 ms attempt timeout like a GET's, and be retried, not hang until the
+    // request's whole deadline (20 s in these tests) while the upstream holds them for a minute.
+    let h = Harness::with(Options {
+        request_timeout_ms: 300,
+        ..Options::default()
+    })
+    .await;
+    let tx = h.authorize(keys::FULL, None, 10.0).await;
+    let session = h.session(keys::FULL, None).await;
+    h.fault(json!({"operation": "payment.cancellations.create", "latency_ms": 60_000, "count": 3}))
+        .await;
+    h.fault(json!({"operation": "hpp.session_records.get", "latency_ms": 60_000, "count": 3}))
+        .await;
+
+    let started = Instant::now();
+    let r = h
+        .cancel(
+            keys::FULL,
+            &tx,
+            &json!({"gross_amount": 4}),
+            Some("k-slow"),
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = problem(r, 504).await;
+    assert!(problem_kind(&body, "upstream-timeout"), "{body}");
+    assert_eq!(
+        h.op_count("payment.cancellations.create").await,
+        3,
+        "three attempts"
+    );
+
+    let r = h
+        .req(
+            Method::GET,
+            &format!("/pps/api/v1/session-record/{session}"),
+            keys::FULL,
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = problem(r, 504).await;
+    assert!(problem_kind(&body, "upstream-timeout"), "{body}");
+    assert_eq!(
+        h.op_count("hpp.session_records.get").await,
+        3,
+        "three attempts"
+    );
+    // Both answered long before either request's 20 s deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_refused_with_413() {
     let h = Harness::start().await;
