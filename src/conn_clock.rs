@@ -86,6 +86,12 @@ impl ConnClock {
         }
     }
 
+    /// Wakes the connection's timer at `at` at the latest, for a deadline of the connection's
+    /// own (see `send_watch`): it fires then, and its owner looks.
+    pub fn want(&self, at: Instant) {
+        self.wanted_us.fetch_min(self.micros(at), Ordering::AcqRel);
+    }
+
     /// The instant `us` microseconds after the origin.
     fn instant(&self, us: u64) -> Instant {
         self.origin + Duration::from_micros(us)

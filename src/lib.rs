@@ -58,6 +58,7 @@ pub mod routes;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod sched;
+pub mod send_watch;
 pub mod server;
 pub mod stack;
 pub mod tls;

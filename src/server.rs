@@ -42,6 +42,7 @@ use crate::{
     gateway::READY_TOKEN_WAIT,
     metrics::{ConnectionLabels, ListenerLabels, Metrics},
     reload::LiveGateway,
+    send_watch::{SendWatch, Watched},
     tls::{PeerIdentity, ServerTls},
 };
 
@@ -405,6 +406,10 @@ async fn serve<I, F, Fut>(
             Ok::<_, Infallible>(resp)
         }
     });
+    // A client that reads nothing of its answers is closed after `send_timeout` (see
+    // `send_watch`): hyper itself would wait on its flush for good.
+    let watch = Arc::new(SendWatch::new(accepted));
+    let io = Watched::new(io, watch.clone(), clock.clone(), conns.limits.send_timeout);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
@@ -436,6 +441,11 @@ async fn serve<I, F, Fut>(
                 timer.set_own(None);
             }
             now = &mut timer => {
+                if watch.blocked_for(now).is_some_and(|b| b >= limits.send_timeout) {
+                    conns.closed("send_timeout");
+                    tracing::debug!(peer = %peer, listener = conns.name, "the client read nothing for listen.send_timeout_ms; closing");
+                    return;
+                }
                 // It may have fired for a request's deadline only: that request sees it when
                 // the connection is polled next.
                 match timer.own() {

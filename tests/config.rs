@@ -370,6 +370,12 @@ fn numeric_settings_out_of_their_bounds_are_refused_naming_key_and_range() {
         ),
         (
             "listen",
+            "send_timeout_ms",
+            "0",
+            "100 to 3600000 (milliseconds)",
+        ),
+        (
+            "listen",
             "idle_timeout_ms",
             "3600001",
             "100 to 3600000 (milliseconds)",

@@ -328,3 +328,46 @@ async fn a_flood_beyond_the_open_file_limit_does_not_stop_the_gateway() {
     );
     drop(held);
 }
+
+/// A client that pipelines requests and reads none of the answers: once the gateway's writes
+/// stay blocked for `listen.send_timeout_ms`, the connection is closed (hyper alone would wait
+/// on its flush for good, and `max_connections` such clients would close the listener).
+/// A client that reads its answers is not affected.
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_closed_at_the_send_timeout() {
+    let h = with_listen("send_timeout_ms = 400").await;
+    // Long paths, so that each 404 answer (which names the path) is a few KB and the client's
+    // small window, then the gateway's send buffer, fill after a few thousand.
+    let path = format!("/{}", "x".repeat(4000));
+    let req = format!("GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr(&h).parse().unwrap()).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        for _ in 0..4000 {
+            if writer.write_all(req.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        writer
+    });
+    let closed =
+        "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"send_timeout\"}";
+    common::custom::eventually(
+        "the unread connection closed at the send timeout",
+        || async { metric(&h.scrape_metrics().await, closed) == Some(1.0) },
+    )
+    .await;
+    // A client that reads: answered, and nothing else closed for the send timeout.
+    let r = h
+        .req(reqwest::Method::GET, TX_PATH, keys::FULL)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().as_u16() < 500, "{}", r.status());
+    assert_eq!(metric(&h.scrape_metrics().await, closed), Some(1.0));
+    drop(reader);
+    sending.abort();
+    h.stop().await;
+}

@@ -170,6 +170,9 @@ pub struct ListenFile {
     /// An HTTP/1 connection must send its next complete request head within this time of its
     /// previous answer (keep-alive idle time included), or it is closed.
     pub header_timeout_ms: Option<u64>,
+    /// A connection whose client reads nothing of what the gateway writes for this long (two
+    /// successive writes this far apart, like nginx's `send_timeout`) is closed.
+    pub send_timeout_ms: Option<u64>,
     /// Most connections the proxy listener keeps open; more are closed at accept.
     pub max_connections: Option<u64>,
     /// `[listen.tls]`: TLS (and mTLS) on the proxy listener; absent: plain HTTP.

@@ -20,11 +20,12 @@ impl Config {
         }
         let _ = writeln!(
             s,
-            "shutdown_grace_ms = {}\nfirst_request_timeout_ms = {}\nidle_timeout_ms = {}\nheader_timeout_ms = {}\nmax_connections = {}",
+            "shutdown_grace_ms = {}\nfirst_request_timeout_ms = {}\nidle_timeout_ms = {}\nheader_timeout_ms = {}\nsend_timeout_ms = {}\nmax_connections = {}",
             self.listen.shutdown_grace.as_millis(),
             self.listen.connections.first_request_timeout.as_millis(),
             self.listen.connections.idle_timeout.as_millis(),
             self.listen.connections.header_timeout.as_millis(),
+            self.listen.connections.send_timeout.as_millis(),
             self.listen.connections.max,
         );
         if let Some(t) = &self.listen.tls {

@@ -54,6 +54,9 @@ pub struct ConnectionLimits {
     /// HTTP/1: from an answer to the next complete request head; longer, and the connection
     /// is closed.
     pub header_timeout: Duration,
+    /// A write to the client blocked this long (the client reads nothing): the connection is
+    /// closed.
+    pub send_timeout: Duration,
     /// Most open connections on the proxy listener.
     pub max: usize,
 }
@@ -70,6 +73,7 @@ impl Default for ConnectionLimits {
             first_request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
             max: 4096,
         }
     }

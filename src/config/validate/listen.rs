@@ -65,6 +65,7 @@ fn connection_limits(f: &file::ListenFile, cx: &Ctx<'_>) -> Option<ConnectionLim
     );
     let idle_timeout = bounded("idle_timeout_ms", f.idle_timeout_ms, d.idle_timeout);
     let header_timeout = bounded("header_timeout_ms", f.header_timeout_ms, d.header_timeout);
+    let send_timeout = bounded("send_timeout_ms", f.send_timeout_ms, d.send_timeout);
     let max = match f.max_connections {
         None => Some(d.max),
         Some(n) if (1..=1_000_000).contains(&n) => Some(n as usize),
@@ -82,6 +83,7 @@ fn connection_limits(f: &file::ListenFile, cx: &Ctx<'_>) -> Option<ConnectionLim
         first_request_timeout: first_request_timeout?,
         idle_timeout: idle_timeout?,
         header_timeout: header_timeout?,
+        send_timeout: send_timeout?,
         max: max?,
     })
 }
