@@ -330,6 +330,40 @@ struct Activity {
     last_done_ms: AtomicU64,
 }
 
+pin_project_lite::pin_project! {
+    /// An answer's body, keeping its request in flight until it ends or is dropped.
+    struct UntilEnd {
+        #[pin]
+        body: Body,
+        in_flight: Option<InFlightOnConnection>,
+    }
+}
+
+impl http_body::Body for UntilEnd {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None | Some(Err(_)))) {
+            this.in_flight.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Marks a request in flight on its connection until dropped (answered, or cut off).
 struct InFlightOnConnection {
     activity: Arc<Activity>,
@@ -402,8 +436,14 @@ async fn serve<I, F, Fut>(
         let handler = handler.clone();
         async move {
             let resp = handler(req, from).await;
-            drop(in_flight);
-            Ok::<_, Infallible>(resp)
+            // In flight until its body has been handed to hyper whole, not only until its
+            // head: a body that streams for longer than `header_timeout` keeps its connection.
+            Ok::<_, Infallible>(resp.map(|body| {
+                Body::new(UntilEnd {
+                    body,
+                    in_flight: Some(in_flight),
+                })
+            }))
         }
     });
     // A client that reads nothing of its answers is closed after `send_timeout` (see

@@ -371,3 +371,98 @@ async fn a_client_that_reads_nothing_is_closed_at_the_send_timeout() {
     sending.abort();
     h.stop().await;
 }
+
+/// An upstream that answers every request with a chunked body it takes about a second to
+/// send, five chunks 200 ms apart (the slowness is what is under test, not a wait for it).
+async fn slowly_streaming_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if conn.write_all(start.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for part in ["{\"x\":[", "1,", "2,", "3", "]}"] {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+                        if conn.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    if conn.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// An answer whose body streams for longer than `listen.header_timeout_ms` keeps its
+/// connection: the header timeout counts from the end of the answer, not from when the
+/// handler returned its head.
+#[tokio::test]
+async fn a_slowly_streamed_answer_keeps_its_connection_past_the_header_timeout() {
+    let upstream = slowly_streaming_upstream().await;
+    let h = Harness::edited(
+        sandbox_config(Options::default().token_lifetime),
+        &Options::default(),
+        |text, sandbox, _| {
+            common::custom::replace_once(
+                &text.replacen(
+                    "shutdown_grace_ms = 5000",
+                    "shutdown_grace_ms = 5000\nheader_timeout_ms = 400",
+                    1,
+                ),
+                &common::custom::upstream_url_line("payment", sandbox),
+                &common::custom::upstream_url_line("payment", &upstream),
+            )
+        },
+    )
+    .await;
+    let req = format!(
+        "GET {TX_PATH}/slowtx0001 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
+        keys::FULL
+    );
+    let mut conn = TcpStream::connect(addr(&h)).await.unwrap();
+    for round in 0..2 {
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .expect("the answer goes on")
+                .unwrap();
+            assert!(
+                n > 0,
+                "round {round}: closed after {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
+        assert!(text.contains("]}"), "round {round}: {text}");
+    }
+    let m = h.scrape_metrics().await;
+    let closed = metric(
+        &m,
+        "ratepay_gateway_connections_closed_total{listener=\"proxy\",reason=\"header_timeout\"}",
+    );
+    assert!(matches!(closed, None | Some(0.0)), "{m}");
+    h.stop().await;
+}
