@@ -388,11 +388,13 @@ impl Drop for InFlightOnConnection {
 /// good. So each connection has its own deadline: its first request head must arrive within
 /// `first_request_timeout` of the accept (else it is dropped), and once no request has been in
 /// flight for `idle_timeout` it is shut down gracefully (h2: GOAWAY). An HTTP/1 connection
-/// must also send its next request head within `header_timeout` of its last answer: a
+/// must also send its next request head within `header_timeout` of the end of its last answer
+/// (a request is in flight until its answer's body ends): a
 /// graceful shutdown closes an HTTP/1 connection at once when no request head has been read
 /// whole, so one trickling a head a byte at a time is closed then too (hyper's own header
 /// read timeout, which this replaces, armed a timer per request; this is one per connection,
-/// re-armed only when it fires).
+/// re-armed only when it fires). Any connection whose writes stay blocked for `send_timeout`
+/// (the client reads nothing) is dropped: see `send_watch`.
 #[allow(clippy::too_many_arguments)]
 async fn serve<I, F, Fut>(
     io: I,
