@@ -218,6 +218,7 @@ fn routed(callers: &Callers, method: Method, path: &str) -> (Call, GwRequest) {
             .expect("known"),
         peer: Peer::plain(source),
         received: Instant::now(),
+        deadline: Instant::now() + std::time::Duration::from_secs(60),
         stats: Arc::default(),
     });
     let call = Call {

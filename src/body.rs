@@ -134,6 +134,9 @@ pub enum ReadError {
     /// The stream failed.
     #[error("the body could not be read: {0}")]
     Stream(String),
+    /// The request's deadline passed while the body was still arriving.
+    #[error("the request's deadline (limits.request_timeout_ms) passed while the body was still arriving")]
+    Deadline,
 }
 
 /// Reads a whole body of at most `limit` bytes. (Written out rather than with
@@ -151,6 +154,22 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ReadErr
         }
     }
     Ok(buf.freeze())
+}
+
+/// [`read_limited`], given up once `deadline` passes (on the connection's clock when polled from
+/// its task, on a tokio timer otherwise). For a layer that reads an answer whole where its caller
+/// may be gone (a keyed call runs on a task of its own): the upstream's body is bounded per gap
+/// only (`upstream_client.body_idle_timeout_ms`), so one trickling a byte per gap would hold that
+/// task, and the idempotency slot it keeps, for as long as it liked.
+pub async fn read_limited_by(
+    clock: Option<&crate::conn_clock::ConnClock>,
+    deadline: std::time::Instant,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ReadError> {
+    crate::conn_clock::within(clock, deadline, read_limited(body, limit))
+        .await
+        .unwrap_or(Err(ReadError::Deadline))
 }
 
 /// The upstream stopped sending mid-body for longer than the idle timeout.

@@ -79,6 +79,9 @@ pub struct RequestFacts {
     pub peer: Peer,
     /// When the gateway received the request.
     pub received: Instant,
+    /// When the request's whole deadline (`limits.request_timeout_ms`) passes: what a layer
+    /// that goes on where the edge no longer waits (a task of its own) bounds its work by.
+    pub deadline: Instant,
     /// Counters the inner layers fill in and the edge reads (access log, metrics).
     pub stats: Arc<RequestStats>,
 }

@@ -217,6 +217,7 @@ impl Gateway {
             route,
             peer,
             received,
+            deadline: received + self.inner.limits.request_timeout,
             stats,
         });
         let stack = if token_endpoint {

@@ -117,3 +117,86 @@ async fn a_huge_upstream_age_is_capped_on_miss_and_hit() {
     }
     assert_eq!(h.op_count("hpp.session_records.get").await, 1);
 }
+
+/// An upstream that answers every request `201` with a 100 KB `content-length` and then sends
+/// its body a byte every 100 ms (far inside the body's idle timeout), for as long as the
+/// connection lasts; `requests` counts the requests it received.
+async fn trickling_upstream(requests: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let start = "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{";
+                if conn.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    if conn.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+// A keyed cancellation's answer is read whole on the call's own task (audit, then the
+// idempotency store), where the edge's deadline does not reach. Its body was bounded per gap
+// only: an upstream trickling it held the task, and the key's slot, for good, so a retry with
+// the key never reached Ratepay again. Now the read ends at the request's deadline.
+#[tokio::test]
+async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = trickling_upstream(requests.clone()).await;
+    let h = Harness::edited(
+        common::sandbox_config(Options::default().token_lifetime),
+        &Options::default(),
+        |text, sandbox, _| {
+            common::custom::replace_once(
+                &common::custom::replace_once(
+                    &text,
+                    "request_timeout_ms = 20000",
+                    "request_timeout_ms = 1500",
+                ),
+                &common::custom::upstream_url_line("payment", sandbox),
+                &common::custom::upstream_url_line("payment", &upstream),
+            )
+        },
+    )
+    .await;
+    let body = json!({"gross_amount": 4});
+    let first = h
+        .cancel(keys::FULL, "trickletx01", &body, Some("k-trickle"), None)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    problem(first, 504).await;
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The same key again, until it reaches Ratepay (with the same upstream key, which Ratepay
+    // deduplicates): the first call's task let go of it.
+    common::custom::eventually("the key is free again", || async {
+        let _ = h
+            .cancel(keys::FULL, "trickletx01", &body, Some("k-trickle"), None)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await;
+        requests.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    h.stop().await;
+}

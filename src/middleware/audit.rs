@@ -159,7 +159,8 @@ impl<S: Handler> Handler for Audit<S> {
         let response = match result {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
-                let read = body::read_limited(body, MAX_AUDITED_BODY).await;
+                let (clock, deadline) = (call.ctx.peer.clock.as_deref(), call.ctx.deadline);
+                let read = body::read_limited_by(clock, deadline, body, MAX_AUDITED_BODY).await;
                 fields.status = Some(parts.status.as_u16());
                 match read {
                     Ok(bytes) => {

@@ -343,7 +343,8 @@ impl<S: Handler> Handler for Idempotency<S> {
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
-            let bytes = match body::read_limited(body, MAX_STORED_BODY).await {
+            let (clock, deadline) = (call.ctx.peer.clock.as_deref(), call.ctx.deadline);
+            let bytes = match body::read_limited_by(clock, deadline, body, MAX_STORED_BODY).await {
                 Ok(b) => b,
                 Err(e) => {
                     return Err(GatewayError::UpstreamUnreachable {

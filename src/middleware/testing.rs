@@ -62,6 +62,7 @@ pub fn request(
         route,
         peer: Peer::plain("127.0.0.1:1".parse().unwrap()),
         received: std::time::Instant::now(),
+        deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         stats: Arc::default(),
     });
     let call = Call {
