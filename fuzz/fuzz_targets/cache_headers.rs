@@ -104,6 +104,7 @@ fn request(headers: &[(header::HeaderName, HeaderValue)]) -> (Call, GwRequest) {
         route,
         peer: Peer::plain("127.0.0.1:1".parse().unwrap()),
         received: std::time::Instant::now(),
+        deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
         stats: Arc::default(),
     });
     let call = Call {
