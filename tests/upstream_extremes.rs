@@ -118,7 +118,8 @@ async fn a_huge_upstream_age_is_capped_on_miss_and_hit() {
     assert_eq!(h.op_count("hpp.session_records.get").await, 1);
 }
 
-/// An upstream that answers every request `201` with a 100 KB `content-length` and then sends
+/// An upstream that answers every request (`200` to a GET, `201` to anything else) with a
+/// 2 KB `content-length` and then sends
 /// its body a byte every 100 ms (far inside the body's idle timeout), for as long as the
 /// connection lasts; `requests` counts the requests it received.
 async fn trickling_upstream(requests: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
@@ -138,7 +139,12 @@ async fn trickling_upstream(requests: std::sync::Arc<std::sync::atomic::AtomicUs
                     }
                 }
                 requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let start = "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{";
+                let status = if head.starts_with(b"GET ") {
+                    "200 OK"
+                } else {
+                    "201 Created"
+                };
+                let start = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: 2000\r\n\r\n{{");
                 if conn.write_all(start.as_bytes()).await.is_err() {
                     return;
                 }
@@ -192,6 +198,53 @@ async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
     common::custom::eventually("the key is free again", || async {
         let _ = h
             .cancel(keys::FULL, "trickletx01", &body, Some("k-trickle"), None)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await;
+        requests.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    h.stop().await;
+}
+
+// The same for a session record: the cache fetches it on a task of its own that later callers
+// of the record join; a trickled body held that fetch, and so the record, for good.
+#[tokio::test]
+async fn a_trickled_session_record_frees_its_shared_fetch_at_the_request_deadline() {
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = trickling_upstream(requests.clone()).await;
+    let opts = Options {
+        extra_toml: "[cache]\n".into(),
+        ..Options::default()
+    };
+    let h = Harness::edited(
+        common::sandbox_config(opts.token_lifetime),
+        &opts,
+        |text, sandbox, _| {
+            common::custom::replace_once(
+                &common::custom::replace_once(
+                    &text,
+                    "request_timeout_ms = 20000",
+                    "request_timeout_ms = 1500",
+                ),
+                &common::custom::upstream_url_line("hpp", sandbox),
+                &common::custom::upstream_url_line("hpp", &upstream),
+            )
+        },
+    )
+    .await;
+    let path = format!("{RECORD}/tricklesession01");
+    let first = h
+        .req(Method::GET, &path, keys::FULL)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 504);
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    common::custom::eventually("the record is fetched again", || async {
+        let _ = h
+            .req(Method::GET, &path, keys::FULL)
             .timeout(std::time::Duration::from_secs(5))
             .send()
             .await;

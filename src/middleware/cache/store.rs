@@ -186,16 +186,25 @@ where
             }
         };
         let (mut parts, incoming) = resp.into_parts();
-        let body = match incoming.collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                return Err(Uncached::Error {
-                    error: GatewayError::UpstreamUnreachable {
-                        upstream: upstream.name(),
-                        reason: format!("the response body broke off: {e}"),
-                    },
-                    stale_ok: true,
-                })
+        // A shared fetch runs on a task of its own, which the edge's deadline does not reach,
+        // and the body is bounded per gap only: a body trickled a byte per gap would hold the
+        // fetch, and every caller that joins it, for good. So it ends at the deadline of the
+        // request that started it.
+        let (clock, deadline) = (call.ctx.peer.clock.as_deref(), call.ctx.deadline);
+        let broke_off = |reason: String| Uncached::Error {
+            error: GatewayError::UpstreamUnreachable {
+                upstream: upstream.name(),
+                reason,
+            },
+            stale_ok: true,
+        };
+        let body = match crate::conn_clock::within(clock, deadline, incoming.collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => return Err(broke_off(format!("the response body broke off: {e}"))),
+            Err(_) => {
+                return Err(broke_off(
+                    "the response body was still arriving at the request's deadline (limits.request_timeout_ms)".into(),
+                ))
             }
         };
         // Read before `Age` goes with the unstored headers (it is recomputed per answer).
