@@ -160,17 +160,21 @@ async fn trickling_upstream(requests: std::sync::Arc<std::sync::atomic::AtomicUs
     url
 }
 
-// A keyed cancellation's answer is read whole on the call's own task (audit, then the
-// idempotency store), where the edge's deadline does not reach. Its body was bounded per gap
-// only: an upstream trickling it held the task, and the key's slot, for good, so a retry with
-// the key never reached Ratepay again. Now the read ends at the request's deadline.
-#[tokio::test]
-async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
+/// A gateway (with `extra_toml`) whose `api` is the [`trickling_upstream`] and whose requests
+/// have a 1.5 s deadline; the upstream's request count.
+async fn behind_trickling_upstream(
+    api: &str,
+    extra_toml: &str,
+) -> (Harness, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let upstream = trickling_upstream(requests.clone()).await;
+    let opts = Options {
+        extra_toml: extra_toml.into(),
+        ..Options::default()
+    };
     let h = Harness::edited(
-        common::sandbox_config(Options::default().token_lifetime),
-        &Options::default(),
+        common::sandbox_config(opts.token_lifetime),
+        &opts,
         |text, sandbox, _| {
             common::custom::replace_once(
                 &common::custom::replace_once(
@@ -178,12 +182,22 @@ async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
                     "request_timeout_ms = 20000",
                     "request_timeout_ms = 1500",
                 ),
-                &common::custom::upstream_url_line("payment", sandbox),
-                &common::custom::upstream_url_line("payment", &upstream),
+                &common::custom::upstream_url_line(api, sandbox),
+                &common::custom::upstream_url_line(api, &upstream),
             )
         },
     )
     .await;
+    (h, requests)
+}
+
+// A keyed cancellation's answer is read whole on the call's own task (audit, then the
+// idempotency store), where the edge's deadline does not reach. Its body was bounded per gap
+// only: an upstream trickling it held the task, and the key's slot, for good, so a retry with
+// the key never reached Ratepay again. Now the read ends at the request's deadline.
+#[tokio::test]
+async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
+    let (h, requests) = behind_trickling_upstream("payment", "").await;
     let body = json!({"gross_amount": 4});
     let first = h
         .cancel(keys::FULL, "trickletx01", &body, Some("k-trickle"), None)
@@ -211,28 +225,7 @@ async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
 // of the record join; a trickled body held that fetch, and so the record, for good.
 #[tokio::test]
 async fn a_trickled_session_record_frees_its_shared_fetch_at_the_request_deadline() {
-    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let upstream = trickling_upstream(requests.clone()).await;
-    let opts = Options {
-        extra_toml: "[cache]\n".into(),
-        ..Options::default()
-    };
-    let h = Harness::edited(
-        common::sandbox_config(opts.token_lifetime),
-        &opts,
-        |text, sandbox, _| {
-            common::custom::replace_once(
-                &common::custom::replace_once(
-                    &text,
-                    "request_timeout_ms = 20000",
-                    "request_timeout_ms = 1500",
-                ),
-                &common::custom::upstream_url_line("hpp", sandbox),
-                &common::custom::upstream_url_line("hpp", &upstream),
-            )
-        },
-    )
-    .await;
+    let (h, requests) = behind_trickling_upstream("hpp", "[cache]\n").await;
     let path = format!("{RECORD}/tricklesession01");
     let first = h
         .req(Method::GET, &path, keys::FULL)

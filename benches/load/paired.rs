@@ -163,17 +163,18 @@ impl Check {
     }
 }
 
-/// The processes of the `paired` case, alive together; the directories outlive them.
+/// The processes of the `paired` case, alive together; the directories outlive them (fields
+/// drop in order: the processes stop first).
 struct Fleet {
-    _dirs: Vec<tempfile::TempDir>,
     procs: Vec<Proc>,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl Fleet {
     fn dir(&mut self) -> std::path::PathBuf {
         let d = tempfile::tempdir().expect("tempdir");
         let p = d.path().to_owned();
-        self._dirs.push(d);
+        self.dirs.push(d);
         p
     }
 
@@ -195,8 +196,8 @@ pub async fn peer_pairs(bench: &mut Bench, upstream: SocketAddr) {
     let caller = format!("Bearer {API_KEY}");
     let peer_auth = "Bearer caller-credential";
     let mut fleet = Fleet {
-        _dirs: Vec::new(),
         procs: Vec::new(),
+        dirs: Vec::new(),
     };
     let gateway_bin = Path::new(env!("CARGO_BIN_EXE_ratepay-gateway"));
 
