@@ -112,6 +112,20 @@ fn one_mistake_is_one_problem_not_a_cascade() {
     assert_eq!(e.problems().len(), 1, "{e}");
 }
 
+/// The idempotency window and bound as the file gives them: the store's expiry itself is
+/// tested on a paused clock in `middleware::idempotency`.
+#[test]
+fn the_idempotency_window_and_bound_come_from_the_file() {
+    let c = load("[idempotency]\nttl_secs = 2\nmax_bytes = 2000000\n").unwrap();
+    assert_eq!(
+        c.idempotency,
+        IdempotencySettings {
+            ttl: std::time::Duration::from_secs(2),
+            max_bytes: 2_000_000,
+        }
+    );
+}
+
 /// Every section's defaults come from its `Default` impl: an empty section, and an absent one,
 /// validate to exactly that.
 #[test]

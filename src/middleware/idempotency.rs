@@ -774,6 +774,38 @@ mod tests {
         assert_eq!(svc.inner.keys.lock().unwrap().len(), 5);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn after_the_ttl_the_same_key_executes_again() {
+        // The store's TTL (60 s here) runs on tokio's clock, paused in this test.
+        let (svc, store, _dir) = layer(1 << 20, Created::default()).await;
+        let executed = || svc.inner.keys.lock().unwrap().len();
+        assert_eq!(cancel(&svc, "k-ttl").await.status(), StatusCode::CREATED);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        let resp = cancel(&svc, "k-ttl").await;
+        assert_eq!(
+            resp.headers()[&IDEMPOTENT_REPLAYED],
+            "true",
+            "within the TTL"
+        );
+        assert_eq!(executed(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let resp = cancel(&svc, "k-ttl").await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(
+            !resp.headers().contains_key(&IDEMPOTENT_REPLAYED),
+            "the store forgot the key"
+        );
+        assert_eq!(executed(), 2, "executed again");
+        // Still the same upstream key: Ratepay, which keeps keys 24 h, deduplicates it.
+        let keys = svc.inner.keys.lock().unwrap().clone();
+        assert_eq!(keys[0], keys[1]);
+        assert_eq!(
+            store.len(),
+            1,
+            "the expired slot was replaced, not kept beside"
+        );
+    }
+
     #[tokio::test]
     async fn ratepay_receives_sha256_of_caller_colon_key() {
         let (svc, _store, _dir) = layer(1 << 20, Created::default()).await;
