@@ -10,12 +10,19 @@
 //! clock, whose timer then wakes `serve` to look at [`SendWatch::blocked_for`]. Any write that
 //! moves a byte, or a flush that completes, clears it. On the hot path this is one relaxed load
 //! per write; the clock is read only when a write blocks.
+//!
+//! It also notes when the connection's first byte arrived, and whether it opened with the
+//! HTTP/2 preface (`PRI`): until a first request is served, `serve` bounds the head begun by
+//! that byte by `listen.header_timeout_ms` (HTTP/2: `idle_timeout_ms` for the first stream), as
+//! it does every later head, and not only by `first_request_timeout_ms` from the accept, which
+//! an operator may raise to an hour for clients that connect ahead of need. One relaxed load per
+//! read; the clock is read once, at the first byte.
 
 use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -26,6 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::conn_clock::ConnClock;
 
+/// How an HTTP/2 connection's preface starts (RFC 9113 §3.4); no HTTP/1 method is `PRI`.
+const PREFACE_START: &[u8] = b"PRI ";
+
 /// What [`Watched`] tells the connection's owner.
 #[derive(Debug)]
 pub struct SendWatch {
@@ -33,6 +43,10 @@ pub struct SendWatch {
     /// Since when writes have been blocked: microseconds since `origin`, plus one (0: they
     /// are not).
     blocked_since: AtomicU64,
+    /// When the first byte was read: microseconds since `origin`, plus one (0: none yet).
+    first_read: AtomicU64,
+    /// The first bytes read were the HTTP/2 preface's.
+    h2_preface: AtomicBool,
 }
 
 impl SendWatch {
@@ -41,7 +55,37 @@ impl SendWatch {
         SendWatch {
             origin,
             blocked_since: AtomicU64::new(0),
+            first_read: AtomicU64::new(0),
+            h2_preface: AtomicBool::new(false),
         }
+    }
+
+    /// When the connection's first byte was read, and whether it opened with the HTTP/2
+    /// preface; `None` before any byte.
+    pub fn first_read(&self) -> Option<(Instant, bool)> {
+        match self.first_read.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some((self.at(us), self.h2_preface.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// Notes the first bytes read, once.
+    fn read(&self, bytes: &[u8]) {
+        if bytes.is_empty() || self.first_read.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        // A first read shorter than `PRI ` (a client trickling its bytes) counts as HTTP/1,
+        // whose bound is the stricter.
+        self.h2_preface
+            .store(bytes.starts_with(PREFACE_START), Ordering::Relaxed);
+        self.first_read
+            .store(self.since_origin(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// `now` as microseconds since `origin`, plus one.
+    fn since_origin(&self, now: Instant) -> u64 {
+        let us = now.saturating_duration_since(self.origin).as_micros();
+        u64::try_from(us).unwrap_or(u64::MAX - 1) + 1
     }
 
     /// How long writes have been blocked at `now`; `None` when they are not.
@@ -68,9 +112,8 @@ impl SendWatch {
         let since = match self.blocked_since.load(Ordering::Relaxed) {
             0 => {
                 let now = Instant::now();
-                let us = now.saturating_duration_since(self.origin).as_micros();
-                let us = u64::try_from(us).unwrap_or(u64::MAX - 1);
-                self.blocked_since.store(us + 1, Ordering::Relaxed);
+                self.blocked_since
+                    .store(self.since_origin(now), Ordering::Relaxed);
                 now
             }
             us => self.at(us),
@@ -94,7 +137,7 @@ impl SendWatch {
 }
 
 pin_project_lite::pin_project! {
-    /// `io` with its writes watched (see the module docs); reads pass straight through.
+    /// `io` with its writes watched, and its first read noted (see the module docs).
     pub struct Watched<I> {
         #[pin]
         io: I,
@@ -122,7 +165,13 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.io.poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            this.watch.read(&buf.filled()[before..]);
+        }
+        r
     }
 }
 

@@ -495,12 +495,26 @@ async fn serve<I, F, Fut>(
                     _ => continue,
                 }
                 if !activity.served.load(Ordering::Relaxed) {
-                    if now < first_deadline {
-                        timer.set_own(Some(first_deadline));
+                    // A head once begun must arrive within `header_timeout` of its first byte
+                    // (h2: its first stream within `idle_timeout` of the preface), as every
+                    // later one must; and within `first_request_timeout` of the accept.
+                    let (due, reason) = match watch.first_read() {
+                        Some((at, false)) => (at + limits.header_timeout, "header_timeout"),
+                        Some((at, true)) => (at + limits.idle_timeout, "idle"),
+                        // Looked at again then: a first byte may come meanwhile.
+                        None => (now + limits.header_timeout, ""),
+                    };
+                    let (due, reason) = if first_deadline <= due {
+                        (first_deadline, "first_request_timeout")
+                    } else {
+                        (due, reason)
+                    };
+                    if now < due || reason.is_empty() {
+                        timer.set_own(Some(due));
                         continue;
                     }
-                    conns.closed("first_request_timeout");
-                    tracing::debug!(peer = %peer, listener = conns.name, "no request within listen.first_request_timeout_ms; closing");
+                    conns.closed(reason);
+                    tracing::debug!(peer = %peer, listener = conns.name, reason, "no first request in time (listen.first_request_timeout_ms, header_timeout_ms or idle_timeout_ms); closing");
                     return;
                 }
                 // HTTP/1 waits at most `header_timeout` for its next head, h2 (whose

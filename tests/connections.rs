@@ -198,6 +198,71 @@ async fn a_trickled_http1_head_is_closed_at_the_header_timeout() {
     h.stop().await;
 }
 
+/// With `first_request_timeout_ms` raised (clients that connect ahead of need), a first head
+/// once begun must still arrive within `header_timeout_ms` of its first byte, and an HTTP/2
+/// connection's first stream within `idle_timeout_ms` of its preface; a connection that has
+/// sent nothing yet keeps the first-request deadline.
+#[tokio::test]
+async fn a_first_head_begun_is_bounded_by_the_header_timeout() {
+    let h = with_listen(
+        "first_request_timeout_ms = 60000\nheader_timeout_ms = 400\nidle_timeout_ms = 1500",
+    )
+    .await;
+    let limit = Duration::from_secs(10);
+    let mut early = TcpStream::connect(addr(&h)).await.unwrap();
+    let opened = Instant::now();
+    // Half a head, then nothing: closed at the header timeout, not after a minute.
+    let mut half = TcpStream::connect(addr(&h)).await.unwrap();
+    half.write_all(b"GET /pps/api/v1/session-record/x HTTP/1.1\r\nhost: gw\r\n")
+        .await
+        .unwrap();
+    let t = closed_after(&mut half, limit).await;
+    assert!(
+        t >= Duration::from_millis(300),
+        "not before the header timeout: {t:?}"
+    );
+    // The HTTP/2 preface and SETTINGS, then no stream: closed at the idle timeout, not the
+    // header timeout.
+    let mut h2 = TcpStream::connect(addr(&h)).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let t = closed_after(&mut h2, limit).await;
+    assert!(
+        t >= Duration::from_millis(1400),
+        "the h2 preface waits the idle timeout: {t:?}"
+    );
+    let m = h.scrape_metrics().await;
+    let closed = |reason: &str| {
+        metric(
+            &m,
+            &format!(
+                "ratepay_gateway_connections_closed_total{{listener=\"proxy\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(closed("header_timeout"), Some(1.0), "{m}");
+    assert_eq!(closed("idle"), Some(1.0), "{m}");
+    assert_eq!(closed("first_request_timeout"), None, "{m}");
+    // The connection opened first has sent nothing for longer than both: still open, and
+    // served.
+    assert!(opened.elapsed() > Duration::from_millis(1500));
+    let req = format!(
+        "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
+        keys::FULL
+    );
+    early.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = early.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "),
+        "served after {:?} of silence",
+        opened.elapsed()
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn the_proxy_listener_caps_connections_and_admin_keeps_answering() {
     let h = with_listen("max_connections = 20\nfirst_request_timeout_ms = 60000").await;
