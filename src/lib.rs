@@ -61,5 +61,6 @@ pub mod sched;
 pub mod send_watch;
 pub mod server;
 pub mod stack;
+pub mod stream_watch;
 pub mod tls;
 pub mod token;

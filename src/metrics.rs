@@ -134,6 +134,9 @@ pub struct Metrics {
     /// Connections closed by the gateway, by listener and reason (`cap`: refused at accept
     /// because `listen.max_connections` were open; `first_request_timeout`; `idle`).
     pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// HTTP/2 streams reset by the gateway, by listener and reason (`send_timeout`: the
+    /// client took none of the answer for `listen.send_timeout_ms`).
+    pub streams_reset: Family<ConnectionLabels, Counter>,
 }
 
 /// Labels: listener.
@@ -316,6 +319,12 @@ impl Metrics {
             "Client connections closed by the gateway: cap (refused at accept), first_request_timeout, idle",
             connections_closed.clone(),
         );
+        let streams_reset = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "streams_reset",
+            "HTTP/2 streams reset by the gateway: send_timeout (the client took none of the answer)",
+            streams_reset.clone(),
+        );
         registry.register_collector(Box::new(StateCollector {
             tokens: tokens.clone(),
             audit,
@@ -343,6 +352,7 @@ impl Metrics {
             panics,
             connections_open,
             connections_closed,
+            streams_reset,
         })
     }
 

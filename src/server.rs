@@ -29,7 +29,7 @@ use std::{
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -43,6 +43,7 @@ use crate::{
     metrics::{ConnectionLabels, ListenerLabels, Metrics},
     reload::LiveGateway,
     send_watch::{SendWatch, Watched},
+    stream_watch::{StreamExec, StreamWatch},
     tls::{PeerIdentity, ServerTls},
 };
 
@@ -222,6 +223,25 @@ impl Connections {
             .inc();
     }
 
+    /// hyper's executor for this listener's h2 streams: reset after `send_timeout` without
+    /// the client taking their answer (see `stream_watch`), counted here.
+    fn stream_exec(&self) -> StreamExec {
+        let reset = self
+            .metrics
+            .streams_reset
+            .get_or_create(&ConnectionLabels {
+                listener: self.name,
+                reason: "send_timeout",
+            })
+            .clone();
+        StreamExec::new(
+            self.limits.send_timeout,
+            Arc::new(move || {
+                reset.inc();
+            }),
+        )
+    }
+
     /// Resolves once every connection of this listener has closed.
     async fn all_closed(&self) -> Result<(), tokio::sync::AcquireError> {
         let n = u32::try_from(self.max).unwrap_or(u32::MAX);
@@ -250,7 +270,7 @@ async fn accept_loop<F, Fut>(
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(conns.stream_exec());
     // No header read timeout of hyper's: it armed a timer (a boxed sleep, registered and
     // removed again) for every request head. `serve`'s own deadline bounds the wait for a head
     // instead (`listen.header_timeout_ms`), one timer per connection.
@@ -336,6 +356,8 @@ pin_project_lite::pin_project! {
         #[pin]
         body: Body,
         in_flight: Option<InFlightOnConnection>,
+        // An h2 stream's: told when a frame goes to hyper (see `stream_watch`).
+        stream: Option<Arc<StreamWatch>>,
     }
 }
 
@@ -349,8 +371,16 @@ impl http_body::Body for UntilEnd {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.body.poll_frame(cx);
+        let more = matches!(frame, std::task::Poll::Ready(Some(Ok(_))));
         if matches!(frame, std::task::Poll::Ready(None | Some(Err(_)))) {
             this.in_flight.take();
+        }
+        if let Some(stream) = this.stream {
+            if more {
+                stream.handed();
+            } else {
+                stream.waiting();
+            }
         }
         frame
     }
@@ -400,7 +430,7 @@ async fn serve<I, F, Fut>(
     io: I,
     peer: SocketAddr,
     identity: Option<Arc<PeerIdentity>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExec>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     handler: F,
     conns: &Connections,
@@ -424,7 +454,8 @@ async fn serve<I, F, Fut>(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut from = from.clone();
         seen.served.store(true, Ordering::Relaxed);
-        if req.version() == http::Version::HTTP_2 {
+        let h2 = req.version() == http::Version::HTTP_2;
+        if h2 {
             seen.h2.store(true, Ordering::Relaxed);
             // Its streams run on tasks of their own, which this connection's task does not
             // poll: tokio timers for their deadlines (see `conn_clock`).
@@ -438,12 +469,18 @@ async fn serve<I, F, Fut>(
         let handler = handler.clone();
         async move {
             let resp = handler(req, from).await;
+            // h2: from the head on, the answer waits for the client to take it.
+            let stream = if h2 { StreamWatch::current() } else { None };
+            if let Some(stream) = &stream {
+                stream.handed();
+            }
             // In flight until its body has been handed to hyper whole, not only until its
             // head: a body that streams for longer than `header_timeout` keeps its connection.
             Ok::<_, Infallible>(resp.map(|body| {
                 Body::new(UntilEnd {
                     body,
                     in_flight: Some(in_flight),
+                    stream,
                 })
             }))
         }
@@ -468,6 +505,8 @@ async fn serve<I, F, Fut>(
     // polled after the connection, so it sees what a request registered while polled. Its own
     // checks end (`None`) once the connection is shutting down.
     let mut timer = ConnTimer::new(clock, Some(deadline));
+    // Shut down for idleness: the writes counted then (see below).
+    let mut draining: Option<u64> = None;
     loop {
         tokio::select! {
             biased;
@@ -493,6 +532,19 @@ async fn serve<I, F, Fut>(
                 match timer.own() {
                     Some(own) if own <= now => {}
                     _ => continue,
+                }
+                // Shut down for idleness, it may only finish sending what it holds (an h2
+                // answer buffered for a client that grants it no window): dropped once no
+                // write has moved a byte for `send_timeout`.
+                if let Some(moves) = draining {
+                    if watch.moves() == moves {
+                        conns.closed("send_timeout");
+                        tracing::debug!(peer = %peer, listener = conns.name, "the client took nothing of what its idle connection still holds for listen.send_timeout_ms; closing");
+                        return;
+                    }
+                    draining = Some(watch.moves());
+                    timer.set_own(Some(now + limits.send_timeout));
+                    continue;
                 }
                 if !activity.served.load(Ordering::Relaxed) {
                     // A head once begun must arrive within `header_timeout` of its first byte
@@ -534,7 +586,8 @@ async fn serve<I, F, Fut>(
                     conns.closed(reason);
                     tracing::debug!(peer = %peer, listener = conns.name, reason, "no request in time; closing");
                     conn.as_mut().graceful_shutdown();
-                    timer.set_own(None);
+                    draining = Some(watch.moves());
+                    timer.set_own(Some(now + limits.send_timeout));
                 } else if activity.in_flight.load(Ordering::Acquire) == 0 {
                     timer.set_own(Some(idle_since + limit));
                 } else {

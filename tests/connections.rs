@@ -531,3 +531,105 @@ async fn a_slowly_streamed_answer_keeps_its_connection_past_the_header_timeout()
     assert!(matches!(closed, None | Some(0.0)), "{m}");
     h.stop().await;
 }
+
+/// An HTTP/2 client that grants a byte of window and then takes nothing more (while its
+/// connection answers PINGs and opens streams): a streamed answer's stream is reset at
+/// `listen.send_timeout_ms`, and the connection still serves a stream it reads; a whole answer
+/// buffered in the connection is dropped with its connection, `send_timeout_ms` after the idle
+/// timeout shut that down.
+#[tokio::test]
+async fn an_h2_answer_the_client_stops_reading_is_dropped_at_the_send_timeout() {
+    let upstream = slowly_streaming_upstream().await;
+    let h = Harness::edited(
+        sandbox_config(Options::default().token_lifetime),
+        &Options::default(),
+        |text, sandbox, _| {
+            common::custom::replace_once(
+                &text.replacen(
+                    "shutdown_grace_ms = 5000",
+                    "shutdown_grace_ms = 5000\nsend_timeout_ms = 400\nidle_timeout_ms = 600",
+                    1,
+                ),
+                &common::custom::upstream_url_line("payment", sandbox),
+                &common::custom::upstream_url_line("payment", &upstream),
+            )
+        },
+    )
+    .await;
+    async fn h2_client(
+        h: &Harness,
+    ) -> (
+        h2::client::SendRequest<bytes::Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ) {
+        let tcp = TcpStream::connect(addr(h)).await.unwrap();
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(1)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        (client.ready().await.unwrap(), tokio::spawn(conn))
+    }
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", addr(&h)))
+            .header("authorization", format!("Bearer {}", keys::FULL))
+            .body(())
+            .unwrap()
+    };
+    let streamed = format!("{TX_PATH}/slowtx0001");
+    let (mut client, _conn) = h2_client(&h).await;
+    // The streamed answer: its head and one byte of its body, then nothing more is taken.
+    let (answer, _) = client.send_request(get(&streamed), true).unwrap();
+    let mut stalled = answer.await.unwrap().into_body();
+    let first = stalled.data().await.unwrap().unwrap();
+    assert_eq!(first.len(), 1, "one byte of window");
+    let reset = tokio::time::timeout(Duration::from_secs(10), stalled.data())
+        .await
+        .expect("reset within 10 s");
+    let e = reset.expect("a reset, not the end").unwrap_err();
+    assert_eq!(e.reason(), Some(h2::Reason::CANCEL), "{e}");
+    // The same connection still serves the same answer to a stream whose client reads it.
+    let mut client = client.ready().await.unwrap();
+    let (answer, _) = client.send_request(get(&streamed), true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        read.extend_from_slice(&chunk);
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(read, b"{\"x\":[1,2,3]}", "read whole, a byte at a time");
+    drop(client);
+
+    // A whole answer (the sandbox's 404) goes to h2's buffer at once: its stream's task ends,
+    // and the connection, shut down when idle, could never finish sending it.
+    let (mut client, conn) = h2_client(&h).await;
+    let (answer, _) = client
+        .send_request(get("/pps/api/v1/session-record/nosuchsession"), true)
+        .unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 404);
+    let mut held = answer.into_body();
+    assert_eq!(held.data().await.unwrap().unwrap().len(), 1);
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection is closed within 10 s");
+    assert!(ended.is_ok(), "the client's task ended: {ended:?}");
+    let m = h.scrape_metrics().await;
+    let count = |name: &str, reason: &str| {
+        metric(
+            &m,
+            &format!("ratepay_gateway_{name}_total{{listener=\"proxy\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(count("streams_reset", "send_timeout"), Some(1.0), "{m}");
+    assert_eq!(
+        count("connections_closed", "send_timeout"),
+        Some(1.0),
+        "{m}"
+    );
+    drop(held);
+    h.stop().await;
+}

@@ -17,6 +17,7 @@ const ORDER: &[&str] = &[
     "sched",
     "conn_clock",
     "send_watch",
+    "stream_watch",
     "crypto",
     "body",
     "json",
