@@ -15,7 +15,7 @@
 //! peer in `BENCH_PEER_SLICES` (11) pairs of one-second slices, see `paired.rs`; `tls` repeats
 //! the uncached GET through the gateway and each peer with TLS to the upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post|
-//! floor|nginx|nolog`; needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default;
+//! floor|nginx|nolog|tls|tls-floor|tls-nginx`; needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default;
 //! `BENCH_PERF_EVENTS`, e.g. `syscalls:sys_enter_*`, counts those events with `perf stat`
 //! instead and notes each per request), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
@@ -1423,6 +1423,9 @@ async fn run() {
             Ok("floor") => FLOOR,
             Ok("nginx") => NGINX_PASS,
             Ok("nolog") => UNCACHED_NOLOG,
+            Ok("tls") => TLS_GATEWAY,
+            Ok("tls-floor") => TLS_FLOOR,
+            Ok("tls-nginx") => TLS_NGINX,
             _ => UNCACHED,
         },
         stats: Arc::new(UpstreamStats::default()),
