@@ -47,8 +47,6 @@ pub struct SendWatch {
     first_read: AtomicU64,
     /// The first bytes read were the HTTP/2 preface's.
     h2_preface: AtomicBool,
-    /// Writes that moved a byte, so far (flushes do not count: hyper flushes on every poll).
-    moves: AtomicU64,
 }
 
 impl SendWatch {
@@ -59,14 +57,7 @@ impl SendWatch {
             blocked_since: AtomicU64::new(0),
             first_read: AtomicU64::new(0),
             h2_preface: AtomicBool::new(false),
-            moves: AtomicU64::new(0),
         }
-    }
-
-    /// Writes that moved a byte so far: a connection draining after its last request looks
-    /// for progress here.
-    pub fn moves(&self) -> u64 {
-        self.moves.load(Ordering::Relaxed)
     }
 
     /// When the connection's first byte was read, and whether it opened with the HTTP/2
@@ -107,12 +98,6 @@ impl SendWatch {
 
     fn at(&self, us_plus_one: u64) -> Instant {
         self.origin + Duration::from_micros(us_plus_one - 1)
-    }
-
-    /// A write moved bytes. One task writes (the connection's): no read-modify-write needed.
-    fn wrote(&self) {
-        self.moves
-            .store(self.moves.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     fn moved(&self) {
@@ -200,9 +185,6 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         let r = this.io.poll_write(cx, buf);
         let progress = matches!(r, Poll::Ready(Ok(n)) if n > 0);
         this.watch.note(&r, progress, this.clock, *this.timeout);
-        if progress {
-            this.watch.wrote();
-        }
         r
     }
 
@@ -215,9 +197,6 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
         let r = this.io.poll_write_vectored(cx, bufs);
         let progress = matches!(r, Poll::Ready(Ok(n)) if n > 0);
         this.watch.note(&r, progress, this.clock, *this.timeout);
-        if progress {
-            this.watch.wrote();
-        }
         r
     }
 

@@ -358,8 +358,17 @@ pin_project_lite::pin_project! {
         in_flight: Option<InFlightOnConnection>,
         // An h2 stream's: told when a frame goes to hyper (see `stream_watch`).
         stream: Option<Arc<StreamWatch>>,
+        // h2: what is left of a data frame handed to hyper in pieces.
+        rest: bytes::Bytes,
     }
 }
+
+/// The largest piece of an answer handed to hyper's h2 at a time (its default frame size).
+/// hyper asks for the next frame only once the client has granted window for all of the last
+/// one, so a large upstream chunk (hyper reads up to ~400 KiB at once) would look like a stall
+/// to the stream watch from a client that reads slowly but reads, and the last one, buffered
+/// whole, would be what a client granting no window holds after its stream's task has ended.
+const H2_PIECE: usize = 16 * 1024;
 
 impl http_body::Body for UntilEnd {
     type Data = bytes::Bytes;
@@ -369,28 +378,60 @@ impl http_body::Body for UntilEnd {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
         let this = self.project();
-        let frame = this.body.poll_frame(cx);
-        let more = matches!(frame, std::task::Poll::Ready(Some(Ok(_))));
-        if matches!(frame, std::task::Poll::Ready(None | Some(Err(_)))) {
-            this.in_flight.take();
+        let Some(stream) = this.stream else {
+            // HTTP/1: passed through.
+            let frame = this.body.poll_frame(cx);
+            if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                this.in_flight.take();
+            }
+            return frame;
+        };
+        if !this.rest.is_empty() {
+            let piece = this.rest.split_to(this.rest.len().min(H2_PIECE));
+            stream.handed();
+            return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
         }
-        if let Some(stream) = this.stream {
-            if more {
+        match this.body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
                 stream.handed();
-            } else {
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        if data.len() > H2_PIECE {
+                            *this.rest = data.split_off(H2_PIECE);
+                        }
+                        http_body::Frame::data(data)
+                    }
+                    Err(trailers) => trailers,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
                 stream.waiting();
+                Poll::Pending
+            }
+            end => {
+                stream.waiting();
+                this.in_flight.take();
+                end
             }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let (inner, rest) = (self.body.size_hint(), self.rest.len() as u64);
+        // Upper first: `set_lower` panics above the upper bound, `set_upper` below the lower.
+        let mut hint = http_body::SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint.set_lower(inner.lower().saturating_add(rest));
+        hint
     }
 }
 
@@ -481,6 +522,7 @@ async fn serve<I, F, Fut>(
                     body,
                     in_flight: Some(in_flight),
                     stream,
+                    rest: bytes::Bytes::new(),
                 })
             }))
         }
@@ -505,8 +547,9 @@ async fn serve<I, F, Fut>(
     // polled after the connection, so it sees what a request registered while polled. Its own
     // checks end (`None`) once the connection is shutting down.
     let mut timer = ConnTimer::new(clock, Some(deadline));
-    // Shut down for idleness: the writes counted then (see below).
-    let mut draining: Option<u64> = None;
+    // Shut down for idleness since then: what it still holds has `send_timeout` to go out.
+    let mut draining: Option<Instant> = None;
+    let mut stopping = false;
     loop {
         tokio::select! {
             biased;
@@ -516,10 +559,13 @@ async fn serve<I, F, Fut>(
                 }
                 return;
             }
-            _ = stop.wait_for(|s| *s), if timer.own().is_some() => {
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
                 conn.as_mut().graceful_shutdown();
-                // Requests still in flight keep their deadlines.
-                timer.set_own(None);
+                // Requests still in flight keep their deadlines; a drain keeps its own.
+                if draining.is_none() {
+                    timer.set_own(None);
+                }
             }
             now = &mut timer => {
                 if watch.blocked_for(now).is_some_and(|b| b >= limits.send_timeout) {
@@ -533,18 +579,27 @@ async fn serve<I, F, Fut>(
                     Some(own) if own <= now => {}
                     _ => continue,
                 }
-                // Shut down for idleness, it may only finish sending what it holds (an h2
-                // answer buffered for a client that grants it no window): dropped once no
-                // write has moved a byte for `send_timeout`.
-                if let Some(moves) = draining {
-                    if watch.moves() == moves {
-                        conns.closed("send_timeout");
-                        tracing::debug!(peer = %peer, listener = conns.name, "the client took nothing of what its idle connection still holds for listen.send_timeout_ms; closing");
-                        return;
+                // Shut down for idleness, it may only finish sending what it holds: an h2
+                // answer's last piece (at most `H2_PIECE` bytes a stream beyond the window the
+                // client has granted) that a client granting no window would hold for good.
+                // It gets `send_timeout` from the shutdown, or from the end of a request that
+                // came in the meantime (h2 takes new streams for a round trip after GOAWAY);
+                // progress is not counted, as the client's PINGs would count too.
+                if let Some(since) = draining {
+                    if activity.in_flight.load(Ordering::Acquire) > 0 {
+                        timer.set_own(Some(now + limits.send_timeout));
+                        continue;
                     }
-                    draining = Some(watch.moves());
-                    timer.set_own(Some(now + limits.send_timeout));
-                    continue;
+                    let last_done = accepted
+                        + Duration::from_millis(activity.last_done_ms.load(Ordering::Relaxed));
+                    let due = since.max(last_done) + limits.send_timeout;
+                    if now < due {
+                        timer.set_own(Some(due));
+                        continue;
+                    }
+                    conns.closed("send_timeout");
+                    tracing::debug!(peer = %peer, listener = conns.name, "the client took nothing of what its idle connection still held for listen.send_timeout_ms; closing");
+                    return;
                 }
                 if !activity.served.load(Ordering::Relaxed) {
                     // A head once begun must arrive within `header_timeout` of its first byte
@@ -567,6 +622,14 @@ async fn serve<I, F, Fut>(
                     }
                     conns.closed(reason);
                     tracing::debug!(peer = %peer, listener = conns.name, reason, "no first request in time (listen.first_request_timeout_ms, header_timeout_ms or idle_timeout_ms); closing");
+                    if reason == "idle" {
+                        // An h2 connection made ahead of need: GOAWAY, as for any idle one, so
+                        // that a first request racing the close is known to be unprocessed.
+                        conn.as_mut().graceful_shutdown();
+                        draining = Some(now);
+                        timer.set_own(Some(now + limits.send_timeout));
+                        continue;
+                    }
                     return;
                 }
                 // HTTP/1 waits at most `header_timeout` for its next head, h2 (whose
@@ -586,7 +649,7 @@ async fn serve<I, F, Fut>(
                     conns.closed(reason);
                     tracing::debug!(peer = %peer, listener = conns.name, reason, "no request in time; closing");
                     conn.as_mut().graceful_shutdown();
-                    draining = Some(watch.moves());
+                    draining = Some(now);
                     timer.set_own(Some(now + limits.send_timeout));
                 } else if activity.in_flight.load(Ordering::Acquire) == 0 {
                     timer.set_own(Some(idle_since + limit));
@@ -709,4 +772,59 @@ pub fn simple(
         http::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use http_body::Body as _;
+
+    use super::*;
+
+    /// An h2 answer's body as `serve` wraps it, over one frame of `len` bytes.
+    fn h2_answer(len: usize) -> (UntilEnd, Arc<Activity>) {
+        let activity = Arc::new(Activity::default());
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let body = UntilEnd {
+            body: crate::body::full(vec![b'x'; len]),
+            in_flight: Some(InFlightOnConnection {
+                activity: activity.clone(),
+                accepted: Instant::now(),
+            }),
+            stream: Some(Arc::new(StreamWatch::new())),
+            rest: bytes::Bytes::new(),
+        };
+        (body, activity)
+    }
+
+    #[tokio::test]
+    async fn an_h2_answer_goes_to_hyper_in_pieces_with_its_size_kept() {
+        let (mut body, activity) = h2_answer(2 * H2_PIECE + 100);
+        assert_eq!(body.size_hint().exact(), Some(2 * H2_PIECE as u64 + 100));
+        let mut pieces = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let data = frame.unwrap().into_data().unwrap();
+            pieces.push(data.len());
+            let left: usize = 2 * H2_PIECE + 100 - pieces.iter().sum::<usize>();
+            // What hyper reads after each piece: the rest, exactly, and the end only at 0.
+            assert_eq!(body.size_hint().exact(), Some(left as u64));
+            assert_eq!(body.is_end_stream(), left == 0, "after {pieces:?}");
+            assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1, "in flight");
+        }
+        assert_eq!(pieces, [H2_PIECE, H2_PIECE, 100]);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0, "ended");
+    }
+
+    #[tokio::test]
+    async fn an_http1_answer_passes_through_whole() {
+        let (mut body, _activity) = h2_answer(3 * H2_PIECE);
+        body.stream = None;
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap().len(), 3 * H2_PIECE);
+    }
 }

@@ -17,6 +17,12 @@
 //! gaps are `upstream_client.body_idle_timeout_ms`'s business, not the client's). The
 //! stream's one timer is armed when the answer starts and re-armed only when it fires.
 //!
+//! hyper asks for the next frame only once the client has granted window for all of the last
+//! one, so `UntilEnd` hands large frames over in 16 KiB pieces: a client that reads slowly but
+//! reads shows progress at least every 16 KiB, and a stream whose task has ended holds at most
+//! that much beyond its window (what `serve` then gives `send_timeout_ms` to go out once the
+//! connection is shut down for idleness).
+//!
 //! Nothing here runs for HTTP/1, whose stalls `send_watch` sees; on an h2 stream it costs a
 //! clock read per answer frame.
 
@@ -47,7 +53,8 @@ pub struct StreamWatch {
 }
 
 impl StreamWatch {
-    fn new() -> Self {
+    /// A watch whose answer has not started.
+    pub(crate) fn new() -> Self {
         StreamWatch {
             origin: Instant::now(),
             handed_at: AtomicU64::new(0),

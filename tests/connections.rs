@@ -205,7 +205,8 @@ async fn a_trickled_http1_head_is_closed_at_the_header_timeout() {
 #[tokio::test]
 async fn a_first_head_begun_is_bounded_by_the_header_timeout() {
     let h = with_listen(
-        "first_request_timeout_ms = 60000\nheader_timeout_ms = 400\nidle_timeout_ms = 1500",
+        "first_request_timeout_ms = 60000\nheader_timeout_ms = 400\nidle_timeout_ms = 1500\n\
+         send_timeout_ms = 500",
     )
     .await;
     let limit = Duration::from_secs(10);
@@ -221,17 +222,45 @@ async fn a_first_head_begun_is_bounded_by_the_header_timeout() {
         t >= Duration::from_millis(300),
         "not before the header timeout: {t:?}"
     );
-    // The HTTP/2 preface and SETTINGS, then no stream: closed at the idle timeout, not the
-    // header timeout.
+    // The HTTP/2 preface and SETTINGS, then no stream: shut down with a GOAWAY at the idle
+    // timeout, not the header timeout; then, as this client never answers the PING that
+    // follows the GOAWAY, closed `send_timeout_ms` later.
     let mut h2 = TcpStream::connect(addr(&h)).await.unwrap();
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
         .unwrap();
     h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
-    let t = closed_after(&mut h2, limit).await;
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match h2.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    let t = started.elapsed();
     assert!(
-        t >= Duration::from_millis(1400),
-        "the h2 preface waits the idle timeout: {t:?}"
+        t >= Duration::from_millis(1900),
+        "the h2 preface waits the idle timeout, then the send timeout: {t:?}"
+    );
+    // The server's frames: 9-byte headers, the type at [3]; GOAWAY is 7.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len = usize::from(received[at]) << 16
+            | usize::from(received[at + 1]) << 8
+            | usize::from(received[at + 2]);
+        types.push(received[at + 3]);
+        at += 9 + len;
+    }
+    assert!(
+        types.contains(&7),
+        "a GOAWAY before the close: frame types {types:?}"
     );
     let m = h.scrape_metrics().await;
     let closed = |reason: &str| {
@@ -244,10 +273,11 @@ async fn a_first_head_begun_is_bounded_by_the_header_timeout() {
     };
     assert_eq!(closed("header_timeout"), Some(1.0), "{m}");
     assert_eq!(closed("idle"), Some(1.0), "{m}");
+    assert_eq!(closed("send_timeout"), Some(1.0), "{m}");
     assert_eq!(closed("first_request_timeout"), None, "{m}");
     // The connection opened first has sent nothing for longer than both: still open, and
     // served.
-    assert!(opened.elapsed() > Duration::from_millis(1500));
+    assert!(opened.elapsed() > Duration::from_millis(1900));
     let req = format!(
         "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
         keys::FULL
@@ -631,5 +661,99 @@ async fn an_h2_answer_the_client_stops_reading_is_dropped_at_the_send_timeout() 
         "{m}"
     );
     drop(held);
+    h.stop().await;
+}
+
+/// An upstream that answers every request with `len` bytes of `x` in one write (hyper's
+/// client then reads it in frames of up to ~400 KiB).
+async fn bulk_upstream(len: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    head.clear();
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n"
+                    )
+                    .into_bytes();
+                    answer.resize(answer.len() + len, b'x');
+                    if conn.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// An HTTP/2 client that reads a large answer slowly but steadily (16 KiB at a time, each
+/// window granted 50 ms after the last piece) is not reset, though each of the upstream's
+/// frames takes it far longer than `listen.send_timeout_ms` to read: the answer goes to h2 in
+/// 16 KiB pieces, each one progress.
+#[tokio::test]
+async fn a_slow_h2_reader_that_reads_is_not_reset() {
+    const LEN: usize = 512 * 1024;
+    let upstream = bulk_upstream(LEN).await;
+    let h = Harness::edited(
+        sandbox_config(Options::default().token_lifetime),
+        &Options::default(),
+        |text, sandbox, _| {
+            common::custom::replace_once(
+                &text.replacen(
+                    "shutdown_grace_ms = 5000",
+                    "shutdown_grace_ms = 5000\nsend_timeout_ms = 300",
+                    1,
+                ),
+                &common::custom::upstream_url_line("payment", sandbox),
+                &common::custom::upstream_url_line("payment", &upstream),
+            )
+        },
+    )
+    .await;
+    let tcp = TcpStream::connect(addr(&h)).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}{TX_PATH}/bulktx0001", addr(&h)))
+        .header("authorization", format!("Bearer {}", keys::FULL))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(req, true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let mut read = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("reset after {read} bytes: {e}"));
+        read += chunk.len();
+        // The slow reader's pace: its workload, not a wait for the gateway.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(read, LEN, "read whole");
+    let m = h.scrape_metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "ratepay_gateway_streams_reset_total{listener=\"proxy\",reason=\"send_timeout\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
     h.stop().await;
 }
