@@ -306,7 +306,8 @@ pub async fn peer_pairs(bench: &mut Bench, upstream: SocketAddr) {
         procs: Vec::new(),
         dirs: Vec::new(),
     };
-    let gateway_bin = Path::new(env!("CARGO_BIN_EXE_ratepay-gateway"));
+    let gateway_bin = super::gateway_bin();
+    let gateway_bin = gateway_bin.as_path();
 
     // The gateway audited (A), without its access log (N) and with audit off (B).
     let d = fleet.dir();
