@@ -37,6 +37,18 @@ fn addr(h: &Harness) -> String {
     h.gateway.trim_start_matches("http://").to_owned()
 }
 
+/// Sends a GET of a session record on `conn`; the start of its answer.
+async fn get_record(conn: &mut TcpStream) -> String {
+    let req = format!(
+        "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
+        keys::FULL
+    );
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// Reads until the gateway closes the connection; how long that took (panics after `limit`).
 async fn closed_after(stream: &mut TcpStream, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -113,14 +125,7 @@ async fn silent_and_slow_preface_connections_are_closed_in_time() {
 async fn an_idle_keep_alive_connection_is_closed() {
     let h = with_listen("idle_timeout_ms = 400").await;
     let mut conn = TcpStream::connect(addr(&h)).await.unwrap();
-    let req = format!(
-        "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
-        keys::FULL
-    );
-    conn.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = conn.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    assert!(get_record(&mut conn).await.starts_with("HTTP/1.1 "));
     let t = closed_after(&mut conn, Duration::from_secs(5)).await;
     assert!(
         t >= Duration::from_millis(300),
@@ -275,18 +280,11 @@ async fn a_first_head_begun_is_bounded_by_the_header_timeout() {
     assert_eq!(closed("idle"), Some(1.0), "{m}");
     assert_eq!(closed("send_timeout"), Some(1.0), "{m}");
     assert_eq!(closed("first_request_timeout"), None, "{m}");
-    // The connection opened first has sent nothing for longer than both: still open, and
-    // served.
+    // The connection opened first has sent nothing for longer than all three timeouts: still
+    // open, and served.
     assert!(opened.elapsed() > Duration::from_millis(1900));
-    let req = format!(
-        "GET /pps/api/v1/session-record/nosuchsession HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
-        keys::FULL
-    );
-    early.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = early.read(&mut buf).await.unwrap();
     assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "),
+        get_record(&mut early).await.starts_with("HTTP/1.1 "),
         "served after {:?} of silence",
         opened.elapsed()
     );
@@ -467,13 +465,15 @@ async fn a_client_that_reads_nothing_is_closed_at_the_send_timeout() {
     h.stop().await;
 }
 
-/// An upstream that answers every request with a chunked body it takes about a second to
-/// send, five chunks 200 ms apart (the slowness is what is under test, not a wait for it).
-async fn slowly_streaming_upstream() -> String {
+/// An upstream of raw HTTP/1.1 that answers every request with `writes`: each one's bytes,
+/// written after its delay.
+async fn raw_upstream(writes: Vec<(Duration, Vec<u8>)>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let writes = std::sync::Arc::new(writes);
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
+            let writes = writes.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -485,19 +485,13 @@ async fn slowly_streaming_upstream() -> String {
                         }
                     }
                     head.clear();
-                    let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
-                    if conn.write_all(start.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    for part in ["{\"x\":[", "1,", "2,", "3", "]}"] {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
-                        if conn.write_all(chunk.as_bytes()).await.is_err() {
+                    for (delay, bytes) in writes.iter() {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(*delay).await;
+                        }
+                        if conn.write_all(bytes).await.is_err() {
                             return;
                         }
-                    }
-                    if conn.write_all(b"0\r\n\r\n").await.is_err() {
-                        return;
                     }
                 }
             });
@@ -506,28 +500,76 @@ async fn slowly_streaming_upstream() -> String {
     url
 }
 
-/// An answer whose body streams for longer than `listen.header_timeout_ms` keeps its
-/// connection: the header timeout counts from the end of the answer, not from when the
-/// handler returned its head.
-#[tokio::test]
-async fn a_slowly_streamed_answer_keeps_its_connection_past_the_header_timeout() {
-    let upstream = slowly_streaming_upstream().await;
-    let h = Harness::edited(
+/// An upstream that answers every request with a chunked body it takes about a second to
+/// send, five chunks 200 ms apart (the slowness is what is under test, not a wait for it).
+async fn slowly_streaming_upstream() -> String {
+    let start =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    let mut writes = vec![(Duration::ZERO, start.as_bytes().to_vec())];
+    for part in ["{\"x\":[", "1,", "2,", "3", "]}"] {
+        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+        writes.push((Duration::from_millis(200), chunk.into_bytes()));
+    }
+    writes.push((Duration::ZERO, b"0\r\n\r\n".to_vec()));
+    raw_upstream(writes).await
+}
+
+/// An upstream that answers every request with `len` bytes of `x` in one write (hyper's
+/// client then reads it in frames of up to ~400 KiB).
+async fn bulk_upstream(len: usize) -> String {
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n"
+    )
+    .into_bytes();
+    answer.resize(answer.len() + len, b'x');
+    raw_upstream(vec![(Duration::ZERO, answer)]).await
+}
+
+/// A harness whose payment API is `upstream` and whose `[listen]` section has `lines` added.
+async fn behind_upstream(upstream: &str, lines: &str) -> Harness {
+    Harness::edited(
         sandbox_config(Options::default().token_lifetime),
         &Options::default(),
         |text, sandbox, _| {
             common::custom::replace_once(
                 &text.replacen(
                     "shutdown_grace_ms = 5000",
-                    "shutdown_grace_ms = 5000\nheader_timeout_ms = 400",
+                    &format!("shutdown_grace_ms = 5000\n{lines}"),
                     1,
                 ),
                 &common::custom::upstream_url_line("payment", sandbox),
-                &common::custom::upstream_url_line("payment", &upstream),
+                &common::custom::upstream_url_line("payment", upstream),
             )
         },
     )
-    .await;
+    .await
+}
+
+/// A raw HTTP/2 client of the gateway granting each stream `window` bytes at first, and its
+/// connection's task.
+async fn h2_client(
+    h: &Harness,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr(h)).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    (client.ready().await.unwrap(), tokio::spawn(conn))
+}
+
+/// An answer whose body streams for longer than `listen.header_timeout_ms` keeps its
+/// connection: the header timeout counts from the end of the answer, not from when the
+/// handler returned its head.
+#[tokio::test]
+async fn a_slowly_streamed_answer_keeps_its_connection_past_the_header_timeout() {
+    let upstream = slowly_streaming_upstream().await;
+    let h = behind_upstream(&upstream, "header_timeout_ms = 400").await;
     let req = format!(
         "GET {TX_PATH}/slowtx0001 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n",
         keys::FULL
@@ -570,36 +612,7 @@ async fn a_slowly_streamed_answer_keeps_its_connection_past_the_header_timeout()
 #[tokio::test]
 async fn an_h2_answer_the_client_stops_reading_is_dropped_at_the_send_timeout() {
     let upstream = slowly_streaming_upstream().await;
-    let h = Harness::edited(
-        sandbox_config(Options::default().token_lifetime),
-        &Options::default(),
-        |text, sandbox, _| {
-            common::custom::replace_once(
-                &text.replacen(
-                    "shutdown_grace_ms = 5000",
-                    "shutdown_grace_ms = 5000\nsend_timeout_ms = 400\nidle_timeout_ms = 600",
-                    1,
-                ),
-                &common::custom::upstream_url_line("payment", sandbox),
-                &common::custom::upstream_url_line("payment", &upstream),
-            )
-        },
-    )
-    .await;
-    async fn h2_client(
-        h: &Harness,
-    ) -> (
-        h2::client::SendRequest<bytes::Bytes>,
-        tokio::task::JoinHandle<Result<(), h2::Error>>,
-    ) {
-        let tcp = TcpStream::connect(addr(h)).await.unwrap();
-        let (client, conn) = h2::client::Builder::new()
-            .initial_window_size(1)
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .unwrap();
-        (client.ready().await.unwrap(), tokio::spawn(conn))
-    }
+    let h = behind_upstream(&upstream, "send_timeout_ms = 400\nidle_timeout_ms = 600").await;
     let get = |path: &str| {
         http::Request::get(format!("http://{}{path}", addr(&h)))
             .header("authorization", format!("Bearer {}", keys::FULL))
@@ -607,7 +620,7 @@ async fn an_h2_answer_the_client_stops_reading_is_dropped_at_the_send_timeout() 
             .unwrap()
     };
     let streamed = format!("{TX_PATH}/slowtx0001");
-    let (mut client, _conn) = h2_client(&h).await;
+    let (mut client, _conn) = h2_client(&h, 1).await;
     // The streamed answer: its head and one byte of its body, then nothing more is taken.
     let (answer, _) = client.send_request(get(&streamed), true).unwrap();
     let mut stalled = answer.await.unwrap().into_body();
@@ -635,7 +648,7 @@ async fn an_h2_answer_the_client_stops_reading_is_dropped_at_the_send_timeout() 
 
     // A whole answer (the sandbox's 404) goes to h2's buffer at once: its stream's task ends,
     // and the connection, shut down when idle, could never finish sending it.
-    let (mut client, conn) = h2_client(&h).await;
+    let (mut client, conn) = h2_client(&h, 1).await;
     let (answer, _) = client
         .send_request(get("/pps/api/v1/session-record/nosuchsession"), true)
         .unwrap();
@@ -664,39 +677,6 @@ async fn an_h2_answer_the_client_stops_reading_is_dropped_at_the_send_timeout() 
     h.stop().await;
 }
 
-/// An upstream that answers every request with `len` bytes of `x` in one write (hyper's
-/// client then reads it in frames of up to ~400 KiB).
-async fn bulk_upstream(len: usize) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    head.clear();
-                    let mut answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {len}\r\n\r\n"
-                    )
-                    .into_bytes();
-                    answer.resize(answer.len() + len, b'x');
-                    if conn.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
-}
-
 /// An HTTP/2 client that reads a large answer slowly but steadily (16 KiB at a time, each
 /// window granted 50 ms after the last piece) is not reset, though each of the upstream's
 /// frames takes it far longer than `listen.send_timeout_ms` to read: the answer goes to h2 in
@@ -705,30 +685,8 @@ async fn bulk_upstream(len: usize) -> String {
 async fn a_slow_h2_reader_that_reads_is_not_reset() {
     const LEN: usize = 512 * 1024;
     let upstream = bulk_upstream(LEN).await;
-    let h = Harness::edited(
-        sandbox_config(Options::default().token_lifetime),
-        &Options::default(),
-        |text, sandbox, _| {
-            common::custom::replace_once(
-                &text.replacen(
-                    "shutdown_grace_ms = 5000",
-                    "shutdown_grace_ms = 5000\nsend_timeout_ms = 300",
-                    1,
-                ),
-                &common::custom::upstream_url_line("payment", sandbox),
-                &common::custom::upstream_url_line("payment", &upstream),
-            )
-        },
-    )
-    .await;
-    let tcp = TcpStream::connect(addr(&h)).await.unwrap();
-    let (client, conn) = h2::client::Builder::new()
-        .initial_window_size(16 * 1024)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
+    let h = behind_upstream(&upstream, "send_timeout_ms = 300").await;
+    let (mut client, _conn) = h2_client(&h, 16 * 1024).await;
     let req = http::Request::get(format!("http://{}{TX_PATH}/bulktx0001", addr(&h)))
         .header("authorization", format!("Bearer {}", keys::FULL))
         .body(())
