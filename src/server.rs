@@ -465,7 +465,10 @@ impl Drop for InFlightOnConnection {
 /// whole, so one trickling a head a byte at a time is closed then too (hyper's own header
 /// read timeout, which this replaces, armed a timer per request; this is one per connection,
 /// re-armed only when it fires). Any connection whose writes stay blocked for `send_timeout`
-/// (the client reads nothing) is dropped: see `send_watch`.
+/// (the client reads nothing) is dropped: see `send_watch`. One shut down for idleness gets
+/// `send_timeout` to send what it still holds (an h2 answer's last piece, which a client
+/// granting no window would hold for good), then is dropped; h2 streams whose client takes
+/// none of their answer are reset on their own (`stream_watch`).
 #[allow(clippy::too_many_arguments)]
 async fn serve<I, F, Fut>(
     io: I,
@@ -545,7 +548,8 @@ async fn serve<I, F, Fut>(
             .min(limits.header_timeout);
     // One timer for the connection's own checks (below) and its HTTP/1 requests' deadlines;
     // polled after the connection, so it sees what a request registered while polled. Its own
-    // checks end (`None`) once the connection is shutting down.
+    // checks end (`None`) once a stop shuts the connection down; after an idle shutdown they
+    // keep the drain's deadline (below).
     let mut timer = ConnTimer::new(clock, Some(deadline));
     // Shut down for idleness since then: what it still holds has `send_timeout` to go out.
     let mut draining: Option<Instant> = None;
