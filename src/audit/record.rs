@@ -492,7 +492,17 @@ pub fn canonical_bytes(record: &AuditRecord) -> Result<Vec<u8>, serde_json::Erro
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    digest_hex(&Sha256::digest(bytes).into())
+}
+
+/// Lowercase hex of a SHA-256 digest. `hex::encode` pushes `char`s one at a time into a growing
+/// `String` (0.3 % of an audited cancellation's CPU in a perf profile, four digests a
+/// cancellation); the same crate's `encode_to_slice` fills the 64 bytes from its table at once.
+pub fn digest_hex(digest: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    // Cannot fail: the output is exactly twice the input, and hex digits are ASCII.
+    let _ = hex::encode_to_slice(digest, &mut out);
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// A record ready to write: its line (with `hash` and trailing newline) and its hash.
@@ -587,6 +597,19 @@ pub fn decode(line: &[u8]) -> Result<(AuditRecord, String), LineFault> {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn digests_are_lowercase_hex_as_the_hex_crate_writes_them() {
+        for seed in [&b""[..], b"abc", &[0xff; 1000]] {
+            let digest: [u8; 32] = Sha256::digest(seed).into();
+            assert_eq!(digest_hex(&digest), hex::encode(digest));
+        }
+        // `printf abc | sha256sum`
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     fn intent() -> Intent {
         Intent {

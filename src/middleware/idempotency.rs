@@ -61,7 +61,7 @@ pub fn upstream_key(caller: &str, key: &str) -> String {
     h.update(caller.as_bytes());
     h.update(b":");
     h.update(key.as_bytes());
-    hex::encode(h.finalize())
+    crate::audit::record::digest_hex(&h.finalize().into())
 }
 
 /// What identifies "the same call": method, path and query, partner and body.
