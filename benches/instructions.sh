@@ -22,6 +22,9 @@
 #              sandbox's 404 stored as the key's answer.
 # BENCH_CASES picks some (a comma list); BENCH_METHOD and BENCH_PATH replace them with one
 # request of your own. Two runs of the same binary agree to about 0.02 %.
+# BENCH_IDEMPOTENCY_BYTES sets the idempotency store's max_bytes (local.toml: 64 MiB). At its
+# floor, 1048576, the store is full after about 500 cancellations, so `cancel` then counts a
+# full store's eviction with every new key, as a store in production does after a busy day.
 #
 # What it cannot say: time. Two kinds of work are counted far above their cost, so each line
 # also gives their share: a large memcpy is `rep movsb`, one instruction per byte copied here
@@ -67,6 +70,10 @@ sed -e 's|^proxy = .*|proxy = "127.0.0.1:0"|' -e 's|^admin = .*|admin = "127.0.0
   -e "s|^path = \"var/audit/audit.jsonl\"|path = \"$work/audit/audit.jsonl\"|" \
   -e 's|^rate_per_sec = .*|rate_per_sec = 1000000|' -e 's|^burst = .*|burst = 1000000|' \
   config/local.toml >"$work/gateway.toml"
+if [ -n "${BENCH_IDEMPOTENCY_BYTES:-}" ]; then
+  # The first max_bytes is [idempotency]'s (the cache's comes later).
+  sed -i "0,/^max_bytes = .*/s//max_bytes = ${BENCH_IDEMPOTENCY_BYTES}/" "$work/gateway.toml"
+fi
 
 profiles=0
 for request in "${requests[@]}"; do

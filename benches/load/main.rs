@@ -1753,14 +1753,15 @@ fn ab_label(build: &str, kind: &str, round: u64) -> String {
     format!("{build} {kind}, round {round}")
 }
 
-/// A gateway of `bin` on the usual configuration (audit on), for the A/B cases; the directory
-/// holds its configuration and audit log and must outlive it.
+/// A gateway of `bin` on the usual configuration (audit on, or off), for the A/B cases; the
+/// directory holds its configuration and audit log and must outlive it.
 async fn spawn_ab_gateway(
     bin: &Path,
     upstream: SocketAddr,
+    audit: bool,
 ) -> (tempfile::TempDir, Proc, SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = gateway_toml(dir.path(), upstream, true);
+    let config = gateway_toml(dir.path(), upstream, audit);
     let (gw, addr) = spawn_gateway_bin(bin, dir.path(), config).await;
     (dir, gw, addr)
 }
@@ -1783,7 +1784,7 @@ async fn ab_round(
     upstream: SocketAddr,
     caller: &str,
 ) {
-    let (_dir, gw, addr) = spawn_ab_gateway(bin, upstream).await;
+    let (_dir, gw, addr) = spawn_ab_gateway(bin, upstream, true).await;
     for (kind, _, _) in AB_KINDS {
         if !bench.wants(kind) {
             continue;
@@ -1838,42 +1839,72 @@ async fn ab_slices(bench: &mut Bench, bin: &Path, upstream: SocketAddr, caller: 
     }
     let slice = Duration::from_millis(env_or("BENCH_AB_SLICE_MS", 1000).max(100));
     let head_bin = gateway_bin();
-    let (_head_dir, head, head_addr) = spawn_ab_gateway(&head_bin, upstream).await;
-    let (_base_dir, base, base_addr) = spawn_ab_gateway(bin, upstream).await;
+    let (_head_dir, head, head_addr) = spawn_ab_gateway(&head_bin, upstream, true).await;
+    let (_base_dir, base, base_addr) = spawn_ab_gateway(bin, upstream, true).await;
     for (kind, _, _) in AB_KINDS {
-        if !bench.wants(kind) {
-            continue;
-        }
-        let (head_target, base_target) = (
-            ab_target(kind, head_addr, caller),
-            ab_target(kind, base_addr, caller),
-        );
-        let sides = [
-            paired::Side {
-                target: &head_target,
-                pid: head.pid(),
-            },
-            paired::Side {
-                target: &base_target,
-                pid: base.pid(),
-            },
-        ];
-        let got = paired::slices(sides, slices, slice, bench.connections).await;
-        let ratios = got.iter().map(|[h, b]| h.cpu / b.cpu).collect();
-        match paired::quartiles(ratios) {
-            Some([q1, m, q3]) => bench.notes.push(format!(
-                "paired slices {kind}: CPU per request this build / baseline, median {m:.3} \
-                 (quartiles {q1:.3} to {q3:.3}) over {} pairs of {} ms ({:+.1} %)",
-                got.len(),
-                slice.as_millis(),
-                (m - 1.0) * 100.0
-            )),
-            None => bench
-                .notes
-                .push(format!("paired slices {kind}: no pair measured")),
+        if bench.wants(kind) {
+            let targets = [
+                ab_target(kind, head_addr, caller),
+                ab_target(kind, base_addr, caller),
+            ];
+            ab_pair(
+                bench,
+                kind,
+                &targets,
+                [head.pid(), base.pid()],
+                slices,
+                slice,
+            )
+            .await;
         }
     }
     drop((head, base));
+    // The cancellation with audit off: the money path's own work, without the disk.
+    if bench.wants("unaudited") {
+        let (_head_dir, head, head_addr) = spawn_ab_gateway(&head_bin, upstream, false).await;
+        let (_base_dir, base, base_addr) = spawn_ab_gateway(bin, upstream, false).await;
+        let targets = [
+            Target::cancellation(head_addr),
+            Target::cancellation(base_addr),
+        ];
+        let pids = [head.pid(), base.pid()];
+        ab_pair(bench, "unaudited", &targets, pids, slices, slice).await;
+    }
+}
+
+/// `slices` pairs of `targets` (this build's, the baseline's, served by `pids`), noted.
+async fn ab_pair(
+    bench: &mut Bench,
+    kind: &str,
+    targets: &[Target; 2],
+    pids: [u32; 2],
+    slices: usize,
+    slice: Duration,
+) {
+    let sides = [
+        paired::Side {
+            target: &targets[0],
+            pid: pids[0],
+        },
+        paired::Side {
+            target: &targets[1],
+            pid: pids[1],
+        },
+    ];
+    let got = paired::slices(sides, slices, slice, bench.connections).await;
+    let ratios = got.iter().map(|[h, b]| h.cpu / b.cpu).collect();
+    match paired::quartiles(ratios) {
+        Some([q1, m, q3]) => bench.notes.push(format!(
+            "paired slices {kind}: CPU per request this build / baseline, median {m:.3} \
+             (quartiles {q1:.3} to {q3:.3}) over {} pairs of {} ms ({:+.1} %)",
+            got.len(),
+            slice.as_millis(),
+            (m - 1.0) * 100.0
+        )),
+        None => bench
+            .notes
+            .push(format!("paired slices {kind}: no pair measured")),
+    }
 }
 
 /// What the steady run saw: RSS after its first minute and at its end, and its errors.
