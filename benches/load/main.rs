@@ -28,7 +28,7 @@
 //! builds, alternating which goes first, and the median CPU per request of each),
 //! `BENCH_AB_SLICES` (0: with a baseline, this many pairs of short saturation slices, both builds
 //! running, alternately first, `BENCH_AB_SLICE_MS` (1000) each, and the median ratio of CPU per
-//! request and its quartiles; on session 12's host it read a build against its own copy within
+//! request and its quartiles, for the cases uncached, cached, audited and unaudited; on session 12's host it read a build against its own copy within
 //! 6 %, where the rounds read +38 %), `BENCH_PIN`
 //! (1: this process, the generator and the upstream, on CPU 0; each measured proxy alone on
 //! CPU 1 with one worker thread or process; needs `taskset` and two CPUs), `BENCH_REDIS_CPU`
@@ -1830,8 +1830,8 @@ fn ab_summary(bench: &mut Bench) {
 }
 
 /// `BENCH_AB_SLICES` [paired slices](paired) of this build and the baseline, both on the usual
-/// configuration, per A/B kind: the note gives the median and the quartiles of the ratios of
-/// CPU per request, this build over the baseline.
+/// configuration, per A/B kind (and, for `unaudited`, both with audit off): the note gives the
+/// median and the quartiles of the ratios of CPU per request, this build over the baseline.
 async fn ab_slices(bench: &mut Bench, bin: &Path, upstream: SocketAddr, caller: &str) {
     let slices = env_or("BENCH_AB_SLICES", 0) as usize;
     if slices == 0 {
