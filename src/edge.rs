@@ -47,7 +47,9 @@ impl Gateway {
         let stats: Arc<RequestStats> = Arc::default();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let deadline = self.inner.limits.request_timeout;
+        let timeout = self.inner.limits.request_timeout;
+        // One deadline for the edge's wait and for the layers that go on without it.
+        let deadline = received + timeout;
         let clock = peer.clock.clone();
         // A panic anywhere below still answers the caller (500) and is counted; the connection
         // and every other request on it carry on.
@@ -55,11 +57,11 @@ impl Gateway {
             req,
             peer,
             &request_id,
-            received,
+            (received, deadline),
             stats.clone(),
         ))
         .catch_unwind();
-        let result = match within(clock.as_deref(), received + deadline, call).await {
+        let result = match within(clock.as_deref(), deadline, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => {
                 metrics.panics.inc();
@@ -69,7 +71,7 @@ impl Gateway {
                 ))
             }
             Err(_) => Err((
-                GatewayError::Deadline(deadline.as_millis()),
+                GatewayError::Deadline(timeout.as_millis()),
                 stats.operation.get().copied(),
             )),
         };
@@ -160,7 +162,7 @@ impl Gateway {
         req: Request<B>,
         peer: Peer,
         request_id: &Arc<str>,
-        received: Instant,
+        (received, deadline): (Instant, Instant),
         stats: Arc<RequestStats>,
     ) -> Result<(GwResponse, Option<&'static Operation>), (GatewayError, Option<&'static Operation>)>
     where
@@ -217,7 +219,7 @@ impl Gateway {
             route,
             peer,
             received,
-            deadline: received + self.inner.limits.request_timeout,
+            deadline,
             stats,
         });
         let stack = if token_endpoint {

@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{config_text, keys, metric, process, sandbox_config, Harness, Options, TX_PATH};
+use common::{
+    config_text, keys, metric, process, sandbox_config,
+    upstream::{Answer, RawUpstream},
+    Harness, Options, TX_PATH,
+};
 use ratepay_gateway::{config::Config, sandbox};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -465,41 +469,6 @@ async fn a_client_that_reads_nothing_is_closed_at_the_send_timeout() {
     h.stop().await;
 }
 
-/// An upstream of raw HTTP/1.1 that answers every request with `writes`: each one's bytes,
-/// written after its delay.
-async fn raw_upstream(writes: Vec<(Duration, Vec<u8>)>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let writes = std::sync::Arc::new(writes);
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let writes = writes.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    head.clear();
-                    for (delay, bytes) in writes.iter() {
-                        if !delay.is_zero() {
-                            tokio::time::sleep(*delay).await;
-                        }
-                        if conn.write_all(bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    url
-}
-
 /// An upstream that answers every request with a chunked body it takes about a second to
 /// send, five chunks 200 ms apart (the slowness is what is under test, not a wait for it).
 async fn slowly_streaming_upstream() -> String {
@@ -511,7 +480,7 @@ async fn slowly_streaming_upstream() -> String {
         writes.push((Duration::from_millis(200), chunk.into_bytes()));
     }
     writes.push((Duration::ZERO, b"0\r\n\r\n".to_vec()));
-    raw_upstream(writes).await
+    RawUpstream::start(Answer::Paced(writes)).await.url
 }
 
 /// An upstream that answers every request with `len` bytes of `x` in one write (hyper's
@@ -522,7 +491,7 @@ async fn bulk_upstream(len: usize) -> String {
     )
     .into_bytes();
     answer.resize(answer.len() + len, b'x');
-    raw_upstream(vec![(Duration::ZERO, answer)]).await
+    RawUpstream::start(Answer::Raw(answer)).await.url
 }
 
 /// A harness whose payment API is `upstream` and whose `[listen]` section has `lines` added.

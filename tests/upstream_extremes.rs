@@ -6,7 +6,11 @@
 
 mod common;
 
-use common::{keys, problem, Harness, Options, TX_PATH};
+use common::{
+    keys, problem,
+    upstream::{Answer, RawUpstream},
+    Harness, Options, TX_PATH,
+};
 use ratepay_gateway::routes::Api;
 use reqwest::{Method, Response};
 use serde_json::json;
@@ -118,56 +122,22 @@ async fn a_huge_upstream_age_is_capped_on_miss_and_hit() {
     assert_eq!(h.op_count("hpp.session_records.get").await, 1);
 }
 
-/// An upstream that answers every request (`200` to a GET, `201` to anything else) with a
-/// 2 KB `content-length` and then sends
-/// its body a byte every 100 ms (far inside the body's idle timeout), for as long as the
-/// connection lasts; `requests` counts the requests it received.
-async fn trickling_upstream(requests: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let requests = requests.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let status = if head.starts_with(b"GET ") {
-                    "200 OK"
-                } else {
-                    "201 Created"
-                };
-                let start = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: 2000\r\n\r\n{{");
-                if conn.write_all(start.as_bytes()).await.is_err() {
-                    return;
-                }
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    if conn.write_all(b" ").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    url
-}
-
-/// A gateway (with `extra_toml`) whose `api` is the [`trickling_upstream`] and whose requests
-/// have a 1.5 s deadline; the upstream's request count.
+/// A gateway (with `extra_toml`) whose `api` is an upstream that answers every request with
+/// `status`, a 2 KB `content-length`, and then its body a byte every 100 ms (far inside the
+/// body's idle timeout), for as long as the connection lasts; its requests have a 1.5 s
+/// deadline.
 async fn behind_trickling_upstream(
     api: &str,
+    status: &str,
     extra_toml: &str,
-) -> (Harness, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let upstream = trickling_upstream(requests.clone()).await;
+) -> (Harness, RawUpstream) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: 2000\r\n\r\n{{"
+    );
+    let byte = (std::time::Duration::from_millis(100), b" ".to_vec());
+    let mut parts = vec![(std::time::Duration::ZERO, head.into_bytes())];
+    parts.extend(std::iter::repeat_n(byte, 1999));
+    let upstream = RawUpstream::start(Answer::Paced(parts)).await;
     let opts = Options {
         extra_toml: extra_toml.into(),
         ..Options::default()
@@ -183,12 +153,26 @@ async fn behind_trickling_upstream(
                     "request_timeout_ms = 1500",
                 ),
                 &common::custom::upstream_url_line(api, sandbox),
-                &common::custom::upstream_url_line(api, &upstream),
+                &common::custom::upstream_url_line(api, &upstream.url),
             )
         },
     )
     .await;
-    (h, requests)
+    (h, upstream)
+}
+
+/// Sends with `send` until `upstream` has seen a second request: the first call's task let go
+/// of what it held.
+async fn until_it_reaches_the_upstream_again<F, Fut>(what: &str, upstream: &RawUpstream, send: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    common::custom::eventually(what, || async {
+        send().await;
+        upstream.seen().len() >= 2
+    })
+    .await;
 }
 
 // A keyed cancellation's answer is read whole on the call's own task (audit, then the
@@ -197,7 +181,7 @@ async fn behind_trickling_upstream(
 // the key never reached Ratepay again. Now the read ends at the request's deadline.
 #[tokio::test]
 async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
-    let (h, requests) = behind_trickling_upstream("payment", "").await;
+    let (h, upstream) = behind_trickling_upstream("payment", "201 Created", "").await;
     let body = json!({"gross_amount": 4});
     let first = h
         .cancel(keys::FULL, "trickletx01", &body, Some("k-trickle"), None)
@@ -206,16 +190,15 @@ async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
         .await
         .unwrap();
     problem(first, 504).await;
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(upstream.seen().len(), 1);
     // The same key again, until it reaches Ratepay (with the same upstream key, which Ratepay
     // deduplicates): the first call's task let go of it.
-    common::custom::eventually("the key is free again", || async {
+    until_it_reaches_the_upstream_again("the key is free again", &upstream, || async {
         let _ = h
             .cancel(keys::FULL, "trickletx01", &body, Some("k-trickle"), None)
             .timeout(std::time::Duration::from_secs(5))
             .send()
             .await;
-        requests.load(std::sync::atomic::Ordering::SeqCst) >= 2
     })
     .await;
     h.stop().await;
@@ -225,7 +208,7 @@ async fn a_trickled_answer_frees_its_idempotency_key_at_the_request_deadline() {
 // of the record join; a trickled body held that fetch, and so the record, for good.
 #[tokio::test]
 async fn a_trickled_session_record_frees_its_shared_fetch_at_the_request_deadline() {
-    let (h, requests) = behind_trickling_upstream("hpp", "[cache]\n").await;
+    let (h, upstream) = behind_trickling_upstream("hpp", "200 OK", "[cache]\n").await;
     let path = format!("{RECORD}/tricklesession01");
     let first = h
         .req(Method::GET, &path, keys::FULL)
@@ -234,14 +217,13 @@ async fn a_trickled_session_record_frees_its_shared_fetch_at_the_request_deadlin
         .await
         .unwrap();
     assert_eq!(first.status(), 504);
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
-    common::custom::eventually("the record is fetched again", || async {
+    assert_eq!(upstream.seen().len(), 1);
+    until_it_reaches_the_upstream_again("the record is fetched again", &upstream, || async {
         let _ = h
             .req(Method::GET, &path, keys::FULL)
             .timeout(std::time::Duration::from_secs(5))
             .send()
             .await;
-        requests.load(std::sync::atomic::Ordering::SeqCst) >= 2
     })
     .await;
     h.stop().await;

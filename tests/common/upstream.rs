@@ -35,6 +35,9 @@ impl Seen {
 pub enum Answer {
     /// These bytes, verbatim, then the connection stays open for the next request.
     Raw(Vec<u8>),
+    /// Each part written after its delay (a slow or trickling answer), then the same. The
+    /// slowness is the upstream under test, not a wait for it.
+    Paced(Vec<(std::time::Duration, Vec<u8>)>),
     /// Close the connection once the request is read (no answer at all).
     Close,
 }
@@ -69,6 +72,14 @@ impl RawUpstream {
                             Answer::Raw(bytes) => {
                                 if stream.write_all(&bytes).await.is_err() {
                                     return;
+                                }
+                            }
+                            Answer::Paced(parts) => {
+                                for (delay, bytes) in parts {
+                                    tokio::time::sleep(delay).await;
+                                    if stream.write_all(&bytes).await.is_err() {
+                                        return;
+                                    }
                                 }
                             }
                             Answer::Close => return,
