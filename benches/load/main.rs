@@ -13,12 +13,14 @@
 //! Environment: `BENCH_SECS` (3) per phase, `BENCH_CONNECTIONS` (32), `BENCH_RATE` (2000 req/s,
 //! the open-loop rate), `BENCH_CASES` (all of `direct,uncached,cached,audited,unaudited,cluster,nginx,haproxy,floor,nolog,
 //! tls,memory`, and `paired`, which is not in it: each pinned target as the gateway against its
-//! peer in `BENCH_PEER_SLICES` (11) pairs of one-second slices, see `paired.rs`; `tls` repeats
+//! peer in `BENCH_PEER_SLICES` (11) pairs of one-second slices of saturation, or of
+//! `BENCH_PAIRED_RATE` req/s offered to each side, see `paired.rs`; `tls` repeats
 //! the uncached GET through the gateway and each peer with TLS to the upstream), `BENCH_PERF` (a file: `perf record` of the gateway during the uncached saturation
 //! phase, or another with `BENCH_PERF_CASE=cached|audited|unaudited|cluster|cluster-post|
 //! floor|nginx|nolog|tls|tls-floor|tls-nginx`; needs `perf`; `BENCH_PERF_FREQ` its sampling rate, 499 Hz by default;
 //! `BENCH_PERF_EVENTS`, e.g. `syscalls:sys_enter_*`, counts those events with `perf stat`
-//! instead and notes each per request), `BENCH_STEADY_SECS`
+//! instead and notes each per request; `BENCH_PERF_PHASE=rate` watches the fixed-rate phase
+//! instead of the saturation one), `BENCH_STEADY_SECS`
 //! (600: the `steady` case, which is not in the default list, holds `BENCH_RATE` of uncached and
 //! cache-hit GETs for this long and samples the gateway's RSS every minute), `BENCH_GW_THREADS`
 //! (the gateway's tokio worker threads, passed as `TOKIO_WORKER_THREADS`; default one per core),
@@ -1090,8 +1092,8 @@ impl Bench {
         let cpu0 = pid.and_then(tree_cpu);
         let user0 = pid.and_then(tree_cpu_split).map(|(u, _)| u);
         let calls0 = self.stats.calls();
-        let perf = match (&self.perf, mode) {
-            (Some(file), Mode::Saturation) if case == self.perf_case => {
+        let perf = match &self.perf {
+            Some(file) if case == self.perf_case && mode == perf_phase() => {
                 pid.and_then(|p| start_perf(file, p))
             }
             _ => None,
@@ -1265,6 +1267,15 @@ const TLS_GATEWAY: &str = "gateway uncached, TLS upstream";
 const TLS_NGINX: &str = "nginx proxy_pass, TLS upstream";
 const TLS_HAPROXY: &str = "haproxy, TLS upstream";
 const TLS_FLOOR: &str = "hyper floor proxy, TLS upstream";
+
+/// `BENCH_PERF_PHASE`: the phase `perf` watches, `saturation` (the default) or `rate` (the
+/// fixed-rate phase, where each request is served alone and wake-ups weigh most).
+fn perf_phase() -> Mode {
+    match std::env::var("BENCH_PERF_PHASE").as_deref() {
+        Ok("rate") => Mode::FixedRate,
+        _ => Mode::Saturation,
+    }
+}
 
 /// `BENCH_PERF_EVENTS`: events for `perf stat` (counted) instead of `perf record` (sampled).
 fn perf_events() -> Option<String> {
@@ -2137,15 +2148,22 @@ fn targets(
         }),
     );
     if !bench.paired.is_empty() {
+        let load = match paired::offered_rate() {
+            Some(r) => format!(", {r:.0} req/s offered to each side"),
+            None => ", saturation".to_owned(),
+        };
         println!(
-            "\ntargets (paired slices: median over the pairs, quartiles, each side's median CPU per request){pin}:"
+            "\ntargets (paired slices{load}: median over the pairs, quartiles, each side's median CPU per request){pin}:"
         );
         for (name, verdict) in &bench.paired {
             let (v, detail) = match verdict {
                 Some((Some(true), d)) => ("PASS", d.as_str()),
                 Some((Some(false), d)) => ("FAIL", d.as_str()),
                 Some((None, d)) => ("    ", d.as_str()),
-                None => ("n/a ", "not measured (a peer did not start)"),
+                None => (
+                    "n/a ",
+                    "not measured (a peer did not start, or or no pair in which both sides kept up: an offered rate above a side's saturation)",
+                ),
             };
             println!("  {v}  {name:<52} {detail}");
         }

@@ -28,7 +28,7 @@ use std::{
 };
 
 use super::{
-    closed_loop, gateway_toml, over_tls, peers, process_tree, serve_static, spawn_gateway,
+    closed_loop, gateway_toml, open_loop, over_tls, peers, process_tree, serve_static, spawn_gateway,
     spawn_gateway_env, tls, tree_cpu_split, Bench, Proc, Target, API_KEY, RECORD_PATH, TX_PATH,
 };
 
@@ -61,15 +61,17 @@ pub struct Slice {
     pub rate: f64,
 }
 
-/// `pairs` pairs of `slice` of saturation over `connections`, `sides[0]` first in even pairs;
-/// a pair in which either side had an error or no CPU reading is left out. Both sides get a
-/// short warm-up first (a cache to fill, a pool to open).
+/// `pairs` pairs of `slice` of saturation over `connections` (or, with `BENCH_PAIRED_RATE`,
+/// of that many requests a second offered to each side: see [`offered_rate`]), `sides[0]`
+/// first in even pairs; a pair in which either side had an error or no CPU reading is left
+/// out. Both sides get a short warm-up first (a cache to fill, a pool to open).
 pub async fn slices(
     sides: [Side<'_>; 2],
     pairs: usize,
     slice: Duration,
     connections: usize,
 ) -> Vec<[Slice; 2]> {
+    let rate = offered_rate();
     for s in &sides {
         let _ = closed_loop(s.target, connections, Duration::from_millis(300)).await;
     }
@@ -80,10 +82,19 @@ pub async fn slices(
         for k in order {
             let s = &sides[k];
             let before = tree_runtime(s.pid).zip(tree_cpu_split(s.pid));
-            let run = closed_loop(s.target, connections, slice).await;
+            let started = std::time::Instant::now();
+            let run = match rate {
+                Some(r) => open_loop(s.target, connections, r, slice).await,
+                None => closed_loop(s.target, connections, slice).await,
+            };
+            // Offered a rate, a side still answering well after the slice did not keep it (its
+            // requests queued): its CPU figure would be saturation's, so the pair is left out.
+            let kept_up = rate.is_none() || started.elapsed() <= slice + Duration::from_millis(150);
             let after = tree_runtime(s.pid).zip(tree_cpu_split(s.pid));
             got[k] = match (before, after) {
-                (Some((c0, (u0, _))), Some((c1, (u1, _)))) if run.ok > 0 && run.errors == 0 => {
+                (Some((c0, (u0, _))), Some((c1, (u1, _))))
+                    if run.ok > 0 && run.errors == 0 && kept_up =>
+                {
                     let n = run.ok as f64;
                     Some(Slice {
                         cpu: (c1 - c0).as_secs_f64() * 1e6 / n,
@@ -99,6 +110,20 @@ pub async fn slices(
         }
     }
     out
+}
+
+/// `BENCH_PAIRED_RATE`: requests per second offered to each side of a pair, open loop, in
+/// place of saturation. At saturation each proxy serves as much as it can take, so a slower
+/// one also leaves the generator's core idle more often and pays more wake-ups of it in its own
+/// kernel time; at one offered rate both sides see the same load. It must be below the slower
+/// side's saturation rate: a pair in which a side did not keep up (still answering 150 ms after
+/// its slice) is left out, and a check with no pair left is not measured.
+pub fn offered_rate() -> Option<f64> {
+    std::env::var("BENCH_PAIRED_RATE")
+        .ok()?
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r >= 1.0)
 }
 
 /// `perf record` sampling CPU time (`cpu-clock`, 10 kHz) on a process and its children, into
@@ -443,7 +468,9 @@ pub async fn peer_pairs(bench: &mut Bench, upstream: SocketAddr) {
         side(&audited, a_pid),
         Some(side(&unaudited, b_pid)),
     ));
-    plan.push((
+    // At one offered rate both sides serve the same requests a second: nothing to compare.
+    if offered_rate().is_none() {
+        plan.push((
         Check {
             name: "audited ≥ 0.5 × audit-off POST (req/s)",
             figure: RATE,
@@ -455,6 +482,7 @@ pub async fn peer_pairs(bench: &mut Bench, upstream: SocketAddr) {
         side(&audited, a_pid),
         Some(side(&unaudited, b_pid)),
     ));
+    }
     // Not targets: what the peers cost against each other, for reading the ones above.
     if let Some(f) = opt(&floor) {
         plan.push((
