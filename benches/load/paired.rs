@@ -28,8 +28,9 @@ use std::{
 };
 
 use super::{
-    closed_loop, gateway_toml, open_loop, over_tls, peers, process_tree, serve_static, spawn_gateway,
-    spawn_gateway_env, tls, tree_cpu_split, Bench, Proc, Target, API_KEY, RECORD_PATH, TX_PATH,
+    closed_loop, gateway_toml, open_loop, over_tls, peers, process_tree, serve_static,
+    spawn_gateway, spawn_gateway_env, tls, tree_cpu_split, Bench, Proc, Target, API_KEY,
+    RECORD_PATH, TX_PATH,
 };
 
 /// Run time of `pid` and its children (all their threads), from the scheduler.
@@ -471,17 +472,17 @@ pub async fn peer_pairs(bench: &mut Bench, upstream: SocketAddr) {
     // At one offered rate both sides serve the same requests a second: nothing to compare.
     if offered_rate().is_none() {
         plan.push((
-        Check {
-            name: "audited ≥ 0.5 × audit-off POST (req/s)",
-            figure: RATE,
-            limit: Some(0.5),
-            at_least: true,
-            unit: " ×",
-            sampled_user: false,
-        },
-        side(&audited, a_pid),
-        Some(side(&unaudited, b_pid)),
-    ));
+            Check {
+                name: "audited ≥ 0.5 × audit-off POST (req/s)",
+                figure: RATE,
+                limit: Some(0.5),
+                at_least: true,
+                unit: " ×",
+                sampled_user: false,
+            },
+            side(&audited, a_pid),
+            Some(side(&unaudited, b_pid)),
+        ));
     }
     // Not targets: what the peers cost against each other, for reading the ones above.
     if let Some(f) = opt(&floor) {

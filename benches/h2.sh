@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# CPU per request of HTTP/2 callers, which the load benchmark (HTTP/1.1 only) does not have:
+# each gateway binary given serves the load benchmark's static upstream (the bench binary re-run
+# as `BENCH_UPSTREAM_PROCESS`), pinned to CPU 1 with one tokio worker; `h2load` on CPU 0 sends
+# uncached GETs over h2c (8 connections, 8 streams each), and the gateway's CPU time over them
+# comes from /proc (10 ms ticks: at 200,000 requests, well under 1 %). Rounds alternate the
+# binaries, so compare them within a round.
+#
+#   benches/h2.sh BINARY [BINARY ...]      # e.g. /tmp/gw-plain target/pgo/ratepay-gateway
+#
+# BENCH_H2_REQUESTS (200000) per round, BENCH_H2_ROUNDS (3). Needs h2load (Debian:
+# nghttp2-client), taskset and two CPUs. Copy a `cargo build --release` binary before running
+# this: it builds the load benchmark, which overwrites target/release/ratepay-gateway.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -gt 0 ] || { echo "usage: benches/h2.sh BINARY [BINARY ...]" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "h2load is needed (Debian: nghttp2-client)" >&2; exit 1; }
+n=${BENCH_H2_REQUESTS:-200000}
+bench=$(cargo bench --locked --bench load --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+[ -x "$bench" ] || { echo "the load benchmark did not build" >&2; exit 1; }
+work=$(mktemp -d)
+up=""
+gw=""
+trap 'for p in $gw $up; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+BENCH_UPSTREAM_PROCESS=1 taskset -c 0 "$bench" --bench >"$work/upstream" 2>/dev/null &
+up=$!
+for _ in $(seq 1 100); do [ -s "$work/upstream" ] && break; sleep 0.1; done
+upstream=$(head -1 "$work/upstream")
+[ -n "$upstream" ] || { echo "the static upstream did not start" >&2; exit 1; }
+printf bench-secret >"$work/secret"
+key_hash=$(printf bench-key-0001 | sha256sum | cut -d' ' -f1)
+cat >"$work/gateway.toml" <<TOML
+[listen]
+proxy = "127.0.0.1:0"
+admin = "off"
+[credentials.default]
+token_url = "http://$upstream/oauth/token"
+client_id = "bench"
+client_secret_file = "$work/secret"
+[upstreams.payment]
+url = "http://$upstream"
+audience = "bench-payment"
+[callers.bench]
+api_key_sha256 = "$key_hash"
+operations = ["*"]
+partner = "p-bench"
+[rate_limits.per_caller]
+rate_per_sec = 10000000
+burst = 1000000
+[rate_limits.upstreams.payment]
+rate_per_sec = 10000000
+burst = 1000000
+[audit]
+path = "$work/audit/audit.jsonl"
+TOML
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for round in $(seq 1 "${BENCH_H2_ROUNDS:-3}"); do
+  for bin in "$@"; do
+    TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin" serve --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+    gw=$!
+    port=""
+    for _ in $(seq 1 100); do
+      port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/gateway.log" | head -1)
+      [ -n "$port" ] && break
+      sleep 0.1
+    done
+    [ -n "$port" ] || { cat "$work/gateway.log" >&2; exit 1; }
+    url="http://127.0.0.1:$port/transaction/management/v2/transactions/bench-tx-0001"
+    h2() { taskset -c 0 h2load -n "$1" -c 8 -m 8 -H 'Authorization: Bearer bench-key-0001' "$url"; }
+    h2 5000 >/dev/null 2>&1 # warm-up: the upstream pool, the token
+    t0=$(cpu_ticks "$gw")
+    h2 "$n" >"$work/h2load.out" 2>&1
+    t1=$(cpu_ticks "$gw")
+    ok=$(sed -n 's/.* \([0-9]*\) succeeded.*/\1/p' "$work/h2load.out")
+    [ "${ok:-0}" -gt 0 ] || { cat "$work/h2load.out" >&2; exit 1; }
+    rate=$(sed -n 's/.*finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$work/h2load.out")
+    echo "round $round $bin: $(((t1 - t0) * 10000 / ok)) µs CPU per request, $ok answered, $rate req/s"
+    kill "$gw"
+    wait "$gw" 2>/dev/null || true
+    gw=""
+  done
+done
