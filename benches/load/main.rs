@@ -333,6 +333,9 @@ struct Run {
     latencies_ns: Vec<u64>,
     /// Open loop: how late the pacer thread itself was (p50), included in the latencies.
     pacer_late_p50: Option<Duration>,
+    /// Open loop: how long after the last scheduled send the last answer came (a target that
+    /// kept the rate answers within its latency; one that did not, after its backlog).
+    drain: Option<Duration>,
 }
 
 impl Run {
@@ -362,6 +365,7 @@ impl Run {
             elapsed,
             latencies_ns,
             pacer_late_p50: None,
+            drain: None,
         }
     }
 }
@@ -493,6 +497,7 @@ async fn open_loop(target: &Target, connections: usize, rate: f64, duration: Dur
         parts.push(done.expect("load task"));
     }
     let mut run = Run::merge(parts, start.elapsed());
+    run.drain = Some(run.elapsed.saturating_sub(duration));
     run.errors += failed;
     // The rate asked for, over the nominal duration (the drain afterwards is not idle time).
     run.elapsed = duration;
@@ -2162,7 +2167,7 @@ fn targets(
                 Some((None, d)) => ("    ", d.as_str()),
                 None => (
                     "n/a ",
-                    "not measured (a peer did not start, or or no pair in which both sides kept up: an offered rate above a side's saturation)",
+                    "not measured (a peer did not start, or no pair in which both sides kept up: an offered rate above a side's saturation)",
                 ),
             };
             println!("  {v}  {name:<52} {detail}");

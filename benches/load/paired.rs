@@ -83,14 +83,15 @@ pub async fn slices(
         for k in order {
             let s = &sides[k];
             let before = tree_runtime(s.pid).zip(tree_cpu_split(s.pid));
-            let started = std::time::Instant::now();
             let run = match rate {
                 Some(r) => open_loop(s.target, connections, r, slice).await,
                 None => closed_loop(s.target, connections, slice).await,
             };
-            // Offered a rate, a side still answering well after the slice did not keep it (its
-            // requests queued): its CPU figure would be saturation's, so the pair is left out.
-            let kept_up = rate.is_none() || started.elapsed() <= slice + Duration::from_millis(150);
+            // Offered a rate, a side whose last answer came more than 20 ms after the last
+            // send did not keep it (its requests queued: a side 2 % short of the rate is 20 ms
+            // behind after a second): its CPU figure would be saturation's, so the pair is
+            // left out.
+            let kept_up = rate.is_none() || run.drain.is_some_and(|d| d <= KEPT_UP);
             let after = tree_runtime(s.pid).zip(tree_cpu_split(s.pid));
             got[k] = match (before, after) {
                 (Some((c0, (u0, _))), Some((c1, (u1, _))))
@@ -117,8 +118,8 @@ pub async fn slices(
 /// place of saturation. At saturation each proxy serves as much as it can take, so a slower
 /// one also leaves the generator's core idle more often and pays more wake-ups of it in its own
 /// kernel time; at one offered rate both sides see the same load. It must be below the slower
-/// side's saturation rate: a pair in which a side did not keep up (still answering 150 ms after
-/// its slice) is left out, and a check with no pair left is not measured.
+/// side's saturation rate: a pair in which a side did not keep up (its last answer more than
+/// [`KEPT_UP`] after the last send) is left out, and a check with no pair left is not measured.
 pub fn offered_rate() -> Option<f64> {
     std::env::var("BENCH_PAIRED_RATE")
         .ok()?
@@ -126,6 +127,9 @@ pub fn offered_rate() -> Option<f64> {
         .ok()
         .filter(|r| r.is_finite() && *r >= 1.0)
 }
+
+/// How late a side's last answer may come after the last send of an offered-rate slice.
+const KEPT_UP: Duration = Duration::from_millis(20);
 
 /// `perf record` sampling CPU time (`cpu-clock`, 10 kHz) on a process and its children, into
 /// `file`; `None` without `perf`.
