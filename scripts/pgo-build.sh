@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A profile-guided (PGO) release build of the gateway: the build to ship when CPU per request
-# matters. 11 % less CPU per uncached GET, 13 % per cancellation with audit off, 16 % per cache
-# hit and 3 % per audited cancellation, measured pinned in paired slices against `cargo build
-# --release` of the same source (README, Performance, session 19).
+# matters. About 11 % less CPU per uncached GET, 12 % per cancellation with audit off, 16 to 20 %
+# per cache hit and 3 to 4 % per audited cancellation, measured pinned in paired slices against
+# `cargo build --release` of the same source (README, Performance, session 19).
 #
 #   scripts/pgo-build.sh            # then: target/pgo/ratepay-gateway
 #
