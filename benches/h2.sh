@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# CPU per request of HTTP/2 callers, which the load benchmark (HTTP/1.1 only) does not have:
-# each gateway binary given serves the load benchmark's static upstream (the bench binary re-run
-# as `BENCH_UPSTREAM_PROCESS`), pinned to CPU 1 with one tokio worker; `h2load` on CPU 0 sends
-# uncached GETs over h2c (8 connections, 8 streams each), and the gateway's CPU time over them
-# comes from /proc (clock ticks, 10 ms here: at 200,000 requests, well under 1 %). Rounds alternate the
-# binaries, so compare them within a round.
+# CPU per request of HTTP/2 callers (and of TLS listeners), which the load benchmark (HTTP/1.1
+# over plain TCP only) does not have: each gateway binary given serves the load benchmark's
+# static upstream (the bench binary re-run as `BENCH_UPSTREAM_PROCESS`), pinned to CPU 1 with
+# one tokio worker; `h2load` on CPU 0 sends uncached GETs over h2c (8 connections, 8 streams
+# each), and the gateway's CPU time over them comes from /proc (clock ticks, 10 ms here: at
+# 200,000 requests, well under 1 %). Rounds alternate the binaries: compare within a round.
 #
 #   benches/h2.sh BINARY [BINARY ...]      # e.g. /tmp/gw-plain target/pgo/ratepay-gateway
 #
-# BENCH_H2_REQUESTS (200000) per round, BENCH_H2_ROUNDS (3). Needs h2load (Debian:
-# nghttp2-client), taskset and two CPUs. Copy a `cargo build --release` binary before running
-# this: it builds the load benchmark, which overwrites target/release/ratepay-gateway.
+# BENCH_H2_REQUESTS (200000) per round, BENCH_H2_ROUNDS (3); BENCH_H2_TLS=1 puts a TLS listener
+# in front (a throwaway self-signed P-256 certificate from openssl; h2 by ALPN); BENCH_H2_H1=1
+# sends HTTP/1.1 instead (h2load --h1: 8 connections, one request at a time on each). Needs
+# h2load (Debian: nghttp2-client), taskset and two CPUs. Copy a `cargo build --release` binary
+# before running this: it builds the load benchmark, which overwrites
+# target/release/ratepay-gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || { echo "usage: benches/h2.sh BINARY [BINARY ...]" >&2; exit 1; }
@@ -56,6 +59,17 @@ burst = 1000000
 [audit]
 path = "$work/audit/audit.jsonl"
 TOML
+scheme=http
+if [ -n "${BENCH_H2_TLS:-}" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  printf '\n[listen.tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$work/cert.pem" "$work/key.pem" \
+    >>"$work/gateway.toml"
+  scheme=https
+fi
+protocol=(-m 8)
+[ -z "${BENCH_H2_H1:-}" ] || protocol=(--h1 -m 1) # no pipelining
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq 1 "${BENCH_H2_ROUNDS:-3}"); do
   for bin in "$@"; do
@@ -68,8 +82,11 @@ for round in $(seq 1 "${BENCH_H2_ROUNDS:-3}"); do
       sleep 0.1
     done
     [ -n "$port" ] || { cat "$work/gateway.log" >&2; exit 1; }
-    url="http://127.0.0.1:$port/transaction/management/v2/transactions/bench-tx-0001"
-    h2() { taskset -c 0 h2load -n "$1" -c 8 -m 8 -H 'Authorization: Bearer bench-key-0001' "$url"; }
+    url="$scheme://127.0.0.1:$port/transaction/management/v2/transactions/bench-tx-0001"
+    h2() {
+      taskset -c 0 h2load -n "$1" -c 8 "${protocol[@]}" \
+        -H 'Authorization: Bearer bench-key-0001' "$url"
+    }
     h2 5000 >/dev/null 2>&1 # warm-up: the upstream pool, the token
     t0=$(cpu_ticks "$gw")
     h2 "$n" >"$work/h2load.out" 2>&1

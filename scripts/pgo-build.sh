@@ -13,15 +13,16 @@
 #      upstream over TLS: `PGO_TRAIN_SECS` per phase, 2 by default), then the embedded sandbox
 #      (`config/local.toml` on free ports): a transaction and an HPP session created, the
 #      token endpoint, then GETs of them over h2c with the API key and with a token from it
-#      (h2load), so that HTTP/2 callers, JWT callers and the sandbox are not left out of the
-#      profile; every training request must succeed;
+#      (h2load); then the same behind a TLS listener (a throwaway self-signed certificate from
+#      openssl), over h2 and HTTP/1.1; so that HTTP/2, JWT and TLS callers and the sandbox are
+#      not left out of the profile; every training request must succeed;
 #   3. the release build again with the merged profile (`-Cprofile-use`).
-# What the training does not exercise (a TLS or mTLS listener, reload, the cluster's Redis
+# What the training does not exercise (client certificates, reload, the cluster's Redis
 # paths) is compiled as code the profile saw rarely or never: LLVM optimises it for size. It
 # works the same, and may cost more CPU than in a plain build: measure such a deployment's own
 # path before shipping (the load benchmark's BENCH_GATEWAY_BIN and BENCH_BASELINE_BIN).
-# Needs the rustup component llvm-tools (installed here when missing), curl and h2load
-# (without it, HTTP/2 callers are left out of the training, with a warning). The profile is
+# Needs the rustup component llvm-tools (installed here when missing), curl, h2load and openssl
+# (without h2load, HTTP/2 and TLS callers are left out of the training, with a warning). The profile is
 # only valid for the source it was trained on, so rebuild after every change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +59,8 @@ if grep -q "did not stop" "$out/train.log"; then
   exit 1
 fi
 
-# The embedded sandbox over h2c and the token endpoint, on free ports with the rate limits lifted.
+# The embedded sandbox behind the instrumented gateway (free ports, rate limits lifted): first
+# plain (h2c), then with a TLS listener.
 work=$(mktemp -d)
 gw=""
 trap 'if [ -n "$gw" ]; then kill "$gw" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
@@ -66,18 +68,61 @@ sed -e 's|^proxy = .*|proxy = "127.0.0.1:0"|' -e 's|^admin = .*|admin = "127.0.0
   -e "s|^path = \"var/audit/audit.jsonl\"|path = \"$work/audit/audit.jsonl\"|" \
   -e 's|^rate_per_sec = .*|rate_per_sec = 1000000|' -e 's|^burst = .*|burst = 1000000|' \
   config/local.toml >"$work/gateway.toml"
-"$gen" serve --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
-gw=$!
-port=""
-for _ in $(seq 1 300); do
-  port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/gateway.log" | head -1)
-  [ -n "$port" ] && break
-  kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$port" ] || { echo "the instrumented gateway did not start" >&2; exit 1; }
-base="http://127.0.0.1:$port"
-# Callers with the API key and with a JWT from the gateway's own token endpoint (200 of them).
+
+# Starts the instrumented gateway on config $1; sets gw and base (scheme $2).
+start_gateway() {
+  "$gen" serve --config "$1" >"$work/gateway.log" 2>&1 &
+  gw=$!
+  local port=""
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/gateway.log" | head -1)
+    [ -n "$port" ] && break
+    kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$port" ] || { echo "the instrumented gateway did not start" >&2; exit 1; }
+  base="$2://127.0.0.1:$port"
+}
+
+# SIGTERM, so that it writes its profile.
+stop_gateway() {
+  kill -TERM "$gw"
+  wait "$gw" || true
+  gw=""
+}
+
+# A transaction and an HPP session to read (the sandbox starts empty: unknown ids are 404s);
+# sets tx and sid.
+create_records() {
+  curl -sk -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \
+    -d '{"currency":"EUR","buyer":{"first_name":"Ada","last_name":"Lovelace","contact":{"email":"ada@example.com"}},"shop_baskets":[{"gross_amount":25.50}]}' \
+    "$base/transaction/management/v2/transactions" >"$work/transaction.json"
+  tx=$(sed -n 's/.*"ratepay_transaction_id":"\([^"]*\)".*/\1/p' "$work/transaction.json")
+  curl -sk -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \
+    -d '{"order_data":{"shop_baskets":[{"gross_amount":10.0}],"currency":"EUR","buyer":{"contact":{"email":"ada@example.com"}}}}' \
+    "$base/pps/api/v1/session" >"$work/session.json"
+  sid=$(sed -n 's/.*"session_id":"\([^"]*\)".*/\1/p' "$work/session.json")
+  [ -n "$tx" ] && [ -n "$sid" ] ||
+    { echo "the sandbox created no transaction or session: $(cat "$work/transaction.json" "$work/session.json")" >&2; exit 1; }
+}
+
+# h2load (Debian: nghttp2-client): 20,000 GETs on 4 connections with 8 streams each, as
+# caller $1, of path $2, with h2load's options $3...; every answer must be a 2xx.
+h2() {
+  local auth=$1 path=$2
+  shift 2
+  h2load -n "${PGO_H2_REQUESTS:-20000}" -c 4 -m 8 "$@" -H "Authorization: $auth" "$base$path" \
+    >"$work/h2load.out" 2>&1
+  grep -q " 0 failed, 0 errored" "$work/h2load.out" ||
+    { cat "$work/h2load.out" >&2; echo "h2load training requests failed ($path)" >&2; exit 1; }
+}
+has_h2load=$(command -v h2load || true)
+[ -n "$has_h2load" ] ||
+  echo "h2load not found (Debian: nghttp2-client): HTTP/2 and TLS callers are left out of the profile" >&2
+
+# Plain: the token endpoint (200 tokens), then, over h2c, the transaction's status and the
+# session record (cache hits) with the API key, and the transaction with a token.
+start_gateway "$work/gateway.toml" http
 secret=$(tr -d '\n' <config/local/demo-client-secret)
 token_request="{\"client_id\":\"demo\",\"client_secret\":\"$secret\",\"grant_type\":\"client_credentials\",\"audience\":\"https://api-integration.ratepay.com/transaction/management\"}"
 for _ in $(seq 200); do
@@ -85,35 +130,30 @@ for _ in $(seq 200); do
 done
 jwt=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' "$work/token.json")
 [ -n "$jwt" ] || { echo "the token endpoint gave no token: $(cat "$work/token.json")" >&2; exit 1; }
-# A transaction and an HPP session to read (the sandbox starts empty: unknown ids are 404s).
-curl -s -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \
-  -d '{"currency":"EUR","buyer":{"first_name":"Ada","last_name":"Lovelace","contact":{"email":"ada@example.com"}},"shop_baskets":[{"gross_amount":25.50}]}' \
-  "$base/transaction/management/v2/transactions" >"$work/transaction.json"
-tx=$(sed -n 's/.*"ratepay_transaction_id":"\([^"]*\)".*/\1/p' "$work/transaction.json")
-curl -s -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \
-  -d '{"order_data":{"shop_baskets":[{"gross_amount":10.0}],"currency":"EUR","buyer":{"contact":{"email":"ada@example.com"}}}}' \
-  "$base/pps/api/v1/session" >"$work/session.json"
-sid=$(sed -n 's/.*"session_id":"\([^"]*\)".*/\1/p' "$work/session.json")
-[ -n "$tx" ] && [ -n "$sid" ] ||
-  { echo "the sandbox created no transaction or session: $(cat "$work/transaction.json" "$work/session.json")" >&2; exit 1; }
-# HTTP/2 callers: h2load (Debian: nghttp2-client), 20,000 GETs a pass on 4 connections with 8
-# streams each: the transaction's status and the session record (cache hits) with the API key,
-# the transaction with the token. Every answer must be a 2xx.
-h2() {
-  h2load -n "${PGO_H2_REQUESTS:-20000}" -c 4 -m 8 -H "Authorization: $1" "$base$2" >"$work/h2load.out" 2>&1
-  grep -q " 0 failed, 0 errored" "$work/h2load.out" ||
-    { cat "$work/h2load.out" >&2; echo "h2load training requests failed ($2)" >&2; exit 1; }
-}
-if command -v h2load >/dev/null; then
+create_records
+if [ -n "$has_h2load" ]; then
   h2 "Bearer demo-key" "/transaction/status/v2/transactions/$tx"
   h2 "Bearer demo-key" "/pps/api/v1/session-record/$sid"
   h2 "Bearer $jwt" "/transaction/management/v2/transactions/$tx"
-else
-  echo "h2load not found (Debian: nghttp2-client): HTTP/2 callers are left out of the profile" >&2
 fi
-kill -TERM "$gw"
-wait "$gw" || true
-gw=""
+stop_gateway
+
+# A TLS listener (a throwaway self-signed certificate): HTTP/2 and HTTP/1.1 callers over TLS.
+if [ -n "$has_h2load" ] && command -v openssl >/dev/null; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  cp "$work/gateway.toml" "$work/tls.toml"
+  printf '\n[listen.tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$work/cert.pem" "$work/key.pem" \
+    >>"$work/tls.toml"
+  start_gateway "$work/tls.toml" https
+  create_records
+  h2 "Bearer demo-key" "/transaction/status/v2/transactions/$tx"
+  h2 "Bearer demo-key" "/pps/api/v1/session-record/$sid" --h1
+  stop_gateway
+else
+  echo "no openssl or h2load: a TLS listener is left out of the profile" >&2
+fi
 
 echo "== 3/3 build with the profile" >&2
 ls "$profiles"/*.profraw >/dev/null 2>&1 || { echo "no profile was written to $profiles" >&2; exit 1; }
