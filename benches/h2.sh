@@ -16,14 +16,12 @@
 # target/release/ratepay-gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 [ $# -gt 0 ] || { echo "usage: benches/h2.sh BINARY [BINARY ...]" >&2; exit 1; }
 command -v h2load >/dev/null || { echo "h2load is needed (Debian: nghttp2-client)" >&2; exit 1; }
 n=${BENCH_H2_REQUESTS:-200000}
 work=$(mktemp -d)
-cargo bench --locked --bench load --no-run >"$work/build.log" 2>&1 ||
-  { tail -20 "$work/build.log" >&2; echo "the load benchmark did not build" >&2; exit 1; }
-bench=$(sed -n 's/.*Executable .*(\(.*\)).*/\1/p' "$work/build.log" | tail -1)
-[ -x "$bench" ] || { echo "no load benchmark binary in cargo's output" >&2; exit 1; }
+bench=$(load_bench_binary "$work/build.log")
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 up=""
 gw=""
@@ -75,13 +73,7 @@ for round in $(seq 1 "${BENCH_H2_ROUNDS:-3}"); do
   for bin in "$@"; do
     TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin" serve --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
     gw=$!
-    port=""
-    for _ in $(seq 1 100); do
-      port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/gateway.log" | head -1)
-      [ -n "$port" ] && break
-      sleep 0.1
-    done
-    [ -n "$port" ] || { cat "$work/gateway.log" >&2; exit 1; }
+    port=$(proxy_port "$work/gateway.log" "$gw" 100)
     url="$scheme://127.0.0.1:$port/transaction/management/v2/transactions/bench-tx-0001"
     h2() {
       taskset -c 0 h2load -n "$1" -c 8 "${protocol[@]}" \

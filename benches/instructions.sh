@@ -63,13 +63,8 @@ work=$(mktemp -d)
 vg=""
 # On any exit (a refused request, a client error): no gateway left running under valgrind.
 trap 'if [ -n "$vg" ]; then kill "$vg" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-# local.toml on free ports, its audit log in the scratch directory, and its rate limits (200/s
-# per caller, 500/s toward the payment API) far above what the client sends, so that every
-# counted request is served rather than some refused with 429.
-sed -e 's|^proxy = .*|proxy = "127.0.0.1:0"|' -e 's|^admin = .*|admin = "127.0.0.1:0"|' \
-  -e "s|^path = \"var/audit/audit.jsonl\"|path = \"$work/audit/audit.jsonl\"|" \
-  -e 's|^rate_per_sec = .*|rate_per_sec = 1000000|' -e 's|^burst = .*|burst = 1000000|' \
-  config/local.toml >"$work/gateway.toml"
+. benches/lib.sh
+local_gateway_toml "$work"
 if [ -n "${BENCH_IDEMPOTENCY_BYTES:-}" ]; then
   # The first max_bytes is [idempotency]'s (the cache's comes later).
   sed -i "0,/^max_bytes = .*/s//max_bytes = ${BENCH_IDEMPOTENCY_BYTES}/" "$work/gateway.toml"
@@ -86,14 +81,7 @@ for request in "${requests[@]}"; do
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
       "$bin" serve --config "$work/gateway.toml" >"$log" 2>&1 &
     vg=$!
-    port=""
-    for _ in $(seq 1 600); do
-      port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-      [ -n "$port" ] && break
-      kill -0 "$vg" 2>/dev/null || { cat "$log" >&2; exit 1; }
-      sleep 0.1
-    done
-    [ -n "$port" ] || { echo "$bin did not start" >&2; kill "$vg"; exit 1; }
+    port=$(proxy_port "$log" "$vg" 600) || { echo "$bin did not start" >&2; exit 1; }
     python3 - "$port" "$N" "$METHOD" "$URL_PATH" "$vg" <<'PY'
 import collections, http.client, subprocess, sys, uuid
 port, n, method, path, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]

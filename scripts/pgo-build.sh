@@ -26,6 +26,7 @@
 # only valid for the source it was trained on, so rebuild after every change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/lib.sh
 out=target/pgo
 profiles="$PWD/$out/profiles"
 rm -rf "$profiles"
@@ -45,10 +46,7 @@ gen="$PWD/$out/gen/release/ratepay-gateway"
 
 echo "== 2/3 training" >&2
 # The load benchmark's own binary (its gateway cases start $gen as BENCH_GATEWAY_BIN).
-cargo bench --locked --bench load --no-run >"$out/bench-build.log" 2>&1 ||
-  { tail -20 "$out/bench-build.log" >&2; echo "the load benchmark did not build" >&2; exit 1; }
-bench=$(sed -n 's/.*Executable .*(\(.*\)).*/\1/p' "$out/bench-build.log" | tail -1)
-[ -x "$bench" ] || { echo "no load benchmark binary in $out/bench-build.log" >&2; exit 1; }
+bench=$(load_bench_binary "$out/bench-build.log")
 BENCH_GATEWAY_BIN="$gen" BENCH_SECS="${PGO_TRAIN_SECS:-2}" \
   BENCH_CASES=uncached,nolog,cached,unaudited,audited,tls "$bench" --bench >"$out/train.log" 2>&1 ||
   { tail -20 "$out/train.log" >&2; exit 1; }
@@ -64,23 +62,14 @@ fi
 work=$(mktemp -d)
 gw=""
 trap 'if [ -n "$gw" ]; then kill "$gw" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-sed -e 's|^proxy = .*|proxy = "127.0.0.1:0"|' -e 's|^admin = .*|admin = "127.0.0.1:0"|' \
-  -e "s|^path = \"var/audit/audit.jsonl\"|path = \"$work/audit/audit.jsonl\"|" \
-  -e 's|^rate_per_sec = .*|rate_per_sec = 1000000|' -e 's|^burst = .*|burst = 1000000|' \
-  config/local.toml >"$work/gateway.toml"
+local_gateway_toml "$work"
 
 # Starts the instrumented gateway on config $1; sets gw and base (scheme $2).
 start_gateway() {
   "$gen" serve --config "$1" >"$work/gateway.log" 2>&1 &
   gw=$!
-  local port=""
-  for _ in $(seq 1 300); do
-    port=$(sed -n 's/.*listening proxy 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/gateway.log" | head -1)
-    [ -n "$port" ] && break
-    kill -0 "$gw" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  [ -n "$port" ] || { echo "the instrumented gateway did not start" >&2; exit 1; }
+  local port
+  port=$(proxy_port "$work/gateway.log" "$gw") || exit 1
   base="$2://127.0.0.1:$port"
 }
 
