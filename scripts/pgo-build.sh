@@ -2,7 +2,7 @@
 # A profile-guided (PGO) release build of the gateway: the build to ship when CPU per request
 # matters. About 11 % less CPU per uncached GET, 12 % per cancellation with audit off, 16 to 20 %
 # per cache hit and 3 to 4 % per audited cancellation, measured pinned in paired slices against
-# `cargo build --release` of the same source (README, Performance, session 19).
+# `cargo build --release` of the same source (docs/performance.md, session 19).
 #
 #   scripts/pgo-build.sh            # then: target/pgo/ratepay-gateway
 #

@@ -11,7 +11,7 @@
 //! Measured (load benchmark, pinned to one core, POST cancellations audited at saturation,
 //! paired one-second slices against the same build without it): CPU per request
 //! 64.4 → 51.5 µs (the paired median 0.87 ×), records per `fdatasync` 10 → 13, and no change in
-//! the p50 at 2000 req/s (see the README's Performance section).
+//! the p50 at 2000 req/s (docs/performance.md, session 15).
 
 /// Spawns a thread named `name` that runs `work` under `SCHED_BATCH` ([`background`]), and
 /// returns once the thread has set its policy, with whether that worked.
