@@ -19,8 +19,9 @@
 #   3. the release build again with the merged profile (`-Cprofile-use`).
 # What the training does not exercise (client certificates, reload, the cluster's Redis
 # paths) is compiled as code the profile saw rarely or never: LLVM optimises it for size. It
-# works the same, and may cost more CPU than in a plain build: measure such a deployment's own
-# path before shipping (the load benchmark's BENCH_GATEWAY_BIN and BENCH_BASELINE_BIN).
+# works the same, and may cost more CPU than in a plain build (the cluster's path was measured
+# and did not: docs/performance.md, session 20): measure such a deployment's own path before
+# shipping (the load benchmark's BENCH_GATEWAY_BIN and BENCH_BASELINE_BIN).
 # Needs the rustup component llvm-tools (installed here when missing), curl, h2load and openssl
 # (without h2load, HTTP/2 and TLS callers are left out of the training, with a warning). The profile is
 # only valid for the source it was trained on, so rebuild after every change.
