@@ -31,32 +31,8 @@ up=$!
 for _ in $(seq 1 100); do [ -s "$work/upstream" ] && break; sleep 0.1; done
 upstream=$(head -1 "$work/upstream")
 [ -n "$upstream" ] || { echo "the static upstream did not start" >&2; exit 1; }
-printf bench-secret >"$work/secret"
-key_hash=$(printf bench-key-0001 | sha256sum | cut -d' ' -f1)
-cat >"$work/gateway.toml" <<TOML
-[listen]
-proxy = "127.0.0.1:0"
-admin = "off"
-[credentials.default]
-token_url = "http://$upstream/oauth/token"
-client_id = "bench"
-client_secret_file = "$work/secret"
-[upstreams.payment]
-url = "http://$upstream"
-audience = "bench-payment"
-[callers.bench]
-api_key_sha256 = "$key_hash"
-operations = ["*"]
-partner = "p-bench"
-[rate_limits.per_caller]
-rate_per_sec = 10000000
-burst = 1000000
-[rate_limits.upstreams.payment]
-rate_per_sec = 10000000
-burst = 1000000
-[audit]
-path = "$work/audit/audit.jsonl"
-TOML
+# The load benchmark's own gateway configuration for that upstream (API key bench-key-0001).
+BENCH_GATEWAY_CONFIG="$work" BENCH_UPSTREAM_ADDR="$upstream" "$bench" --bench >"$work/gateway.toml"
 scheme=http
 if [ -n "${BENCH_H2_TLS:-}" ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \

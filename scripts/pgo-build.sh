@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A profile-guided (PGO) release build of the gateway: the build to ship when CPU per request
-# matters. About 11 % less CPU per uncached GET, 12 % per cancellation with audit off, 16 to 20 %
-# per cache hit and 3 to 4 % per audited cancellation, measured pinned in paired slices against
+# matters. 11 to 13 % less CPU per uncached GET, 8 to 13 % per cancellation with audit off, 7 to
+# 20 % per cache hit and 2 to 4 % per audited cancellation, measured pinned in paired slices against
 # `cargo build --release` of the same source (docs/performance.md, session 19).
 #
 #   scripts/pgo-build.sh            # then: target/pgo/ratepay-gateway

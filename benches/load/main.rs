@@ -2177,6 +2177,15 @@ fn targets(
 }
 
 fn main() {
+    // `benches/h2.sh` takes its gateway's configuration from here, so the two cannot drift.
+    if let Some(dir) = std::env::var_os(CONFIG_ROLE) {
+        let upstream = std::env::var("BENCH_UPSTREAM_ADDR")
+            .ok()
+            .and_then(|a| a.parse().ok())
+            .expect("BENCH_UPSTREAM_ADDR: the static upstream's address");
+        print!("{}", gateway_toml(Path::new(&dir), upstream, true));
+        return;
+    }
     if let Some(upstream) = std::env::var(peers::FLOOR_ROLE)
         .ok()
         .and_then(|a| a.parse().ok())
@@ -2207,6 +2216,10 @@ fn main() {
 
 /// Set on the bench binary re-run as the `direct_process` case's upstream.
 const UPSTREAM_ROLE: &str = "BENCH_UPSTREAM_PROCESS";
+
+/// Set (to a directory) on the bench binary re-run to print the gateway's configuration for the
+/// static upstream at `BENCH_UPSTREAM_ADDR`, its secret file written into that directory.
+const CONFIG_ROLE: &str = "BENCH_GATEWAY_CONFIG";
 
 /// The static upstream alone, in this (child) process: prints its address, serves until killed.
 async fn upstream_process() {
