@@ -35,26 +35,23 @@ upstream=$(head -1 "$work/upstream")
 BENCH_GATEWAY_CONFIG="$work" BENCH_UPSTREAM_ADDR="$upstream" "$bench" --bench >"$work/gateway.toml"
 scheme=http
 if [ -n "${BENCH_H2_TLS:-}" ]; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
-    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-  printf '\n[listen.tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$work/cert.pem" "$work/key.pem" \
-    >>"$work/gateway.toml"
+  add_tls_listener "$work" "$work/gateway.toml"
   scheme=https
 fi
 protocol=(-m 8)
 [ -z "${BENCH_H2_H1:-}" ] || protocol=(--h1 -m 1) # no pipelining
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# $1 requests to the gateway at $url, from CPU 0.
+h2() {
+  taskset -c 0 h2load -n "$1" -c 8 "${protocol[@]}" \
+    -H 'Authorization: Bearer bench-key-0001' "$url"
+}
 for round in $(seq 1 "${BENCH_H2_ROUNDS:-3}"); do
   for bin in "$@"; do
     TOKIO_WORKER_THREADS=1 taskset -c 1 "$bin" serve --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
     gw=$!
     port=$(proxy_port "$work/gateway.log" "$gw" 100)
     url="$scheme://127.0.0.1:$port/transaction/management/v2/transactions/bench-tx-0001"
-    h2() {
-      taskset -c 0 h2load -n "$1" -c 8 "${protocol[@]}" \
-        -H 'Authorization: Bearer bench-key-0001' "$url"
-    }
     h2 5000 >/dev/null 2>&1 # warm-up: the upstream pool, the token
     t0=$(cpu_ticks "$gw")
     h2 "$n" >"$work/h2load.out" 2>&1

@@ -26,6 +26,15 @@ proxy_port() {
   return 1
 }
 
+# Appends a TLS listener to the configuration $2: a throwaway self-signed P-256 certificate for
+# 127.0.0.1 (openssl), its files written into the directory $1.
+add_tls_listener() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+  printf '\n[listen.tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$1/cert.pem" "$1/key.pem" >>"$2"
+}
+
 # Builds the load benchmark (its output in $1) and prints its binary's path.
 load_bench_binary() {
   cargo bench --locked --bench load --no-run >"$1" 2>&1 ||

@@ -114,9 +114,11 @@ has_h2load=$(command -v h2load || true)
 # session record (cache hits) with the API key, and the transaction with a token.
 start_gateway "$work/gateway.toml" http
 secret=$(tr -d '\n' <config/local/demo-client-secret)
-token_request="{\"client_id\":\"demo\",\"client_secret\":\"$secret\",\"grant_type\":\"client_credentials\",\"audience\":\"https://api-integration.ratepay.com/transaction/management\"}"
+# The request body in a file, not on curl's command line, where `ps` would show the secret.
+printf '{"client_id":"demo","client_secret":"%s","grant_type":"client_credentials","audience":"https://api-integration.ratepay.com/transaction/management"}' \
+  "$secret" >"$work/token-request.json"
 for _ in $(seq 200); do
-  curl -s -H 'Content-Type: application/json' -d "$token_request" "$base/oauth/token" >"$work/token.json"
+  curl -s -H 'Content-Type: application/json' -d @"$work/token-request.json" "$base/oauth/token" >"$work/token.json"
 done
 jwt=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' "$work/token.json")
 [ -n "$jwt" ] || { echo "the token endpoint gave no token: $(cat "$work/token.json")" >&2; exit 1; }
@@ -130,12 +132,8 @@ stop_gateway
 
 # A TLS listener (a throwaway self-signed certificate): HTTP/2 and HTTP/1.1 callers over TLS.
 if [ -n "$has_h2load" ] && command -v openssl >/dev/null; then
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
-    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
   cp "$work/gateway.toml" "$work/tls.toml"
-  printf '\n[listen.tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$work/cert.pem" "$work/key.pem" \
-    >>"$work/tls.toml"
+  add_tls_listener "$work" "$work/tls.toml"
   start_gateway "$work/tls.toml" https
   create_records
   h2 "Bearer demo-key" "/transaction/status/v2/transactions/$tx"
